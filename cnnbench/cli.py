@@ -1,0 +1,97 @@
+"""``cnnbench`` command line: one command, several subcommands.
+
+``train`` and ``summary`` take Hydra overrides (``model=resnet18 dataset.resize=96``); ``train -m`` runs
+a Hydra multirun sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from . import __version__
+
+COMMANDS: dict[str, str] = {
+    "train": "train a network (Hydra overrides; -m for a sweep)",
+    "models": "list every registered network with parameters and FLOPs",
+    "summary": "per-block output shapes, parameters, FLOPs and activation memory of one network",
+}
+
+
+def _cmd_models(args: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="cnnbench models", description=COMMANDS["models"])
+    parser.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'vgg*'")
+    ns = parser.parse_args(args)
+    from .describe import models_table
+
+    print(models_table(ns.pattern))
+    return 0
+
+
+def _cmd_summary(args: Sequence[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        print("usage: cnnbench summary [model=NAME] [dataset.resize=N] [other Hydra overrides]")
+        return 0
+    from .config import compose_config
+    from .describe import summary_text
+    from .models import build_model, get_model_spec
+
+    cfg = compose_config(args)
+    kwargs = {k: v for k, v in cfg.model.items() if k != "name"}
+    size = cfg.dataset.resize or get_model_spec(cfg.model.name).book_resolution
+    model = build_model(
+        cfg.model.name,
+        in_channels=cfg.dataset.in_channels,
+        num_classes=cfg.dataset.num_classes,
+        image_size=size,
+        **kwargs,
+    )
+    print(f"{cfg.model.name} at {size}x{size}")
+    print(summary_text(model, cfg.dataset.in_channels, size))
+    return 0
+
+
+def _cmd_train(args: Sequence[str]) -> int:
+    from .train import hydra_main
+
+    return hydra_main(args)
+
+
+HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
+    "train": _cmd_train,
+    "models": _cmd_models,
+    "summary": _cmd_summary,
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:<9} {help_}" for name, help_ in COMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="cnnbench",
+        description="Train and compare the classic CNNs of Dive into Deep Learning on Fashion-MNIST.",
+        epilog=f"commands:\n{lines}\n\n'cnnbench COMMAND --help' for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"cnnbench {__version__}")
+    parser.add_argument("command", choices=list(HANDLERS), metavar="COMMAND")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cnnbench`` console script and of ``python -m cnnbench``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _top_parser()
+    if not argv or argv[0] in ("-h", "--help", "--version"):
+        parser.parse_args(argv or ["--help"])
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in HANDLERS:
+        parser.error(f"unknown command {command!r}; choose from {', '.join(HANDLERS)}")
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    return HANDLERS[command](rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""The book's networks. Importing this package registers every family with the registry."""
+
+# Imported in the book's chapter order, which is the order `list_models()` reports.
+from . import lenet, alexnet, vgg, nin, googlenet, resnet, densenet  # noqa: F401,I001
+from .registry import (
+    InputTooSmallError,
+    ModelSpec,
+    UnknownModelError,
+    build_model,
+    get_model_spec,
+    list_models,
+    register_model,
+)
+
+__all__ = [
+    "InputTooSmallError",
+    "ModelSpec",
+    "UnknownModelError",
+    "build_model",
+    "get_model_spec",
+    "list_models",
+    "register_model",
+]

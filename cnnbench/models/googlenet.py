@@ -1,0 +1,101 @@
+"""GoogLeNet (D2L 7.4): Inception blocks of four parallel paths, stages b1-b5, 1024 features."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .geometry import smallest_input
+from .registry import register_model
+
+# Inception rows: (c1, (c2_reduce, c2), (c3_reduce, c3), c4); input channels follow from the previous row.
+InceptionArch = tuple[int, tuple[int, int], tuple[int, int], int]
+
+# Stages b3, b4, b5 as in the book; a max pool (3, 2, 1) follows b3 and b4, global average pooling b5.
+STAGES: Sequence[Sequence[InceptionArch]] = (
+    ((64, (96, 128), (16, 32), 32), (128, (128, 192), (32, 96), 64)),
+    (
+        (192, (96, 208), (16, 48), 64),
+        (160, (112, 224), (24, 64), 64),
+        (128, (128, 256), (24, 64), 64),
+        (112, (144, 288), (32, 64), 64),
+        (256, (160, 320), (32, 128), 128),
+    ),
+    ((256, (160, 320), (32, 128), 128), (384, (192, 384), (48, 128), 128)),
+)
+
+# Spatial steps: b1 conv7/2 + pool3/2, b2 pool3/2, b3 pool3/2, b4 pool3/2 (all pools padded by 1).
+_STEPS = [(7, 2, 3), (3, 2, 1), (3, 2, 1), (3, 2, 1), (3, 2, 1)]
+
+
+class Inception(nn.Module):
+    """Four paths concatenated on channels: 1x1; 1x1->3x3; 1x1->5x5; 3x3 max pool->1x1."""
+
+    def __init__(self, in_channels: int, c1: int, c2: tuple[int, int], c3: tuple[int, int], c4: int):
+        super().__init__()
+        self.p1_1 = nn.Conv2d(in_channels, c1, kernel_size=1)
+        self.p2_1 = nn.Conv2d(in_channels, c2[0], kernel_size=1)
+        self.p2_2 = nn.Conv2d(c2[0], c2[1], kernel_size=3, padding=1)
+        self.p3_1 = nn.Conv2d(in_channels, c3[0], kernel_size=1)
+        self.p3_2 = nn.Conv2d(c3[0], c3[1], kernel_size=5, padding=2)
+        self.p4_1 = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+        self.p4_2 = nn.Conv2d(in_channels, c4, kernel_size=1)
+        self.out_channels = c1 + c2[1] + c3[1] + c4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, out_channels, H, W)
+        relu = torch.relu
+        p1 = relu(self.p1_1(x))
+        p2 = relu(self.p2_2(relu(self.p2_1(x))))
+        p3 = relu(self.p3_2(relu(self.p3_1(x))))
+        p4 = relu(self.p4_2(self.p4_1(x)))
+        return torch.cat((p1, p2, p3, p4), dim=1)
+
+
+def _stage(rows: Sequence[InceptionArch], in_channels: int, last: bool) -> tuple[nn.Sequential, int]:
+    layers: list[nn.Module] = []
+    for row in rows:
+        block = Inception(in_channels, *row)
+        layers.append(block)
+        in_channels = block.out_channels
+    if last:
+        layers += [nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten()]
+    else:
+        layers.append(nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+    return nn.Sequential(*layers), in_channels
+
+
+class GoogLeNet(nn.Sequential):
+    """b1 (7x7 conv stem), b2 (1x1 + 3x3 convs), b3-b5 (Inception stages), then a linear classifier."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        image_size: int = 96,
+        stages: Sequence[Sequence[InceptionArch]] = STAGES,
+    ) -> None:
+        b1 = nn.Sequential(
+            nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3),
+            nn.ReLU(),
+            nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+        )
+        b2 = nn.Sequential(
+            nn.Conv2d(64, 64, kernel_size=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 192, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+        )
+        blocks, channels = [], 192
+        for i, rows in enumerate(stages):
+            block, channels = _stage(rows, channels, last=i == len(stages) - 1)
+            blocks.append(block)
+        super().__init__(b1, b2, *blocks, nn.Linear(channels, num_classes))  # channels = 1024
+
+
+@register_model(family="googlenet", book_resolution=96, min_resolution=smallest_input(_STEPS))
+def googlenet(in_channels: int = 1, num_classes: int = 10, image_size: int = 96, **kwargs) -> GoogLeNet:
+    """GoogLeNet as in D2L 7.4."""
+    return GoogLeNet(in_channels, num_classes, image_size, **kwargs)

@@ -1,0 +1,129 @@
+"""The single list of networks: register a factory by name, build it by name.
+
+A factory is a callable ``factory(in_channels=1, num_classes=10, image_size=..., **kwargs) -> nn.Module``.
+Each registration also records the network's family and the resolution the book trains it at, so
+commands (``cnnbench models``, the trainer's default resize) can read them from one place.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from ..errors import CnnbenchError
+
+__all__ = [
+    "ModelSpec",
+    "InputTooSmallError",
+    "UnknownModelError",
+    "register_model",
+    "build_model",
+    "list_models",
+    "get_model_spec",
+    "check_min_size",
+]
+
+
+class UnknownModelError(CnnbenchError, KeyError):
+    """Raised by :func:`build_model` for a name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class InputTooSmallError(CnnbenchError, ValueError):
+    """Raised when a network cannot be built for the requested input size."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the registry knows about one named network."""
+
+    name: str
+    factory: Callable[..., nn.Module]
+    family: str
+    book_resolution: int  # pixels; the side the book resizes Fashion-MNIST to for this network
+    min_resolution: int  # pixels; the smallest input side for which the network builds
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str | None = None,
+    *,
+    family: str,
+    book_resolution: int,
+    min_resolution: int = 1,
+    description: str = "",
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a model factory under ``name`` (default: the function's name)."""
+
+    def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or factory.__name__
+        if key in _REGISTRY:
+            raise ValueError(f"a model named {key!r} is already registered")
+        first_doc_line = ((factory.__doc__ or "").strip().splitlines() or [""])[0]
+        _REGISTRY[key] = ModelSpec(
+            name=key,
+            factory=factory,
+            family=family,
+            book_resolution=book_resolution,
+            min_resolution=min_resolution,
+            description=description or first_doc_line,
+        )
+        return factory
+
+    return decorator
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered names in registration order, optionally filtered by a shell-style ``pattern``."""
+    names = list(_REGISTRY)
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return names
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The registry entry for ``name``; unknown names raise :class:`UnknownModelError`."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        valid = ", ".join(sorted(_REGISTRY))
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UnknownModelError(f"unknown model {name!r}.{hint} Valid names: {valid}") from None
+
+
+def check_min_size(name: str, image_size: int, min_size: int) -> None:
+    """Fail early, with the smallest size that works, when ``image_size`` is too small."""
+    if image_size < min_size:
+        raise InputTooSmallError(
+            f"{name} cannot take {image_size}x{image_size} inputs: its layers shrink the image "
+            f"to nothing; the smallest size that works is {min_size} (try dataset.resize={min_size} "
+            "or larger)"
+        )
+
+
+def build_model(
+    name: str,
+    in_channels: int = 1,
+    num_classes: int = 10,
+    image_size: int | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Build the registered network ``name``.
+
+    ``image_size`` (pixels, square inputs) defaults to the book's resolution for that network; it sizes
+    the fully connected layers whose width depends on the input (LeNet's 16*5*5, AlexNet's 6400).
+    """
+    spec = get_model_spec(name)
+    size = spec.book_resolution if image_size is None else int(image_size)
+    check_min_size(name, size, spec.min_resolution)
+    return spec.factory(in_channels=in_channels, num_classes=num_classes, image_size=size, **kwargs)
