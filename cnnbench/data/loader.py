@@ -1,0 +1,89 @@
+"""Batches drawn from device-resident uint8 tensors: gather, convert and resize on the device."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+from torch.nn import functional as F
+
+from .idx import Split
+
+NATIVE_SIDE = 28  # pixels; MNIST-format images are 28x28
+
+
+class DeviceLoader:
+    """Iterates (x, y) batches of one split that lives entirely on ``device``.
+
+    Each epoch draws its own permutation from a generator seeded with (seed, epoch), so any epoch, and
+    any batch inside it, can be reproduced without replaying earlier ones (exact resume). With
+    ``world_size > 1`` every global batch is cut into ``world_size`` contiguous shards, one per rank.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        device: torch.device,
+        resize: int = NATIVE_SIDE,
+        shuffle: bool = True,
+        seed: int = 0,
+        normalize: tuple[float, float] | None = None,
+        channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.images = split.images.to(device)  # (N, 28, 28) uint8
+        self.labels = split.labels.to(device)  # (N,) int64
+        self.batch_size = batch_size  # global batch, all ranks together
+        self.device = device
+        self.resize = resize
+        self.shuffle = shuffle
+        self.seed = seed
+        self.normalize = normalize
+        self.channels_last = channels_last
+        self.rank = rank
+        self.world_size = world_size
+
+    def __len__(self) -> int:
+        """Batches per epoch; the last one may be smaller, as with the book's DataLoader."""
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.labels.shape[0])
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """Indices of ``epoch`` in the order they are visited, (N,) int64 on the device."""
+        n = self.num_examples
+        if not self.shuffle:
+            return torch.arange(n, device=self.device)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(n, generator=gen).to(self.device, non_blocking=True)
+
+    def batches(self, epoch: int, start: int = 0, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``start`` .. ``limit`` (exclusive) of ``epoch``: x (B, 1, S, S) float, y (B,) int64."""
+        order = self.permutation(epoch)
+        stop = len(self) if limit is None else min(limit, len(self))
+        for i in range(start, stop):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            if self.world_size > 1:
+                idx = idx.tensor_split(self.world_size)[self.rank]
+            yield self.prepare(self.images[idx]), self.labels[idx]
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 28, 28) uint8 -> (B, 1, S, S) float in [0, 1] (optionally standardized)."""
+        x = images.unsqueeze(1).float().div_(255.0)
+        if self.resize != x.shape[-1]:
+            # Bilinear like the book's PIL Resize; antialias only matters when shrinking.
+            x = F.interpolate(
+                x, size=(self.resize, self.resize), mode="bilinear", align_corners=False,
+                antialias=self.resize < x.shape[-1],
+            )
+        if self.normalize is not None:
+            mean, std = self.normalize
+            x = x.sub_(mean).div_(std)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x

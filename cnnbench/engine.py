@@ -1,0 +1,271 @@
+"""The training loop's parts: device and precision set-up, one epoch of training, one evaluation.
+
+Metrics are summed in device tensors and read back (one host sync) only at the logging points, never
+per batch; the book's loop calls ``float()`` on every batch's accuracy, which stalls a GPU each step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from .data import DeviceLoader
+from .errors import ConfigError, CnnbenchError
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingDiverged(CnnbenchError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, step: int, epoch: float, last_finite_loss: float | None, lr: float) -> None:
+        self.step, self.epoch, self.last_finite_loss, self.lr = step, epoch, last_finite_loss, lr
+        last = "none" if last_finite_loss is None else f"{last_finite_loss:.4g}"
+        super().__init__(
+            f"training diverged: the loss became non-finite by step {step} (epoch {epoch:.2f}); "
+            f"last finite loss {last}. Try a lower learning rate than {lr:g} "
+            "(optimizer.lr=...) or gradient clipping (trainer.grad_clip_norm=1.0)."
+        )
+
+
+def resolve_device(kind: str) -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU; ``cuda`` without a GPU is refused."""
+    if kind == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device=cuda was asked for but no CUDA device is available "
+            "(torch.cuda.is_available() is False); use device=auto or device=cpu"
+        )
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device=mps was asked for but Apple's MPS backend is not available")
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device.type {kind!r}; use auto, cpu, cuda or mps")
+    return torch.device(kind)
+
+
+def init_weights(model: nn.Module, scheme: str) -> None:
+    """``xavier``: the book's init_weights (Xavier-uniform on every Linear and Conv2d weight)."""
+    if scheme == "default":
+        return
+    if scheme != "xavier":
+        raise ConfigError(f"unknown trainer.init {scheme!r}; use xavier or default")
+    for m in model.modules():
+        if type(m) in (nn.Linear, nn.Conv2d):  # exact types, as the book's type(m) == ... test
+            nn.init.xavier_uniform_(m.weight)
+
+
+def build_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
+    """torch.optim optimizer from the ``optimizer`` group (sgd, adam, adamw)."""
+    name = cfg.name
+    extra = {"foreach": cfg.get("foreach")} if cfg.get("foreach") is not None else {}
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            nesterov=cfg.get("nesterov", False), **extra,
+        )
+    if name in ("adam", "adamw"):
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **extra)
+    raise ConfigError(f"unknown optimizer.name {name!r}; use sgd, adam or adamw")
+
+
+def build_scheduler(cfg: DictConfig, optimizer, steps_per_epoch: int, epochs: int):
+    """A per-step LambdaLR for ``cosine`` and ``step``; None for ``none`` (the book's constant lr)."""
+    if cfg.name == "none":
+        return None
+    total = max(1, steps_per_epoch * epochs)
+    if cfg.name == "cosine":
+        warmup = int(cfg.warmup_epochs * steps_per_epoch)
+        base = optimizer.param_groups[0]["lr"]
+        floor = cfg.eta_min / base if base else 0.0
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    elif cfg.name == "step":
+        period = max(1, int(cfg.step_epochs * steps_per_epoch))
+
+        def factor(step: int) -> float:
+            return cfg.gamma ** (step // period)
+    else:
+        raise ConfigError(f"unknown scheduler.name {cfg.name!r}; use none, cosine or step")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class Precision:
+    """Autocast settings and the fp16 gradient scaler."""
+
+    device: torch.device
+    name: str = "fp32"
+    scaler: torch.amp.GradScaler | None = None
+
+    @classmethod
+    def create(cls, name: str, device: torch.device) -> "Precision":
+        if name not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"unknown device.precision {name!r}; use fp32, bf16 or fp16")
+        if name == "fp16" and device.type != "cuda":
+            raise ConfigError("device.precision=fp16 needs CUDA; on the CPU use bf16 or fp32")
+        scaler = torch.amp.GradScaler("cuda") if name == "fp16" else None
+        return cls(device, name, scaler)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.name == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=AMP_DTYPES[self.name])
+
+
+@dataclass
+class EpochProgress:
+    """Sums of the epoch so far; device tensors so that adding to them never syncs."""
+
+    loss_sum: torch.Tensor  # () float32: sum over examples of the cross-entropy
+    correct: torch.Tensor  # () int64: correctly classified training examples
+    count: int = 0  # examples seen (known on the host from batch sizes)
+    batches: int = 0  # batches done in this epoch
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> "EpochProgress":
+        return cls(torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device))
+
+
+@dataclass
+class LoopHooks:
+    """What the loop reports to and asks of its caller, at logging points and between steps."""
+
+    on_log: Callable[[dict], None] = lambda metrics: None
+    should_stop: Callable[[], bool] = lambda: False
+    progress: Callable[[Iterator], Iterator] = lambda it: it
+    set_postfix: Callable[[dict], None] = lambda d: None
+    log_points: set[int] = field(default_factory=set)  # batch indices after which to sync and log
+
+
+def log_points(num_batches: int, per_epoch: int) -> set[int]:
+    """Batch indices (0-based) after which train metrics are read, like the book's animator."""
+    if per_epoch <= 0:
+        return {num_batches - 1}
+    every = max(1, num_batches // per_epoch)
+    return {i for i in range(num_batches) if (i + 1) % every == 0} | {num_batches - 1}
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DeviceLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    precision: Precision,
+    *,
+    epoch: int,
+    global_step: int,
+    hooks: LoopHooks,
+    progress: EpochProgress | None = None,
+    limit_batches: int | None = None,
+    grad_clip_norm: float | None = None,
+) -> dict:
+    """Train for one epoch (or what remains of it, from ``progress``); returns the epoch's metrics.
+
+    Raises :class:`TrainingDiverged` at the first logging point whose loss is not finite.
+    """
+    model.train()
+    loss_fn = nn.CrossEntropyLoss()
+    progress = progress or EpochProgress.zeros(loader.device)
+    num_batches = len(loader) if limit_batches is None else min(limit_batches, len(loader))
+    last_logged_loss: float | None = None
+    interval_start = time.perf_counter()
+    interval_examples = 0
+    batches = loader.batches(epoch, start=progress.batches, limit=num_batches)
+    for i, (x, y) in enumerate(hooks.progress(batches), start=progress.batches):
+        # x: (B, 1, S, S) float, y: (B,) int64, both on the device
+        with precision.autocast():
+            logits = model(x)  # (B, classes)
+            loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        _backward_and_step(loss, model, optimizer, precision, grad_clip_norm)
+        if scheduler is not None:
+            scheduler.step()
+        global_step += 1
+        with torch.no_grad():
+            progress.loss_sum += loss.detach().float() * y.shape[0]
+            progress.correct += (logits.argmax(dim=1) == y).sum()
+        progress.count += y.shape[0]
+        progress.batches = i + 1
+        interval_examples += y.shape[0]
+        if i in hooks.log_points or hooks.should_stop():
+            loss_value = progress.loss_sum.item() / progress.count  # the one host sync of the interval
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(global_step, epoch + (i + 1) / num_batches, last_logged_loss,
+                                       optimizer.param_groups[0]["lr"])
+            last_logged_loss = loss_value
+            now = time.perf_counter()
+            metrics = {
+                "step": global_step,
+                "epoch": epoch + (i + 1) / num_batches,
+                "train/loss": loss_value,
+                "train/acc": progress.correct.item() / progress.count,
+                "lr": optimizer.param_groups[0]["lr"],
+                "throughput/examples_per_sec": interval_examples / max(now - interval_start, 1e-9),
+            }
+            hooks.on_log(metrics)
+            hooks.set_postfix({"loss": f"{metrics['train/loss']:.3f}", "acc": f"{metrics['train/acc']:.3f}"})
+            interval_start, interval_examples = now, 0
+            if hooks.should_stop():
+                break
+    loss_value = progress.loss_sum.item() / max(progress.count, 1)
+    if not math.isfinite(loss_value):
+        raise TrainingDiverged(global_step, epoch + 1, last_logged_loss, optimizer.param_groups[0]["lr"])
+    return {
+        "step": global_step,
+        "train/loss": loss_value,
+        "train/acc": progress.correct.item() / max(progress.count, 1),
+        "examples": progress.count,
+        "complete": progress.batches >= num_batches,
+        "progress": progress,
+    }
+
+
+def _backward_and_step(loss, model, optimizer, precision: Precision, grad_clip_norm: float | None) -> None:
+    scaler = precision.scaler
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if grad_clip_norm:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        return
+    loss.backward()
+    if grad_clip_norm:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+    optimizer.step()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DeviceLoader, precision: Precision, limit_batches: int | None = None
+) -> dict:
+    """Accuracy and mean loss on ``loader`` (read back once, at the end)."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=loader.device)
+    loss_sum = torch.zeros((), device=loader.device)
+    count = 0
+    for x, y in loader.batches(epoch=0, limit=limit_batches):
+        with precision.autocast():
+            logits = model(x)  # (B, classes)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(dim=1) == y).sum()
+        count += y.shape[0]
+    return {"test/acc": correct.item() / max(count, 1), "test/loss": loss_sum.item() / max(count, 1), "examples": count}

@@ -1,0 +1,114 @@
+"""Everything a run writes besides checkpoints: metrics.jsonl, TensorBoard events, summary.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+logger = logging.getLogger(__name__)
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN and infinities become None: JSON has no spelling for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
+        json.dump({k: _jsonable(v) for k, v in data.items()}, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def hparams_of(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    """The settings shown in TensorBoard's HParams tab: the main knobs plus every override."""
+    hp: dict[str, Any] = {
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "resize": int(cfg.dataset.resize) if cfg.dataset.resize else 0,
+        "optimizer": cfg.optimizer.name,
+        "lr": float(cfg.optimizer.lr),
+        "batch_size": int(cfg.trainer.batch_size),
+        "epochs": int(cfg.trainer.epochs),
+        "seed": int(cfg.trainer.seed),
+        "precision": cfg.device.precision,
+    }
+    for item in overrides:
+        key, _, value = item.lstrip("+~").partition("=")
+        if key.startswith("hydra") or key in hp:
+            continue
+        hp[key] = value
+    return hp
+
+
+class RunLogger:
+    """Appends metric records to ``metrics.jsonl`` and mirrors them to TensorBoard.
+
+    Only scalar values are written to TensorBoard; ``kind`` tells train-interval records from epoch ones.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool = True, purge_step: int | None = None) -> None:
+        self.run_dir = run_dir
+        self.enabled = enabled
+        self._jsonl = None
+        self._tb = None
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = (run_dir / "metrics.jsonl").open("a", buffering=1)  # line-buffered
+        # purge_step drops events at or after it that a killed run wrote past its last checkpoint.
+        self._tb = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+
+    def log(self, kind: str, record: dict) -> None:
+        """Write one record (``step`` is TensorBoard's x axis)."""
+        if not self.enabled:
+            return
+        self._jsonl.write(json.dumps({"kind": kind, **{k: _jsonable(v) for k, v in record.items()}}) + "\n")
+        step = int(record["step"])
+        for key, value in record.items():
+            if key in ("step", "epoch", "examples") or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            self._tb.add_scalar(key, value, step)
+
+    def log_config(self, cfg: DictConfig) -> None:
+        if self.enabled:
+            self._tb.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "\n```", 0)
+
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        """HParams entry for this run, inside the run's own folder so a sweep's runs line up."""
+        if not self.enabled:
+            return
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        # Keys like "hparam/test_acc": their own scalar tags, so they never mix into the curves.
+        values = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        exp, ssi, sei = hparams_summary(hparams, values)
+        writer = self._tb._get_file_writer()
+        for summary in (exp, ssi, sei):
+            writer.add_summary(summary)
+        for key, value in values.items():
+            # The HParams tab shows the last value of each metric tag as its column.
+            self._tb.add_scalar(key, value, 0)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+            self._tb = None
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None

@@ -1,0 +1,511 @@
+"""``cnnbench train``: one run from a composed config to a complete run folder.
+
+``train(cfg, run_dir)`` is the plain function (tests call it after ``compose``); ``hydra_main`` is the
+thin ``@hydra.main`` wrapper behind the command line, single runs and ``-m`` sweeps alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import random
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from . import __version__
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .data import DeviceLoader, load_splits
+from .describe import count_parameters, forward_flops
+from .engine import (
+    EpochProgress,
+    LoopHooks,
+    Precision,
+    TrainingDiverged,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    init_weights,
+    log_points,
+    resolve_device,
+    train_one_epoch,
+)
+from .errors import CheckpointError
+from .models import build_model, get_model_spec
+from .runlog import RunLogger, hparams_of, write_json_atomic
+from .signals import GracefulStop
+
+logger = logging.getLogger(__name__)
+
+CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes
+
+
+@dataclass
+class RunState:
+    """Progress of a run that a checkpoint must carry to resume exactly."""
+
+    epoch: int = 0  # epochs fully done
+    step: int = 0  # optimizer steps done
+    best_test_acc: float | None = None
+    last_test_acc: float | None = None
+    last_train: dict = field(default_factory=dict)  # last epoch's train/loss, train/acc
+    train_time_s: float = 0.0  # seconds inside train_one_epoch, summed over epochs
+    train_examples: int = 0
+    chance_epochs: int = 0  # consecutive epochs at chance level
+    warnings: list[str] = field(default_factory=list)
+    partial: dict | None = None  # sums of an epoch stopped part-way (signal), to continue from
+
+    def to_plain(self) -> dict:
+        return dict(self.__dict__)
+
+
+def image_size(cfg: DictConfig) -> int:
+    """``dataset.resize``, or the model's book resolution when it is null."""
+    return int(cfg.dataset.resize or get_model_spec(cfg.model.name).book_resolution)
+
+
+def model_kwargs(cfg: DictConfig) -> dict:
+    """The ``model`` group minus its name: the factory's keyword arguments."""
+    return {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
+
+
+def make_model(cfg: DictConfig) -> nn.Module:
+    return build_model(
+        cfg.model.name,
+        in_channels=cfg.dataset.in_channels,
+        num_classes=cfg.dataset.num_classes,
+        image_size=image_size(cfg),
+        **model_kwargs(cfg),
+    )
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch; optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def default_run_dir(cfg: DictConfig) -> Path:
+    """The Hydra job's output folder, or a fresh timestamped folder when called outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    stamp = datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
+    return Path("outputs") / f"{stamp}_{cfg.model.name}"
+
+
+def job_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+@dataclass
+class Run:
+    """The live objects of one run."""
+
+    cfg: DictConfig
+    run_dir: Path
+    device: torch.device
+    model: nn.Module  # what is trained (maybe compiled)
+    raw_model: nn.Module  # the nn.Module whose state_dict is saved
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    precision: Precision
+    train_loader: DeviceLoader
+    test_loader: DeviceLoader
+    params: int
+    flops: int
+    state: RunState = field(default_factory=RunState)
+
+
+def setup(cfg: DictConfig, run_dir: Path) -> Run:
+    """Build device, data, model, optimizer and scheduler for ``cfg``."""
+    device = resolve_device(cfg.device.type)
+    if cfg.device.num_threads:
+        torch.set_num_threads(int(cfg.device.num_threads))
+    seed_everything(int(cfg.trainer.seed), bool(cfg.trainer.deterministic))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(cfg.device.cudnn_benchmark) and not cfg.trainer.deterministic
+    size = image_size(cfg)
+    raw_model = make_model(cfg)
+    init_weights(raw_model, cfg.trainer.init)
+    params = count_parameters(raw_model)
+    flops = forward_flops(raw_model, cfg.dataset.in_channels, size)
+    train_split, test_split = load_splits(cfg.dataset)
+    normalize = (float(cfg.dataset.mean), float(cfg.dataset.std)) if cfg.dataset.normalize else None
+    common = dict(device=device, resize=size, normalize=normalize, channels_last=bool(cfg.device.channels_last))
+    train_loader = DeviceLoader(train_split, int(cfg.trainer.batch_size), shuffle=True,
+                                seed=int(cfg.trainer.seed), **common)
+    eval_bs = int(cfg.trainer.eval_batch_size or cfg.trainer.batch_size)
+    test_loader = DeviceLoader(test_split, eval_bs, shuffle=False, **common)
+    raw_model.to(device)
+    if cfg.device.channels_last:
+        raw_model.to(memory_format=torch.channels_last)
+    model = torch.compile(raw_model) if cfg.device.compile else raw_model
+    optimizer = build_optimizer(cfg.optimizer, raw_model.parameters())
+    steps = len(train_loader) if cfg.trainer.limit_train_batches is None else min(
+        len(train_loader), int(cfg.trainer.limit_train_batches))
+    scheduler = build_scheduler(cfg.scheduler, optimizer, steps, int(cfg.trainer.epochs))
+    precision = Precision.create(cfg.device.precision, device)
+    return Run(cfg, run_dir, device, model, raw_model, optimizer, scheduler, precision,
+               train_loader, test_loader, params, flops)
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_state(run: Run) -> dict:
+    return {
+        "model": run.raw_model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+        "scaler": run.precision.scaler.state_dict() if run.precision.scaler is not None else None,
+        "epoch": run.state.epoch,
+        "step": run.state.step,
+        "run_state": run.state.to_plain(),
+        "rng": rng_state(),
+        "config": OmegaConf.to_container(run.cfg, resolve=True),
+        "cnnbench_version": __version__,
+    }
+
+
+def resolve_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from: None, this run folder's last.pt (auto), or a given path."""
+    resume = cfg.trainer.resume
+    if not resume:
+        return None
+    if str(resume) == "auto":
+        path = run_dir / CHECKPOINT_NAME
+        if not path.exists():
+            logger.info("trainer.resume=auto: no %s in %s, starting from scratch", CHECKPOINT_NAME, run_dir)
+            return None
+        return path
+    return Path(str(resume)).expanduser()
+
+
+def restore(run: Run, path: Path) -> None:
+    """Load model, optimizer, scheduler, scaler, progress and RNG states from ``path``."""
+    state = load_checkpoint(path)
+    saved_model = state["config"].get("model", {}).get("name")
+    if saved_model != run.cfg.model.name:
+        raise CheckpointError(
+            f"checkpoint {path} was written for model {saved_model!r}, not {run.cfg.model.name!r}"
+        )
+    try:
+        run.raw_model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit this model or optimizer: "
+                              f"{str(exc).splitlines()[0]}") from exc
+    if run.scheduler is not None and state.get("scheduler"):
+        run.scheduler.load_state_dict(state["scheduler"])
+    if run.precision.scaler is not None and state.get("scaler"):
+        run.precision.scaler.load_state_dict(state["scaler"])
+    run.state = RunState(**state["run_state"])
+    set_rng_state(state["rng"])
+    logger.info("resumed from %s at epoch %d, step %d", path, run.state.epoch, run.state.step)
+
+
+def trim_metrics(run_dir: Path, step: int) -> None:
+    """Drop metrics.jsonl records past ``step``: a killed run may have logged beyond its checkpoint."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    import json
+
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+    path.write_text("".join(k + "\n" for k in kept))
+
+
+# ------------------------------------------------------------------------------------------ the loop
+
+
+def _progress_enabled(setting: Any) -> bool:
+    if str(setting) == "auto":
+        return sys.stderr.isatty()
+    return bool(setting)
+
+
+def _chance_check(run: Run, train_metrics: dict) -> None:
+    """Warn when the loss sits at ln(10) and accuracy near 0.1 for several epochs."""
+    at_chance = abs(train_metrics["train/loss"] - CHANCE_LOSS) < 0.05 and train_metrics["train/acc"] < 0.15
+    run.state.chance_epochs = run.state.chance_epochs + 1 if at_chance else 0
+    patience = int(run.cfg.trainer.chance_patience)
+    if patience and run.state.chance_epochs == patience:
+        msg = (f"train loss has stayed at chance level (~ln 10 = {CHANCE_LOSS:.3f}, accuracy ~0.1) for "
+               f"{patience} epochs: the network is not learning; try another learning rate")
+        logger.warning(msg)
+        run.state.warnings.append(msg)
+
+
+def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop) -> str:
+    """Train epoch after epoch; returns "completed" or "interrupted"."""
+    from tqdm.auto import tqdm
+
+    cfg = run.cfg
+    epochs = int(cfg.trainer.epochs)
+    limit = cfg.trainer.limit_train_batches
+    n_batches = len(run.train_loader) if limit is None else min(int(limit), len(run.train_loader))
+    show_bar = _progress_enabled(cfg.trainer.progress_bar)
+    while run.state.epoch < epochs:
+        epoch = run.state.epoch
+        bar = None
+
+        def progress(it, epoch=epoch):
+            nonlocal bar
+            bar = tqdm(it, total=n_batches, initial=partial.batches if partial else 0,
+                       desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not show_bar)
+            return bar
+
+        partial = _restore_partial(run)
+        hooks = LoopHooks(
+            on_log=lambda m: rlog.log("train", m),
+            should_stop=lambda: stop.requested,
+            progress=progress,
+            set_postfix=lambda d: bar.set_postfix(d, refresh=False) if bar is not None else None,
+            log_points=log_points(n_batches, int(cfg.trainer.logs_per_epoch)),
+        )
+        t0 = time.perf_counter()
+        out = train_one_epoch(
+            run.model, run.train_loader, run.optimizer, run.scheduler, run.precision,
+            epoch=epoch, global_step=run.state.step, hooks=hooks, progress=partial,
+            limit_batches=limit, grad_clip_norm=cfg.trainer.grad_clip_norm,
+        )
+        if bar is not None:
+            bar.close()
+        elapsed = time.perf_counter() - t0
+        run.state.step = out["step"]
+        run.state.train_time_s += elapsed
+        run.state.train_examples += out["examples"] - (partial.count if partial else 0)
+        if not out["complete"]:
+            run.state.partial = _plain_progress(out["progress"])
+            return "interrupted"
+        run.state.partial = None
+        finish_epoch(run, rlog, out, elapsed)
+        if stop.requested:
+            return "interrupted"
+    return "completed"
+
+
+def _restore_partial(run: Run) -> EpochProgress | None:
+    p = run.state.partial
+    if not p:
+        return None
+    dev = run.device
+    return EpochProgress(p["loss_sum"].to(dev), p["correct"].to(dev), int(p["count"]), int(p["batches"]))
+
+
+def _plain_progress(p: EpochProgress) -> dict:
+    return {"loss_sum": p.loss_sum.detach().cpu(), "correct": p.correct.detach().cpu(),
+            "count": p.count, "batches": p.batches}
+
+
+def finish_epoch(run: Run, rlog: RunLogger, out: dict, elapsed: float) -> None:
+    """Evaluate (when due), log the epoch record, check for chance level, checkpoint."""
+    cfg = run.cfg
+    run.state.epoch += 1
+    epoch = run.state.epoch
+    record: dict[str, Any] = {
+        "step": run.state.step, "epoch": epoch,
+        "train/loss": out["train/loss"], "train/acc": out["train/acc"],
+        "throughput/examples_per_sec": out["examples"] / max(elapsed, 1e-9),
+        "time/epoch_s": elapsed,
+    }
+    every = int(cfg.trainer.eval_every)
+    if (every > 0 and epoch % every == 0) or epoch == int(cfg.trainer.epochs):
+        test = evaluate(run.model, run.test_loader, run.precision, cfg.trainer.limit_eval_batches)
+        record.update({"test/acc": test["test/acc"], "test/loss": test["test/loss"]})
+        run.state.last_test_acc = test["test/acc"]
+        best = run.state.best_test_acc
+        run.state.best_test_acc = test["test/acc"] if best is None else max(best, test["test/acc"])
+    run.state.last_train = {"train/loss": out["train/loss"], "train/acc": out["train/acc"]}
+    rlog.log("epoch", record)
+    logger.info(
+        "epoch %d/%d: loss %.3f, train acc %.3f%s, %.0f examples/sec", epoch, int(cfg.trainer.epochs),
+        out["train/loss"], out["train/acc"],
+        f", test acc {record['test/acc']:.3f}" if "test/acc" in record else "",
+        record["throughput/examples_per_sec"],
+    )
+    _chance_check(run, out)
+    if cfg.trainer.checkpoint:
+        save_checkpoint(run.run_dir / CHECKPOINT_NAME, checkpoint_state(run))
+
+
+# -------------------------------------------------------------------------------------------- summary
+
+
+def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall: float,
+              overrides: list[str], error: BaseException | None = None) -> dict:
+    """The summary.json content for any outcome."""
+    s = run.state if run is not None else RunState()
+    summary: dict[str, Any] = {
+        "status": status,
+        "error": None if error is None else f"{type(error).__name__}: {error}",
+        "traceback": None if error is None or isinstance(error, TrainingDiverged)
+        else "".join(traceback.format_exception(error)),
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "resize": _safe(lambda: image_size(cfg)),
+        "epochs": int(cfg.trainer.epochs),
+        "epochs_completed": s.epoch,
+        "steps": s.step,
+        "train/loss": s.last_train.get("train/loss"),
+        "train/acc": s.last_train.get("train/acc"),
+        "test/acc": s.last_test_acc,
+        "best/test_acc": s.best_test_acc,
+        "wall_time_s": wall,
+        "train_time_s": s.train_time_s,
+        "examples_per_sec": s.train_examples / s.train_time_s if s.train_time_s else None,
+        "params": run.params if run else None,
+        "flops_per_image": run.flops if run else None,
+        "device": _device_name(run.device) if run else str(cfg.device.type),
+        "precision": cfg.device.precision,
+        "seed": int(cfg.trainer.seed),
+        "deterministic": bool(cfg.trainer.deterministic),
+        "warnings": s.warnings,
+        "overrides": overrides,
+        "run_dir": str(run_dir),
+        "torch_version": torch.__version__,
+        "cnnbench_version": __version__,
+        "python_version": platform.python_version(),
+    }
+    if isinstance(error, TrainingDiverged):
+        summary.update({"diverged_at_step": error.step, "last_finite_loss": error.last_finite_loss})
+    return summary
+
+
+def _safe(fn):
+    try:
+        return fn()
+    except Exception:  # the summary of a failed run must never fail itself
+        return None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict:
+    """Train the configured network; write the run folder; return the summary.
+
+    Runtime failures (divergence, exceptions, signals) never escape: they are recorded in the returned
+    summary and in ``summary.json`` with their status, so a sweep can go on with the next job.
+    """
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    overrides = job_overrides()
+    start = time.perf_counter()
+    write_json_atomic(run_dir / "summary.json", {"status": "running", "model": cfg.model.name})
+    run: Run | None = None
+    rlog: RunLogger | None = None
+    status, error = "failed", None
+    with GracefulStop() as stop:
+        try:
+            run = setup(cfg, run_dir)
+            resume_from = resolve_resume(cfg, run_dir)
+            if resume_from is not None:
+                restore(run, resume_from)
+                trim_metrics(run_dir, run.state.step)
+            rlog = RunLogger(run_dir, purge_step=run.state.step + 1 if resume_from else None)
+            if resume_from is None:
+                rlog.log_config(cfg)
+            status = run_epochs(run, rlog, stop)
+            if status == "interrupted" and cfg.trainer.checkpoint:
+                save_checkpoint(run_dir / CHECKPOINT_NAME, checkpoint_state(run))
+                logger.warning("interrupted: checkpoint written to %s; resume with trainer.resume=auto "
+                               "and hydra.run.dir=%s", run_dir / CHECKPOINT_NAME, run_dir)
+        except TrainingDiverged as exc:
+            status, error = "diverged", exc
+            logger.error("%s", exc)
+        except Exception as exc:  # any failure of this job is recorded, not raised (sweeps go on)
+            status, error = "failed", exc
+            logger.error("run failed: %s: %s", type(exc).__name__, exc, exc_info=True)
+    summary = summarize(run, cfg, run_dir, status, time.perf_counter() - start, overrides, error)
+    if rlog is not None:
+        if status == "completed":
+            rlog.log_hparams(hparams_of(cfg, overrides), {
+                "hparam/test_acc": summary["test/acc"], "hparam/best_test_acc": summary["best/test_acc"],
+                "hparam/train_loss": summary["train/loss"], "hparam/train_acc": summary["train/acc"],
+            })
+        rlog.close()
+    write_json_atomic(run_dir / "summary.json", summary)
+    _closing_lines(summary)
+    return summary
+
+
+def _closing_lines(summary: dict) -> None:
+    """The book's two closing lines, then where everything went."""
+    if summary["status"] == "completed":
+        logger.info("loss %.3f, train acc %.3f, test acc %.3f",
+                    summary["train/loss"], summary["train/acc"], summary["test/acc"])
+        logger.info("%.1f examples/sec on %s", summary["examples_per_sec"] or 0.0, summary["device"])
+    else:
+        logger.warning("run %s: %s", summary["status"], summary["error"] or "")
+    logger.info("run folder: %s", summary["run_dir"])
+
+
+# ------------------------------------------------------------------------------------- command line
+
+
+EXIT_CODES = {"completed": 0, "failed": 1, "diverged": 3, "interrupted": 130}
+
+
+def hydra_main(args: Sequence[str]) -> int:
+    """Run ``cnnbench train`` with Hydra overrides ``args``; returns the process exit code."""
+    import hydra
+
+    from .config import PRIMARY_CONFIG, config_dir
+
+    outcomes: list[dict] = []
+
+    @hydra.main(config_path=str(config_dir()), config_name=PRIMARY_CONFIG, version_base="1.3")
+    def _job(cfg: DictConfig) -> float:
+        summary = train(cfg)
+        outcomes.append({k: summary[k] for k in ("status", "error", "run_dir")})
+        # Sweepers (Optuna) maximize this value; a failed job gives NaN.
+        return float(summary["test/acc"]) if summary["test/acc"] is not None else float("nan")
+
+    saved_argv = sys.argv
+    sys.argv = ["cnnbench train", *args]
+    try:
+        _job()
+    finally:
+        sys.argv = saved_argv
+    return _exit_code(outcomes)
+
+
+def _exit_code(outcomes: list[dict]) -> int:
+    failed = [o for o in outcomes if o["status"] != "completed"]
+    if len(outcomes) > 1 and failed:
+        logger.error("%d of %d jobs did not complete:", len(failed), len(outcomes))
+        for o in failed:
+            logger.error("  %s: %s: %s", o["run_dir"], o["status"], o["error"])
+    if not failed:
+        return 0
+    return max(EXIT_CODES.get(o["status"], 1) for o in failed) if len(outcomes) == 1 else 1
