@@ -1,0 +1,159 @@
+"""``cnnbench report`` on fake run folders: no training, only the files ``cnnbench train`` writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from cnnbench.report import build_report, cmd_report, read_metrics, write_report
+
+EPOCHS = 3
+
+
+def fake_run(folder: Path, overrides: list[str], test_acc: float | None, *, status: str = "completed",
+             error: str | None = None, examples_per_sec: float = 5000.0, summary: bool = True) -> Path:
+    """A run folder like ``cnnbench train`` leaves: .hydra files, metrics.jsonl and summary.json."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (folder / ".hydra" / "config.yaml").write_text(f"model:\n  name: lenet\ntrainer:\n  epochs: {EPOCHS}\n")
+    lines = []
+    for epoch in range(1, EPOCHS + 1):
+        lines.append({"kind": "train", "step": epoch * 10 - 5, "epoch": epoch - 0.5, "train/loss": 1.0,
+                      "train/acc": 0.5, "lr": 0.1})
+        if test_acc is not None:
+            lines.append({"kind": "epoch", "step": epoch * 10, "epoch": epoch, "train/loss": 1.0 / epoch,
+                          "train/acc": 0.6 + 0.01 * epoch, "test/acc": test_acc - 0.05 * (EPOCHS - epoch)})
+    text = "".join(json.dumps(line) + "\n" for line in lines) + '{"kind": "epoch", "step": 3'  # cut-off line
+    (folder / "metrics.jsonl").write_text(text)
+    if summary:
+        (folder / "summary.json").write_text(json.dumps({
+            "status": status, "error": error, "traceback": None, "model": "lenet", "resize": 28,
+            "epochs": EPOCHS, "epochs_completed": EPOCHS if test_acc is not None else 0,
+            "train/loss": 0.3123456 if test_acc is not None else None,
+            "train/acc": 0.8876543 if test_acc is not None else None,
+            "test/acc": test_acc, "best/test_acc": test_acc, "wall_time_s": 12.345,
+            "examples_per_sec": examples_per_sec, "params": 61706, "flops_per_image": 429_000,
+            "device": "cpu", "seed": 0, "overrides": overrides,
+        }))
+    return folder
+
+
+def grid_sweep(root: Path) -> dict[str, float]:
+    """The 2x2 sweep model x optimizer.lr; returns test acc by folder name."""
+    accs = {}
+    job = 0
+    for model, speed in (("lenet", 9000.0), ("lenet_bn", 6000.0)):
+        for lr in ("0.3", "0.9"):
+            name = f"{job}_model={model},optimizer.lr={lr}"
+            accs[name] = round(0.70 + 0.03 * job + (0.05 if model == "lenet_bn" and lr == "0.3" else 0), 4)
+            fake_run(root / name, [f"model={model}", f"optimizer.lr={lr}", f"trainer.epochs={EPOCHS}"],
+                     accs[name], examples_per_sec=speed + 100 * job)
+            job += 1
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    return accs
+
+
+def test_grid_sweep_table_csv_and_files(tmp_path: Path) -> None:
+    accs = grid_sweep(tmp_path)
+    report = build_report(tmp_path)
+    assert len(report.runs) == 4
+    assert report.columns == ["model", "optimizer.lr"]  # trainer.epochs is the same everywhere
+    assert not report.show_run_name and not report.groups
+    assert [r.name for r in report.runs] == sorted(accs, key=accs.get, reverse=True)
+
+    paths = write_report(report)
+    assert {p.name for p in paths.values()} == {"report.md", "report.csv", "report.png"}
+    assert all(p.parent == tmp_path for p in paths.values())
+    assert paths["png"].stat().st_size > 10_000
+    md = paths["md"].read_text()
+    assert "| model" in md and "optimizer.lr" in md and "trainer.epochs" not in md.split("## Runs")[1]
+
+    with paths["csv"].open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == [r.name for r in report.runs]
+    for row in rows:
+        summary = json.loads((tmp_path / row["run"] / "summary.json").read_text())
+        assert float(row["test/acc"]) == summary["test/acc"]
+        assert float(row["train/loss"]) == summary["train/loss"]
+        assert float(row["examples_per_sec"]) == summary["examples_per_sec"]
+        assert int(row["params"]) == summary["params"]
+        assert row["model"] == summary["model"] and row["status"] == "completed"
+        assert Path(row["path"]) == tmp_path / row["run"]
+
+
+def test_failed_and_missing_runs_come_last(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    grid_sweep(tmp_path)
+    fake_run(tmp_path / "4_model=lenet,optimizer.lr=9", ["model=lenet", "optimizer.lr=9"], None,
+             status="failed", error="loss is nan\nsecond line")
+    fake_run(tmp_path / "5_model=lenet,optimizer.lr=5", ["model=lenet", "optimizer.lr=5"], None, summary=False)
+    report = build_report(tmp_path)
+    assert [r.status for r in report.runs[-2:]] == ["failed", "missing"]
+    assert report.runs[-2].error == "loss is nan\nsecond line"
+    assert report.runs[-1].error == "no summary"
+
+    assert cmd_report([str(tmp_path)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    failed_line = next(line for line in table if "| failed" in line)
+    assert "loss is nan" in failed_line and "second line" not in failed_line
+    assert "missing" in table[-1] and "no summary" in table[-1]
+    with (tmp_path / "report.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows[-2]["error"] == "loss is nan\nsecond line" and rows[-2]["test/acc"] == ""
+
+
+def test_seed_groups_mean_and_sample_std(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    accs: dict[str, list[float]] = {"0.1": [0.81, 0.83, 0.86], "0.5": [0.71, 0.70, 0.74]}
+    job = 0
+    for lr, values in accs.items():
+        for seed, acc in enumerate(values):
+            fake_run(tmp_path / f"{job}_lr={lr},seed={seed}", [f"optimizer.lr={lr}", f"trainer.seed={seed}"], acc)
+            job += 1
+    report = build_report(tmp_path)
+    assert len(report.groups) == 2
+    for group, lr in zip(report.groups, ("0.1", "0.5")):  # best mean first
+        assert group.settings == {"optimizer.lr": lr}
+        assert len(group.finished) == 3
+        assert group.mean == pytest.approx(statistics.mean(accs[lr]))
+        assert group.std == pytest.approx(statistics.stdev(accs[lr]))
+    assert cmd_report([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    group_table = out.split("seed groups")[1]
+    assert "trainer.seed" not in group_table.splitlines()[2]  # the group table's header
+    assert f"{statistics.stdev(accs['0.1']):.4f}" in group_table
+    assert (tmp_path / "out" / "report.png").stat().st_size > 0
+
+
+def test_single_run_folder(tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "2026-01-01" / "12-00-00_lenet", ["model=lenet"], 0.8)
+    report = build_report(run)
+    assert len(report.runs) == 1 and report.runs[0].test_acc == 0.8
+    assert report.show_run_name  # nothing differs: the folder names the row
+
+
+def test_running_job_uses_metrics(tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "0_model=lenet", ["model=lenet"], 0.8, summary=False)
+    (run / "summary.json").write_text(json.dumps({"status": "running", "model": "lenet"}))
+    (r,) = build_report(tmp_path).runs
+    assert r.status == "running" and r.test_acc == pytest.approx(0.8)
+    assert r.summary["epochs_completed"] == EPOCHS and r.summary["epochs"] == EPOCHS
+    assert len(r.curve) == EPOCHS
+
+
+def test_malformed_metrics_lines_are_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"kind": "epoch", "epoch": 1}\nnot json\n[1, 2]\n{"kind": "ep')
+    assert read_metrics(path) == [{"kind": "epoch", "epoch": 1}]
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_no_runs_exit_code_2(tmp_path: Path, make: str, caplog: pytest.LogCaptureFixture) -> None:
+    target = tmp_path / "nowhere"
+    if make == "empty":
+        (target / "sub").mkdir(parents=True)
+    assert cmd_report([str(target)]) == 2
+    assert "cnnbench report" in caplog.text
+    assert not (tmp_path / "nowhere" / "report.md").exists()
