@@ -11,7 +11,10 @@ import logging
 import sys
 from typing import Callable, Sequence
 
+from hydra.errors import HydraException
+
 from . import __version__
+from .errors import CnnbenchError
 
 COMMANDS: dict[str, str] = {
     "train": "train a network (Hydra overrides; -m for a sweep)",
@@ -90,7 +93,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in HANDLERS:
         parser.error(f"unknown command {command!r}; choose from {', '.join(HANDLERS)}")
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    return HANDLERS[command](rest)
+    try:
+        return HANDLERS[command](rest)
+    except CnnbenchError as exc:
+        # A problem the user can fix: one sentence, no traceback.
+        print(f"cnnbench {command}: error: {exc}", file=sys.stderr)
+        return 2
+    except HydraException as exc:
+        print(f"cnnbench {command}: error: {_first_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _first_line(exc: BaseException) -> str:
+    """Hydra's multi-line message as one line: 'Could not find ... Available options in 'model': a, b'."""
+    text = str(exc).split("Config search path:")[0].strip() or type(exc).__name__
+    head, *rest = [line.strip() for line in text.splitlines() if line.strip()]
+    if not rest:
+        return head
+    label, options = (rest[0], rest[1:]) if rest[0].endswith(":") else ("", rest)
+    return f"{head}. {label} {', '.join(options)}".replace(".  ", ". ").strip()
 
 
 if __name__ == "__main__":

@@ -508,6 +508,8 @@ def plot_report(report: Report, path: Path) -> None:
     _plot_curves(report, ax_curve, colors)
     _plot_speed(report, ax_speed, colors)
     title = f"cnnbench report: {report.root.resolve().name}, {outcome_line(report)}"
+    if report.not_ok:  # they have no final accuracy to draw: say so rather than silently drop them
+        title += f" ({len(report.not_ok)} not completed, not plotted)"
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -544,7 +546,6 @@ def _plot_curves(report: Report, ax: Any, colors: dict[str, Any]) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (fraction correct)")
     ax.grid(True, alpha=0.35)
-    _note_failures(report, ax)
     if not drawn:
         ax.text(0.5, 0.5, "no test accuracy logged yet", ha="center", va="center", transform=ax.transAxes)
         return
@@ -563,6 +564,11 @@ def _group_size(report: Report, run: RunResult) -> int:
 def _plot_speed(report: Report, ax: Any, colors: dict[str, Any]) -> None:
     """Final test accuracy against examples/sec: seed groups as mean ± std, other runs as points."""
     points = _speed_points(report)
+    for g in report.groups:  # each seed faintly behind its group's mean, to show the spread
+        for r in g.finished:
+            x = _number(r.summary.get("examples_per_sec"))
+            if x:
+                ax.plot([x], [r.test_acc], ".", markersize=5, alpha=0.35, color=colors[report.color_key(r)])
     for label, x, y, err, color_key in points:
         color = colors[color_key]
         if err is not None:
@@ -574,6 +580,7 @@ def _plot_speed(report: Report, ax: Any, colors: dict[str, Any]) -> None:
     ax.set_xlabel("training throughput (examples/sec, log scale)")
     ax.set_ylabel("final test accuracy (fraction correct)")
     ax.grid(True, which="both", alpha=0.35)
+    ax.margins(y=0.12)  # keeps the top point's label inside the axes
     if not points:
         ax.text(0.5, 0.5, "no completed run with a throughput", ha="center", va="center", transform=ax.transAxes)
         return
@@ -601,16 +608,19 @@ def _speed_points(report: Report) -> list[tuple[str, float, float, float | None,
 
 
 def _pad_log_x(ax: Any, xs: Sequence[float]) -> None:
-    """Room on the right for the point labels, and a visible range when all points share one x."""
+    """Room on the right for the point labels, and plain tick labels ('6,000', not '6x10^3')."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     lo, hi = min(xs), max(xs)
-    ax.set_xlim(lo / 1.5, hi * 3.0 if hi > lo * 1.01 else hi * 2.5)
-
-
-def _note_failures(report: Report, ax: Any) -> None:
-    bad = report.not_ok
-    if bad:
-        ax.text(0.01, 0.01, f"not plotted: {len(bad)} run(s) failed, diverged or missing",
-                transform=ax.transAxes, fontsize=8, color="firebrick", va="bottom")
+    ax.set_xlim(lo / 2.0, hi * 3.0)
+    plain = FuncFormatter(lambda x, _pos: f"{x:,.0f}" if x >= 10 else f"{x:.3g}")
+    ax.xaxis.set_major_formatter(plain)
+    # Within about a decade there is at most one major tick: label the minor ones (2x, 3x, 5x) too.
+    if math.log10(hi * 3.0 / (lo / 2.0)) < 1.6:
+        ax.xaxis.set_minor_formatter(FuncFormatter(
+            lambda x, pos: plain(x, pos) if round(x / 10 ** math.floor(math.log10(x))) in (2, 3, 5) else ""))
+    else:
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 # ------------------------------------------------------------------------------------ command line

@@ -492,12 +492,34 @@ def hydra_main(args: Sequence[str]) -> int:
         return float(summary["test/acc"]) if summary["test/acc"] is not None else float("nan")
 
     saved_argv = sys.argv
-    sys.argv = ["cnnbench train", *args]
+    sys.argv = ["cnnbench train", *args, *sweep_naming_overrides(args)]
     try:
         _job()
     finally:
         sys.argv = saved_argv
     return _exit_code(outcomes)
+
+
+def sweep_naming_overrides(args: Sequence[str]) -> list[str]:
+    """Name sweep job folders by the swept values only (``3_model=nin,optimizer.lr=0.1``).
+
+    Hydra's ``override_dirname`` lists every override, paths included; overrides that are the same
+    for every job go to its ``exclude_keys`` so they stay out of folder and TensorBoard run names.
+    """
+    if not {"-m", "--multirun"} & set(args):
+        return []
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    plain = [a for a in args if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(plain)
+    except Exception:  # Hydra reports bad overrides itself, with its own message
+        return []
+    fixed = sorted({o.key_or_group for o in parsed if not o.is_sweep_override()})
+    keys = [k for k in fixed if not k.startswith("hydra")] + ["hydra.sweep.dir", "hydra.run.dir"]
+    if any(a.startswith("hydra.job.config.override_dirname.exclude_keys") for a in plain):
+        return []
+    return [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"]
 
 
 def _exit_code(outcomes: list[dict]) -> int:

@@ -70,14 +70,11 @@ class VGG(nn.Sequential):
         )
 
 
-def _vgg(arch: str, width_div: int, in_channels: int, num_classes: int, image_size: int, **kw) -> VGG:
-    kw.setdefault("width_div", width_div)
-    return VGG(CONV_ARCHS[arch], in_channels, num_classes, image_size, **kw)
-
-
-def _register(name: str, arch: str, width_div: int, doc: str) -> None:
-    def factory(in_channels: int = 1, num_classes: int = 10, image_size: int = 224, **kw) -> VGG:
-        return _vgg(arch, width_div, in_channels, num_classes, image_size, **kw)
+def _register(name: str, arch: str, default_div: int, doc: str) -> None:
+    def factory(
+        in_channels: int = 1, num_classes: int = 10, image_size: int = 224, width_div: int = default_div, **kw
+    ) -> VGG:
+        return VGG(CONV_ARCHS[arch], in_channels, num_classes, image_size, width_div=width_div, **kw)
 
     factory.__doc__ = doc
     register_model(name, family="vgg", book_resolution=224, min_resolution=_MIN_SIDE)(factory)

@@ -1,0 +1,72 @@
+"""Shared fixtures: small MNIST-format IDX files written by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (magic 0x0803 for 3-D images, 0x0801 for 1-D labels)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    magic = 0x0800 | array.ndim
+    with path.open("wb") as f:
+        f.write(struct.pack(f">{array.ndim + 1}I", magic, *array.shape))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+def make_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """28x28 images a small network can learn: a bright bar whose row depends on the class, plus noise."""
+    images = rng.integers(0, 60, size=(len(labels), 28, 28), dtype=np.int64)
+    for i, c in enumerate(labels):
+        images[i, 2 + 2 * c : 4 + 2 * c, 4:24] = 230
+    return images.astype(np.uint8)
+
+
+def write_fake_dataset(root: Path, n_train: int = 256, n_test: int = 128, folder: str = "FashionMNIST",
+                       seed: int = 0) -> Path:
+    """Four IDX files in torchvision's layout under ``root``; returns ``root``."""
+    rng = np.random.default_rng(seed)
+    raw = root / folder / "raw"
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        rng.shuffle(labels)
+        write_idx(raw / f"{split}-images-idx3-ubyte", make_images(labels, rng))
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_data(tmp_path_factory) -> Path:
+    """A small Fashion-MNIST look-alike (256 train, 128 test images)."""
+    return write_fake_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def no_data_env(monkeypatch, tmp_path):
+    """Run from an empty folder with no CNNBENCH_DATA, so no real data is found by accident."""
+    monkeypatch.delenv("CNNBENCH_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def real_data_root() -> Path | None:
+    """Full Fashion-MNIST for the realdata tests: $CNNBENCH_DATA or ../shared/data."""
+    for candidate in (os.environ.get("CNNBENCH_DATA"), SHARED_DATA):
+        if candidate and (Path(candidate) / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+            return Path(candidate)
+    return None
+
+
+def cli(*args: str) -> list[str]:
+    """argv that runs the cnnbench command line in a subprocess with this interpreter."""
+    return [sys.executable, "-m", "cnnbench", *args]

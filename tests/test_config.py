@@ -1,0 +1,65 @@
+"""Every option of every config group composes, and the experiments hold the book's recipes."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnnbench.config import compose_config, config_dir
+from cnnbench.models import list_models
+
+GROUPS = ["model", "dataset", "optimizer", "scheduler", "device", "experiment"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes(group, option):
+    cfg = compose_config([f"{group}={option}"])
+    assert cfg.model.name in list_models()
+    assert cfg.trainer.epochs > 0
+
+
+def test_every_model_has_a_config_and_every_config_a_model():
+    assert set(options("model")) == set(list_models())
+    for name in options("model"):
+        assert compose_config([f"model={name}"]).model.name == name
+
+
+RECIPES = {  # D2L chapters 6-8: model, lr, batch size, resize
+    "d2l_lenet": ("lenet", 0.9, 256, 28),
+    "d2l_lenet_bn": ("lenet_bn", 1.0, 256, 28),
+    "d2l_alexnet": ("alexnet", 0.01, 128, 224),
+    "d2l_vgg11": ("vgg11", 0.05, 128, 224),
+    "d2l_nin": ("nin", 0.1, 128, 224),
+    "d2l_googlenet": ("googlenet", 0.1, 128, 96),
+    "d2l_resnet18": ("resnet18", 0.05, 256, 96),
+    "d2l_densenet": ("densenet", 0.1, 256, 96),
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(RECIPES))
+def test_experiments_are_the_books_recipes(experiment):
+    cfg = compose_config([f"experiment={experiment}"])
+    model, lr, batch, resize = RECIPES[experiment]
+    assert (cfg.model.name, cfg.optimizer.lr, cfg.trainer.batch_size, cfg.dataset.resize) == (model, lr, batch, resize)
+    assert cfg.optimizer.name == "sgd" and cfg.optimizer.momentum == 0 and cfg.optimizer.weight_decay == 0
+    assert cfg.trainer.epochs == 10 and cfg.trainer.init == "xavier" and cfg.scheduler.name == "none"
+
+
+def test_experiment_list_is_complete():
+    assert set(options("experiment")) == set(RECIPES)
+
+
+def test_defaults_are_the_lenet_recipe():
+    default, lenet = compose_config([]), compose_config(["experiment=d2l_lenet"])
+    for key in ("model", "optimizer", "scheduler"):
+        assert default[key] == lenet[key]
+    assert default.trainer == lenet.trainer
+    assert (default.dataset.resize or 28) == lenet.dataset.resize
+
+
+def test_vgg11_divides_widths_by_four():
+    assert compose_config(["model=vgg11"]).model.width_div == 4
+    assert compose_config(["model=vgg11_full"]).model.width_div == 1

@@ -1,0 +1,121 @@
+"""Registry-driven tests: every registered network, forward and backward, at its book resolution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cnnbench.describe import block_shapes, count_parameters
+from cnnbench.models import (
+    InputTooSmallError,
+    UnknownModelError,
+    build_model,
+    get_model_spec,
+    list_models,
+    register_model,
+)
+
+BOOK_MODELS = ["lenet", "lenet_bn", "alexnet", "vgg11", "nin", "googlenet", "resnet18", "densenet"]
+
+# Parameter counts at the book's resolution, 1 input channel, 10 classes: pins every architecture.
+PARAMS = {
+    "lenet": 61_706,
+    "lenet_bn": 44_878,
+    "alexnet": 46_764_746,
+    "vgg11": 43_093_322,
+    "vgg11_full": 128_806_154,
+    "vgg13": 43_104_890,
+    "vgg16": 43_436_986,
+    "vgg19": 43_769_082,
+    "nin": 1_992_166,
+    "googlenet": 5_977_530,
+    "resnet18": 11_178_378,
+    "resnet34": 21_290_250,
+    "densenet": 758_226,
+}
+
+
+def test_registry_holds_the_books_networks_in_chapter_order():
+    names = list_models()
+    assert [n for n in names if n in BOOK_MODELS] == BOOK_MODELS
+    assert set(PARAMS) == set(names)
+    assert list_models("vgg*") == ["vgg11", "vgg11_full", "vgg13", "vgg16", "vgg19"]
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward_at_book_resolution(name):
+    spec = get_model_spec(name)
+    model = build_model(name)
+    assert count_parameters(model) == PARAMS[name]
+    x = torch.rand(2, 1, spec.book_resolution, spec.book_resolution)  # (B, C, H, W)
+    out = model(x)
+    assert out.shape == (2, 10)
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{name}: {pname} got no gradient"
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("size", [28, 96])
+def test_builds_at_other_resolutions_or_refuses_clearly(name, size):
+    spec = get_model_spec(name)
+    if size < spec.min_resolution:
+        with pytest.raises(InputTooSmallError, match=f"smallest size that works is {spec.min_resolution}"):
+            build_model(name, image_size=size)
+        return
+    model = build_model(name, image_size=size, in_channels=3, num_classes=7).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, size, size)).shape == (1, 7)
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if get_model_spec(n).min_resolution > 1])
+def test_min_resolution_is_tight(name):
+    """The smallest size named in the error really builds and runs; one pixel less really fails."""
+    m = get_model_spec(name).min_resolution
+    with torch.no_grad():
+        assert build_model(name, image_size=m).eval()(torch.rand(1, 1, m, m)).shape == (1, 10)
+    with pytest.raises(InputTooSmallError):
+        build_model(name, image_size=m - 1)
+
+
+def test_resnet18_block_shapes_match_the_book_at_224():
+    shapes = [b.shape for b in block_shapes(build_model("resnet18", image_size=224), 1, 224)]
+    assert shapes == [
+        (1, 64, 56, 56), (1, 64, 56, 56), (1, 128, 28, 28), (1, 256, 14, 14), (1, 512, 7, 7),
+        (1, 512, 1, 1), (1, 512), (1, 10),
+    ]
+
+
+def test_alexnet_flattens_to_6400_at_224():
+    shapes = [(b.name, b.shape) for b in block_shapes(build_model("alexnet"), 1, 224)]
+    assert ("Flatten", (1, 6400)) in shapes
+    assert build_model("alexnet")[14].in_features == 6400
+
+
+def test_lenet_flatten_sizes_follow_the_book():
+    assert build_model("lenet")[7].in_features == 16 * 5 * 5
+    assert build_model("lenet_bn")[9].in_features == 16 * 4 * 4
+    assert build_model("vgg11")[6].in_features == (512 // 4) * 7 * 7
+
+
+def test_alexnet_at_28_names_the_smallest_size():
+    with pytest.raises(InputTooSmallError) as err:
+        build_model("alexnet", image_size=28)
+    assert "alexnet cannot take 28x28 inputs" in str(err.value)
+    assert "smallest size that works is 65" in str(err.value)
+
+
+def test_unknown_name_lists_valid_names_and_closest_match():
+    with pytest.raises(UnknownModelError) as err:
+        build_model("resnet81")
+    msg = str(err.value)
+    assert "unknown model 'resnet81'" in msg
+    assert "Did you mean 'resnet18'?" in msg
+    for name in list_models():
+        assert name in msg
+
+
+def test_duplicate_registration_raises():
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("lenet", family="lenet", book_resolution=28)(lambda **kw: None)
