@@ -35,7 +35,7 @@ MISSING = "missing"  # status of a run folder without a readable summary.json
 OK_STATUSES = ("completed", "interrupted", "running")
 ERROR_WIDTH = 60  # characters of an error's first line shown in the table
 REPORT_FILES = ("report.md", "report.csv", "report.png")
-LEGEND_MAX = 16  # beyond this many lines the legend would hide the curves
+INLINE_LABELS_MAX = 6  # beyond this many runs or groups, points get numbers and the legend moves below
 
 # The per-run numbers of the table and the CSV: (summary key, table header, formatter name).
 METRIC_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -174,9 +174,9 @@ def read_run(path: Path, root: Path) -> RunResult:
     merged = {**_fallbacks(config if isinstance(config, dict) else {}, records), **summary}
     if problem:
         merged.update(status=MISSING, error=problem)
-    name = str(path.relative_to(root)) if path != root else path.name
+    name = str(path.relative_to(root)) if path != root else path.resolve().name
     return RunResult(path=path, name=name, overrides=parse_overrides(overrides_list),
-                     summary=merged, curve=test_curve(records))
+                     summary=merged, curve=accuracy_curve(records))
 
 
 def _read_summary(path: Path) -> tuple[dict[str, Any], str | None]:
@@ -230,7 +230,7 @@ def parse_overrides(items: Iterable[Any]) -> dict[str, str]:
     return out
 
 
-def test_curve(records: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
+def accuracy_curve(records: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
     """(epoch, test acc) of every evaluated epoch, in epoch order, the last record of an epoch winning."""
     points: dict[float, float] = {}
     for r in records:
@@ -459,11 +459,12 @@ def report_markdown(report: Report, png_name: str | None) -> str:
 
 def csv_rows(report: Report) -> tuple[list[str], list[list[Any]]]:
     """One row per run with raw (unrounded) numbers, the full error and the run folder."""
-    metric_keys = [key for key, _, _ in METRIC_COLUMNS]
-    header = ["run", *report.columns, "status", *metric_keys, *CSV_EXTRA_KEYS, "overrides", "error", "path"]
+    # An override column named like a summary key ("model") already holds it: no duplicate header.
+    summary_keys = [key for key, _, _ in METRIC_COLUMNS] + [k for k in CSV_EXTRA_KEYS if k not in report.columns]
+    header = ["run", *report.columns, "status", *summary_keys, "overrides", "error", "path"]
     rows = []
     for r in report.runs:
-        values = [r.summary.get(k) for k in (*metric_keys, *CSV_EXTRA_KEYS)]
+        values = [r.summary.get(k) for k in summary_keys]
         rows.append([r.name, *(r.overrides.get(k, "") for k in report.columns), r.status,
                      *("" if v is None else v for v in values),
                      " ".join(f"{k}={v}" for k, v in r.overrides.items()), r.error or "", str(r.path)])
@@ -495,6 +496,16 @@ def write_report(report: Report, out_dir: Path | None = None, plot: bool = True)
 # --------------------------------------------------------------------------------------- plotting
 
 
+@dataclass
+class _Series:
+    """How one run, or one seed group, looks in both panels."""
+
+    label: str  # short settings, e.g. "lenet_bn, lr=0.3"
+    number: int  # rank in the table (1 = best): the point's tag when there are many
+    color: Any
+    marker: str
+
+
 def plot_report(report: Report, path: Path) -> None:
     """Test accuracy per epoch (left) and final test accuracy against throughput (right)."""
     import matplotlib
@@ -502,121 +513,164 @@ def plot_report(report: Report, path: Path) -> None:
     matplotlib.use("Agg")  # no display needed: the figure only goes to a file
     import matplotlib.pyplot as plt
 
-    fig, (ax_curve, ax_speed) = plt.subplots(1, 2, figsize=(13, 5.2))
-    cmap = plt.get_cmap("tab10" if len(_color_keys(report)) <= 10 else "tab20")
-    colors = _colors(report, cmap)
-    _plot_curves(report, ax_curve, colors)
-    _plot_speed(report, ax_speed, colors)
+    series = _series(report, plt.get_cmap("tab20"))
+    numbered = len(series) > INLINE_LABELS_MAX
+    columns = _legend_columns(series)
+    legend_h = 0.19 * math.ceil(len(series) / columns) + 0.25 if numbered else 0.0  # inches below the panels
+    fig, (ax_curve, ax_speed) = plt.subplots(1, 2, figsize=(13, 5.2 + legend_h))
+    drawn = _plot_curves(report, ax_curve, series, numbered) | _plot_speed(report, ax_speed, series, numbered)
     title = f"cnnbench report: {report.root.resolve().name}, {outcome_line(report)}"
     if report.not_ok:  # they have no final accuracy to draw: say so rather than silently drop them
-        title += f" ({len(report.not_ok)} not completed, not plotted)"
+        title += " (failed and missing runs are not plotted)"
     fig.suptitle(title, fontsize=12)
-    fig.tight_layout()
+    bottom = 0.0
+    if numbered and drawn:
+        # Many runs: one legend below both panels, numbered like the table rows and the points.
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=s.color, marker=s.marker, label=_legend_label(report, key, s, True))
+                   for key, s in series.items() if key in drawn]
+        fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+        bottom = legend_h / fig.get_figheight()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _color_keys(report: Report) -> list[str]:
-    """One color per seed group (a group's seeds share it) or per run, best first."""
-    return list(dict.fromkeys(report.color_key(r) for r in report.runs))
+def _series(report: Report, cmap: Any) -> dict[str, _Series]:
+    """One style per color key (a seed group or a run), numbered best first like the table."""
+    keys = list(dict.fromkeys(report.color_key(r) for r in report.runs))
+    # tab20 pairs a dark and a light shade: take all dark ones first so neighbours differ clearly.
+    order = list(range(0, cmap.N, 2)) + list(range(1, cmap.N, 2))
+    markers = "os^Dv"
+    sample = {report.color_key(r): r for r in reversed(report.runs)}  # best run of each key
+    return {k: _Series(label=short_label(report, sample[k]), number=i + 1,
+                       color=cmap(order[i % len(order)]), marker=markers[(i // len(order)) % len(markers)])
+            for i, k in enumerate(keys)}
 
 
-def _colors(report: Report, cmap: Any) -> dict[str, Any]:
-    return {k: cmap(i % cmap.N) for i, k in enumerate(_color_keys(report))}
+def short_label(report: Report, run: RunResult) -> str:
+    """'lenet_bn, lr=0.3': the model's name alone, other keys by their last dotted part when unique."""
+    keys = report.group_columns if report.groups else report.columns
+    if not keys:
+        return report.color_key(run)
+    tails = [k.split(".")[-1] for k in keys]
+    parts = []
+    for key, tail in zip(keys, tails):
+        value = run.overrides.get(key, "-")
+        name = tail if tails.count(tail) == 1 else key
+        parts.append(value if key == "model" else f"{name}={value}")
+    return ", ".join(parts)
 
 
-def _plot_curves(report: Report, ax: Any, colors: dict[str, Any]) -> None:
-    """One line per run with a test accuracy curve; a seed group gets one legend entry."""
-    labelled: set[str] = set()
-    drawn = 0
+def _legend_columns(series: dict[str, _Series]) -> int:
+    longest = max((len(s.label) for s in series.values()), default=0) + 4
+    return 4 if longest <= 28 else 3 if longest <= 40 else 2
+
+
+def _legend_label(report: Report, key: str, s: _Series, numbered: bool) -> str:
+    """'3: lenet, lr=0.1 (3 seeds)'; a run whose numbers are not final says its status."""
+    runs = [r for r in report.runs if report.color_key(r) == key]
+    label = f"{s.number}: {s.label}" if numbered else s.label
+    if report.groups:
+        n = sum(1 for r in runs if r.status == "completed" and r.test_acc is not None)
+        return label + (f" ({n} seeds)" if n > 1 else "")
+    return label + (f" ({runs[0].status})" if runs[0].status != "completed" else "")
+
+
+def _plot_curves(report: Report, ax: Any, series: dict[str, _Series], numbered: bool) -> set[str]:
+    """One line per run with a test accuracy curve; returns the series keys drawn."""
+    drawn: set[str] = set()
     for r in report.runs:
         if not r.ok or not r.curve:
             continue
         key = report.color_key(r)
-        label = None
-        if key not in labelled:
-            labelled.add(key)
-            n = _group_size(report, r)
-            label = key + (f" ({n} seeds)" if n > 1 else "")
+        s = series[key]
+        # A seed group gets one legend entry; with many runs the figure's legend replaces this one.
+        label = None if key in drawn or numbered else _legend_label(report, key, s, False)
+        drawn.add(key)
         xs, ys = zip(*r.curve)
-        ax.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.6, color=colors[key], label=label,
+        ax.plot(xs, ys, marker=s.marker, markersize=3.5, linewidth=1.6, color=s.color, label=label,
                 alpha=0.75 if report.groups else 1.0)
-        drawn += 1
     ax.set_title("test accuracy per epoch")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (fraction correct)")
     ax.grid(True, alpha=0.35)
     if not drawn:
-        ax.text(0.5, 0.5, "no test accuracy logged yet", ha="center", va="center", transform=ax.transAxes)
-        return
+        _empty(ax, "no test accuracy logged yet")
+        return drawn
     ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
-    if len(labelled) <= LEGEND_MAX:
-        ax.legend(fontsize=8, loc="lower right", framealpha=0.85)
+    if not numbered:
+        ax.legend(fontsize=8, loc="best", framealpha=0.85)  # the corner that hides the fewest points
+    return drawn
 
 
-def _group_size(report: Report, run: RunResult) -> int:
-    for g in report.groups:
-        if any(x is run for x in g.runs):
-            return len(g.finished)
-    return 1
+def _empty(ax: Any, message: str) -> None:
+    """A panel with nothing to draw: the message, without meaningless 0..1 ticks."""
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
-def _plot_speed(report: Report, ax: Any, colors: dict[str, Any]) -> None:
-    """Final test accuracy against examples/sec: seed groups as mean ± std, other runs as points."""
+def _plot_speed(report: Report, ax: Any, series: dict[str, _Series], numbered: bool) -> set[str]:
+    """Final test accuracy against examples/sec: seed groups as mean ± std, other runs as points.
+
+    Returns the series keys drawn.
+    """
     points = _speed_points(report)
     for g in report.groups:  # each seed faintly behind its group's mean, to show the spread
         for r in g.finished:
             x = _number(r.summary.get("examples_per_sec"))
             if x:
-                ax.plot([x], [r.test_acc], ".", markersize=5, alpha=0.35, color=colors[report.color_key(r)])
-    for label, x, y, err, color_key in points:
-        color = colors[color_key]
-        if err is not None:
-            ax.errorbar([x], [y], yerr=[err], fmt="o", markersize=7, capsize=5, color=color)
-        else:
-            ax.plot([x], [y], "o", markersize=7, color=color)
-        ax.annotate(label, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=8)
+                ax.plot([x], [r.test_acc], ".", markersize=5, alpha=0.35, color=series[report.color_key(r)].color)
+    for key, x, y, err, note in points:
+        s = series[key]
+        ax.errorbar([x], [y], yerr=None if err is None else [err], fmt=s.marker, markersize=7, capsize=5,
+                    color=s.color)
+        text = str(s.number) if numbered else s.label + note
+        ax.annotate(text, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=8)
     ax.set_title("final test accuracy vs training throughput" + (" (seed mean ± std)" if report.groups else ""))
     ax.set_xlabel("training throughput (examples/sec, log scale)")
     ax.set_ylabel("final test accuracy (fraction correct)")
     ax.grid(True, which="both", alpha=0.35)
     ax.margins(y=0.12)  # keeps the top point's label inside the axes
     if not points:
-        ax.text(0.5, 0.5, "no completed run with a throughput", ha="center", va="center", transform=ax.transAxes)
-        return
+        _empty(ax, "no completed run with a throughput")
+        return set()
     ax.set_xscale("log")
-    _pad_log_x(ax, [p[1] for p in points])
+    _pad_log_x(ax, [p[1] for p in points], room=1.6 if numbered else 3.0)
+    return {p[0] for p in points}
 
 
 def _speed_points(report: Report) -> list[tuple[str, float, float, float | None, str]]:
-    """(label, examples/sec, test acc, std or None, color key) of each plotted point."""
+    """(series key, examples/sec, test acc, std or None, label note) of each plotted point."""
     points = []
     if report.groups:
         for g in report.groups:
-            if g.mean is None or not g.throughput:
-                continue
-            key = report.group_label(g.runs[0])
-            n = len(g.finished)
-            label = f"{key} (n={n})" if n > 1 else key
-            points.append((label, g.throughput, g.mean, g.std, key))
+            if g.mean is not None and g.throughput:
+                n = len(g.finished)
+                points.append((report.group_label(g.runs[0]), g.throughput, g.mean, g.std,
+                               f" (n={n})" if n > 1 else ""))
         return points
     for r in report.runs:
         x = _number(r.summary.get("examples_per_sec"))
         if r.ok and r.test_acc is not None and x:
-            points.append((report.label(r), x, r.test_acc, None, report.label(r)))
+            # A running or interrupted run's accuracy is not final: its label says so.
+            note = "" if r.status == "completed" else f" ({r.status})"
+            points.append((report.label(r), x, r.test_acc, None, note))
     return points
 
 
-def _pad_log_x(ax: Any, xs: Sequence[float]) -> None:
+def _pad_log_x(ax: Any, xs: Sequence[float], room: float) -> None:
     """Room on the right for the point labels, and plain tick labels ('6,000', not '6x10^3')."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    lo, hi = min(xs), max(xs)
-    ax.set_xlim(lo / 2.0, hi * 3.0)
+    lo, hi = min(xs) / 2.0, max(xs) * room
+    ax.set_xlim(lo, hi)
     plain = FuncFormatter(lambda x, _pos: f"{x:,.0f}" if x >= 10 else f"{x:.3g}")
     ax.xaxis.set_major_formatter(plain)
     # Within about a decade there is at most one major tick: label the minor ones (2x, 3x, 5x) too.
-    if math.log10(hi * 3.0 / (lo / 2.0)) < 1.6:
+    if math.log10(hi / lo) < 1.6:
         ax.xaxis.set_minor_formatter(FuncFormatter(
             lambda x, pos: plain(x, pos) if round(x / 10 ** math.floor(math.log10(x))) in (2, 3, 5) else ""))
     else:

@@ -17,9 +17,10 @@ EPOCHS = 3
 def fake_run(folder: Path, overrides: list[str], test_acc: float | None, *, status: str = "completed",
              error: str | None = None, examples_per_sec: float = 5000.0, summary: bool = True) -> Path:
     """A run folder like ``cnnbench train`` leaves: .hydra files, metrics.jsonl and summary.json."""
+    model = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "lenet")
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    (folder / ".hydra" / "config.yaml").write_text(f"model:\n  name: lenet\ntrainer:\n  epochs: {EPOCHS}\n")
+    (folder / ".hydra" / "config.yaml").write_text(f"model:\n  name: {model}\ntrainer:\n  epochs: {EPOCHS}\n")
     lines = []
     for epoch in range(1, EPOCHS + 1):
         lines.append({"kind": "train", "step": epoch * 10 - 5, "epoch": epoch - 0.5, "train/loss": 1.0,
@@ -31,7 +32,7 @@ def fake_run(folder: Path, overrides: list[str], test_acc: float | None, *, stat
     (folder / "metrics.jsonl").write_text(text)
     if summary:
         (folder / "summary.json").write_text(json.dumps({
-            "status": status, "error": error, "traceback": None, "model": "lenet", "resize": 28,
+            "status": status, "error": error, "traceback": None, "model": model, "resize": 28,
             "epochs": EPOCHS, "epochs_completed": EPOCHS if test_acc is not None else 0,
             "train/loss": 0.3123456 if test_acc is not None else None,
             "train/acc": 0.8876543 if test_acc is not None else None,
@@ -157,3 +158,11 @@ def test_no_runs_exit_code_2(tmp_path: Path, make: str, caplog: pytest.LogCaptur
     assert cmd_report([str(target)]) == 2
     assert "cnnbench report" in caplog.text
     assert not (tmp_path / "nowhere" / "report.md").exists()
+
+
+def test_csv_header_has_no_duplicates(tmp_path: Path) -> None:
+    grid_sweep(tmp_path)
+    paths = write_report(build_report(tmp_path), plot=False)
+    header = paths["csv"].read_text().splitlines()[0].split(",")
+    assert len(header) == len(set(header)) and "model" in header and "seed" in header
+    assert "report.png" not in paths["md"].read_text()
