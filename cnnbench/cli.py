@@ -14,12 +14,13 @@ from typing import Callable, Sequence
 from hydra.errors import HydraException
 
 from . import __version__
-from .errors import CnnbenchError
+from .errors import CnnbenchError, one_line
 
 COMMANDS: dict[str, str] = {
     "train": "train a network (Hydra overrides; -m for a sweep)",
     "models": "list every registered network with parameters and FLOPs",
     "summary": "per-block output shapes, parameters, FLOPs and activation memory of one network",
+    "report": "compare the runs of a sweep folder: table, report.md, report.csv, report.png",
 }
 
 
@@ -62,10 +63,17 @@ def _cmd_train(args: Sequence[str]) -> int:
     return hydra_main(args)
 
 
+def _cmd_report(args: Sequence[str]) -> int:
+    from .report import cmd_report
+
+    return cmd_report(args)
+
+
 HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": _cmd_train,
     "models": _cmd_models,
     "summary": _cmd_summary,
+    "report": _cmd_report,
 }
 
 
@@ -100,18 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cnnbench {command}: error: {exc}", file=sys.stderr)
         return 2
     except HydraException as exc:
-        print(f"cnnbench {command}: error: {_first_line(exc)}", file=sys.stderr)
+        print(f"cnnbench {command}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
-
-
-def _first_line(exc: BaseException) -> str:
-    """Hydra's multi-line message as one line: 'Could not find ... Available options in 'model': a, b'."""
-    text = str(exc).split("Config search path:")[0].strip() or type(exc).__name__
-    head, *rest = [line.strip() for line in text.splitlines() if line.strip()]
-    if not rest:
-        return head
-    label, options = (rest[0], rest[1:]) if rest[0].endswith(":") else ("", rest)
-    return f"{head}. {label} {', '.join(options)}".replace(".  ", ". ").strip()
 
 
 if __name__ == "__main__":

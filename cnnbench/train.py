@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from . import __version__
@@ -41,10 +41,11 @@ from .engine import (
     resolve_device,
     train_one_epoch,
 )
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .models import build_model, get_model_spec
 from .runlog import RunLogger, hparams_of, write_json_atomic
 from .signals import GracefulStop
+from .validate import validate_config
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class Run:
 
 def setup(cfg: DictConfig, run_dir: Path) -> Run:
     """Build device, data, model, optimizer and scheduler for ``cfg``."""
+    validate_config(cfg)
     device = resolve_device(cfg.device.type)
     if cfg.device.num_threads:
         torch.set_num_threads(int(cfg.device.num_threads))
@@ -491,6 +493,7 @@ def hydra_main(args: Sequence[str]) -> int:
         # Sweepers (Optuna) maximize this value; a failed job gives NaN.
         return float(summary["test/acc"]) if summary["test/acc"] is not None else float("nan")
 
+    preflight(args)
     saved_argv = sys.argv
     sys.argv = ["cnnbench train", *args, *sweep_naming_overrides(args)]
     try:
@@ -498,6 +501,43 @@ def hydra_main(args: Sequence[str]) -> int:
     finally:
         sys.argv = saved_argv
     return _exit_code(outcomes)
+
+
+HYDRA_INFO_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve", "--package", "-p"}
+
+
+def preflight(args: Sequence[str]) -> None:
+    """Compose and check every job of the command line before Hydra creates any folder.
+
+    Raises :class:`ConfigError` with one sentence for the first bad job.
+    """
+    if HYDRA_INFO_FLAGS & set(args):
+        return  # Hydra prints config or help; nothing runs
+    from hydra.errors import HydraException
+
+    from .config import compose_config, config_dir
+    from .validate import check_added_keys, check_output_dir, expand_sweep, explain_override_error, flat_keys
+
+    multirun = bool({"-m", "--multirun"} & set(args))
+    plain = [a for a in args if not a.startswith("-")]
+    try:
+        jobs = expand_sweep(plain) if multirun else [plain]
+    except HydraException as exc:
+        raise ConfigError(f"cannot expand the sweep: {str(exc).strip().splitlines()[0]}") from None
+    groups = {p.name for p in config_dir().iterdir() if p.is_dir()}
+    for job in jobs:
+        base = compose_config([o for o in job if not o.startswith("+")]) if any(o.startswith("+") for o in job) else None
+        try:
+            cfg = compose_config(job, return_hydra_config=True)
+        except HydraException as exc:
+            known = flat_keys(compose_config([]))
+            raise ConfigError(explain_override_error(str(exc), known)) from None
+        if base is not None:
+            check_added_keys(job, base, groups)
+        check_output_dir(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
+        with open_dict(cfg):
+            del cfg["hydra"]  # its job-time values (hydra.job.num) do not exist yet
+        validate_config(cfg)
 
 
 def sweep_naming_overrides(args: Sequence[str]) -> list[str]:

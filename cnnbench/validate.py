@@ -1,0 +1,156 @@
+"""Checks of a composed config before anything trains, each failure one clear sentence.
+
+``cnnbench train`` runs them on every job of a sweep before Hydra creates the first job folder;
+``train()`` runs them again so that code calling it directly gets the same messages.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import struct
+from numbers import Number
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import ConfigError, one_line
+from .models import get_model_spec
+from .models.registry import check_min_size
+
+# dataset name -> training examples, for the batch-size check when the files are not at hand
+KNOWN_TRAIN_SIZES = {"fashion_mnist": 60_000, "mnist": 60_000, "kmnist": 60_000, "fashion_mnist_mini": 6_000}
+
+
+def _positive(value: Any, key: str, integer: bool) -> None:
+    kind = "a positive integer" if integer else "a positive number"
+    if isinstance(value, bool) or not isinstance(value, Number) or (integer and not float(value).is_integer()):
+        raise ConfigError(f"{key} must be {kind}, got {value!r}")
+    if value <= 0:
+        raise ConfigError(f"{key} must be {kind}, got {value}")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Types and ranges of the numbers a run depends on, then the model-specific ones."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"no value given for {', '.join(missing)} (set it on the command line, e.g. "
+                          f"{missing[0]}=...)")
+    spec = get_model_spec(str(cfg.model.name))  # unknown names raise with the valid list
+    _positive(cfg.trainer.epochs, "trainer.epochs", integer=True)
+    _positive(cfg.trainer.batch_size, "trainer.batch_size", integer=True)
+    if cfg.trainer.eval_batch_size is not None:
+        _positive(cfg.trainer.eval_batch_size, "trainer.eval_batch_size", integer=True)
+    _positive(cfg.optimizer.lr, "optimizer.lr", integer=False)
+    for key in ("limit_train_batches", "limit_eval_batches", "grad_clip_norm"):
+        if cfg.trainer.get(key) is not None:
+            _positive(cfg.trainer[key], f"trainer.{key}", integer=key != "grad_clip_norm")
+    if cfg.dataset.resize is not None:
+        _positive(cfg.dataset.resize, "dataset.resize", integer=True)
+    size = int(cfg.dataset.resize or spec.book_resolution)
+    check_min_size(spec.name, size, spec.min_resolution)
+    if cfg.trainer.init not in ("xavier", "default"):
+        raise ConfigError(f"trainer.init must be xavier or default, got {cfg.trainer.init!r}")
+    _check_batch_fits(cfg)
+
+
+def _train_size(cfg: DictConfig) -> int | None:
+    from .data.idx import IDX_FILES, find_data_root
+
+    folder = find_data_root(str(cfg.dataset.folder), cfg.dataset.root) if cfg.dataset.name != "fashion_mnist_mini" else None
+    if folder is not None:
+        labels = folder / IDX_FILES["train"][1]
+        try:
+            with labels.open("rb") as f:
+                return struct.unpack(">II", f.read(8))[1]
+        except (OSError, struct.error):
+            return None  # the data checks report a broken file with its own message
+    return KNOWN_TRAIN_SIZES.get(str(cfg.dataset.name))
+
+
+def _check_batch_fits(cfg: DictConfig) -> None:
+    n = _train_size(cfg)
+    if n is not None and cfg.trainer.batch_size > n:
+        raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is larger than the training set "
+                          f"({n} examples of {cfg.dataset.name})")
+
+
+def check_output_dir(path: str | Path) -> None:
+    """The run folder must be creatable and writable."""
+    path = Path(path).absolute()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create the output folder {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write the output folder {path}: {existing} is not writable")
+
+
+def check_device(cfg: DictConfig) -> None:
+    from .engine import Precision, resolve_device
+
+    device = resolve_device(str(cfg.device.type))
+    Precision.create(str(cfg.device.precision), device)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Every check that needs only the composed config (no Hydra run folder)."""
+    check_values(cfg)
+    check_device(cfg)
+
+
+# ------------------------------------------------------------------------- command-line pre-flight
+
+
+def flat_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in cfg.items():
+        full = f"{prefix}{key}"
+        keys.append(full)
+        if isinstance(value, DictConfig):
+            keys += flat_keys(value, f"{full}.")
+    return keys
+
+
+def check_added_keys(overrides: Iterable[str], base: DictConfig, group_names: set[str]) -> None:
+    """Keys added with ``+`` that the config does not define: Hydra accepts them, we refuse them."""
+    known = set(flat_keys(base))
+    for item in overrides:
+        if not item.startswith("+"):
+            continue
+        key = item.lstrip("+").split("=", 1)[0].split("@", 1)[0]
+        if key.startswith("hydra") or key in known or key in group_names:
+            continue
+        raise ConfigError(f"unknown config key {key!r} (added with '+'): cnnbench does not read it"
+                          f"{_did_you_mean(key, known)}")
+
+
+def _did_you_mean(key: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def explain_override_error(message: str, known: Iterable[str]) -> str:
+    """Hydra's 'Could not override' message plus a hint naming the closest real key."""
+    first = message.strip().splitlines()[0]
+    if first.startswith("Could not override '"):
+        key = first.split("'")[1]
+        hint = _did_you_mean(key, known) or "; see the keys with: cnnbench train --cfg job"
+        return f"{first[:-1] if first.endswith('.') else first}: no such key{hint}"
+    return one_line(message)
+
+
+def expand_sweep(args: Sequence[str]) -> list[list[str]]:
+    """The override list of every job a basic sweep would launch (one list for a single run)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from .config import config_dir
+
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(config_dir())))
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(list(args))
+    return BasicSweeper.split_arguments(parsed, None)[0]
