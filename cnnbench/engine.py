@@ -25,12 +25,12 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 class TrainingDiverged(CnnbenchError):
     """The training loss became NaN or infinite."""
 
-    def __init__(self, step: int, epoch: float, last_finite_loss: float | None, lr: float) -> None:
-        self.step, self.epoch, self.last_finite_loss, self.lr = step, epoch, last_finite_loss, lr
+    def __init__(self, step: int, epoch: float, loss: float, last_finite_loss: float | None, lr: float) -> None:
+        self.step, self.epoch, self.loss, self.last_finite_loss, self.lr = step, epoch, loss, last_finite_loss, lr
         last = "none" if last_finite_loss is None else f"{last_finite_loss:.4g}"
         super().__init__(
-            f"training diverged: the loss became non-finite by step {step} (epoch {epoch:.2f}); "
-            f"last finite loss {last}. Try a lower learning rate than {lr:g} "
+            f"training diverged: the loss was {loss:.4g} at step {step} (epoch {epoch:.2f}); "
+            f"last good loss {last}. Try a lower learning rate than {lr:g} "
             "(optimizer.lr=...) or gradient clipping (trainer.grad_clip_norm=1.0)."
         )
 
@@ -147,6 +147,10 @@ class EpochProgress:
 class LoopHooks:
     """What the loop reports to and asks of its caller, at logging points and between steps."""
 
+    # A mean cross-entropy above this (nats) counts as diverged even when finite: chance level is
+    # ln(10) = 2.3, and sigmoid LeNets at huge learning rates sit at 1e4+ without ever reaching NaN.
+    divergence_loss: float | None = None
+
     on_log: Callable[[dict], None] = lambda metrics: None
     should_stop: Callable[[], bool] = lambda: False
     progress: Callable[[Iterator], Iterator] = lambda it: it
@@ -204,11 +208,13 @@ def train_one_epoch(
         progress.count += y.shape[0]
         progress.batches = i + 1
         interval_examples += y.shape[0]
-        if i in hooks.log_points or hooks.should_stop():
+        if hooks.should_stop() and i not in hooks.log_points:
+            break  # the sums so far go into the checkpoint; the resumed run logs this interval
+        if i in hooks.log_points:
             loss_value = progress.loss_sum.item() / progress.count  # the one host sync of the interval
-            if not math.isfinite(loss_value):
-                raise TrainingDiverged(global_step, epoch + (i + 1) / num_batches, last_logged_loss,
-                                       optimizer.param_groups[0]["lr"])
+            if _diverged(loss_value, hooks.divergence_loss):
+                raise TrainingDiverged(global_step, epoch + (i + 1) / num_batches, loss_value,
+                                       last_logged_loss, optimizer.param_groups[0]["lr"])
             last_logged_loss = loss_value
             now = time.perf_counter()
             metrics = {
@@ -225,8 +231,8 @@ def train_one_epoch(
             if hooks.should_stop():
                 break
     loss_value = progress.loss_sum.item() / max(progress.count, 1)
-    if not math.isfinite(loss_value):
-        raise TrainingDiverged(global_step, epoch + 1, last_logged_loss, optimizer.param_groups[0]["lr"])
+    if _diverged(loss_value, hooks.divergence_loss):
+        raise TrainingDiverged(global_step, epoch + 1, loss_value, last_logged_loss, optimizer.param_groups[0]["lr"])
     return {
         "step": global_step,
         "train/loss": loss_value,
@@ -235,6 +241,10 @@ def train_one_epoch(
         "complete": progress.batches >= num_batches,
         "progress": progress,
     }
+
+
+def _diverged(loss: float, limit: float | None) -> bool:
+    return not math.isfinite(loss) or (limit is not None and loss > limit)
 
 
 def _backward_and_step(loss, model, optimizer, precision: Precision, grad_clip_norm: float | None) -> None:

@@ -49,8 +49,6 @@ from .validate import validate_config
 
 logger = logging.getLogger(__name__)
 
-CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes
-
 
 @dataclass
 class RunState:
@@ -253,13 +251,15 @@ def _progress_enabled(setting: Any) -> bool:
 
 
 def _chance_check(run: Run, train_metrics: dict) -> None:
-    """Warn when the loss sits at ln(10) and accuracy near 0.1 for several epochs."""
-    at_chance = abs(train_metrics["train/loss"] - CHANCE_LOSS) < 0.05 and train_metrics["train/acc"] < 0.15
+    """Warn when the loss stays at (or above) a uniform guess's, ln(classes), with chance accuracy."""
+    classes = int(run.cfg.dataset.num_classes)
+    at_chance = train_metrics["train/loss"] > math.log(classes) - 0.1 and train_metrics["train/acc"] < 2 / classes
     run.state.chance_epochs = run.state.chance_epochs + 1 if at_chance else 0
     patience = int(run.cfg.trainer.chance_patience)
     if patience and run.state.chance_epochs == patience:
-        msg = (f"train loss has stayed at chance level (~ln 10 = {CHANCE_LOSS:.3f}, accuracy ~0.1) for "
-               f"{patience} epochs: the network is not learning; try another learning rate")
+        msg = (f"train loss has stayed at chance level (~ln {classes} = {math.log(classes):.3f}, accuracy "
+               f"~{1 / classes:.2f}) for {patience} epochs: the network is not learning; try another "
+               "learning rate (optimizer.lr=...)")
         logger.warning(msg)
         run.state.warnings.append(msg)
 
@@ -290,6 +290,7 @@ def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop) -> str:
             progress=progress,
             set_postfix=lambda d: bar.set_postfix(d, refresh=False) if bar is not None else None,
             log_points=log_points(n_batches, int(cfg.trainer.logs_per_epoch)),
+            divergence_loss=cfg.trainer.divergence_loss,
         )
         t0 = time.perf_counter()
         out = train_one_epoch(
@@ -396,7 +397,8 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "python_version": platform.python_version(),
     }
     if isinstance(error, TrainingDiverged):
-        summary.update({"diverged_at_step": error.step, "last_finite_loss": error.last_finite_loss})
+        summary.update({"diverged_at_step": error.step, "diverged_loss": error.loss,
+                        "last_finite_loss": error.last_finite_loss})
     return summary
 
 

@@ -1,0 +1,302 @@
+"""Nothing lost, nothing cryptic: resume, atomic checkpoints, signals, divergence, bad inputs, determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnbench.checkpoint import load_checkpoint, save_checkpoint
+from cnnbench.cli import main
+from cnnbench.config import compose_config
+from cnnbench.data.idx import read_split
+from cnnbench.errors import CheckpointError, DataError
+from cnnbench.train import train
+
+from .conftest import cli, write_fake_dataset, write_idx
+
+
+def cfg_for(data_root, *overrides):
+    return compose_config([f"dataset.root={data_root}", "dataset.download=false", "trainer.batch_size=32",
+                           "device=cpu", "trainer.deterministic=true", *overrides])
+
+
+def final_weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "last.pt", weights_only=True)["model"]
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 1e-6) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=atol, rtol=0), k
+
+
+# --------------------------------------------------------------------------------------------- resume
+
+
+def test_kill_and_resume_matches_an_uninterrupted_run(fake_data, tmp_path):
+    """SIGTERM after the first epoch, resume with trainer.resume=auto, compare with a run never stopped."""
+    overrides = [f"dataset.root={fake_data}", "dataset.download=false", "trainer.batch_size=16", "device=cpu",
+                 "trainer.deterministic=true", "trainer.epochs=12", "model=lenet_bn", "optimizer.lr=0.3"]
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(cli("train", *overrides, f"hydra.run.dir={run_dir}"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and '"kind": "epoch"' not in (metrics.read_text() if metrics.exists() else ""):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    stopped = json.loads((run_dir / "summary.json").read_text())
+    assert stopped["status"] == "interrupted"
+    assert 1 <= stopped["epochs_completed"] < 12
+    assert "checkpoint written" in out
+
+    resumed = subprocess.run(cli("train", *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=auto"),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    done = json.loads((run_dir / "summary.json").read_text())
+    assert done["status"] == "completed" and done["epochs_completed"] == 12
+
+    reference = train(compose_config(overrides), tmp_path / "reference")
+    assert reference["status"] == "completed"
+    assert_same_weights(final_weights(run_dir), final_weights(tmp_path / "reference"))
+    assert done["test/acc"] == reference["test/acc"]
+
+    # metrics continue without duplicated or missing steps
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    ref_records = [json.loads(line) for line in (tmp_path / "reference" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in records] == [(r["kind"], r["step"]) for r in ref_records]
+
+
+def test_resume_from_a_given_checkpoint_path(fake_data, tmp_path):
+    first = train(cfg_for(fake_data, "trainer.epochs=1"), tmp_path / "a")
+    assert first["status"] == "completed"
+    more = train(cfg_for(fake_data, "trainer.epochs=2", f"trainer.resume={tmp_path / 'a' / 'last.pt'}"), tmp_path / "b")
+    straight = train(cfg_for(fake_data, "trainer.epochs=2"), tmp_path / "c")
+    assert more["status"] == "completed" and more["epochs_completed"] == 2
+    assert_same_weights(final_weights(tmp_path / "b"), final_weights(tmp_path / "c"))
+
+
+def test_checkpoint_holds_every_state_as_plain_data(fake_data, tmp_path):
+    train(cfg_for(fake_data, "trainer.epochs=1", "scheduler=cosine"), tmp_path)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)  # no OmegaConf objects inside
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "config"} <= set(state)
+    assert {"torch", "numpy", "python"} <= set(state["rng"])
+    assert isinstance(state["config"], dict) and state["config"]["scheduler"]["name"] == "cosine"
+    assert state["scheduler"] is not None
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+
+
+def test_truncated_checkpoint_is_refused_with_the_file_named(fake_data, tmp_path):
+    train(cfg_for(fake_data, "trainer.epochs=1"), tmp_path / "run")
+    ckpt = tmp_path / "run" / "last.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=f"checkpoint {ckpt} is corrupt or truncated"):
+        load_checkpoint(ckpt)
+    summary = train(cfg_for(fake_data, "trainer.epochs=2", "trainer.resume=auto"), tmp_path / "run")
+    assert summary["status"] == "failed"
+    assert "CheckpointError" in summary["error"] and str(ckpt) in summary["error"]
+    assert ckpt.read_bytes() == data[: len(data) // 2]  # the refused file is left for inspection
+
+
+def test_incompatible_checkpoint_is_refused(fake_data, tmp_path):
+    train(cfg_for(fake_data, "trainer.epochs=1"), tmp_path / "lenet")
+    summary = train(cfg_for(fake_data, "model=lenet_bn", f"trainer.resume={tmp_path / 'lenet' / 'last.pt'}"),
+                    tmp_path / "bn")
+    assert summary["status"] == "failed" and "written for model 'lenet', not 'lenet_bn'" in summary["error"]
+    torch.save({"just": "weights"}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a cnnbench checkpoint: missing"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_kill_during_write_leaves_the_previous_checkpoint(tmp_path):
+    """A writer killed with SIGKILL mid-write leaves last.pt intact; its temporary file is never loaded."""
+    target = tmp_path / "last.pt"
+    save_checkpoint(target, {"model": {}, "optimizer": {}, "epoch": 1, "step": 10, "config": {}, "rng": {}})
+    script = (
+        "import sys, torch, os\n"
+        "from pathlib import Path\n"
+        "import cnnbench.checkpoint as c\n"
+        "real = torch.save\n"
+        "def slow_save(obj, f):\n"
+        "    f.write(b'x' * 1000); f.flush(); os.kill(os.getpid(), 9)\n"
+        "torch.save = slow_save\n"
+        f"c.save_checkpoint(Path({str(target)!r}), {{'model': {{}}, 'optimizer': {{}}, 'epoch': 2, 'step': 20, "
+        "'config': {}, 'rng': {}})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(target)["epoch"] == 1
+    strays = [p.name for p in tmp_path.iterdir() if p.name != "last.pt"]
+    assert strays and all(name.startswith(".") and name.endswith(".tmp") for name in strays)
+
+
+# --------------------------------------------------------------------------------------------- signals
+
+
+def test_second_signal_stops_at_once(tmp_path):
+    script = (
+        "import os, signal, time\n"
+        "from cnnbench.signals import GracefulStop\n"
+        "with GracefulStop() as stop:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    assert stop.requested\n"
+        "    print('first handled', flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(5)\n"
+        "    print('should not get here', flush=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGTERM
+    assert "first handled" in proc.stdout and "should not get here" not in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------ divergence
+
+
+def test_diverging_learning_rate_stops_with_status_diverged(fake_data, tmp_path):
+    summary = train(cfg_for(fake_data, "optimizer.lr=1e6", "trainer.epochs=3", "trainer.logs_per_epoch=8"), tmp_path)
+    assert summary["status"] == "diverged"
+    assert summary["diverged_at_step"] == 2  # one logging interval after the first (finite) step
+    assert summary["last_finite_loss"] is not None
+    assert "Try a lower learning rate than 1e+06" in summary["error"]
+    assert summary["test/acc"] is None and summary["epochs_completed"] == 0
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["status"] == "diverged"
+
+
+def test_nan_loss_is_caught_within_one_logging_interval(fake_data, tmp_path):
+    summary = train(cfg_for(fake_data, "optimizer.lr=1e38", "trainer.divergence_loss=null",
+                            "trainer.logs_per_epoch=8"), tmp_path)
+    assert summary["status"] == "diverged"
+    assert summary["diverged_at_step"] <= 3
+
+
+def test_chance_level_warning(fake_data, tmp_path):
+    summary = train(cfg_for(fake_data, "optimizer.lr=1e-6", "trainer.epochs=2", "trainer.chance_patience=2"), tmp_path)
+    assert summary["status"] == "completed"
+    assert any("chance level" in w for w in summary["warnings"])
+
+
+def test_no_sys_exit_inside_a_job():
+    """sys.exit inside a job would end a whole sweep: only the command-line entry points may call it."""
+    package = Path(__file__).resolve().parents[1] / "cnnbench"
+    offenders = [p.name for p in package.rglob("*.py")
+                 if "sys.exit(" in p.read_text() and p.name not in ("cli.py", "__main__.py", "book.py")]
+    assert offenders == []
+
+
+# ------------------------------------------------------------------------------- validation (CLI)
+
+BAD_VALUES = [
+    (["model=resnt"], "Could not find 'model/resnt'. Available options in 'model': alexnet"),
+    (["optimizer=sgdd"], "Could not find 'optimizer/sgdd'. Available options in 'optimizer': adam, adamw, sgd"),
+    (["dataset.resize=0"], "dataset.resize must be a positive integer, got 0"),
+    (["dataset.resize=abc"], "dataset.resize must be a positive integer, got 'abc'"),
+    (["trainer.batch_size=-2"], "trainer.batch_size must be a positive integer, got -2"),
+    (["trainer.epochs=0"], "trainer.epochs must be a positive integer, got 0"),
+    (["trainer.epochs=1.5"], "trainer.epochs must be a positive integer, got 1.5"),
+    (["optimizer.lr=-0.1"], "optimizer.lr must be a positive number, got -0.1"),
+    (["optimizer.lr=fast"], "optimizer.lr must be a positive number, got 'fast'"),
+    (["model=alexnet", "dataset.resize=28"], "alexnet cannot take 28x28 inputs: its layers shrink the image to "
+                                             "nothing; the smallest size that works is 65"),
+    (["trainer.batch_size=70000"], "trainer.batch_size=70000 is larger than the training set (60000 examples"),
+    (["trainer.epoch=3"], "Could not override 'trainer.epoch': no such key; did you mean 'trainer.epochs'?"),
+    (["+trainer.epocs=3"], "unknown config key 'trainer.epocs' (added with '+'): cnnbench does not read it; "
+                           "did you mean 'trainer.epochs'?"),
+    (["trainer.epochs=???"], "no value given for trainer.epochs"),
+    (["-m", "model=lenet,alexnet", "dataset.resize=28"], "alexnet cannot take 28x28 inputs"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_VALUES, ids=[" ".join(o) for o, _ in BAD_VALUES])
+def test_bad_config_values_get_one_line_before_anything_runs(overrides, message, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    dir_override = "hydra.sweep.dir" if "-m" in overrides else "hydra.run.dir"
+    assert main(["train", *overrides, f"{dir_override}={out_dir}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("cnnbench train: error: ") and message in err
+    assert not out_dir.exists()  # refused before any run or sweep folder was created
+
+
+def test_cuda_without_a_gpu_is_refused(capsys, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["train", "device=cuda", f"hydra.run.dir={tmp_path / 'x'}"]) == 2
+    assert "device=cuda was asked for but no CUDA device is available" in capsys.readouterr().err
+
+
+def test_unwritable_output_folder_is_refused(capsys, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main(["train", f"hydra.run.dir={blocker / 'run'}"]) == 2
+    assert f"cannot create the output folder {blocker / 'run'}: {blocker} is a file" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ bad data
+
+
+def corrupt(root: Path, name: str, mutate) -> Path:
+    path = root / "FashionMNIST" / "raw" / name
+    path.write_bytes(mutate(path.read_bytes()))
+    return path
+
+
+@pytest.mark.parametrize("name,mutate,message", [
+    ("train-images-idx3-ubyte", lambda b: b[:-100], "truncated: 200620 bytes, expected 200720"),
+    ("train-images-idx3-ubyte", lambda b: b"\x00\x00\x08\x01" + b[4:], "wrong magic number 0x00000801"),
+    ("train-images-idx3-ubyte", lambda b: b + b"\x00" * 10, "longer than its header says"),
+    ("train-labels-idx1-ubyte", lambda b: b[:8] + bytes([42]) + b[9:], "1 labels outside 0..9"),
+    ("train-labels-idx1-ubyte", lambda b: b[:5], "shorter than its 8-byte IDX header"),
+])
+def test_corrupt_files_are_reported_with_file_and_problem(tmp_path, name, mutate, message):
+    root = write_fake_dataset(tmp_path, n_train=256, n_test=32)
+    path = corrupt(root, name, mutate)
+    with pytest.raises(DataError) as err:
+        read_split(path.parent, "train", 10)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_image_and_label_counts_must_agree(tmp_path):
+    root = write_fake_dataset(tmp_path, n_train=64, n_test=32)
+    write_idx(root / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte", (torch.arange(60) % 10).numpy())
+    with pytest.raises(DataError, match="holds 64 images but .* holds 60 labels"):
+        read_split(root / "FashionMNIST" / "raw", "train", 10)
+
+
+def test_a_run_on_corrupt_data_fails_without_claiming_success(tmp_path):
+    root = write_fake_dataset(tmp_path / "data", n_train=64, n_test=32)
+    corrupt(root, "t10k-images-idx3-ubyte", lambda b: b[:1000])
+    summary = train(cfg_for(root, "trainer.epochs=1"), tmp_path / "run")
+    assert summary["status"] == "failed" and "truncated" in summary["error"]
+    assert not (tmp_path / "run" / "last.pt").exists()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+
+
+# --------------------------------------------------------------------------------------- determinism
+
+
+def test_deterministic_runs_are_identical(fake_data, tmp_path):
+    a = train(cfg_for(fake_data, "trainer.epochs=2", "model=lenet_bn", "trainer.seed=7"), tmp_path / "a")
+    b = train(cfg_for(fake_data, "trainer.epochs=2", "model=lenet_bn", "trainer.seed=7"), tmp_path / "b")
+    assert a["seed"] == 7 and a["deterministic"] is True
+    assert_same_weights(final_weights(tmp_path / "a"), final_weights(tmp_path / "b"), atol=0)
+    strip = lambda p: [{k: v for k, v in json.loads(line).items() if "throughput" not in k and "time" not in k}
+                       for line in (p / "metrics.jsonl").read_text().splitlines()]
+    assert strip(tmp_path / "a") == strip(tmp_path / "b")
+    c = train(cfg_for(fake_data, "trainer.epochs=2", "model=lenet_bn", "trainer.seed=8"), tmp_path / "c")
+    assert c["train/loss"] != a["train/loss"]
