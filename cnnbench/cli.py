@@ -58,7 +58,7 @@ def _cmd_summary(args: Sequence[str]) -> int:
 
 
 def _cmd_train(args: Sequence[str]) -> int:
-    from .train import hydra_main
+    from .launch import hydra_main
 
     return hydra_main(args)
 

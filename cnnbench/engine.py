@@ -35,11 +35,14 @@ class TrainingDiverged(CnnbenchError):
         )
 
 
-def resolve_device(kind: str) -> torch.device:
-    """``auto`` picks CUDA, then Apple's MPS, then the CPU; ``cuda`` without a GPU is refused."""
+def resolve_device(kind: str, index: int | None = None) -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU; ``cuda`` without a GPU is refused.
+
+    ``index`` picks a GPU (modulo the GPU count), so parallel sweep jobs can each take their own.
+    """
+    if kind in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", 0 if index is None else int(index) % torch.cuda.device_count())
     if kind == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")

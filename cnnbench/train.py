@@ -138,7 +138,7 @@ class Run:
 def setup(cfg: DictConfig, run_dir: Path) -> Run:
     """Build device, data, model, optimizer and scheduler for ``cfg``."""
     validate_config(cfg)
-    device = resolve_device(cfg.device.type)
+    device = resolve_device(cfg.device.type, cfg.device.get("index"))
     if cfg.device.num_threads:
         torch.set_num_threads(int(cfg.device.num_threads))
     seed_everything(int(cfg.trainer.seed), bool(cfg.trainer.deterministic))
@@ -472,104 +472,3 @@ def _closing_lines(summary: dict) -> None:
     else:
         logger.warning("run %s: %s", summary["status"], summary["error"] or "")
     logger.info("run folder: %s", summary["run_dir"])
-
-
-# ------------------------------------------------------------------------------------- command line
-
-
-EXIT_CODES = {"completed": 0, "failed": 1, "diverged": 3, "interrupted": 130}
-
-
-def hydra_main(args: Sequence[str]) -> int:
-    """Run ``cnnbench train`` with Hydra overrides ``args``; returns the process exit code."""
-    import hydra
-
-    from .config import PRIMARY_CONFIG, config_dir
-
-    outcomes: list[dict] = []
-
-    @hydra.main(config_path=str(config_dir()), config_name=PRIMARY_CONFIG, version_base="1.3")
-    def _job(cfg: DictConfig) -> float:
-        summary = train(cfg)
-        outcomes.append({k: summary[k] for k in ("status", "error", "run_dir")})
-        # Sweepers (Optuna) maximize this value; a failed job gives NaN.
-        return float(summary["test/acc"]) if summary["test/acc"] is not None else float("nan")
-
-    preflight(args)
-    saved_argv = sys.argv
-    sys.argv = ["cnnbench train", *args, *sweep_naming_overrides(args)]
-    try:
-        _job()
-    finally:
-        sys.argv = saved_argv
-    return _exit_code(outcomes)
-
-
-HYDRA_INFO_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve", "--package", "-p"}
-
-
-def preflight(args: Sequence[str]) -> None:
-    """Compose and check every job of the command line before Hydra creates any folder.
-
-    Raises :class:`ConfigError` with one sentence for the first bad job.
-    """
-    if HYDRA_INFO_FLAGS & set(args):
-        return  # Hydra prints config or help; nothing runs
-    from hydra.errors import HydraException
-
-    from .config import compose_config, config_dir
-    from .validate import check_added_keys, check_output_dir, expand_sweep, explain_override_error, flat_keys
-
-    multirun = bool({"-m", "--multirun"} & set(args))
-    plain = [a for a in args if not a.startswith("-")]
-    try:
-        jobs = expand_sweep(plain) if multirun else [plain]
-    except HydraException as exc:
-        raise ConfigError(f"cannot expand the sweep: {str(exc).strip().splitlines()[0]}") from None
-    groups = {p.name for p in config_dir().iterdir() if p.is_dir()}
-    for job in jobs:
-        base = compose_config([o for o in job if not o.startswith("+")]) if any(o.startswith("+") for o in job) else None
-        try:
-            cfg = compose_config(job, return_hydra_config=True)
-        except HydraException as exc:
-            known = flat_keys(compose_config([]))
-            raise ConfigError(explain_override_error(str(exc), known)) from None
-        if base is not None:
-            check_added_keys(job, base, groups)
-        check_output_dir(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
-        with open_dict(cfg):
-            del cfg["hydra"]  # its job-time values (hydra.job.num) do not exist yet
-        validate_config(cfg)
-
-
-def sweep_naming_overrides(args: Sequence[str]) -> list[str]:
-    """Name sweep job folders by the swept values only (``3_model=nin,optimizer.lr=0.1``).
-
-    Hydra's ``override_dirname`` lists every override, paths included; overrides that are the same
-    for every job go to its ``exclude_keys`` so they stay out of folder and TensorBoard run names.
-    """
-    if not {"-m", "--multirun"} & set(args):
-        return []
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    plain = [a for a in args if not a.startswith("-")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(plain)
-    except Exception:  # Hydra reports bad overrides itself, with its own message
-        return []
-    fixed = sorted({o.key_or_group for o in parsed if not o.is_sweep_override()})
-    keys = [k for k in fixed if not k.startswith("hydra")] + ["hydra.sweep.dir", "hydra.run.dir"]
-    if any(a.startswith("hydra.job.config.override_dirname.exclude_keys") for a in plain):
-        return []
-    return [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"]
-
-
-def _exit_code(outcomes: list[dict]) -> int:
-    failed = [o for o in outcomes if o["status"] != "completed"]
-    if len(outcomes) > 1 and failed:
-        logger.error("%d of %d jobs did not complete:", len(failed), len(outcomes))
-        for o in failed:
-            logger.error("  %s: %s: %s", o["run_dir"], o["status"], o["error"])
-    if not failed:
-        return 0
-    return max(EXIT_CODES.get(o["status"], 1) for o in failed) if len(outcomes) == 1 else 1

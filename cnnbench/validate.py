@@ -91,7 +91,11 @@ def check_output_dir(path: str | Path) -> None:
 def check_device(cfg: DictConfig) -> None:
     from .engine import Precision, resolve_device
 
-    device = resolve_device(str(cfg.device.type))
+    try:
+        index = cfg.device.get("index")
+    except Exception:  # e.g. '${hydra:job.num}', known only inside a sweep job
+        index = None
+    device = resolve_device(str(cfg.device.type), index)
     Precision.create(str(cfg.device.precision), device)
 
 
