@@ -6,6 +6,7 @@ thin ``@hydra.main`` wrapper behind the command line, single runs and ``-m`` swe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -32,6 +33,7 @@ from .engine import (
     EpochProgress,
     LoopHooks,
     Precision,
+    SpeedSettings,
     TrainingDiverged,
     build_optimizer,
     build_scheduler,
@@ -39,6 +41,7 @@ from .engine import (
     init_weights,
     log_points,
     resolve_device,
+    resolve_speed,
     train_one_epoch,
 )
 from .errors import CheckpointError, ConfigError
@@ -132,6 +135,7 @@ class Run:
     test_loader: DeviceLoader
     params: int
     flops: int
+    speed: SpeedSettings
     state: RunState = field(default_factory=RunState)
 
 
@@ -151,22 +155,24 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
     flops = forward_flops(raw_model, cfg.dataset.in_channels, size)
     train_split, test_split = load_splits(cfg.dataset)
     normalize = (float(cfg.dataset.mean), float(cfg.dataset.std)) if cfg.dataset.normalize else None
-    common = dict(device=device, resize=size, normalize=normalize, channels_last=bool(cfg.device.channels_last))
+    common = dict(device=device, resize=size, normalize=normalize)
     train_loader = DeviceLoader(train_split, int(cfg.trainer.batch_size), shuffle=True,
                                 seed=int(cfg.trainer.seed), **common)
     eval_bs = int(cfg.trainer.eval_batch_size or cfg.trainer.batch_size)
     test_loader = DeviceLoader(test_split, eval_bs, shuffle=False, **common)
     raw_model.to(device)
-    if cfg.device.channels_last:
+    speed = resolve_speed(cfg.device, device, raw_model, train_loader)
+    if speed.channels_last:
         raw_model.to(memory_format=torch.channels_last)
-    model = torch.compile(raw_model) if cfg.device.compile else raw_model
-    optimizer = build_optimizer(cfg.optimizer, raw_model.parameters())
+        train_loader.channels_last = test_loader.channels_last = True
+    model = torch.compile(raw_model) if speed.compile else raw_model
+    optimizer = build_optimizer(cfg.optimizer, raw_model.parameters(), fused=speed.fused_optimizer)
     steps = len(train_loader) if cfg.trainer.limit_train_batches is None else min(
         len(train_loader), int(cfg.trainer.limit_train_batches))
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps, int(cfg.trainer.epochs))
-    precision = Precision.create(cfg.device.precision, device)
+    precision = Precision.create(speed.precision, device)
     return Run(cfg, run_dir, device, model, raw_model, optimizer, scheduler, precision,
-               train_loader, test_loader, params, flops)
+               train_loader, test_loader, params, flops, speed)
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
@@ -386,7 +392,8 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "params": run.params if run else None,
         "flops_per_image": run.flops if run else None,
         "device": _device_name(run.device) if run else str(cfg.device.type),
-        "precision": cfg.device.precision,
+        "precision": run.speed.precision if run else cfg.device.precision,
+        "speed": dataclasses.asdict(run.speed) if run else None,
         "seed": int(cfg.trainer.seed),
         "deterministic": bool(cfg.trainer.deterministic),
         "warnings": s.warnings,

@@ -96,7 +96,10 @@ def check_device(cfg: DictConfig) -> None:
     except Exception:  # e.g. '${hydra:job.num}', known only inside a sweep job
         index = None
     device = resolve_device(str(cfg.device.type), index)
-    Precision.create(str(cfg.device.precision), device)
+    if str(cfg.device.precision) != "auto":
+        Precision.create(str(cfg.device.precision), device)
+    if str(cfg.device.channels_last) not in ("True", "False", "auto"):
+        raise ConfigError(f"device.channels_last must be true, false or auto, got {cfg.device.channels_last!r}")
 
 
 def validate_config(cfg: DictConfig) -> None:
