@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "models": "list every registered network with parameters and FLOPs",
     "summary": "per-block output shapes, parameters, FLOPs and activation memory of one network",
     "report": "compare the runs of a sweep folder: table, report.md, report.csv, report.png",
+    "bench": "time cnnbench's trainer against the book's pipeline, side by side",
 }
 
 
@@ -69,11 +70,18 @@ def _cmd_report(args: Sequence[str]) -> int:
     return cmd_report(args)
 
 
+def _cmd_bench(args: Sequence[str]) -> int:
+    from .bench import cmd_bench
+
+    return cmd_bench(args)
+
+
 HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": _cmd_train,
     "models": _cmd_models,
     "summary": _cmd_summary,
     "report": _cmd_report,
+    "bench": _cmd_bench,
 }
 
 

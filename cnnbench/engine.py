@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from .data import DeviceLoader
+from .distributed import DistContext, all_sum
 from .errors import ConfigError, CnnbenchError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -189,10 +190,12 @@ def train_one_epoch(
     progress: EpochProgress | None = None,
     limit_batches: int | None = None,
     grad_clip_norm: float | None = None,
+    dist_ctx: DistContext = DistContext(),
 ) -> dict:
     """Train for one epoch (or what remains of it, from ``progress``); returns the epoch's metrics.
 
-    Raises :class:`TrainingDiverged` at the first logging point whose loss is not finite.
+    Metrics are over all ranks under DDP (one all-reduce per logging point). Raises
+    :class:`TrainingDiverged` at the first logging point whose loss is not finite or too large.
     """
     model.train()
     loss_fn = nn.CrossEntropyLoss()
@@ -208,7 +211,8 @@ def train_one_epoch(
             logits = model(x)  # (B, classes)
             loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        _backward_and_step(loss, model, optimizer, precision, grad_clip_norm)
+        _backward_and_step(loss * _shard_weight(loader, i, y.shape[0], dist_ctx), model, optimizer, precision,
+                           grad_clip_norm)
         if scheduler is not None:
             scheduler.step()
         global_step += 1
@@ -221,7 +225,8 @@ def train_one_epoch(
         if hooks.should_stop() and i not in hooks.log_points:
             break  # the sums so far go into the checkpoint; the resumed run logs this interval
         if i in hooks.log_points:
-            loss_value = progress.loss_sum.item() / progress.count  # the one host sync of the interval
+            loss_sum, correct, count = _global_sums(progress, dist_ctx)  # the interval's one host sync
+            loss_value = loss_sum / count
             if _diverged(loss_value, hooks.divergence_loss):
                 raise TrainingDiverged(global_step, epoch + (i + 1) / num_batches, loss_value,
                                        last_logged_loss, optimizer.param_groups[0]["lr"])
@@ -231,7 +236,7 @@ def train_one_epoch(
                 "step": global_step,
                 "epoch": epoch + (i + 1) / num_batches,
                 "train/loss": loss_value,
-                "train/acc": progress.correct.item() / progress.count,
+                "train/acc": correct / count,
                 "lr": optimizer.param_groups[0]["lr"],
                 "throughput/examples_per_sec": interval_examples / max(now - interval_start, 1e-9),
             }
@@ -240,17 +245,35 @@ def train_one_epoch(
             interval_start, interval_examples = now, 0
             if hooks.should_stop():
                 break
-    loss_value = progress.loss_sum.item() / max(progress.count, 1)
+    loss_sum, correct, count = _global_sums(progress, dist_ctx)
+    loss_value = loss_sum / max(count, 1)
     if _diverged(loss_value, hooks.divergence_loss):
         raise TrainingDiverged(global_step, epoch + 1, loss_value, last_logged_loss, optimizer.param_groups[0]["lr"])
     return {
         "step": global_step,
         "train/loss": loss_value,
-        "train/acc": progress.correct.item() / max(progress.count, 1),
-        "examples": progress.count,
+        "train/acc": correct / max(count, 1),
+        "examples": int(count),
         "complete": progress.batches >= num_batches,
         "progress": progress,
     }
+
+
+def _shard_weight(loader: DeviceLoader, batch: int, local: int, ctx: DistContext) -> float:
+    """DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the global
+    batch makes that average the gradient of the global batch's mean loss, even for uneven shards."""
+    if not ctx.enabled:
+        return 1.0
+    global_n = min(loader.batch_size, loader.num_examples - batch * loader.batch_size)
+    return local * ctx.world_size / global_n
+
+
+def _global_sums(progress: EpochProgress, ctx: DistContext) -> tuple[float, float, int]:
+    """(loss sum, correct, examples) of the epoch so far over all ranks; one host read."""
+    local = torch.stack([progress.loss_sum.double(), progress.correct.double(),
+                         torch.tensor(float(progress.count), dtype=torch.float64, device=progress.loss_sum.device)])
+    loss_sum, correct, count = all_sum(local, ctx).tolist()
+    return loss_sum, correct, int(count)
 
 
 def _diverged(loss: float, limit: float | None) -> bool:
@@ -275,9 +298,10 @@ def _backward_and_step(loss, model, optimizer, precision: Precision, grad_clip_n
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DeviceLoader, precision: Precision, limit_batches: int | None = None
+    model: nn.Module, loader: DeviceLoader, precision: Precision, limit_batches: int | None = None,
+    dist_ctx: DistContext = DistContext(),
 ) -> dict:
-    """Accuracy and mean loss on ``loader`` (read back once, at the end)."""
+    """Accuracy and mean loss on ``loader`` (read back once, at the end; summed over ranks)."""
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=loader.device)
     loss_sum = torch.zeros((), device=loader.device)
@@ -288,7 +312,10 @@ def evaluate(
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(dim=1) == y).sum()
         count += y.shape[0]
-    return {"test/acc": correct.item() / max(count, 1), "test/loss": loss_sum.item() / max(count, 1), "examples": count}
+    totals = torch.stack([correct.double(), loss_sum.double(),
+                          torch.tensor(float(count), dtype=torch.float64, device=loader.device)])
+    correct_n, loss_total, n = all_sum(totals, dist_ctx).tolist()
+    return {"test/acc": correct_n / max(n, 1), "test/loss": loss_total / max(n, 1), "examples": int(n)}
 
 
 # --------------------------------------------------------------------------------------- speed options
@@ -360,9 +387,16 @@ def bf16_supported(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def resolve_speed(cfg: DictConfig, device: torch.device, model: nn.Module, loader: DeviceLoader) -> SpeedSettings:
-    """Turn the ``device`` group's values into settings; ``auto`` precision/layout are autotuned."""
+def resolve_speed(cfg: DictConfig, device: torch.device, model: nn.Module, loader: DeviceLoader,
+                  deterministic: bool = False) -> SpeedSettings:
+    """Turn the ``device`` group's values into settings; ``auto`` precision/layout are autotuned.
+
+    Deterministic runs skip the timing (its verdict could differ between two runs): fp32, NCHW.
+    """
     precision, channels_last = str(cfg.precision), cfg.channels_last
+    if deterministic:
+        precision = "fp32" if precision == "auto" else precision
+        channels_last = False if str(channels_last) == "auto" else channels_last
     settings = SpeedSettings(compile=bool(cfg.compile))
     fused = cfg.get("fused_optimizer", False)
     settings.fused_optimizer = device.type == "cuda" if str(fused) == "auto" else bool(fused)

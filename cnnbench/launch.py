@@ -16,6 +16,7 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .distributed import broadcast_object, init_from_env, launched_by_torchrun, shutdown
 from .errors import ConfigError
 from .validate import validate_config
 
@@ -88,10 +89,25 @@ def preflight(args: Sequence[str]) -> str | None:
             check_added_keys(added, compose_config([o for o in job if not o.startswith("+")]), groups)
         out_dir = str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
         check_output_dir(out_dir)
+        _check_distributed(cfg)
         with open_dict(cfg):
             del cfg["hydra"]  # its job-time values (hydra.job.num) do not exist yet
         validate_config(cfg)
     return out_dir
+
+
+def _check_distributed(cfg: DictConfig) -> None:
+    """Settings that only matter under torchrun, checked before any process starts training."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and int(cfg.trainer.batch_size) % world:
+        raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is the global batch and must divide "
+                          f"evenly over the {world} processes")
+    if world > 1:
+        from .train import check_sync_batchnorm
+
+        check_sync_batchnorm(cfg)
 
 
 def sweep_naming_overrides(args: Sequence[str]) -> list[str]:
@@ -208,6 +224,11 @@ def hydra_main(args: Sequence[str]) -> int:
     multirun = is_multirun(args)
     out_dir = preflight(args)
     extra = sweep_naming_overrides(args) if multirun else []
+    if launched_by_torchrun():
+        if multirun:
+            raise ConfigError("-m sweeps cannot run under torchrun; launch each job with torchrun instead "
+                              "(or use the submitit launcher)")
+        extra += _torchrun_overrides(args, out_dir)
     if multirun and _given(args, "hydra.sweep.dir") is None:
         resume = str(_given(args, RESUME_SWEEP_KEY)).lower() == "true"
         out_dir = str(find_sweep_to_resume(args)) if resume else out_dir
@@ -224,10 +245,24 @@ def hydra_main(args: Sequence[str]) -> int:
         # Sweepers (Optuna) maximize this value; a job that did not complete gives NaN.
         return float(summary["test/acc"]) if summary.get("test/acc") is not None else float("nan")
 
-    _run_hydra([*args, *extra], job)
+    try:
+        _run_hydra([*args, *extra], job)
+    finally:
+        shutdown()
     if multirun:
         return exit_code(sweep_outcomes(Path(out_dir)), multirun=True)
     return exit_code(outcomes, multirun=False)
+
+
+def _torchrun_overrides(args: Sequence[str], out_dir: str | None) -> list[str]:
+    """All ranks share rank 0's run folder; only rank 0 records Hydra's config and log file there."""
+    ctx = init_from_env(str(_given(args, "device.type") or _given(args, "device") or "auto"))
+    extra = []
+    if _given(args, "hydra.run.dir") is None:
+        extra.append(f"hydra.run.dir={broadcast_object(out_dir, ctx)}")
+    if not ctx.is_main:
+        extra += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    return extra
 
 
 def _run_hydra(argv: list[str], task) -> int:

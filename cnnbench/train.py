@@ -47,6 +47,7 @@ from .engine import (
 from .errors import CheckpointError, ConfigError
 from .models import build_model, get_model_spec
 from .runlog import RunLogger, hparams_of, write_json_atomic
+from .distributed import DistContext, all_sum, any_rank, broadcast_object, init_from_env
 from .signals import GracefulStop
 from .validate import validate_config
 
@@ -136,13 +137,20 @@ class Run:
     params: int
     flops: int
     speed: SpeedSettings
+    dist: DistContext = field(default_factory=DistContext)
     state: RunState = field(default_factory=RunState)
 
 
-def setup(cfg: DictConfig, run_dir: Path) -> Run:
-    """Build device, data, model, optimizer and scheduler for ``cfg``."""
+def setup(cfg: DictConfig, run_dir: Path, ctx: DistContext = DistContext()) -> Run:
+    """Build device, data, model, optimizer and scheduler for ``cfg`` (this rank's share under DDP)."""
     validate_config(cfg)
-    device = resolve_device(cfg.device.type, cfg.device.get("index"))
+    if ctx.enabled and int(cfg.trainer.batch_size) % ctx.world_size:
+        raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is the global batch and must divide "
+                          f"evenly over the {ctx.world_size} processes")
+    if ctx.backend == "nccl":
+        device = torch.device("cuda", ctx.local_rank)
+    else:
+        device = resolve_device(cfg.device.type, cfg.device.get("index"))
     if cfg.device.num_threads:
         torch.set_num_threads(int(cfg.device.num_threads))
     seed_everything(int(cfg.trainer.seed), bool(cfg.trainer.deterministic))
@@ -155,24 +163,46 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
     flops = forward_flops(raw_model, cfg.dataset.in_channels, size)
     train_split, test_split = load_splits(cfg.dataset)
     normalize = (float(cfg.dataset.mean), float(cfg.dataset.std)) if cfg.dataset.normalize else None
-    common = dict(device=device, resize=size, normalize=normalize)
+    common = dict(device=device, resize=size, normalize=normalize, rank=ctx.rank, world_size=ctx.world_size)
     train_loader = DeviceLoader(train_split, int(cfg.trainer.batch_size), shuffle=True,
                                 seed=int(cfg.trainer.seed), **common)
     eval_bs = int(cfg.trainer.eval_batch_size or cfg.trainer.batch_size)
     test_loader = DeviceLoader(test_split, eval_bs, shuffle=False, **common)
     raw_model.to(device)
-    speed = resolve_speed(cfg.device, device, raw_model, train_loader)
+    speed = resolve_speed(cfg.device, device, raw_model, train_loader, bool(cfg.trainer.deterministic))
+    speed = broadcast_object(speed, ctx)  # every rank uses rank 0's choice
     if speed.channels_last:
         raw_model.to(memory_format=torch.channels_last)
         train_loader.channels_last = test_loader.channels_last = True
-    model = torch.compile(raw_model) if speed.compile else raw_model
+    model = wrap_ddp(raw_model, cfg, ctx, device)
+    raw_model = model.module if ctx.enabled else raw_model  # SyncBatchNorm conversion makes a new module
+    model = torch.compile(model) if speed.compile else model
     optimizer = build_optimizer(cfg.optimizer, raw_model.parameters(), fused=speed.fused_optimizer)
     steps = len(train_loader) if cfg.trainer.limit_train_batches is None else min(
         len(train_loader), int(cfg.trainer.limit_train_batches))
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps, int(cfg.trainer.epochs))
     precision = Precision.create(speed.precision, device)
     return Run(cfg, run_dir, device, model, raw_model, optimizer, scheduler, precision,
-               train_loader, test_loader, params, flops, speed)
+               train_loader, test_loader, params, flops, speed, ctx)
+
+
+def check_sync_batchnorm(cfg: DictConfig) -> None:
+    """PyTorch's SyncBatchNorm runs only on CUDA devices; say so before anything starts."""
+    if cfg.trainer.get("sync_batchnorm") and (str(cfg.device.type) == "cpu" or not torch.cuda.is_available()):
+        raise ConfigError("trainer.sync_batchnorm=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
+                          "implementation); on CPUs each process keeps its own BatchNorm statistics")
+
+
+def wrap_ddp(model: nn.Module, cfg: DictConfig, ctx: DistContext, device: torch.device) -> nn.Module:
+    """DistributedDataParallel around ``model`` (optionally with SyncBatchNorm) when under torchrun."""
+    if not ctx.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    check_sync_batchnorm(cfg)
+    if cfg.trainer.get("sync_batchnorm"):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
@@ -292,7 +322,8 @@ def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop) -> str:
         partial = _restore_partial(run)
         hooks = LoopHooks(
             on_log=lambda m: rlog.log("train", m),
-            should_stop=lambda: stop.requested,
+            should_stop=(lambda: any_rank(stop.requested, run.dist, run.device)) if run.dist.enabled
+            else (lambda: stop.requested),
             progress=progress,
             set_postfix=lambda d: bar.set_postfix(d, refresh=False) if bar is not None else None,
             log_points=log_points(n_batches, int(cfg.trainer.logs_per_epoch)),
@@ -302,7 +333,7 @@ def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop) -> str:
         out = train_one_epoch(
             run.model, run.train_loader, run.optimizer, run.scheduler, run.precision,
             epoch=epoch, global_step=run.state.step, hooks=hooks, progress=partial,
-            limit_batches=limit, grad_clip_norm=cfg.trainer.grad_clip_norm,
+            limit_batches=limit, grad_clip_norm=cfg.trainer.grad_clip_norm, dist_ctx=run.dist,
         )
         if bar is not None:
             bar.close()
@@ -311,7 +342,7 @@ def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop) -> str:
         run.state.train_time_s += elapsed
         run.state.train_examples += out["examples"] - (partial.count if partial else 0)
         if not out["complete"]:
-            run.state.partial = _plain_progress(out["progress"])
+            run.state.partial = _plain_progress(out["progress"], run.dist)
             return "interrupted"
         run.state.partial = None
         finish_epoch(run, rlog, out, elapsed)
@@ -321,16 +352,25 @@ def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop) -> str:
 
 
 def _restore_partial(run: Run) -> EpochProgress | None:
+    """The sums of an epoch stopped part-way; under DDP they are global, so rank 0 alone carries them."""
     p = run.state.partial
     if not p:
         return None
-    dev = run.device
-    return EpochProgress(p["loss_sum"].to(dev), p["correct"].to(dev), int(p["count"]), int(p["batches"]))
+    fresh = EpochProgress.zeros(run.device)
+    fresh.batches = int(p["batches"])
+    if run.dist.is_main:
+        fresh.loss_sum += p["loss_sum"].to(run.device)
+        fresh.correct += p["correct"].to(run.device)
+        fresh.count = int(p["count"])
+    return fresh
 
 
-def _plain_progress(p: EpochProgress) -> dict:
-    return {"loss_sum": p.loss_sum.detach().cpu(), "correct": p.correct.detach().cpu(),
-            "count": p.count, "batches": p.batches}
+def _plain_progress(p: EpochProgress, ctx: DistContext) -> dict:
+    """Sums over all ranks of an epoch stopped part-way, as checkpoint data."""
+    totals = all_sum(torch.stack([p.loss_sum.double(), p.correct.double(),
+                                  torch.tensor(float(p.count), dtype=torch.float64, device=p.loss_sum.device)]), ctx)
+    loss_sum, correct, count = totals.cpu()
+    return {"loss_sum": loss_sum.float(), "correct": correct.long(), "count": int(count), "batches": p.batches}
 
 
 def finish_epoch(run: Run, rlog: RunLogger, out: dict, elapsed: float) -> None:
@@ -346,7 +386,7 @@ def finish_epoch(run: Run, rlog: RunLogger, out: dict, elapsed: float) -> None:
     }
     every = int(cfg.trainer.eval_every)
     if (every > 0 and epoch % every == 0) or epoch == int(cfg.trainer.epochs):
-        test = evaluate(run.model, run.test_loader, run.precision, cfg.trainer.limit_eval_batches)
+        test = evaluate(run.model, run.test_loader, run.precision, cfg.trainer.limit_eval_batches, run.dist)
         record.update({"test/acc": test["test/acc"], "test/loss": test["test/loss"]})
         run.state.last_test_acc = test["test/acc"]
         best = run.state.best_test_acc
@@ -360,7 +400,7 @@ def finish_epoch(run: Run, rlog: RunLogger, out: dict, elapsed: float) -> None:
         record["throughput/examples_per_sec"],
     )
     _chance_check(run, out)
-    if cfg.trainer.checkpoint:
+    if cfg.trainer.checkpoint and run.dist.is_main:
         save_checkpoint(run.run_dir / CHECKPOINT_NAME, checkpoint_state(run))
 
 
@@ -399,6 +439,8 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "warnings": s.warnings,
         "overrides": overrides,
         "run_dir": str(run_dir),
+        "world_size": run.dist.world_size if run else 1,
+        "backend": run.dist.backend if run else None,
         "torch_version": torch.__version__,
         "cnnbench_version": __version__,
         "python_version": platform.python_version(),
@@ -428,26 +470,30 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict:
     Runtime failures (divergence, exceptions, signals) never escape: they are recorded in the returned
     summary and in ``summary.json`` with their status, so a sweep can go on with the next job.
     """
+    ctx = init_from_env(str(cfg.device.type))  # a single process unless started by torchrun
+    main = ctx.is_main  # only rank 0 writes the run folder
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     overrides = job_overrides()
     start = time.perf_counter()
-    write_json_atomic(run_dir / "summary.json", {"status": "running", "model": cfg.model.name})
+    if main:
+        write_json_atomic(run_dir / "summary.json", {"status": "running", "model": cfg.model.name})
     run: Run | None = None
     rlog: RunLogger | None = None
     status, error = "failed", None
     with GracefulStop() as stop:
         try:
-            run = setup(cfg, run_dir)
+            run = setup(cfg, run_dir, ctx)
             resume_from = resolve_resume(cfg, run_dir)
             if resume_from is not None:
                 restore(run, resume_from)
-                trim_metrics(run_dir, run.state.step)
-            rlog = RunLogger(run_dir, purge_step=run.state.step + 1 if resume_from else None)
+                if main:
+                    trim_metrics(run_dir, run.state.step)
+            rlog = RunLogger(run_dir, enabled=main, purge_step=run.state.step + 1 if resume_from else None)
             if resume_from is None:
                 rlog.log_config(cfg)
             status = run_epochs(run, rlog, stop)
-            if status == "interrupted" and cfg.trainer.checkpoint:
+            if status == "interrupted" and cfg.trainer.checkpoint and main:
                 save_checkpoint(run_dir / CHECKPOINT_NAME, checkpoint_state(run))
                 logger.warning("interrupted: checkpoint written to %s; resume with trainer.resume=auto "
                                "and hydra.run.dir=%s", run_dir / CHECKPOINT_NAME, run_dir)
@@ -465,8 +511,9 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict:
                 "hparam/train_loss": summary["train/loss"], "hparam/train_acc": summary["train/acc"],
             })
         rlog.close()
-    write_json_atomic(run_dir / "summary.json", summary)
-    _closing_lines(summary)
+    if main:
+        write_json_atomic(run_dir / "summary.json", summary)
+        _closing_lines(summary)
     return summary
 
 
