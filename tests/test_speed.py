@@ -54,7 +54,7 @@ def test_torch_compile_matches_the_plain_path(fake_data, tmp_path, plain):
 
 
 def test_fast_preset_autotunes_and_keeps_the_losses(fake_data, tmp_path, plain):
-    losses, summary = first_losses(fake_data, tmp_path, "device=fast", "device.type=cpu")
+    losses, summary = first_losses(fake_data, tmp_path, "device=fast", "device.type=cpu", "device.channels_last=auto")
     tuning = summary["speed"]["tuning"]
     assert set(tuning) == {"fp32", "fp32+channels_last", "bf16", "bf16+channels_last"}
     chosen = summary["speed"]["precision"] + ("+channels_last" if summary["speed"]["channels_last"] else "")
