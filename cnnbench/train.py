@@ -44,7 +44,7 @@ from .engine import (
     resolve_speed,
     train_one_epoch,
 )
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, CnnbenchError, ConfigError
 from .models import build_model, get_model_spec
 from .runlog import RunLogger, hparams_of, write_json_atomic
 from .distributed import DistContext, all_sum, any_rank, broadcast_object, init_from_env
@@ -497,9 +497,10 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict:
                 save_checkpoint(run_dir / CHECKPOINT_NAME, checkpoint_state(run))
                 logger.warning("interrupted: checkpoint written to %s; resume with trainer.resume=auto "
                                "and hydra.run.dir=%s", run_dir / CHECKPOINT_NAME, run_dir)
-        except TrainingDiverged as exc:
+        except TrainingDiverged as exc:  # reported by the closing lines
             status, error = "diverged", exc
-            logger.error("%s", exc)
+        except CnnbenchError as exc:  # a problem the user can fix: its one sentence, in the closing lines
+            status, error = "failed", exc
         except Exception as exc:  # any failure of this job is recorded, not raised (sweeps go on)
             status, error = "failed", exc
             logger.error("run failed: %s: %s", type(exc).__name__, exc, exc_info=True)
@@ -524,5 +525,5 @@ def _closing_lines(summary: dict) -> None:
                     summary["train/loss"], summary["train/acc"], summary["test/acc"])
         logger.info("%.1f examples/sec on %s", summary["examples_per_sec"] or 0.0, summary["device"])
     else:
-        logger.warning("run %s: %s", summary["status"], summary["error"] or "")
+        logger.error("run %s: %s", summary["status"], summary["error"] or "")
     logger.info("run folder: %s", summary["run_dir"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import struct
 from dataclasses import dataclass
 from importlib import resources
@@ -115,12 +116,15 @@ def _download(folder_name: str, root: str | None) -> Path | None:
     if cls is None:
         return None
     target = candidate_roots(root)[0]
+    existed = target.exists()
     try:
         logger.info("downloading %s into %s", folder_name, target)
         for train in (True, False):
             cls(root=str(target), train=train, download=True)
     except Exception as exc:  # network errors come in many types; all mean "not available"
         logger.warning("download of %s failed: %s", folder_name, exc)
+        if not existed and not any(p.is_file() for p in target.rglob("*")):
+            shutil.rmtree(target, ignore_errors=True)  # leave no empty folders behind
         return None
     return find_data_root(folder_name, str(target))
 
