@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig
@@ -161,11 +161,9 @@ class LoopHooks:
     # A mean cross-entropy above this (nats) counts as diverged even when finite: chance level is
     # ln(10) = 2.3, and sigmoid LeNets at huge learning rates sit at 1e4+ without ever reaching NaN.
     divergence_loss: float | None = None
-
     on_log: Callable[[dict], None] = lambda metrics: None
     should_stop: Callable[[], bool] = lambda: False
-    progress: Callable[[Iterator], Iterator] = lambda it: it
-    set_postfix: Callable[[dict], None] = lambda d: None
+    bar: Any = None  # a tqdm progress bar (update, set_postfix), or None
     log_points: set[int] = field(default_factory=set)  # batch indices after which to sync and log
 
 
@@ -205,7 +203,7 @@ def train_one_epoch(
     interval_start = time.perf_counter()
     interval_examples = 0
     batches = loader.batches(epoch, start=progress.batches, limit=num_batches)
-    for i, (x, y) in enumerate(hooks.progress(batches), start=progress.batches):
+    for i, (x, y) in enumerate(batches, start=progress.batches):
         # x: (B, 1, S, S) float, y: (B,) int64, both on the device
         with precision.autocast():
             logits = model(x)  # (B, classes)
@@ -222,6 +220,8 @@ def train_one_epoch(
         progress.count += y.shape[0]
         progress.batches = i + 1
         interval_examples += y.shape[0]
+        if hooks.bar is not None:
+            hooks.bar.update(1)
         if hooks.should_stop() and i not in hooks.log_points:
             break  # the sums so far go into the checkpoint; the resumed run logs this interval
         if i in hooks.log_points:
@@ -241,7 +241,8 @@ def train_one_epoch(
                 "throughput/examples_per_sec": interval_examples / max(now - interval_start, 1e-9),
             }
             hooks.on_log(metrics)
-            hooks.set_postfix({"loss": f"{metrics['train/loss']:.3f}", "acc": f"{metrics['train/acc']:.3f}"})
+            if hooks.bar is not None:
+                hooks.bar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{metrics['train/acc']:.3f}", refresh=False)
             interval_start, interval_examples = now, 0
             if hooks.should_stop():
                 break

@@ -1,7 +1,7 @@
 """``cnnbench train``: one run from a composed config to a complete run folder.
 
-``train(cfg, run_dir)`` is the plain function (tests call it after ``compose``); ``hydra_main`` is the
-thin ``@hydra.main`` wrapper behind the command line, single runs and ``-m`` sweeps alike.
+``train(cfg, run_dir)`` is the plain function (tests call it after ``compose``); the command line's
+``@hydra.main`` wrapper is ``cnnbench.launch.hydra_main``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from . import __version__
@@ -100,8 +100,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(deterministic)  # process-wide: set both ways for in-process runs
 
 
 def default_run_dir(cfg: DictConfig) -> Path:
@@ -311,21 +311,14 @@ def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop) -> str:
     show_bar = _progress_enabled(cfg.trainer.progress_bar)
     while run.state.epoch < epochs:
         epoch = run.state.epoch
-        bar = None
-
-        def progress(it, epoch=epoch):
-            nonlocal bar
-            bar = tqdm(it, total=n_batches, initial=partial.batches if partial else 0,
-                       desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not show_bar)
-            return bar
-
         partial = _restore_partial(run)
+        bar = tqdm(total=n_batches, initial=partial.batches if partial else 0, desc=f"epoch {epoch + 1}/{epochs}",
+                   leave=False, disable=not show_bar)
         hooks = LoopHooks(
             on_log=lambda m: rlog.log("train", m),
             should_stop=(lambda: any_rank(stop.requested, run.dist, run.device)) if run.dist.enabled
             else (lambda: stop.requested),
-            progress=progress,
-            set_postfix=lambda d: bar.set_postfix(d, refresh=False) if bar is not None else None,
+            bar=bar,
             log_points=log_points(n_batches, int(cfg.trainer.logs_per_epoch)),
             divergence_loss=cfg.trainer.divergence_loss,
         )
@@ -335,8 +328,7 @@ def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop) -> str:
             epoch=epoch, global_step=run.state.step, hooks=hooks, progress=partial,
             limit_batches=limit, grad_clip_norm=cfg.trainer.grad_clip_norm, dist_ctx=run.dist,
         )
-        if bar is not None:
-            bar.close()
+        bar.close()
         elapsed = time.perf_counter() - t0
         run.state.step = out["step"]
         run.state.train_time_s += elapsed

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -82,7 +81,7 @@ def test_resume_from_a_given_checkpoint_path(fake_data, tmp_path):
     first = train(cfg_for(fake_data, "trainer.epochs=1"), tmp_path / "a")
     assert first["status"] == "completed"
     more = train(cfg_for(fake_data, "trainer.epochs=2", f"trainer.resume={tmp_path / 'a' / 'last.pt'}"), tmp_path / "b")
-    straight = train(cfg_for(fake_data, "trainer.epochs=2"), tmp_path / "c")
+    train(cfg_for(fake_data, "trainer.epochs=2"), tmp_path / "c")
     assert more["status"] == "completed" and more["epochs_completed"] == 2
     assert_same_weights(final_weights(tmp_path / "b"), final_weights(tmp_path / "c"))
 
@@ -292,7 +291,7 @@ def test_a_run_on_corrupt_data_fails_without_claiming_success(tmp_path):
 
 def test_deterministic_runs_are_identical(fake_data, tmp_path):
     a = train(cfg_for(fake_data, "trainer.epochs=2", "model=lenet_bn", "trainer.seed=7"), tmp_path / "a")
-    b = train(cfg_for(fake_data, "trainer.epochs=2", "model=lenet_bn", "trainer.seed=7"), tmp_path / "b")
+    train(cfg_for(fake_data, "trainer.epochs=2", "model=lenet_bn", "trainer.seed=7"), tmp_path / "b")
     assert a["seed"] == 7 and a["deterministic"] is True
     assert_same_weights(final_weights(tmp_path / "a"), final_weights(tmp_path / "b"), atol=0)
     strip = lambda p: [{k: v for k, v in json.loads(line).items() if "throughput" not in k and "time" not in k}

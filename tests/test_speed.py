@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from cnnbench.bench import cmd_bench
 from cnnbench.config import compose_config

@@ -129,7 +129,7 @@ def test_tensorboard_serves_every_job_under_its_overrides(grid):
                 pass
             time.sleep(1)
         assert sorted(tags) == sorted(p.name for p in grid.iterdir() if p.is_dir())
-        for run, run_tags in tags.items():
+        for run_tags in tags.values():
             assert {"train/loss", "train/acc", "test/acc", "lr", "throughput/examples_per_sec"} <= set(run_tags)
         run = "2_model=lenet_bn,optimizer.lr=0.3"
         points = get_json(f"{base}/data/plugin/scalars/scalars?run={urllib.request.quote(run)}&tag=test/acc")
