@@ -462,6 +462,15 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict:
     Runtime failures (divergence, exceptions, signals) never escape: they are recorded in the returned
     summary and in ``summary.json`` with their status, so a sweep can go on with the next job.
     """
+    threads = torch.get_num_threads()
+    try:
+        return _train(cfg, run_dir)
+    finally:
+        # device.num_threads is process-wide: give the caller (a test, a notebook) its setting back
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: DictConfig, run_dir: Path | str | None) -> dict:
     ctx = init_from_env(str(cfg.device.type))  # a single process unless started by torchrun
     main = ctx.is_main  # only rank 0 writes the run folder
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)

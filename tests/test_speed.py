@@ -86,3 +86,12 @@ def test_bench_runs_both_pipelines_on_generated_data(tmp_path, capsys):
     assert result["peaks"]["fp32"] > 1e9
     assert "| d2l_lenet | 28 | 256 |" in (out / "bench.md").read_text()
     assert "| d2l_lenet | 28 | 256 |" in capsys.readouterr().out
+
+
+def test_num_threads_is_given_back_after_the_run(fake_data, tmp_path):
+    """A run with device.num_threads must not change later in-process runs (their numerics depend on it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    first_losses(fake_data, tmp_path, "device.num_threads=1")
+    assert torch.get_num_threads() == before
