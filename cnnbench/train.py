@@ -316,8 +316,7 @@ def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop) -> str:
                    leave=False, disable=not show_bar)
         hooks = LoopHooks(
             on_log=lambda m: rlog.log("train", m),
-            should_stop=(lambda: any_rank(stop.requested, run.dist, run.device)) if run.dist.enabled
-            else (lambda: stop.requested),
+            should_stop=stop_poll(stop, run),
             bar=bar,
             log_points=log_points(n_batches, int(cfg.trainer.logs_per_epoch)),
             divergence_loss=cfg.trainer.divergence_loss,
@@ -338,9 +337,28 @@ def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop) -> str:
             return "interrupted"
         run.state.partial = None
         finish_epoch(run, rlog, out, elapsed)
-        if stop.requested:
+        if any_rank(stop.requested, run.dist, run.device):  # all ranks leave after the same epoch
             return "interrupted"
     return "completed"
+
+
+def stop_poll(stop: GracefulStop, run: Run):
+    """``should_stop`` for the loop. Under DDP the ranks agree through an all-reduce, which waits for
+    the device: every step on gloo (CPU, cheap), every 20th step on NCCL so GPUs keep queueing work."""
+    if not run.dist.enabled:
+        return lambda: stop.requested
+    every = 20 if run.dist.backend == "nccl" else 1
+    calls = 0
+    agreed = False
+
+    def poll() -> bool:
+        nonlocal calls, agreed
+        calls += 1
+        if not agreed and calls % every == 0:
+            agreed = any_rank(stop.requested, run.dist, run.device)
+        return agreed
+
+    return poll
 
 
 def _restore_partial(run: Run) -> EpochProgress | None:
