@@ -29,8 +29,14 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-RECIPES = ["d2l_lenet", "d2l_lenet_bn", "d2l_alexnet", "d2l_vgg11", "d2l_nin", "d2l_googlenet",
-           "d2l_resnet18", "d2l_densenet"]
+
+
+def book_recipes() -> list[str]:
+    """The ``experiment=d2l_<model>`` presets in conf/, in the book's chapter order (the registry's)."""
+    from .config import config_dir
+    from .models import list_models
+
+    return [f"d2l_{m}" for m in list_models() if (config_dir() / "experiment" / f"d2l_{m}.yaml").is_file()]
 
 
 def fake_fashion_mnist(root: Path, n_train: int = 60_000, n_test: int = 10_000) -> Path:
@@ -152,7 +158,7 @@ def table(rows: list[dict], peaks: dict[str, float], device_name: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cnnbench bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("recipes", nargs="*", default=RECIPES, help="experiment names (default: the eight book recipes)")
+    p.add_argument("recipes", nargs="*", default=None, help="experiment names (default: the eight book recipes)")
     p.add_argument("--device", default="fast", help="cnnbench's device config option (default: fast)")
     p.add_argument("--on", default="auto", choices=["auto", "cpu", "cuda"], help="where both pipelines run")
     p.add_argument("--data", default=None, help="Fashion-MNIST root (default: dataset search; else generated)")
@@ -175,6 +181,7 @@ def cmd_bench(argv: Sequence[str]) -> int:
     from .engine import bf16_supported, resolve_device
 
     args = _parser().parse_args(argv)
+    args.recipes = args.recipes or book_recipes()
     device = resolve_device(args.on)
     out = Path(args.out or f"outputs/bench/{datetime.now():%Y-%m-%d_%H-%M-%S}")
     out.mkdir(parents=True, exist_ok=True)

@@ -95,3 +95,10 @@ def test_num_threads_is_given_back_after_the_run(fake_data, tmp_path):
     before = torch.get_num_threads()
     first_losses(fake_data, tmp_path, "device.num_threads=1")
     assert torch.get_num_threads() == before
+
+
+def test_bench_defaults_to_the_eight_book_recipes_in_chapter_order():
+    from cnnbench.bench import book_recipes
+
+    assert book_recipes() == ["d2l_lenet", "d2l_lenet_bn", "d2l_alexnet", "d2l_vgg11", "d2l_nin", "d2l_googlenet",
+                              "d2l_resnet18", "d2l_densenet"]
