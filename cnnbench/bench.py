@@ -54,14 +54,9 @@ def fake_fashion_mnist(root: Path, n_train: int = 60_000, n_test: int = 10_000) 
     return root
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def cnnbench_steady(cfg, warmup: int, steps: int) -> dict:
     """Examples/sec of cnnbench's loop over ``steps`` steps after ``warmup`` steps."""
-    from .engine import LoopHooks, train_one_epoch
+    from .engine import LoopHooks, synchronize, train_one_epoch
     from .train import setup
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,7 +65,7 @@ def cnnbench_steady(cfg, warmup: int, steps: int) -> dict:
         common = dict(global_step=0, hooks=hooks)
         train_one_epoch(run.model, run.train_loader, run.optimizer, None, run.precision, epoch=0,
                         limit_batches=warmup, **common)
-        _sync(run.device)
+        synchronize(run.device)
         t0 = time.perf_counter()
         out = train_one_epoch(run.model, run.train_loader, run.optimizer, None, run.precision, epoch=1,
                               limit_batches=steps, **common)

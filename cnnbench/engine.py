@@ -209,8 +209,11 @@ def train_one_epoch(
             logits = model(x)  # (B, classes)
             loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        _backward_and_step(loss * _shard_weight(loader, i, y.shape[0], dist_ctx), model, optimizer, precision,
-                           grad_clip_norm)
+        if dist_ctx.enabled:
+            loss_to_step = loss * _shard_weight(loader, i, y.shape[0], dist_ctx)
+        else:
+            loss_to_step = loss  # no extra op in the single-process hot path
+        _backward_and_step(loss_to_step, model, optimizer, precision, grad_clip_norm)
         if scheduler is not None:
             scheduler.step()
         global_step += 1
@@ -263,17 +266,20 @@ def train_one_epoch(
 def _shard_weight(loader: DeviceLoader, batch: int, local: int, ctx: DistContext) -> float:
     """DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the global
     batch makes that average the gradient of the global batch's mean loss, even for uneven shards."""
-    if not ctx.enabled:
-        return 1.0
     global_n = min(loader.batch_size, loader.num_examples - batch * loader.batch_size)
     return local * ctx.world_size / global_n
 
 
+def sums_over_ranks(loss_sum: torch.Tensor, correct: torch.Tensor, count: int, ctx: DistContext) -> torch.Tensor:
+    """(loss sum, correct, examples) added up over all ranks: one (3,) float64 tensor, one all-reduce."""
+    local = torch.stack([loss_sum.double(), correct.double(),
+                         torch.tensor(float(count), dtype=torch.float64, device=loss_sum.device)])
+    return all_sum(local, ctx)
+
+
 def _global_sums(progress: EpochProgress, ctx: DistContext) -> tuple[float, float, int]:
     """(loss sum, correct, examples) of the epoch so far over all ranks; one host read."""
-    local = torch.stack([progress.loss_sum.double(), progress.correct.double(),
-                         torch.tensor(float(progress.count), dtype=torch.float64, device=progress.loss_sum.device)])
-    loss_sum, correct, count = all_sum(local, ctx).tolist()
+    loss_sum, correct, count = sums_over_ranks(progress.loss_sum, progress.correct, progress.count, ctx).tolist()
     return loss_sum, correct, int(count)
 
 
@@ -313,9 +319,7 @@ def evaluate(
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(dim=1) == y).sum()
         count += y.shape[0]
-    totals = torch.stack([correct.double(), loss_sum.double(),
-                          torch.tensor(float(count), dtype=torch.float64, device=loader.device)])
-    correct_n, loss_total, n = all_sum(totals, dist_ctx).tolist()
+    loss_total, correct_n, n = sums_over_ranks(loss_sum, correct, count, dist_ctx).tolist()
     return {"test/acc": correct_n / max(n, 1), "test/loss": loss_total / max(n, 1), "examples": int(n)}
 
 
@@ -345,17 +349,18 @@ def _time_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: P
         opt.step()
     t0 = time.perf_counter()
     step()
-    _sync(x.device)
+    synchronize(x.device)
     if time.perf_counter() - t0 > 0.5:
         steps = 1
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(x.device)
+    synchronize(x.device)
     return (time.perf_counter() - t0) / steps
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so that wall-clock timings cover it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

@@ -32,6 +32,7 @@ from .describe import count_parameters, forward_flops
 from .engine import (
     EpochProgress,
     LoopHooks,
+    sums_over_ranks,
     Precision,
     SpeedSettings,
     TrainingDiverged,
@@ -47,7 +48,7 @@ from .engine import (
 from .errors import CheckpointError, CnnbenchError, ConfigError
 from .models import build_model, get_model_spec
 from .runlog import RunLogger, hparams_of, write_json_atomic
-from .distributed import DistContext, all_sum, any_rank, broadcast_object, init_from_env
+from .distributed import DistContext, any_rank, broadcast_object, init_from_env
 from .signals import GracefulStop
 from .validate import validate_config
 
@@ -377,9 +378,7 @@ def _restore_partial(run: Run) -> EpochProgress | None:
 
 def _plain_progress(p: EpochProgress, ctx: DistContext) -> dict:
     """Sums over all ranks of an epoch stopped part-way, as checkpoint data."""
-    totals = all_sum(torch.stack([p.loss_sum.double(), p.correct.double(),
-                                  torch.tensor(float(p.count), dtype=torch.float64, device=p.loss_sum.device)]), ctx)
-    loss_sum, correct, count = totals.cpu()
+    loss_sum, correct, count = sums_over_ranks(p.loss_sum, p.correct, p.count, ctx).cpu()
     return {"loss_sum": loss_sum.float(), "correct": correct.long(), "count": int(count), "batches": p.batches}
 
 

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cnnbench.config import compose_config
+from cnnbench.models import build_model
 from cnnbench.train import train
 
 from .conftest import cli
@@ -70,7 +71,7 @@ def test_checkpoint_loads_with_weights_only(fake_data, tmp_path):
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and state["step"] == 2
     assert state["config"]["model"]["name"] == "lenet"
-    assert set(state["model"]) == set(torch.nn.Module.state_dict(__import__("cnnbench").models.build_model("lenet")))
+    assert set(state["model"]) == set(build_model("lenet").state_dict())
 
 
 def test_resize_and_model_kwargs_reach_the_model(fake_data, tmp_path):
