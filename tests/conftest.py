@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,6 +67,39 @@ def real_data_root() -> Path | None:
         if candidate and (Path(candidate) / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file():
             return Path(candidate)
     return None
+
+
+def fast_overrides(data_root: Path | str, *extra: str) -> list[str]:
+    """The settings most tests start from: the test's own small data, no download, the CPU, and a fixed
+    memory layout (``device.channels_last=auto`` would pick NCHW or NHWC by timing, so the code path
+    under test would change from run to run). Tests about autotuning override the layout themselves."""
+    return [f"dataset.root={data_root}", "dataset.download=false", "device=cpu", "device.channels_last=false",
+            "trainer.progress_bar=false", *extra]
+
+
+def compose_fast(data_root: Path | str, *extra: str):
+    """``compose_config`` of :func:`fast_overrides`."""
+    from cnnbench.config import compose_config
+
+    return compose_config(fast_overrides(data_root, *extra))
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Kill a test's child process (and its process group) if it is still running: a failed assertion
+    must not leave a training process behind."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL) if _own_group(proc) else proc.kill()
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=60)
+
+
+def _own_group(proc: subprocess.Popen) -> bool:
+    try:
+        return os.getpgid(proc.pid) == proc.pid
+    except ProcessLookupError:
+        return False
 
 
 def cli(*args: str) -> list[str]:

@@ -19,12 +19,25 @@ from cnnbench.data.idx import read_split
 from cnnbench.errors import CheckpointError, DataError
 from cnnbench.train import train
 
-from .conftest import cli, write_fake_dataset, write_idx
+from .conftest import cli, compose_fast, fast_overrides, stop_process, write_fake_dataset, write_idx
+
+# Momentum SGD with a learning-rate schedule: a resume that dropped the optimizer's momentum buffers or
+# the scheduler's position would end with other weights (plain SGD at a constant rate would not notice).
+STATEFUL_OPTIMIZER = ["optimizer=sgd_momentum", "optimizer.lr=0.05"]
 
 
 def cfg_for(data_root, *overrides):
-    return compose_config([f"dataset.root={data_root}", "dataset.download=false", "trainer.batch_size=32",
-                           "device=cpu", "trainer.deterministic=true", *overrides])
+    return compose_fast(data_root, "trainer.batch_size=32", "trainer.deterministic=true", *overrides)
+
+
+def wait_for_record(metrics: Path, kind: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll metrics.jsonl until a record of ``kind`` appears (the run is then inside its loop)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and f'"kind": "{kind}"' in metrics.read_text():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no {kind} record in {metrics} (exit code {proc.poll()})")
 
 
 def final_weights(run_dir: Path) -> dict:
@@ -42,17 +55,18 @@ def assert_same_weights(a: dict, b: dict, atol: float = 1e-6) -> None:
 
 def test_kill_and_resume_matches_an_uninterrupted_run(fake_data, tmp_path):
     """SIGTERM after the first epoch, resume with trainer.resume=auto, compare with a run never stopped."""
-    overrides = [f"dataset.root={fake_data}", "dataset.download=false", "trainer.batch_size=16", "device=cpu",
-                 "trainer.deterministic=true", "trainer.epochs=12", "model=lenet_bn", "optimizer.lr=0.3"]
+    overrides = fast_overrides(fake_data, "trainer.batch_size=16", "trainer.deterministic=true", "trainer.epochs=12",
+                               "model=lenet_bn", *STATEFUL_OPTIMIZER, "scheduler=cosine", "scheduler.warmup_epochs=1")
     run_dir = tmp_path / "killed"
     proc = subprocess.Popen(cli("train", *overrides, f"hydra.run.dir={run_dir}"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and '"kind": "epoch"' not in (metrics.read_text() if metrics.exists() else ""):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    try:
+        wait_for_record(metrics, "epoch", proc)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        stop_process(proc)
     assert proc.returncode == 130, out
     stopped = json.loads((run_dir / "summary.json").read_text())
     assert stopped["status"] == "interrupted"
@@ -78,21 +92,62 @@ def test_kill_and_resume_matches_an_uninterrupted_run(fake_data, tmp_path):
 
 
 def test_resume_from_a_given_checkpoint_path(fake_data, tmp_path):
-    first = train(cfg_for(fake_data, "trainer.epochs=1"), tmp_path / "a")
+    """Extend a 1-epoch run to 2 epochs from its last.pt: momentum buffers and the step schedule's
+    position (the rate halves after each epoch) must carry over to give a 2-epoch run's weights."""
+    schedule = [*STATEFUL_OPTIMIZER, "scheduler=step", "scheduler.step_epochs=1", "scheduler.gamma=0.5"]
+    first = train(cfg_for(fake_data, "trainer.epochs=1", *schedule), tmp_path / "a")
     assert first["status"] == "completed"
-    more = train(cfg_for(fake_data, "trainer.epochs=2", f"trainer.resume={tmp_path / 'a' / 'last.pt'}"), tmp_path / "b")
-    train(cfg_for(fake_data, "trainer.epochs=2"), tmp_path / "c")
+    more = train(cfg_for(fake_data, "trainer.epochs=2", *schedule, f"trainer.resume={tmp_path / 'a' / 'last.pt'}"),
+                 tmp_path / "b")
+    train(cfg_for(fake_data, "trainer.epochs=2", *schedule), tmp_path / "c")
     assert more["status"] == "completed" and more["epochs_completed"] == 2
     assert_same_weights(final_weights(tmp_path / "b"), final_weights(tmp_path / "c"))
 
 
 def test_checkpoint_holds_every_state_as_plain_data(fake_data, tmp_path):
-    train(cfg_for(fake_data, "trainer.epochs=1", "scheduler=cosine"), tmp_path)
+    """The values, not only the keys: progress, momentum buffers, the schedule's position, RNG states."""
+    import random
+
+    import numpy as np
+
+    from cnnbench.checkpoint import set_rng_state
+
+    summary = train(cfg_for(fake_data, "trainer.epochs=1", *STATEFUL_OPTIMIZER, "scheduler=cosine"), tmp_path)
+    torch_rng, python_rng = torch.get_rng_state(), random.getstate()  # nothing draws after the last save
     state = torch.load(tmp_path / "last.pt", weights_only=True)  # no OmegaConf objects inside
-    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "config"} <= set(state)
-    assert {"torch", "numpy", "python"} <= set(state["rng"])
+    steps = 256 // 32
+    assert summary["steps"] == steps and state["epoch"] == 1 and state["step"] == steps
     assert isinstance(state["config"], dict) and state["config"]["scheduler"]["name"] == "cosine"
-    assert state["scheduler"] is not None
+    assert state["scheduler"]["last_epoch"] == steps  # one scheduler step per optimizer step
+    buffers = [s["momentum_buffer"] for s in state["optimizer"]["state"].values()]
+    assert len(buffers) == len(state["model"]) - sum("running" in k or "num_batches" in k for k in state["model"])
+    assert all(b.abs().sum() > 0 for b in buffers)  # momentum accumulated, not a fresh optimizer
+    assert state["optimizer"]["param_groups"][0]["lr"] < 0.05  # the cosine rate after 8 of 8 steps
+    assert torch.equal(state["rng"]["torch"], torch_rng)
+    assert random.getstate() == python_rng
+    set_rng_state(state["rng"])  # restoring twice gives the same draws from every generator
+    draws = (torch.rand(3), np.random.rand(3).tolist(), random.random())
+    set_rng_state(state["rng"])
+    again = (torch.rand(3), np.random.rand(3).tolist(), random.random())
+    assert torch.equal(draws[0], again[0]) and draws[1:] == again[1:]
+
+
+def test_last_pt_is_written_after_every_epoch(fake_data, tmp_path, monkeypatch):
+    """One checkpoint per epoch, also for epochs without an evaluation, holding that epoch's progress."""
+    saved = []
+    real_save = torch.save
+
+    def spy(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and "epoch" in obj:
+            saved.append((obj["epoch"], obj["step"]))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", spy)
+    train(cfg_for(fake_data, "trainer.epochs=3", "trainer.eval_every=2"), tmp_path / "on")
+    assert saved == [(1, 8), (2, 16), (3, 24)]
+    saved.clear()
+    train(cfg_for(fake_data, "trainer.epochs=2", "trainer.checkpoint=false"), tmp_path / "off")
+    assert saved == [] and not (tmp_path / "off" / "last.pt").exists()
 
 
 # ------------------------------------------------------------------------------------- checkpoints
@@ -146,6 +201,59 @@ def test_kill_during_write_leaves_the_previous_checkpoint(tmp_path):
 # --------------------------------------------------------------------------------------------- signals
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR2], ids=lambda s: s.name)
+def test_each_stop_signal_checkpoints_and_exits_130(fake_data, tmp_path, sig):
+    """Ctrl-C, a scheduler's SIGTERM and SLURM's SIGUSR2 all finish the step, checkpoint and exit 130."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(cli("train", *fast_overrides(fake_data, "trainer.batch_size=16", "trainer.epochs=200",
+                                                         f"hydra.run.dir={run_dir}")),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_record(run_dir / "metrics.jsonl", "train", proc)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 130, out
+    assert f"{sig.name} received" in out and "checkpoint written" in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["epochs_completed"] < 200
+    assert torch.load(run_dir / "last.pt", weights_only=True)["step"] == summary["steps"]
+
+
+# A training process whose every step takes a second (a sleep in the first conv's forward pass), so that a
+# second signal surely arrives while the first is still waiting for the step to end.
+SLOW_STEPS = """
+import sys, time
+import torch
+def slow(module, args):
+    if isinstance(module, torch.nn.Conv2d) and module.in_channels == 1 and module.training:
+        time.sleep(1.0)
+torch.nn.modules.module.register_module_forward_pre_hook(slow)
+from cnnbench.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_second_signal_during_training_stops_at_once(fake_data, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["train", *fast_overrides(fake_data, "trainer.batch_size=16", "trainer.epochs=5",
+                                     "trainer.logs_per_epoch=16", f"hydra.run.dir={run_dir}")]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_STEPS, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_record(run_dir / "metrics.jsonl", "train", proc)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # inside the next one-second step
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == -signal.SIGTERM, out  # ended by the signal itself, not by a clean exit
+    assert "second SIGTERM: stopping now" in out
+    assert "checkpoint written" not in out and not (run_dir / "last.pt").exists()
+
+
 def test_second_signal_stops_at_once(tmp_path):
     script = (
         "import os, signal, time\n"
@@ -182,6 +290,21 @@ def test_nan_loss_is_caught_within_one_logging_interval(fake_data, tmp_path):
                             "trainer.logs_per_epoch=8"), tmp_path)
     assert summary["status"] == "diverged"
     assert summary["diverged_at_step"] <= 3
+
+
+def test_grad_clip_norm_bounds_each_step_to_the_hand_computed_norm(fake_data, tmp_path):
+    """Plain SGD moves the weights by lr * g; clipped, ||g|| = clip exactly, so one step moves the whole
+    parameter vector by lr * clip (the unclipped gradient of this LeNet is far larger than 0.05)."""
+    def weights(name: str, *overrides: str) -> torch.Tensor:
+        train(cfg_for(fake_data, "trainer.limit_train_batches=1", "trainer.epochs=1", *overrides), tmp_path / name)
+        state = final_weights(tmp_path / name)
+        return torch.cat([v.flatten().double() for v in state.values()])
+
+    start = weights("start", "optimizer.lr=1e-30")  # a step this small leaves every float32 weight as it is
+    free = weights("free", "optimizer.lr=1.0")
+    clipped = weights("clipped", "optimizer.lr=1.0", "trainer.grad_clip_norm=0.05")
+    assert torch.linalg.vector_norm(free - start) > 0.5  # unclipped: ten times the clip and more
+    assert float(torch.linalg.vector_norm(clipped - start)) == pytest.approx(1.0 * 0.05, rel=1e-4)
 
 
 def test_chance_level_warning(fake_data, tmp_path):
