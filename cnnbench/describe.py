@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .fmt import human
 from .models import build_model, get_model_spec, list_models
 
 
@@ -68,15 +69,6 @@ def activation_bytes(model: nn.Module, in_channels: int, image_size: int) -> int
         for h in handles:
             h.remove()
     return total
-
-
-def human(n: float, unit: str = "") -> str:
-    """1234567 -> '1.23M' (k, M, G, T)."""
-    for prefix in ("", "k", "M", "G", "T"):
-        if abs(n) < 1000 or prefix == "T":
-            return f"{n:.3g}{prefix}{unit}" if prefix else f"{n:.0f}{unit}"
-        n /= 1000
-    return f"{n}{unit}"
 
 
 def models_table(pattern: str | None = None, in_channels: int = 1, num_classes: int = 10) -> str:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import cnnbench
 from cnnbench.report import build_report, cmd_report, read_metrics, write_report
 
 EPOCHS = 3
@@ -166,3 +169,12 @@ def test_csv_header_has_no_duplicates(tmp_path: Path) -> None:
     header = paths["csv"].read_text().splitlines()[0].split(",")
     assert len(header) == len(set(header)) and "model" in header and "seed" in header
     assert "report.png" not in paths["md"].read_text()
+
+
+def test_report_never_imports_torch() -> None:
+    # A fresh interpreter: in this one, other tests may have imported torch already. Run from the folder
+    # holding the cnnbench under test, which `-c` puts first on sys.path.
+    code = "import sys, cnnbench.report, cnnbench.report.plots; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(cnnbench.__file__).parents[1])
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,38 @@
+"""``cnnbench report DIR [--out FOLDER] [--no-plot]``: the command line of the report.
+
+Never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from .runs import build_report
+from .tables import report_text, write_report
+
+logger = logging.getLogger(__package__)  # "cnnbench.report", the one name its log lines show
+
+
+def cmd_report(args: Sequence[str]) -> int:
+    """``cnnbench report DIR [--out FOLDER]``: print the table, write report.md/.csv/.png; exit code."""
+    parser = argparse.ArgumentParser(
+        prog="cnnbench report",
+        description="Compare the runs under DIR (a sweep folder, a run folder or any tree of them): "
+                    "print a table and write report.md, report.csv and report.png.",
+    )
+    parser.add_argument("dir", metavar="DIR", type=Path, help="folder searched recursively for run folders")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the report files (default: DIR)")
+    parser.add_argument("--no-plot", action="store_true", help="skip report.png (no matplotlib needed)")
+    ns = parser.parse_args(list(args))
+    try:
+        report = build_report(ns.dir)
+    except FileNotFoundError as exc:
+        logger.error("cnnbench report: %s", exc)
+        return 2
+    print(report_text(report))
+    paths = write_report(report, ns.out, plot=not ns.no_plot)
+    logger.info("report written: %s", ", ".join(str(p) for p in paths.values()))
+    return 0

@@ -1,0 +1,199 @@
+"""report.png: test accuracy per epoch (left) and final test accuracy against throughput (right).
+
+The only module of cnnbench.report that uses matplotlib, and it imports it inside the functions:
+``cnnbench report --no-plot`` needs no matplotlib, and reading the runs stays fast.
+Never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .runs import Report, RunResult, finite_number
+from .tables import outcome_line
+
+INLINE_LABELS_MAX = 6  # beyond this many runs or groups, points get numbers and the legend moves below
+
+
+@dataclass
+class _Series:
+    """How one run, or one seed group, looks in both panels."""
+
+    label: str  # short settings, e.g. "lenet_bn, lr=0.3"
+    number: int  # rank in the table (1 = best): the point's tag when there are many
+    color: Any
+    marker: str
+
+
+def plot_report(report: Report, path: Path) -> None:
+    """Test accuracy per epoch (left) and final test accuracy against throughput (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed: the figure only goes to a file
+    import matplotlib.pyplot as plt
+
+    series = _series(report, plt.get_cmap("tab20"))
+    numbered = len(series) > INLINE_LABELS_MAX
+    columns = _legend_columns(series)
+    legend_h = 0.19 * math.ceil(len(series) / columns) + 0.25 if numbered else 0.0  # inches below the panels
+    fig, (ax_curve, ax_speed) = plt.subplots(1, 2, figsize=(13, 5.2 + legend_h))
+    drawn = _plot_curves(report, ax_curve, series, numbered) | _plot_speed(report, ax_speed, series, numbered)
+    title = f"cnnbench report: {report.root.resolve().name}, {outcome_line(report)}"
+    if report.not_ok:  # they have no final accuracy to draw: say so rather than silently drop them
+        title += " (failed and missing runs are not plotted)"
+    fig.suptitle(title, fontsize=12)
+    bottom = 0.0
+    if numbered and drawn:
+        # Many runs: one legend below both panels, numbered like the table rows and the points.
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=s.color, marker=s.marker, label=_legend_label(report, key, s, True))
+                   for key, s in series.items() if key in drawn]
+        fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+        bottom = legend_h / fig.get_figheight()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _series(report: Report, cmap: Any) -> dict[str, _Series]:
+    """One style per color key (a seed group or a run), numbered best first like the table."""
+    keys = list(dict.fromkeys(report.color_key(r) for r in report.runs))
+    # tab20 pairs a dark and a light shade: take all dark ones first so neighbours differ clearly.
+    order = list(range(0, cmap.N, 2)) + list(range(1, cmap.N, 2))
+    markers = "os^Dv"
+    sample = {report.color_key(r): r for r in reversed(report.runs)}  # best run of each key
+    return {k: _Series(label=short_label(report, sample[k]), number=i + 1,
+                       color=cmap(order[i % len(order)]), marker=markers[(i // len(order)) % len(markers)])
+            for i, k in enumerate(keys)}
+
+
+def short_label(report: Report, run: RunResult) -> str:
+    """'lenet_bn, lr=0.3': the model's name alone, other keys by their last dotted part when unique."""
+    keys = report.group_columns if report.groups else report.columns
+    if not keys:
+        return report.color_key(run)
+    tails = [k.split(".")[-1] for k in keys]
+    parts = []
+    for key, tail in zip(keys, tails):
+        value = run.overrides.get(key, "-")
+        name = tail if tails.count(tail) == 1 else key
+        parts.append(value if key == "model" else f"{name}={value}")
+    return ", ".join(parts)
+
+
+def _legend_columns(series: dict[str, _Series]) -> int:
+    longest = max((len(s.label) for s in series.values()), default=0) + 4
+    return 4 if longest <= 28 else 3 if longest <= 40 else 2
+
+
+def _legend_label(report: Report, key: str, s: _Series, numbered: bool) -> str:
+    """'3: lenet, lr=0.1 (3 seeds)'; a run whose numbers are not final says its status."""
+    runs = [r for r in report.runs if report.color_key(r) == key]
+    label = f"{s.number}: {s.label}" if numbered else s.label
+    if report.groups:
+        n = sum(1 for r in runs if r.status == "completed" and r.test_acc is not None)
+        return label + (f" ({n} seeds)" if n > 1 else "")
+    return label + (f" ({runs[0].status})" if runs[0].status != "completed" else "")
+
+
+def _plot_curves(report: Report, ax: Any, series: dict[str, _Series], numbered: bool) -> set[str]:
+    """One line per run with a test accuracy curve; returns the series keys drawn."""
+    drawn: set[str] = set()
+    for r in report.runs:
+        if not r.ok or not r.curve:
+            continue
+        key = report.color_key(r)
+        s = series[key]
+        # A seed group gets one legend entry; with many runs the figure's legend replaces this one.
+        label = None if key in drawn or numbered else _legend_label(report, key, s, False)
+        drawn.add(key)
+        xs, ys = zip(*r.curve)
+        ax.plot(xs, ys, marker=s.marker, markersize=3.5, linewidth=1.6, color=s.color, label=label,
+                alpha=0.75 if report.groups else 1.0)
+    ax.set_title("test accuracy per epoch")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (fraction correct)")
+    ax.grid(True, alpha=0.35)
+    if not drawn:
+        _empty(ax, "no test accuracy logged yet")
+        return drawn
+    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
+    if not numbered:
+        ax.legend(fontsize=8, loc="best", framealpha=0.85)  # the corner that hides the fewest points
+    return drawn
+
+
+def _empty(ax: Any, message: str) -> None:
+    """A panel with nothing to draw: the message, without meaningless 0..1 ticks."""
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _plot_speed(report: Report, ax: Any, series: dict[str, _Series], numbered: bool) -> set[str]:
+    """Final test accuracy against examples/sec: seed groups as mean ± std, other runs as points.
+
+    Returns the series keys drawn.
+    """
+    points = _speed_points(report)
+    for g in report.groups:  # each seed faintly behind its group's mean, to show the spread
+        for r in g.finished:
+            x = finite_number(r.summary.get("examples_per_sec"))
+            if x:
+                ax.plot([x], [r.test_acc], ".", markersize=5, alpha=0.35, color=series[report.color_key(r)].color)
+    for key, x, y, err, note in points:
+        s = series[key]
+        ax.errorbar([x], [y], yerr=None if err is None else [err], fmt=s.marker, markersize=7, capsize=5,
+                    color=s.color)
+        text = str(s.number) if numbered else s.label + note
+        ax.annotate(text, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=8)
+    ax.set_title("final test accuracy vs training throughput" + (" (seed mean ± std)" if report.groups else ""))
+    ax.set_xlabel("training throughput (examples/sec, log scale)")
+    ax.set_ylabel("final test accuracy (fraction correct)")
+    ax.grid(True, which="both", alpha=0.35)
+    ax.margins(y=0.12)  # keeps the top point's label inside the axes
+    if not points:
+        _empty(ax, "no completed run with a throughput")
+        return set()
+    ax.set_xscale("log")
+    _pad_log_x(ax, [p[1] for p in points], room=1.6 if numbered else 3.0)
+    return {p[0] for p in points}
+
+
+def _speed_points(report: Report) -> list[tuple[str, float, float, float | None, str]]:
+    """(series key, examples/sec, test acc, std or None, label note) of each plotted point."""
+    points = []
+    if report.groups:
+        for g in report.groups:
+            if g.mean is not None and g.throughput:
+                n = len(g.finished)
+                points.append((report.group_label(g.runs[0]), g.throughput, g.mean, g.std,
+                               f" (n={n})" if n > 1 else ""))
+        return points
+    for r in report.runs:
+        x = finite_number(r.summary.get("examples_per_sec"))
+        if r.ok and r.test_acc is not None and x:
+            # A running or interrupted run's accuracy is not final: its label says so.
+            note = "" if r.status == "completed" else f" ({r.status})"
+            points.append((report.label(r), x, r.test_acc, None, note))
+    return points
+
+
+def _pad_log_x(ax: Any, xs: Sequence[float], room: float) -> None:
+    """Room on the right for the point labels, and plain tick labels ('6,000', not '6x10^3')."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    lo, hi = min(xs) / 2.0, max(xs) * room
+    ax.set_xlim(lo, hi)
+    plain = FuncFormatter(lambda x, _pos: f"{x:,.0f}" if x >= 10 else f"{x:.3g}")
+    ax.xaxis.set_major_formatter(plain)
+    # Within about a decade there is at most one major tick: label the minor ones (2x, 3x, 5x) too.
+    if math.log10(hi / lo) < 1.6:
+        ax.xaxis.set_minor_formatter(FuncFormatter(
+            lambda x, pos: plain(x, pos) if round(x / 10 ** math.floor(math.log10(x))) in (2, 3, 5) else ""))
+    else:
+        ax.xaxis.set_minor_formatter(NullFormatter())

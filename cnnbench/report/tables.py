@@ -1,0 +1,201 @@
+"""The report as text: table cells, markdown tables, the printed report, report.md and report.csv.
+
+``report_text`` is what ``cnnbench report`` prints; ``write_report`` writes report.md, report.csv and
+(through :mod:`cnnbench.report.plots`) report.png.
+
+Never imports torch.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..fmt import human
+from .runs import SEED_KEY, Report, finite_number
+
+ERROR_WIDTH = 60  # characters of an error's first line shown in the table
+REPORT_FILES = ("report.md", "report.csv", "report.png")
+
+# The per-run numbers of the table and the CSV: (summary key, table header, formatter name).
+METRIC_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("test/acc", "test acc", "acc"),
+    ("train/acc", "train acc", "acc"),
+    ("train/loss", "train loss", "loss"),
+    ("epochs_completed", "epochs", "epochs"),
+    ("wall_time_s", "wall time (s)", "seconds"),
+    ("examples_per_sec", "examples/sec", "rate"),
+    ("params", "params", "si"),
+    ("flops_per_image", "FLOPs/image", "si"),
+)
+# Extra summary keys that only the CSV carries (it is the machine-readable, complete copy).
+CSV_EXTRA_KEYS = ("best/test_acc", "epochs", "model", "resize", "seed", "device")
+
+
+# ------------------------------------------------------------------------------------------ cells
+
+
+def format_value(value: Any, kind: str) -> str:
+    """One table cell; '-' for anything absent."""
+    x = finite_number(value)
+    if x is None:
+        return "-"
+    if kind == "acc":
+        return f"{x:.4f}"
+    if kind == "loss":
+        return f"{x:.3f}"
+    if kind == "seconds":
+        return f"{x:.1f}"
+    if kind == "rate":
+        return f"{x:,.0f}"
+    if kind == "si":
+        return human(x)
+    return str(value)
+
+
+def short_error(error: str | None, width: int = ERROR_WIDTH) -> str:
+    """First non-empty line of an error, cut to ``width`` characters."""
+    lines = [ln.strip() for ln in (error or "").splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    first = lines[0]
+    return first if len(first) <= width else first[: width - 1] + "…"
+
+
+# ----------------------------------------------------------------------------------------- tables
+
+
+def run_rows(report: Report) -> tuple[list[str], list[list[str]], list[bool]]:
+    """Header, cells and right-alignment flags of the per-run table."""
+    header = (["run"] if report.show_run_name else []) + report.columns + ["status"]
+    header += [title for _, title, _ in METRIC_COLUMNS]
+    numeric = [False] * (len(header) - len(METRIC_COLUMNS)) + [True] * len(METRIC_COLUMNS)
+    with_error = any(r.error for r in report.runs)
+    if with_error:
+        header.append("error")
+        numeric.append(False)
+    rows = []
+    for r in report.runs:
+        row = ([r.name] if report.show_run_name else []) + [r.overrides.get(k, "-") for k in report.columns]
+        row.append(r.status)
+        for key, _, kind in METRIC_COLUMNS:
+            if kind == "epochs":
+                done, planned = r.summary.get(key), r.summary.get("epochs")
+                row.append(f"{done if done is not None else '-'}/{planned if planned is not None else '-'}")
+            else:
+                row.append(format_value(r.summary.get(key), kind))
+        if with_error:
+            row.append(short_error(r.error))
+        rows.append(row)
+    return header, rows, numeric
+
+
+def group_rows(report: Report) -> tuple[list[str], list[list[str]], list[bool]]:
+    """Header, cells and alignment of the seed-group table (mean ± sample std of test accuracy)."""
+    keys = report.group_columns
+    header = keys + ["seeds", "test acc mean", "± std", "examples/sec", "not completed"]
+    numeric = [False] * len(keys) + [True] * 5
+    rows = []
+    for g in report.groups:
+        rows.append([g.settings[k] for k in keys] + [
+            str(len(g.finished)), format_value(g.mean, "acc"), format_value(g.std, "acc"),
+            format_value(g.throughput, "rate"), str(len(g.runs) - len(g.finished)),
+        ])
+    return header, rows, numeric
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
+    """A markdown table padded into aligned columns, so the same text reads well in a terminal."""
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|")
+
+    cells = [[cell(c) for c in header]] + [[cell(c) for c in row] for row in rows]
+    widths = [max(3, *(len(r[i]) for r in cells)) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        padded = (c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric))
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+# ----------------------------------------------------------------------------------------- report
+
+
+def outcome_line(report: Report) -> str:
+    """'6 runs: 4 completed, 1 failed, 1 missing'."""
+    counts: dict[str, int] = {}
+    for r in report.runs:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return f"{len(report.runs)} run{'s' if len(report.runs) != 1 else ''}: {parts}"
+
+
+def report_text(report: Report) -> str:
+    """What the command prints: the per-run table, then the seed groups when there are some."""
+    parts = [outcome_line(report), "", markdown_table(*run_rows(report))]
+    if report.groups:
+        parts += ["", f"seed groups (test accuracy over seeds, sample std; {SEED_KEY} varies within a group)",
+                  "", markdown_table(*group_rows(report))]
+    return "\n".join(parts)
+
+
+def report_markdown(report: Report, png_name: str | None) -> str:
+    """Content of report.md."""
+    parts = [f"# cnnbench report: `{report.root}`", "", outcome_line(report), "", "## Runs", "",
+             markdown_table(*run_rows(report))]
+    if report.groups:
+        parts += ["", "## Seed groups", "",
+                  f"Runs equal but for `{SEED_KEY}`: mean and sample standard deviation of the final test "
+                  "accuracy over the completed seeds.", "", markdown_table(*group_rows(report))]
+    if report.not_ok:
+        parts += ["", "## Runs that did not complete", ""]
+        parts += [f"- `{r.name}`: **{r.status}**: {short_error(r.error, 500) or 'no error recorded'}"
+                  for r in report.not_ok]
+    if png_name:
+        parts += ["", f"![test accuracy and throughput]({png_name})"]
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------------------- writing
+
+
+def csv_rows(report: Report) -> tuple[list[str], list[list[Any]]]:
+    """One row per run with raw (unrounded) numbers, the full error and the run folder."""
+    # An override column named like a summary key ("model") already holds it: no duplicate header.
+    summary_keys = [key for key, _, _ in METRIC_COLUMNS] + [k for k in CSV_EXTRA_KEYS if k not in report.columns]
+    header = ["run", *report.columns, "status", *summary_keys, "overrides", "error", "path"]
+    rows = []
+    for r in report.runs:
+        values = [r.summary.get(k) for k in summary_keys]
+        rows.append([r.name, *(r.overrides.get(k, "") for k in report.columns), r.status,
+                     *("" if v is None else v for v in values),
+                     " ".join(f"{k}={v}" for k, v in r.overrides.items()), r.error or "", str(r.path)])
+    return header, rows
+
+
+def write_csv(report: Report, path: Path) -> None:
+    header, rows = csv_rows(report)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_report(report: Report, out_dir: Path | None = None, plot: bool = True) -> dict[str, Path]:
+    """Write report.md, report.csv and (with ``plot``) report.png into ``out_dir`` (default: the root)."""
+    out_dir = Path(out_dir) if out_dir is not None else report.root
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name.split(".")[1]: out_dir / name for name in REPORT_FILES}
+    write_csv(report, paths["csv"])
+    if plot:
+        # Imported here: plots.py uses this module's outcome_line for its title.
+        from .plots import plot_report
+
+        plot_report(report, paths["png"])
+    else:
+        paths.pop("png")
+    paths["md"].write_text(report_markdown(report, paths["png"].name if plot else None))
+    return paths

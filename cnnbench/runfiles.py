@@ -1,0 +1,24 @@
+"""Names of the files in a run folder: one place for the writers (train, launch) and the readers (report).
+
+A run folder holds:
+
+- ``summary.json`` (:data:`SUMMARY`): status, error and final numbers, rewritten as the run goes;
+- ``metrics.jsonl`` (:data:`METRICS`): one JSON object per logged step or epoch;
+- ``last.pt`` (:data:`CHECKPOINT`): the checkpoint a resumed run starts from;
+- ``.hydra/`` (:data:`HYDRA_DIR`): Hydra's copy of the composed config (:data:`CONFIG`) and of the
+  command-line overrides (:data:`OVERRIDES`);
+- TensorBoard's ``events.out.tfevents.*`` files.
+
+Never imports torch: the report reads these files without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
+CHECKPOINT = "last.pt"
+HYDRA_DIR = ".hydra"
+CONFIG = Path(HYDRA_DIR) / "config.yaml"
+OVERRIDES = Path(HYDRA_DIR) / "overrides.yaml"
