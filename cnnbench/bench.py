@@ -183,9 +183,10 @@ def cmd_bench(argv: Sequence[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         found = None if args.fake_data else find_data_root("FashionMNIST", args.data)
         root = found.parent.parent if found is not None and found.name == "raw" else found
+        source = str(root)
         if root is None:
             logger.info("no Fashion-MNIST found: timing on generated data of the same shape")
-            root = fake_fashion_mnist(Path(tmp))
+            root, source = fake_fashion_mnist(Path(tmp)), "generated"
         peaks = {"fp32": peak_matmul_flops(device)}
         if bf16_supported(device):
             peaks["bf16"] = peak_matmul_flops(device, dtype=torch.bfloat16)
@@ -199,7 +200,7 @@ def cmd_bench(argv: Sequence[str]) -> int:
     text = table(rows, peaks, name)
     print(text)
     (out / "bench.md").write_text(text + "\n")
-    (out / "bench.json").write_text(json.dumps({"device": name, "data": str(root), "peaks": peaks, "rows": rows,
+    (out / "bench.json").write_text(json.dumps({"device": name, "data": source, "peaks": peaks, "rows": rows,
                                                 "args": vars(args)}, indent=2) + "\n")
     logger.info("wrote %s and %s", out / "bench.md", out / "bench.json")
     return 0

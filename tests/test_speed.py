@@ -3,67 +3,149 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 
 import pytest
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from cnnbench.bench import cmd_bench
-from cnnbench.config import compose_config
 from cnnbench.engine import log_points
 from cnnbench.train import train
 
+from .conftest import compose_fast
 
-def first_losses(data, tmp_path, *overrides: str) -> tuple[list[float], dict]:
-    """Losses after each of the first 4 steps (the running mean the loop logs) and the summary."""
-    cfg = compose_config([f"dataset.root={data}", "dataset.download=false", "device=cpu", "model=lenet_bn",
-                          "trainer.batch_size=32", "trainer.epochs=1", "trainer.limit_train_batches=4",
-                          "trainer.logs_per_epoch=4", "trainer.deterministic=false", "device.channels_last=false",
-                          *overrides])
-    summary = train(cfg, tmp_path)
-    assert summary["status"] == "completed", summary["error"]
+
+@dataclass
+class Probe:
+    """What a run's training steps really ran with, seen from inside by global hooks."""
+
+    losses: list[float] = field(default_factory=list)  # the logged running mean after each of 4 steps
+    summary: dict = field(default_factory=dict)
+    conv_input_channels_last: set[bool] = field(default_factory=set)  # the 6-channel conv's (B, 6, H, W) input
+    conv_weight_channels_last: set[bool] = field(default_factory=set)
+    conv_output_dtype: set[torch.dtype] = field(default_factory=set)  # under autocast: bf16
+    param_dtype: set[torch.dtype] = field(default_factory=set)  # master weights stay fp32
+    threads: set[int] = field(default_factory=set)  # torch.get_num_threads() during the forward pass
+    fused: set[object] = field(default_factory=set)  # optimizer.defaults["fused"] at each step
+
+
+def _channels_last(t: torch.Tensor) -> bool:
+    """NHWC but not NCHW (a 1-channel tensor is both, so only tensors with C > 1 tell them apart)."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def first_losses(data, tmp_path, *overrides: str) -> Probe:
+    """Train LeNet-BN for 4 steps with ``overrides`` and record what the steps ran with."""
+    probe = Probe()
+
+    def on_forward(module: nn.Module, inputs, output) -> None:
+        if isinstance(module, nn.Conv2d) and module.in_channels == 6 and module.training:
+            probe.conv_input_channels_last.add(_channels_last(inputs[0]))
+            probe.conv_weight_channels_last.add(_channels_last(module.weight))
+            probe.conv_output_dtype.add(output.dtype)
+            probe.param_dtype.add(module.weight.dtype)
+            probe.threads.add(torch.get_num_threads())
+
+    def on_step(optimizer, args, kwargs) -> None:
+        probe.fused.add(optimizer.defaults.get("fused"))
+
+    cfg = compose_fast(data, "model=lenet_bn", "trainer.batch_size=32", "trainer.epochs=1",
+                       "trainer.limit_train_batches=4", "trainer.logs_per_epoch=4", "trainer.deterministic=false",
+                       *overrides)
+    hooks = [nn.modules.module.register_module_forward_hook(on_forward),
+             register_optimizer_step_pre_hook(on_step)]
+    try:
+        probe.summary = train(cfg, tmp_path)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert probe.summary["status"] == "completed", probe.summary["error"]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    return [r["train/loss"] for r in records if r["kind"] == "train"], summary
+    probe.losses = [r["train/loss"] for r in records if r["kind"] == "train"]
+    return probe
 
 
 @pytest.fixture(scope="module")
-def plain(fake_data, tmp_path_factory):
-    return first_losses(fake_data, tmp_path_factory.mktemp("plain"))[0]
+def plain(fake_data, tmp_path_factory) -> Probe:
+    """The plain path: fp32, NCHW, torch's own optimizer loop and thread count."""
+    return first_losses(fake_data, tmp_path_factory.mktemp("plain"))
+
+
+def test_the_plain_path_is_fp32_nchw_unfused(plain):
+    assert plain.conv_input_channels_last == plain.conv_weight_channels_last == {False}
+    assert plain.conv_output_dtype == plain.param_dtype == {torch.float32}
+    assert plain.fused == {None} and plain.threads == {torch.get_num_threads()}
 
 
 @pytest.mark.parametrize("overrides,tol", [
     (["device.channels_last=true"], 1e-5),
     (["device.fused_optimizer=true"], 1e-5),
-    (["device.num_threads=1"], 1e-5),
     (["device.precision=bf16"], 3e-2),  # bf16 autocast keeps ~3 significant digits
     (["device.precision=bf16", "device.channels_last=true"], 3e-2),
-])
-def test_speed_option_matches_the_plain_path(fake_data, tmp_path, plain, overrides, tol):
-    losses, summary = first_losses(fake_data, tmp_path, *overrides)
-    assert len(losses) == len(plain) == 4
-    assert losses == pytest.approx(plain, rel=tol, abs=tol)
-    speed = summary["speed"]
-    assert speed["channels_last"] == ("device.channels_last=true" in overrides)
-    assert speed["precision"] == ("bf16" if "device.precision=bf16" in overrides else "fp32")
+], ids=["channels_last", "fused_optimizer", "bf16", "bf16+channels_last"])
+def test_speed_option_takes_effect_and_matches_the_plain_path(fake_data, tmp_path, plain, overrides, tol):
+    run = first_losses(fake_data, tmp_path, *overrides)
+    assert len(run.losses) == len(plain.losses) == 4
+    assert run.losses == pytest.approx(plain.losses, rel=tol, abs=tol)
+    channels_last = "device.channels_last=true" in overrides
+    bf16 = "device.precision=bf16" in overrides
+    # The effect inside the steps, not only the summary's word for it:
+    assert run.conv_weight_channels_last == run.conv_input_channels_last == {channels_last}
+    assert run.conv_output_dtype == {torch.bfloat16 if bf16 else torch.float32}
+    assert run.param_dtype == {torch.float32}  # autocast computes in bf16 but keeps fp32 weights
+    assert run.fused == {True if "device.fused_optimizer=true" in overrides else None}
+    if bf16:
+        assert run.losses != plain.losses  # bf16 really ran: fp32 would give the plain numbers exactly
+    assert (run.summary["speed"]["channels_last"], run.summary["speed"]["precision"]) == (
+        channels_last, "bf16" if bf16 else "fp32")
+
+
+def test_num_threads_applies_inside_the_run_and_is_given_back(fake_data, tmp_path, plain):
+    """device.num_threads sets torch's thread count for the run; the caller gets its own back after."""
+    before = torch.get_num_threads()
+    wanted = 1 if before > 1 else 2
+    run = first_losses(fake_data, tmp_path, f"device.num_threads={wanted}")
+    assert run.threads == {wanted}
+    assert torch.get_num_threads() == before  # later in-process runs are not changed by this one
+    assert run.losses == pytest.approx(plain.losses, rel=1e-5, abs=1e-5)
 
 
 @pytest.mark.slow
 def test_torch_compile_matches_the_plain_path(fake_data, tmp_path, plain):
-    losses, summary = first_losses(fake_data, tmp_path, "device.compile=true")
-    assert summary["speed"]["compile"] is True
-    assert losses == pytest.approx(plain, rel=1e-4, abs=1e-4)
+    run = first_losses(fake_data, tmp_path, "device.compile=true")
+    assert run.summary["speed"]["compile"] is True
+    assert run.losses == pytest.approx(plain.losses, rel=1e-4, abs=1e-4)
 
 
-def test_fast_preset_autotunes_and_keeps_the_losses(fake_data, tmp_path, plain):
-    losses, summary = first_losses(fake_data, tmp_path, "device=fast", "device.type=cpu", "device.channels_last=auto")
-    tuning = summary["speed"]["tuning"]
+def _fake_timer(seconds_per_step: dict[tuple[str, bool], float]):
+    """A stand-in for autotune's step timer: the seconds of each (precision, channels_last) candidate,
+    read from the trial model's weights and precision, so the test decides which candidate is fastest."""
+    def time_steps(model, x, y, precision, steps):
+        channels_last = any(p.dim() == 4 and _channels_last(p) for p in model.parameters())
+        return seconds_per_step[(precision.name, channels_last)]
+    return time_steps
+
+
+@pytest.mark.parametrize("fastest", [("bf16", True), ("fp32", False), ("bf16", False), ("fp32", True)])
+def test_autotune_uses_the_fastest_candidate(fake_data, tmp_path, plain, monkeypatch, fastest):
+    import cnnbench.engine as engine
+
+    times = {(p, c): 1.0 for p in ("fp32", "bf16") for c in (False, True)}
+    times[fastest] = 0.5
+    monkeypatch.setattr(engine, "_time_steps", _fake_timer(times))
+    run = first_losses(fake_data, tmp_path, "device=fast", "device.type=cpu", "device.channels_last=auto")
+    tuning = run.summary["speed"]["tuning"]
     assert set(tuning) == {"fp32", "fp32+channels_last", "bf16", "bf16+channels_last"}
-    chosen = summary["speed"]["precision"] + ("+channels_last" if summary["speed"]["channels_last"] else "")
-    assert tuning[chosen] == max(tuning.values())  # the fastest candidate is the one used
-    assert losses == pytest.approx(plain, rel=3e-2, abs=3e-2)
+    assert (run.summary["speed"]["precision"], run.summary["speed"]["channels_last"]) == fastest
+    assert run.conv_weight_channels_last == {fastest[1]}  # and the steps ran with it
+    assert run.conv_output_dtype == {torch.bfloat16 if fastest[0] == "bf16" else torch.float32}
+    assert run.losses == pytest.approx(plain.losses, rel=3e-2, abs=3e-2)
 
 
 def test_fp16_is_refused_on_the_cpu(fake_data, tmp_path):
-    _, summary = None, train(compose_config([f"dataset.root={fake_data}", "device=cpu", "device.precision=fp16"]),
-                             tmp_path)
+    summary = train(compose_fast(fake_data, "device.precision=fp16"), tmp_path)
     assert summary["status"] == "failed" and "fp16 needs CUDA" in summary["error"]
 
 
@@ -88,13 +170,14 @@ def test_bench_runs_both_pipelines_on_generated_data(tmp_path, capsys):
     assert "| d2l_lenet | 28 | 256 |" in capsys.readouterr().out
 
 
-def test_num_threads_is_given_back_after_the_run(fake_data, tmp_path):
-    """A run with device.num_threads must not change later in-process runs (their numerics depend on it)."""
-    import torch
-
-    before = torch.get_num_threads()
-    first_losses(fake_data, tmp_path, "device.num_threads=1")
-    assert torch.get_num_threads() == before
+def test_bench_falls_back_to_generated_data(no_data_env, tmp_path, caplog):
+    """No Fashion-MNIST anywhere and no --fake-data: bench still runs, on generated data, and says so."""
+    out = tmp_path / "bench"
+    with caplog.at_level("INFO"):
+        assert cmd_bench(["d2l_lenet", "--warmup", "1", "--steps", "1", "--epoch-batches", "1", "--eval-batches",
+                          "1", "--book-workers", "0", "--device", "cpu", "--out", str(out)]) == 0
+    assert json.loads((out / "bench.json").read_text())["data"] == "generated"
+    assert "no Fashion-MNIST found: timing on generated data" in caplog.text
 
 
 def test_bench_defaults_to_the_eight_book_recipes_in_chapter_order():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -13,20 +14,23 @@ from pathlib import Path
 
 import pytest
 
+import torch
+
 from cnnbench.config import compose_config
 from cnnbench.report import build_report, cmd_report
+from cnnbench.train import train
 
-from .conftest import cli
-
-COMMON = ["dataset.download=false", "trainer.batch_size=64", "device=cpu"]
+from .conftest import cli, compose_fast, fast_overrides, stop_process
 
 
-def sweep(data, out: Path, *overrides: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def sweep_args(data, out: Path | None, *overrides: str) -> list[str]:
     epochs = [] if any(o.startswith("trainer.epochs=") for o in overrides) else ["trainer.epochs=1"]
-    args = cli("train", "-m", f"dataset.root={data}", *COMMON, *epochs, *overrides)
-    if out is not None:
-        args.append(f"hydra.sweep.dir={out}")
-    return subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=cwd)
+    args = cli("train", "-m", *fast_overrides(data, "trainer.batch_size=64"), *epochs, *overrides)
+    return args + ([f"hydra.sweep.dir={out}"] if out is not None else [])
+
+
+def sweep(data, out: Path | None, *overrides: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(sweep_args(data, out, *overrides), capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
 def summaries(folder: Path) -> dict[str, dict]:
@@ -86,13 +90,53 @@ def test_resumed_sweep_skips_completed_jobs(fake_data, tmp_path):
     (folder,) = list((tmp_path / "outputs" / "multirun").glob("*/*"))
     done = folder / "0_optimizer.lr=0.5" / "summary.json"
     stamp = done.stat().st_mtime_ns
+    diverged = json.loads((folder / "1_optimizer.lr=1000000.0" / "summary.json").read_text())
 
     again = sweep(fake_data, None, *cmd, "resume_sweep=true", cwd=tmp_path)
     log = again.stdout + again.stderr
     assert again.returncode == 1  # the diverging job diverges again
     assert list((tmp_path / "outputs" / "multirun").glob("*/*")) == [folder]  # no new sweep folder
     assert done.stat().st_mtime_ns == stamp and "already completed, skipping it" in log
-    assert (folder / "1_optimizer.lr=1000000.0" / "summary.previous.json").exists()
+    previous = json.loads((folder / "1_optimizer.lr=1000000.0" / "summary.previous.json").read_text())
+    assert previous == diverged  # the first attempt's summary, kept whole
+    assert previous["status"] == "diverged" and "TrainingDiverged" in previous["error"]
+
+
+def test_resumed_sweep_continues_an_interrupted_job_from_its_checkpoint(fake_data, tmp_path):
+    """SIGTERM during job 0: it stops with last.pt, the sweep runs job 1; resume_sweep=true then continues
+    job 0 from its checkpoint (not from scratch) to the weights of a run never stopped, and skips job 1."""
+    fixed = ["trainer.batch_size=16", "trainer.deterministic=true", "trainer.epochs=40"]
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen(sweep_args(fake_data, out, "optimizer.lr=0.3,0.5", *fixed), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    job0 = out / "0_optimizer.lr=0.3"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and '"kind": "epoch"' not in _text(job0 / "metrics.jsonl"):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        first_out, _ = proc.communicate(timeout=300)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 1, first_out  # one job interrupted: the sweep did not complete
+    stopped = json.loads((job0 / "summary.json").read_text())
+    assert stopped["status"] == "interrupted" and 1 <= stopped["epochs_completed"] < 40
+    assert summaries(out)["1_optimizer.lr=0.5"]["status"] == "completed"
+
+    again = sweep(fake_data, out, "optimizer.lr=0.3,0.5", *fixed, "resume_sweep=true")
+    log = again.stdout + again.stderr
+    assert again.returncode == 0, log
+    assert "already completed, skipping it" in log
+    assert f"at epoch {stopped['epochs_completed']}, step {stopped['steps']}" in log  # from its checkpoint
+    reference = train(compose_fast(fake_data, *fixed, "optimizer.lr=0.3"), tmp_path / "reference")
+    resumed = torch.load(job0 / "last.pt", weights_only=True)["model"]
+    expected = torch.load(tmp_path / "reference" / "last.pt", weights_only=True)["model"]
+    assert all(torch.allclose(resumed[k], expected[k], atol=1e-6, rtol=0) for k in expected)
+    assert json.loads((job0 / "summary.json").read_text())["test/acc"] == reference["test/acc"]
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
 
 
 def test_resume_sweep_without_an_earlier_sweep_is_refused(fake_data, tmp_path):
@@ -101,10 +145,20 @@ def test_resume_sweep_without_an_earlier_sweep_is_refused(fake_data, tmp_path):
     assert "no earlier sweep with these overrides" in proc.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_tensorboard(logdir: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """A TensorBoard server on a port the OS picks when it binds (no window for another process to take
+    a port we chose first); returns it and its base URL, read from its serving message."""
+    tb = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", "0",
+                           "--host", "127.0.0.1", "--reload_interval", "1"],
+                          stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    deadline = time.time() + 90
+    while time.time() < deadline and tb.poll() is None:
+        found = re.search(r"at (http://127\.0\.0\.1:\d+)/", log.read_text())
+        if found:
+            return tb, found.group(1)
+        time.sleep(0.2)
+    stop_process(tb)
+    raise AssertionError(f"TensorBoard did not start: {log.read_text()[-2000:]}")
 
 
 def get_json(url: str):
@@ -112,12 +166,8 @@ def get_json(url: str):
         return json.loads(r.read())
 
 
-def test_tensorboard_serves_every_job_under_its_overrides(grid):
-    port = free_port()
-    tb = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(grid), "--port", str(port),
-                           "--host", "127.0.0.1", "--reload_interval", "1"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+def test_tensorboard_serves_every_job_under_its_overrides(grid, tmp_path):
+    tb, base = start_tensorboard(grid, tmp_path / "tensorboard.log")
     try:
         deadline, tags = time.time() + 90, {}
         while time.time() < deadline:
@@ -143,8 +193,7 @@ def test_tensorboard_serves_every_job_under_its_overrides(grid):
         assert {"model", "lr", "batch_size"} <= names
         assert {m["name"]["tag"] for m in experiment["metricInfos"]} >= {"hparam/test_acc"}
     finally:
-        tb.terminate()
-        tb.wait(timeout=30)
+        stop_process(tb)
 
 
 @pytest.mark.parametrize("option", ["hydra/launcher=parallel", "hydra/launcher=slurm", "hydra/sweeper=lr_search"])
