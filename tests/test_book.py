@@ -134,3 +134,98 @@ def test_cli_writes_json(tiny_root: Path, tmp_path: Path, capsys) -> None:
 def test_peak_matmul_flops_positive() -> None:
     flops = book.peak_matmul_flops(torch.device("cpu"), n=256, iters=2, repeats=2)
     assert flops > 0 and math.isfinite(flops)
+
+
+# ------------------------------------------------- train_ch6 against a hand-computed reference
+
+PIXELS, CLASSES = 28 * 28, 10
+
+
+def _linear_net() -> torch.nn.Sequential:
+    """Softmax regression: (B, 1, 28, 28) -> flatten (B, 784) -> logits (B, 10)."""
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(PIXELS, CLASSES))
+
+
+def _striped_batches(sizes: list[int], seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Fixed (X, y) batches, X: (B, 1, 28, 28) float32 in [0, 1] (noise + a stripe at the class's rows)."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for b in sizes:
+        y = torch.randint(0, CLASSES, (b,), generator=g)  # (B,) int64
+        X = 0.2 * torch.rand(b, 1, 28, 28, generator=g)  # (B, 1, 28, 28)
+        for i, c in enumerate(y.tolist()):
+            X[i, 0, 2 + 2 * c : 4 + 2 * c, 3:25] = 0.9
+        batches.append((X, y))
+    return batches
+
+
+def _sgd_by_hand(W: torch.Tensor, b: torch.Tensor, train: list, test: list, epochs: int,
+                 lr: float) -> tuple[torch.Tensor, torch.Tensor, float, float, float]:
+    """The book's loop for softmax regression, in float64 with the analytic cross-entropy gradient.
+
+    W: (10, 784), b: (10,). Per batch: p = softmax(X W^T + b) (B, 10); loss = mean(-log p[y]);
+    grad_W = (p - onehot)^T X / B (10, 784); grad_b = sum over the batch of (p - onehot) / B (10,).
+    The loss and the correct count of a batch are taken from the logits *before* its update, and
+    summed per epoch as loss * B and correct, then divided by the epoch's examples (the last epoch's
+    are returned). Returns (W, b, train loss, train acc, test acc).
+    """
+    W, b = W.double().clone(), b.double().clone()
+    for _ in range(epochs):
+        loss_sum = correct = examples = 0.0
+        for X, y in train:
+            x = X.reshape(len(y), -1).double()  # (B, 784)
+            z = x @ W.T + b  # (B, 10) logits
+            p = torch.softmax(z, dim=1)  # (B, 10)
+            loss_sum += float(-torch.log(p[torch.arange(len(y)), y]).mean()) * len(y)
+            correct += float((z.argmax(dim=1) == y).sum())
+            examples += len(y)
+            g = (p - torch.nn.functional.one_hot(y, CLASSES).double()) / len(y)  # (B, 10)
+            W -= lr * (g.T @ x)
+            b -= lr * g.sum(dim=0)
+        train_loss, train_acc = loss_sum / examples, correct / examples
+    test_correct = sum(float(((X.reshape(len(y), -1).double() @ W.T + b).argmax(1) == y).sum())
+                       for X, y in test)
+    test_acc = test_correct / sum(len(y) for _, y in test)
+    return W, b, train_loss, train_acc, test_acc
+
+
+def test_train_ch6_matches_hand_computed_sgd_steps() -> None:
+    """Xavier init, SGD steps, per-epoch loss/accuracy sums: train_ch6 equals the arithmetic done by hand.
+
+    Unequal batch sizes (8, 8, 5) check that the loss is weighted by B; two epochs check that the
+    sums restart each epoch and that the returned figures are the last epoch's.
+    """
+    train, test = _striped_batches([8, 8, 5], seed=1), _striped_batches([7, 6], seed=2)
+    lr, epochs, seed = 0.05, 2, 123  # last epoch: 15/21 train, 6/13 test correct (not saturated)
+    torch.manual_seed(0)
+    net = _linear_net()
+    b0 = net[1].bias.detach().clone()  # (10,) the default init, left alone by init_weights
+    torch.manual_seed(seed)
+    W0 = torch.nn.init.xavier_uniform_(torch.empty(CLASSES, PIXELS))  # (10, 784) the draw train_ch6 makes
+    W, b, train_loss, train_acc, test_acc = _sgd_by_hand(W0, b0, train, test, epochs, lr)
+    assert (W - W0.double()).abs().max() > 1e-2  # the reference itself moved: the test is not vacuous
+
+    torch.manual_seed(seed)  # train_ch6's first random draw is net.apply(init_weights)
+    result = book.train_ch6(net, train, test, num_epochs=epochs, lr=lr, device="cpu")
+
+    torch.testing.assert_close(net[1].weight.detach().double(), W, rtol=0, atol=1e-5)
+    torch.testing.assert_close(net[1].bias.detach().double(), b, rtol=0, atol=1e-5)
+    assert result["train/loss"] == pytest.approx(train_loss, rel=1e-5)
+    assert result["train/acc"] == train_acc  # correct / 21 examples: exact
+    assert result["test/acc"] == test_acc  # correct / 13 examples with the final weights
+    assert result["examples"] == epochs * 21 and result["epochs"] == epochs
+
+
+def test_train_ch6_learns_the_striped_data(tiny_root: Path) -> None:
+    """Several epochs of the book's loop drive the loss far down and the test accuracy far above chance."""
+
+    def run(epochs: int) -> dict:
+        torch.manual_seed(0)  # same init and shuffles: the 1-epoch run is the 6-epoch run's first epoch
+        train_iter, test_iter = book.load_data_fashion_mnist(16, root=tiny_root, num_workers=0)
+        return book.train_ch6(_linear_net(), train_iter, test_iter, num_epochs=epochs, lr=0.1, device="cpu")
+
+    first, last = run(1), run(6)
+    assert first["train/loss"] > 1.5  # near ln 10 = 2.30 while the weights are still random (~2.0 measured)
+    assert last["train/loss"] < 0.25 * first["train/loss"]  # ~0.21 measured
+    assert last["train/loss"] < 0.25 * math.log(10)
+    assert last["train/acc"] >= 0.9 and last["test/acc"] >= 0.8  # chance is 0.1

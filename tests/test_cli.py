@@ -47,3 +47,28 @@ def test_summary_errors_are_one_line(capsys):
 def test_python_dash_m_is_the_same_command():
     out = subprocess.run(cli("summary", "model=lenet"), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "Linear output shape:\ttorch.Size([1, 10])" in out.stdout
+
+
+def _table_names(out: str) -> list[str]:
+    """First column of the rows under the header and its dashed rule of ``cnnbench models``."""
+    lines = out.strip("\n").splitlines()
+    assert lines[0].split()[:2] == ["name", "family"] and set(lines[1]) == {"-"}
+    return [line.split()[0] for line in lines[2:]]
+
+
+def test_models_pattern_filters_shell_style(capsys):
+    # fnmatch: '?' is exactly one character, so vgg11_full is out; registry (chapter) order is kept
+    assert main(["models", "vgg1?"]) == 0
+    assert _table_names(capsys.readouterr().out) == ["vgg11", "vgg13", "vgg16", "vgg19"]
+    assert main(["models", "lenet*"]) == 0
+    out = capsys.readouterr().out
+    assert _table_names(out) == ["lenet", "lenet_bn"]
+    assert "61,706" in out and "833k" in out  # LeNet's parameters and forward FLOPs per image
+
+
+def test_models_pattern_matching_nothing_prints_only_the_header(capsys):
+    # current behaviour: exit 0 and an empty table (header and rule), no message on stderr
+    assert main(["models", "no_such_net*"]) == 0
+    captured = capsys.readouterr()
+    assert _table_names(captured.out) == [] and len(captured.out.strip("\n").splitlines()) == 2
+    assert captured.err == ""

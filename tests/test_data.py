@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from cnnbench.config import compose_config
 from cnnbench.data import DeviceLoader, find_data_root, load_splits
-from cnnbench.data.idx import load_mini
+from cnnbench.data.idx import candidate_roots, load_mini
 from cnnbench.errors import DataError
+
+from .conftest import write_fake_dataset
 
 
 def dataset_cfg(root=None, name="fashion_mnist", download=False):
@@ -33,6 +37,43 @@ def test_search_order_root_then_env_then_local(fake_data, no_data_env, monkeypat
     assert find_data_root("FashionMNIST", None) == fake_data / "FashionMNIST" / "raw"
     # the four files directly in the given folder also work
     assert find_data_root("FashionMNIST", str(fake_data / "FashionMNIST" / "raw")) is not None
+
+
+def _raw(base: Path) -> Path:
+    """Where torchvision's layout puts the four IDX files under a data root (absolute, for comparisons)."""
+    return (base / "FashionMNIST" / "raw").resolve()
+
+
+def _found() -> Path | None:
+    found = find_data_root("FashionMNIST", None)
+    return None if found is None else found.resolve()  # ./data is returned relative to the cwd
+
+
+def test_local_data_folder_is_found(no_data_env, monkeypatch):
+    # no_data_env: cwd = tmp, HOME = tmp/home, no $CNNBENCH_DATA
+    write_fake_dataset(no_data_env / "data", n_train=10, n_test=10)
+    assert _found() == _raw(no_data_env / "data")
+    monkeypatch.chdir(no_data_env / "data" / "FashionMNIST")  # ./data is relative to the cwd, not fixed
+    assert _found() is None
+
+
+def test_user_cache_is_found(no_data_env):
+    cache = no_data_env / "home" / ".cache" / "cnnbench" / "data"  # ~/.cache/cnnbench/data
+    write_fake_dataset(cache, n_train=10, n_test=10)
+    assert _found() == _raw(cache)
+
+
+def test_search_order_root_env_local_cache(no_data_env, monkeypatch):
+    """Four copies of the data: each source wins over every source after it in the search order."""
+    cache, local, env, root = (no_data_env / "home" / ".cache" / "cnnbench" / "data", no_data_env / "data",
+                               no_data_env / "env", no_data_env / "root")
+    for base in (cache, local, env, root):
+        write_fake_dataset(base, n_train=10, n_test=10)
+    assert _found() == _raw(local)  # ./data before the user cache
+    monkeypatch.setenv("CNNBENCH_DATA", str(env))
+    assert _found() == _raw(env)  # $CNNBENCH_DATA before ./data
+    assert find_data_root("FashionMNIST", str(root)).resolve() == _raw(root)  # dataset.root first
+    assert candidate_roots(str(root)) == [root, env, Path("data"), cache]
 
 
 def test_offline_error_names_folders_files_and_the_fix(no_data_env):
