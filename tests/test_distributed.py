@@ -10,11 +10,11 @@ import time
 import pytest
 import torch
 
-from cnnbench.config import compose_config
 from cnnbench.train import train
 
-COMMON = ["dataset.download=false", "trainer.batch_size=32", "device=cpu", "trainer.deterministic=true",
-          "trainer.epochs=2"]
+from .conftest import compose_fast, fast_overrides, stop_process
+
+COMMON = ["trainer.batch_size=32", "trainer.deterministic=true", "trainer.epochs=2"]
 
 
 def torchrun(*args: str, nproc: int = 2) -> list[str]:
@@ -23,7 +23,7 @@ def torchrun(*args: str, nproc: int = 2) -> list[str]:
 
 
 def test_two_processes_match_one_with_the_same_global_batch(fake_data, tmp_path):
-    overrides = [f"dataset.root={fake_data}", *COMMON, "model=lenet"]
+    overrides = fast_overrides(fake_data, *COMMON, "model=lenet")
     run_dir = tmp_path / "ddp"
     proc = subprocess.run(torchrun(*overrides, f"hydra.run.dir={run_dir}"), capture_output=True, text=True,
                           timeout=600)
@@ -33,7 +33,7 @@ def test_two_processes_match_one_with_the_same_global_batch(fake_data, tmp_path)
     assert summary["world_size"] == 2 and summary["backend"] == "gloo"
     assert [p.name for p in tmp_path.iterdir()] == ["ddp"]  # one run folder for both ranks
 
-    single = train(compose_config(overrides), tmp_path / "single")
+    single = train(compose_fast(fake_data, *COMMON, "model=lenet"), tmp_path / "single")
     ddp_w = torch.load(run_dir / "last.pt", weights_only=True)["model"]
     one_w = torch.load(tmp_path / "single" / "last.pt", weights_only=True)["model"]
     for key in one_w:
@@ -41,12 +41,19 @@ def test_two_processes_match_one_with_the_same_global_batch(fake_data, tmp_path)
     # evaluation is sharded and reduced: the accuracy is over the whole test set, as in one process
     assert summary["test/acc"] == pytest.approx(single["test/acc"], abs=1e-6)
     assert summary["steps"] == single["steps"]
+    # Only rank 0 writes: one event file, one Hydra record, and each metric record once (a second writer
+    # would add its own event file and a second copy of every line).
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    single_records = [json.loads(line) for line in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in records] == [(r["kind"], r["step"]) for r in single_records]
+    assert [p.name for p in run_dir.iterdir() if p.name.startswith(".")] == [".hydra"]
 
 
 def test_batchnorm_network_trains_data_parallel(fake_data, tmp_path):
     """LeNet-BN on two CPU processes (each keeping its own BatchNorm statistics) finishes and learns."""
-    proc = subprocess.run(torchrun(f"dataset.root={fake_data}", *COMMON, "model=lenet_bn", "optimizer.lr=0.5",
-                                   "trainer.epochs=3", f"hydra.run.dir={tmp_path / 'bn'}"),
+    proc = subprocess.run(torchrun(*fast_overrides(fake_data, *COMMON, "model=lenet_bn", "optimizer.lr=0.5",
+                                                   "trainer.epochs=3", f"hydra.run.dir={tmp_path / 'bn'}")),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((tmp_path / "bn" / "summary.json").read_text())
@@ -56,8 +63,8 @@ def test_batchnorm_network_trains_data_parallel(fake_data, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA, SyncBatchNorm is available")
 def test_sync_batchnorm_on_cpus_is_refused_before_training(fake_data, tmp_path):
     """PyTorch's SyncBatchNorm only runs on CUDA: on CPUs the request is refused with one clear line."""
-    proc = subprocess.run(torchrun(f"dataset.root={fake_data}", *COMMON, "model=lenet_bn",
-                                   "trainer.sync_batchnorm=true", f"hydra.run.dir={tmp_path / 'bn'}"),
+    proc = subprocess.run(torchrun(*fast_overrides(fake_data, *COMMON, "model=lenet_bn",
+                                                   "trainer.sync_batchnorm=true", f"hydra.run.dir={tmp_path / 'bn'}")),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert "trainer.sync_batchnorm=true needs CUDA devices" in proc.stderr
@@ -66,17 +73,21 @@ def test_sync_batchnorm_on_cpus_is_refused_before_training(fake_data, tmp_path):
 
 def test_sigterm_to_one_rank_stops_both_with_one_checkpoint(fake_data, tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(torchrun(f"dataset.root={fake_data}", "dataset.download=false", "trainer.batch_size=16",
-                                     "device=cpu", "trainer.epochs=50", "model=lenet", f"hydra.run.dir={run_dir}"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Its own process group, so that a failed assertion can kill the agent and both workers at once.
+    proc = subprocess.Popen(torchrun(*fast_overrides(fake_data, "trainer.batch_size=16", "trainer.epochs=50",
+                                                     "model=lenet", f"hydra.run.dir={run_dir}")),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and '"kind": "epoch"' not in (metrics.read_text() if metrics.exists() else ""):
-        time.sleep(0.05)
-    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    assert len(workers) == 2
-    subprocess.run(["kill", "-TERM", sorted(workers, key=int)[-1]], check=True)  # one rank only
-    out, _ = proc.communicate(timeout=300)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and '"kind": "epoch"' not in (metrics.read_text() if metrics.exists() else ""):
+            time.sleep(0.05)
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2
+        subprocess.run(["kill", "-TERM", sorted(workers, key=int)[-1]], check=True)  # one rank only
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        stop_process(proc)
     assert proc.returncode != 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted", out
@@ -87,8 +98,7 @@ def test_sigterm_to_one_rank_stops_both_with_one_checkpoint(fake_data, tmp_path)
 
 
 def test_indivisible_global_batch_is_refused(fake_data, tmp_path):
-    proc = subprocess.run(torchrun(f"dataset.root={fake_data}", "dataset.download=false", "device=cpu",
-                                   "trainer.batch_size=33", f"hydra.run.dir={tmp_path / 'x'}"),
+    proc = subprocess.run(torchrun(*fast_overrides(fake_data, "trainer.batch_size=33", f"hydra.run.dir={tmp_path / 'x'}")),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert "trainer.batch_size=33 is the global batch and must divide evenly over the 2 processes" in proc.stderr

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cnnbench.config import compose_config
 from cnnbench.train import train
 
-from .conftest import real_data_root
+from .conftest import compose_fast, real_data_root
 
 ROOT = real_data_root()
 pytestmark = [
@@ -18,8 +17,7 @@ pytestmark = [
 
 
 def run_recipe(experiment: str, tmp_path, *overrides: str) -> dict:
-    cfg = compose_config([f"experiment={experiment}", f"dataset.root={ROOT}", "dataset.download=false",
-                          "device=cpu", "trainer.checkpoint=false", *overrides])
+    cfg = compose_fast(ROOT, f"experiment={experiment}", "trainer.checkpoint=false", *overrides)
     summary = train(cfg, tmp_path / experiment)
     assert summary["status"] == "completed", summary["error"]
     return summary

@@ -185,3 +185,32 @@ def test_bench_defaults_to_the_eight_book_recipes_in_chapter_order():
 
     assert book_recipes() == ["d2l_lenet", "d2l_lenet_bn", "d2l_alexnet", "d2l_vgg11", "d2l_nin", "d2l_googlenet",
                               "d2l_resnet18", "d2l_densenet"]
+
+
+def test_device_index_picks_a_gpu_modulo_the_gpu_count(monkeypatch):
+    """Parallel sweep jobs pass device.index=${hydra:job.num}: job 4 on a 3-GPU machine gets cuda:1."""
+    from cnnbench.engine import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert resolve_device("auto", 4) == torch.device("cuda", 1)
+    assert resolve_device("cuda", 2) == torch.device("cuda", 2)
+    assert resolve_device("auto", None) == torch.device("cuda", 0)
+    assert resolve_device("cpu", 2) == torch.device("cpu")  # no GPU asked for: the index is moot
+
+
+def test_device_index_reaches_the_device_choice(fake_data, tmp_path, monkeypatch):
+    import cnnbench.train as train_module
+
+    asked = []
+    real = train_module.resolve_device
+
+    def spy(kind, index=None):
+        asked.append((kind, index))
+        return real(kind, index)
+
+    monkeypatch.setattr(train_module, "resolve_device", spy)
+    summary = train(compose_fast(fake_data, "device.index=2", "trainer.limit_train_batches=1",
+                                 "trainer.limit_eval_batches=1"), tmp_path)
+    assert summary["status"] == "completed"
+    assert asked == [("cpu", 2)]

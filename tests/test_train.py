@@ -9,18 +9,14 @@ import pytest
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cnnbench.config import compose_config
 from cnnbench.models import build_model
 from cnnbench.train import train
 
-from .conftest import cli
+from .conftest import cli, compose_fast, fast_overrides
 
 
 def quick_cfg(data_root, *overrides):
-    return compose_config([
-        f"dataset.root={data_root}", "dataset.download=false", "trainer.epochs=1",
-        "trainer.batch_size=32", "device=cpu", *overrides,
-    ])
+    return compose_fast(data_root, "trainer.epochs=1", "trainer.batch_size=32", *overrides)
 
 
 def read_jsonl(path):
@@ -83,7 +79,7 @@ def test_resize_and_model_kwargs_reach_the_model(fake_data, tmp_path):
 
 
 def test_failure_is_recorded_not_raised(tmp_path, no_data_env):
-    summary = train(compose_config(["dataset.root=/nonexistent", "dataset.download=false", "device=cpu"]),
+    summary = train(compose_fast("/nonexistent"),
                     tmp_path / "run")
     assert summary["status"] == "failed"
     assert "DataError" in summary["error"] and summary["traceback"]
@@ -91,8 +87,7 @@ def test_failure_is_recorded_not_raised(tmp_path, no_data_env):
 
 
 def test_cli_run_and_multirun(fake_data, tmp_path):
-    common = [f"dataset.root={fake_data}", "dataset.download=false", "trainer.epochs=1", "trainer.batch_size=64",
-              "device=cpu"]
+    common = fast_overrides(fake_data, "trainer.epochs=1", "trainer.batch_size=64")
     single = subprocess.run(cli("train", *common, f"hydra.run.dir={tmp_path / 'single'}"),
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr

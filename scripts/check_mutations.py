@@ -1,0 +1,163 @@
+"""Break one promise at a time and check that a test notices: a small, hand-written mutation table.
+
+    python scripts/check_mutations.py            # every mutation (a few minutes on 2 cores)
+    python scripts/check_mutations.py resume     # only those whose name contains "resume"
+    python scripts/check_mutations.py --list
+
+Each entry replaces one exact piece of code (it must occur once in its file), runs the tests that
+guard it, restores the file and reports RED (a test failed: good) or SURVIVED (no test noticed: a
+test to write). The exit status is 1 when any mutation survived or no longer applies (the code it
+names moved: update the entry where the code went). Run it after a refactor to show the suite still
+guards every promise listed here; add an entry with each test that guards a new promise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str  # what promise breaks
+    path: str  # file, relative to the repository
+    old: str  # exact code, found once in the file
+    new: str  # its broken replacement
+    tests: tuple[str, ...]  # pytest arguments selecting the tests that must go red
+
+
+MUTATIONS: tuple[Mutation, ...] = (
+    # ---- resume and checkpoints
+    Mutation("resume restores the optimizer", "cnnbench/train.py",
+             '        run.optimizer.load_state_dict(state["optimizer"])', "        pass",
+             ("tests/test_reliability.py", "-k", "given_checkpoint or kill_and_resume")),
+    Mutation("resume restores the scheduler", "cnnbench/train.py",
+             '        run.scheduler.load_state_dict(state["scheduler"])', "        pass",
+             ("tests/test_reliability.py", "-k", "given_checkpoint or kill_and_resume")),
+    Mutation("checkpoints restore Python's RNG", "cnnbench/checkpoint.py",
+             '    random.setstate(_python_state_from_plain(state["python"]))', "    pass",
+             ("tests/test_reliability.py", "-k", "plain_data")),
+    Mutation("last.pt after every epoch", "cnnbench/train.py",
+             "    if cfg.trainer.checkpoint and run.dist.is_main:",
+             "    if cfg.trainer.checkpoint and run.dist.is_main and epoch % 2 == 0:",
+             ("tests/test_reliability.py", "-k", "last_pt")),
+    Mutation("a resumed sweep continues an interrupted job", "cnnbench/launch.py",
+             '            cfg.trainer.resume = "auto"', "            cfg.trainer.resume = None",
+             ("tests/test_sweeps.py", "-k", "continues_an_interrupted")),
+    Mutation("a rerun sweep job keeps its previous summary", "cnnbench/launch.py",
+             '    shutil.copyfile(summary_path, run_dir / "summary.previous.json")',
+             '    (run_dir / "summary.previous.json").write_text("{}")',
+             ("tests/test_sweeps.py", "-k", "skips_completed")),
+    # ---- signals
+    Mutation("SIGUSR2 stops gracefully", "cnnbench/signals.py",
+             'signal.SIGTERM, getattr(signal, "SIGUSR2", None)', "signal.SIGTERM",
+             ("tests/test_reliability.py", "-k", "each_stop_signal and SIGUSR2")),
+    Mutation("SIGINT stops gracefully", "cnnbench/signals.py",
+             "(signal.SIGINT, signal.SIGTERM,", "(signal.SIGTERM,",
+             ("tests/test_reliability.py", "-k", "each_stop_signal and SIGINT")),
+    Mutation("a second signal stops at once", "cnnbench/signals.py",
+             "        if self.signum is not None:", "        if False:",
+             ("tests/test_reliability.py", "-k", "second_signal")),
+    # ---- the loop
+    Mutation("gradient clipping", "cnnbench/engine.py",
+             "    loss.backward()\n    if grad_clip_norm:\n        nn.utils.clip_grad_norm_(",
+             "    loss.backward()\n    if False:\n        nn.utils.clip_grad_norm_(",
+             ("tests/test_reliability.py", "-k", "grad_clip")),
+    Mutation("only rank 0 writes the run folder", "cnnbench/train.py",
+             "rlog = RunLogger(run_dir, enabled=main,", "rlog = RunLogger(run_dir, enabled=True,",
+             ("tests/test_distributed.py", "-k", "two_processes")),
+    # ---- speed options
+    Mutation("channels_last reaches model and batches", "cnnbench/train.py",
+             "    if speed.channels_last:", "    if False:",
+             ("tests/test_speed.py", "-k", "takes_effect and channels_last")),
+    Mutation("fused optimizer steps", "cnnbench/engine.py",
+             '    extra = {"fused": True} if fused else {}', "    extra = {}",
+             ("tests/test_speed.py", "-k", "takes_effect and fused")),
+    Mutation("device.num_threads", "cnnbench/train.py",
+             "        torch.set_num_threads(int(cfg.device.num_threads))", "        pass",
+             ("tests/test_speed.py", "-k", "num_threads")),
+    Mutation("bf16 autocast", "cnnbench/engine.py",
+             '        if self.name == "fp32":', "        if True:",
+             ("tests/test_speed.py", "-k", "takes_effect and bf16")),
+    Mutation("autotune keeps the fastest candidate", "cnnbench/engine.py",
+             "    best = max(candidates, key=", "    best = min(candidates, key=",
+             ("tests/test_speed.py", "-k", "autotune")),
+    Mutation("device.index reaches the device choice", "cnnbench/train.py",
+             '        device = resolve_device(cfg.device.type, cfg.device.get("index"))',
+             "        device = resolve_device(cfg.device.type, None)",
+             ("tests/test_speed.py", "-k", "device_index")),
+    Mutation("device.index is taken modulo the GPU count", "cnnbench/engine.py",
+             "0 if index is None else int(index) % torch.cuda.device_count()", "0",
+             ("tests/test_speed.py", "-k", "device_index")),
+    Mutation("bench falls back to generated data", "cnnbench/bench.py",
+             "        if root is None:", "        if False:",
+             ("tests/test_speed.py", "-k", "falls_back")),
+    # ---- the book's loop (the speed baseline)
+    Mutation("the book's loop steps its optimizer", "cnnbench/book.py",
+             "            optimizer.step()", "            pass",
+             ("tests/test_book.py", "-k", "hand_computed or learns")),
+    Mutation("the book's loop sums loss times batch size", "cnnbench/book.py",
+             "                loss_sum += float(l * X.shape[0])", "                loss_sum += float(l)",
+             ("tests/test_book.py", "-k", "hand_computed")),
+    Mutation("the book's loop applies Xavier init", "cnnbench/book.py",
+             "    net.apply(init_weights)", "    pass",
+             ("tests/test_book.py", "-k", "hand_computed")),
+    # ---- describing models, finding data
+    Mutation("FLOPs are per image", "cnnbench/describe.py",
+             "    return int(counter.get_total_flops())", "    return int(counter.get_total_flops()) // 2",
+             ("tests/test_describe.py",)),
+    Mutation("models PATTERN filters", "cnnbench/cli.py",
+             "    print(models_table(ns.pattern))", "    print(models_table(None))",
+             ("tests/test_cli.py", "-k", "pattern")),
+    Mutation("./data is searched", "cnnbench/data/idx.py",
+             'os.environ.get("CNNBENCH_DATA"), "data", Path.home()', 'os.environ.get("CNNBENCH_DATA"), Path.home()',
+             ("tests/test_data.py", "-k", "local_data or order")),
+)
+
+
+def run(m: Mutation) -> tuple[str, str]:
+    """Apply ``m``, run its tests, restore the file; (verdict, pytest's last line)."""
+    path = REPO / m.path
+    original = path.read_text()
+    if original.count(m.old) != 1:
+        return "MOVED", f"{m.old.strip()[:60]!r} occurs {original.count(m.old)} times in {m.path}"
+    path.write_text(original.replace(m.old, m.new))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests],
+                              cwd=REPO, capture_output=True, text=True, timeout=1800)
+    finally:
+        path.write_text(original)
+    last = (proc.stdout.strip().splitlines() or [""])[-1]
+    if proc.returncode == 5:
+        return "NO TESTS", last
+    return ("RED" if proc.returncode else "SURVIVED"), last
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("filter", nargs="?", default="", help="only mutations whose name contains this")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if args.filter in m.name]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name}: {m.path}: {m.old.strip()!r} -> {m.new.strip()!r}")
+        return 0
+    bad = 0
+    for m in chosen:
+        t0 = time.perf_counter()
+        verdict, last = run(m)
+        bad += verdict != "RED"
+        print(f"{verdict:<8} {m.name} ({m.path}; {time.perf_counter() - t0:.0f} s): {last}", flush=True)
+    print(f"{len(chosen) - bad} of {len(chosen)} mutations caught")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
