@@ -56,11 +56,12 @@ def fake_fashion_mnist(root: Path, n_train: int = 60_000, n_test: int = 10_000) 
 
 def cnnbench_steady(cfg, warmup: int, steps: int) -> dict:
     """Examples/sec of cnnbench's loop over ``steps`` steps after ``warmup`` steps."""
-    from .engine import LoopHooks, synchronize, train_one_epoch
-    from .train import setup
+    from .build import build_run
+    from .devices import synchronize
+    from .engine import LoopHooks, train_one_epoch
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = setup(cfg, Path(tmp))
+        run = build_run(cfg, Path(tmp))
         hooks = LoopHooks(log_points=set())
         common = dict(global_step=0, hooks=hooks)
         train_one_epoch(run.model, run.train_loader, run.optimizer, None, run.precision, epoch=0,
@@ -70,7 +71,7 @@ def cnnbench_steady(cfg, warmup: int, steps: int) -> dict:
         out = train_one_epoch(run.model, run.train_loader, run.optimizer, None, run.precision, epoch=1,
                               limit_batches=steps, **common)
         seconds = time.perf_counter() - t0  # train_one_epoch ends with a host read: the device is done
-    return {"examples_per_sec": out["examples"] / seconds, "flops_per_image": run.flops,
+    return {"examples_per_sec": out.examples / seconds, "flops_per_image": run.flops,
             "precision": run.speed.precision, "channels_last": run.speed.channels_last}
 
 
@@ -90,15 +91,17 @@ def book_run(cfg, root: Path, device: torch.device, epoch_batches: int | None, e
              workers: int) -> dict:
     """The book's pipeline for one epoch of ``epoch_batches`` batches, end to end."""
     from .book import run_book
+    from .build import image_size
 
     return run_book(cfg.model.name, 1, float(cfg.optimizer.lr), int(cfg.trainer.batch_size),
-                    resize=int(cfg.dataset.resize), root=root, device=device, max_batches=epoch_batches,
+                    resize=image_size(cfg), root=root, device=device, max_batches=epoch_batches,
                     max_eval_batches=eval_batches, num_workers=workers)
 
 
 def measure_recipe(recipe: str, root: Path, device_option: str, args: argparse.Namespace,
                    device: torch.device) -> dict:
     """Both pipelines on one recipe; one row of the table."""
+    from .build import image_size
     from .config import compose_config
 
     limits = [f"trainer.limit_train_batches={args.epoch_batches}"] if args.epoch_batches else []
@@ -109,7 +112,7 @@ def measure_recipe(recipe: str, root: Path, device_option: str, args: argparse.N
     logger.info("%s: cnnbench (device=%s)", recipe, device_option)
     steady = cnnbench_steady(cfg, args.warmup, args.steps)
     e2e = cnnbench_end_to_end(cfg)
-    row = {"recipe": recipe, "model": cfg.model.name, "resize": int(cfg.dataset.resize),
+    row = {"recipe": recipe, "model": cfg.model.name, "resize": image_size(cfg),
            "batch_size": int(cfg.trainer.batch_size), **{f"cnnbench/{k}": v for k, v in steady.items()},
            "cnnbench/e2e_wall_s": e2e["wall_time_s"],
            "cnnbench/e2e_examples_per_sec": e2e["examples"] / e2e["wall_time_s"]}
@@ -171,9 +174,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_bench(argv: Sequence[str]) -> int:
     """Entry point of ``cnnbench bench``."""
-    from .book import peak_matmul_flops
     from .data.idx import find_data_root
-    from .engine import bf16_supported, resolve_device
+    from .devices import bf16_supported, resolve_device
+    from .speed import peak_matmul_flops
 
     args = _parser().parse_args(argv)
     args.recipes = args.recipes or book_recipes()

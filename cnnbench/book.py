@@ -49,7 +49,6 @@ __all__ = [
     "init_weights",
     "load_data_fashion_mnist",
     "main",
-    "peak_matmul_flops",
     "run_book",
     "train_ch6",
     "try_gpu",
@@ -270,10 +269,10 @@ def run_book(
     loader is given a resize only when the side differs from 28, as the book passes ``resize=None`` for
     LeNet. Adds ``model``, ``image_size``, ``batch_size`` and ``lr`` to :func:`train_ch6`'s dict.
     """
-    from .models import build_model, get_model_spec
+    from .models import build_model, input_side
 
     t0 = time.perf_counter()
-    image_size = resize or get_model_spec(model).book_resolution
+    image_size = input_side(model, resize)
     net = build_model(model, in_channels=1, num_classes=10, image_size=image_size)
     train_iter, test_iter = load_data_fashion_mnist(
         batch_size,
@@ -287,49 +286,6 @@ def run_book(
     )
     result.update(model=model, image_size=image_size, batch_size=batch_size, lr=lr)
     return result
-
-
-# ------------------------------------------------------------------------------------ device peak
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def peak_matmul_flops(
-    device: torch.device | str,
-    dtype: torch.dtype = torch.float32,
-    n: int | None = None,
-    iters: int | None = None,
-    repeats: int = 3,
-) -> float:
-    """Measured dense matmul throughput of ``device`` in FLOP/s (2*n^3 per n x n matmul).
-
-    Warms up, then times ``iters`` back-to-back matmuls ``repeats`` times (synchronizing on
-    accelerators) and keeps the best. Defaults: n=2048 and 20 iterations on accelerators, n=1024 and 3
-    iterations on the CPU (about a second on a 2-core machine).
-    """
-    device = torch.device(device)
-    on_cpu = device.type == "cpu"
-    n = n if n is not None else (1024 if on_cpu else 2048)
-    iters = iters if iters is not None else (3 if on_cpu else 20)
-    a = torch.randn(n, n, device=device).to(dtype)  # (n, n)
-    b = torch.randn(n, n, device=device).to(dtype)  # (n, n)
-    for _ in range(2):  # warm-up: allocator, kernels selection, thread pool
-        c = a @ b
-    _synchronize(device)
-    best = float("inf")
-    for _ in range(max(1, repeats)):
-        t = time.perf_counter()
-        for _ in range(iters):
-            c = a @ b  # (n, n)
-        _synchronize(device)
-        best = min(best, time.perf_counter() - t)
-    del c
-    return 2.0 * n**3 * iters / best
 
 
 # ------------------------------------------------------------------------------------ command line

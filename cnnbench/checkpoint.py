@@ -1,22 +1,110 @@
-"""Atomic checkpoints that load with ``torch.load(weights_only=True)``, and refusing bad ones clearly."""
+"""Checkpoints: what a run must carry to resume exactly, written atomically, refused clearly when bad.
+
+:class:`RunState` is the run's progress; ``checkpoint_state`` gathers it with every other state (model,
+optimizer, schedule, gradient scaler, RNGs, config) as plain data that loads with
+``torch.load(weights_only=True)``; ``save_checkpoint`` writes it atomically; ``resolve_resume`` finds
+the checkpoint to resume from and ``restore`` loads it into a built run.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import random
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
+from . import __version__
 from .errors import CheckpointError
+from .runfiles import CHECKPOINT
 
-CHECKPOINT_NAME = "last.pt"
+if TYPE_CHECKING:
+    from .build import Run
+
+logger = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model", "optimizer", "epoch", "step", "config", "rng")
+
+
+@dataclass
+class RunState:
+    """Progress of a run that a checkpoint must carry to resume exactly."""
+
+    epoch: int = 0  # epochs fully done
+    step: int = 0  # optimizer steps done
+    best_test_acc: float | None = None
+    last_test_acc: float | None = None
+    last_train: dict = field(default_factory=dict)  # last epoch's train/loss, train/acc
+    train_time_s: float = 0.0  # seconds inside train_one_epoch, summed over epochs
+    train_examples: int = 0
+    chance_epochs: int = 0  # consecutive epochs at chance level
+    warnings: list[str] = field(default_factory=list)
+    partial: dict | None = None  # sums of an epoch stopped part-way (signal), to continue from
+
+    def as_dict(self) -> dict:
+        """The fields as a dict of plain values (what ``torch.load(weights_only=True)`` reads back)."""
+        return dict(self.__dict__)
+
+
+def checkpoint_state(run: "Run") -> dict[str, Any]:
+    """Everything :func:`restore` needs, as plain data."""
+    return {
+        "model": run.raw_model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+        "scaler": run.precision.scaler.state_dict() if run.precision.scaler is not None else None,
+        "epoch": run.state.epoch,
+        "step": run.state.step,
+        "run_state": run.state.as_dict(),
+        "rng": rng_state(),
+        "config": OmegaConf.to_container(run.cfg, resolve=True),
+        "cnnbench_version": __version__,
+    }
+
+
+def resolve_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from: None, this run folder's last.pt (auto), or a given path."""
+    resume = cfg.trainer.resume
+    if not resume:
+        return None
+    if str(resume) == "auto":
+        path = run_dir / CHECKPOINT
+        if not path.exists():
+            logger.info("trainer.resume=auto: no %s in %s, starting from scratch", CHECKPOINT, run_dir)
+            return None
+        return path
+    return Path(str(resume)).expanduser()
+
+
+def restore(run: "Run", path: Path) -> None:
+    """Load model, optimizer, scheduler, scaler, progress and RNG states from ``path`` into ``run``."""
+    state = load_checkpoint(path)
+    saved_model = state["config"].get("model", {}).get("name")
+    if saved_model != run.cfg.model.name:
+        raise CheckpointError(
+            f"checkpoint {path} was written for model {saved_model!r}, not {run.cfg.model.name!r}"
+        )
+    try:
+        run.raw_model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit this model or optimizer: "
+                              f"{str(exc).splitlines()[0]}") from exc
+    if run.scheduler is not None and state.get("scheduler"):
+        run.scheduler.load_state_dict(state["scheduler"])
+    if run.precision.scaler is not None and state.get("scaler"):
+        run.precision.scaler.load_state_dict(state["scaler"])
+    run.state = RunState(**state["run_state"])
+    set_rng_state(state["rng"])
+    logger.info("resumed from %s at epoch %d, step %d", path, run.state.epoch, run.state.step)
 
 
 def rng_state() -> dict[str, Any]:

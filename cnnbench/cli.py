@@ -39,20 +39,12 @@ def _cmd_summary(args: Sequence[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print("usage: cnnbench summary [model=NAME] [dataset.resize=N] [other Hydra overrides]")
         return 0
+    from .build import image_size, model_from_config
     from .config import compose_config
     from .describe import summary_text
-    from .models import build_model, get_model_spec
 
     cfg = compose_config(args)
-    kwargs = {k: v for k, v in cfg.model.items() if k != "name"}
-    size = cfg.dataset.resize or get_model_spec(cfg.model.name).book_resolution
-    model = build_model(
-        cfg.model.name,
-        in_channels=cfg.dataset.in_channels,
-        num_classes=cfg.dataset.num_classes,
-        image_size=size,
-        **kwargs,
-    )
+    model, size = model_from_config(cfg), image_size(cfg)
     print(f"{cfg.model.name} at {size}x{size}")
     print(summary_text(model, cfg.dataset.in_channels, size))
     return 0

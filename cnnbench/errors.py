@@ -19,6 +19,19 @@ class CheckpointError(CnnbenchError):
     """A checkpoint cannot be used (corrupt, incompatible, missing)."""
 
 
+class TrainingDiverged(CnnbenchError):
+    """The training loss became NaN, infinite or larger than ``trainer.divergence_loss``."""
+
+    def __init__(self, step: int, epoch: float, loss: float, last_finite_loss: float | None, lr: float) -> None:
+        self.step, self.epoch, self.loss, self.last_finite_loss, self.lr = step, epoch, loss, last_finite_loss, lr
+        last = "none" if last_finite_loss is None else f"{last_finite_loss:.4g}"
+        super().__init__(
+            f"training diverged: the loss was {loss:.4g} at step {step} (epoch {epoch:.2f}); "
+            f"last good loss {last}. Try a lower learning rate than {lr:g} "
+            "(optimizer.lr=...) or gradient clipping (trainer.grad_clip_norm=1.0)."
+        )
+
+
 def one_line(message: str) -> str:
     """A multi-line (Hydra) message as one line: "Could not find 'model/x'. Available options in 'model': a, b"."""
     text = message.split("Config search path:")[0].strip()

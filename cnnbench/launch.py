@@ -1,43 +1,46 @@
-"""The command line's way into Hydra: checks before launch, sweep folders, resumed sweeps, exit codes.
+"""The command line's way into Hydra: checks before launch, the job function, exit codes.
 
 ``hydra_main(args)`` wraps ``train()`` in ``@hydra.main``. Before Hydra creates any folder it composes
 and validates every job of the command line (``preflight``); after a sweep it reads every job's
-``summary.json``, whichever launcher ran it, and exits non-zero when any job did not complete.
+``summary.json`` (:mod:`cnnbench.sweeps`), whichever launcher ran it, and exits non-zero when any job
+did not complete.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from .distributed import broadcast_object, init_from_env, launched_by_torchrun, shutdown
 from .errors import ConfigError
+from .sweeps import (
+    RESUME_SWEEP_KEY,
+    exit_code,
+    find_sweep_to_resume,
+    overrides_only,
+    prepare_resumed_job,
+    sweep_naming_overrides,
+    sweep_outcomes,
+)
 from .validate import validate_config
 
 logger = logging.getLogger(__name__)
 
-EXIT_CODES = {"completed": 0, "failed": 1, "diverged": 3, "interrupted": 130}
 HYDRA_INFO_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve", "--package", "-p"}
-RESUME_SWEEP_KEY = "resume_sweep"
 
 
 def is_multirun(args: Sequence[str]) -> bool:
     return bool({"-m", "--multirun"} & set(args))
 
 
-def _plain(args: Sequence[str]) -> list[str]:
-    return [a for a in args if not a.startswith("-")]
-
-
 def _given(args: Sequence[str], key: str) -> str | None:
     """The value of ``key=value`` on the command line, if present."""
-    for a in _plain(args):
+    for a in overrides_only(args):
         if a.split("=", 1)[0].lstrip("+~") == key:
             return a.split("=", 1)[1] if "=" in a else ""
     return None
@@ -53,14 +56,14 @@ def _jobs(args: Sequence[str]) -> list[list[str]]:
 
     from .validate import expand_sweep
 
-    plain = _plain(args)
+    overrides = overrides_only(args)
     if not is_multirun(args):
-        return [plain]
+        return [overrides]
     try:
-        return expand_sweep(plain)
+        return expand_sweep(overrides)
     except HydraException:
         try:
-            parsed = OverridesParser.create().parse_overrides(plain)
+            parsed = OverridesParser.create().parse_overrides(overrides)
         except HydraException as exc:
             raise ConfigError(f"cannot parse the sweep: {str(exc).strip().splitlines()[0]}") from None
         return [[p.input_line for p in parsed if not p.is_sweep_override()]]
@@ -98,115 +101,13 @@ def preflight(args: Sequence[str]) -> str | None:
 
 def _check_distributed(cfg: DictConfig) -> None:
     """Settings that only matter under torchrun, checked before any process starts training."""
-    import os
+    from .build import check_sync_batchnorm
+    from .validate import check_global_batch
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and int(cfg.trainer.batch_size) % world:
-        raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is the global batch and must divide "
-                          f"evenly over the {world} processes")
+    check_global_batch(int(cfg.trainer.batch_size), world)
     if world > 1:
-        from .train import check_sync_batchnorm
-
         check_sync_batchnorm(cfg)
-
-
-def sweep_naming_overrides(args: Sequence[str]) -> list[str]:
-    """Name sweep job folders by the swept values only (``3_model=nin,optimizer.lr=0.1``).
-
-    Hydra's ``override_dirname`` lists every override, paths included; overrides that are the same
-    for every job go to its ``exclude_keys`` so they stay out of folder and TensorBoard run names.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    plain = _plain(args)
-    if any(a.startswith("hydra.job.config.override_dirname.exclude_keys") for a in plain):
-        return []
-    try:
-        parsed = OverridesParser.create().parse_overrides(plain)
-    except Exception:  # Hydra reports bad overrides itself, with its own message
-        return []
-    fixed = sorted({o.key_or_group for o in parsed if not o.is_sweep_override()} | {RESUME_SWEEP_KEY})
-    keys = [k for k in fixed if not k.startswith("hydra")] + ["hydra.sweep.dir", "hydra.run.dir"]
-    return [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"]
-
-
-# ------------------------------------------------------------------------------------ resumed sweeps
-
-
-def _comparable(overrides: Sequence[str]) -> list[str]:
-    return sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != RESUME_SWEEP_KEY)
-
-
-def find_sweep_to_resume(args: Sequence[str], base: Path = Path("outputs/multirun")) -> Path:
-    """The newest sweep folder under ``base`` that ran the same overrides as ``args``."""
-    wanted = _comparable([a for a in _plain(args) if not a.startswith("hydra.")])
-    matches = []
-    for record in base.glob("*/*/multirun.yaml"):
-        try:
-            task = OmegaConf.load(record).hydra.overrides.task
-        except Exception:  # an unreadable record is simply not a match
-            continue
-        if _comparable([t for t in task if not t.startswith("hydra.")]) == wanted:
-            matches.append(record.parent)
-    if not matches:
-        raise ConfigError(
-            f"{RESUME_SWEEP_KEY}=true: no earlier sweep with these overrides under {base}; "
-            "give its folder with hydra.sweep.dir=..."
-        )
-    return max(matches, key=lambda p: p.stat().st_mtime)
-
-
-def prepare_resumed_job(cfg: DictConfig, run_dir: Path) -> dict | None:
-    """In a resumed sweep: the earlier summary of a completed job (skip it), else None (run it).
-
-    An interrupted job continues from its checkpoint; a failed one starts again from scratch, its
-    earlier summary kept as ``summary.previous.json`` and its train.log appended to.
-    """
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists():
-        return None
-    try:
-        previous = json.loads(summary_path.read_text())
-    except json.JSONDecodeError:
-        previous = {"status": "unreadable"}
-    if previous.get("status") == "completed":
-        logger.info("%s=true: %s already completed, skipping it", RESUME_SWEEP_KEY, run_dir)
-        return previous
-    if previous.get("status") == "interrupted" and (run_dir / "last.pt").exists():
-        with open_dict(cfg):
-            cfg.trainer.resume = "auto"
-        return None
-    shutil.copyfile(summary_path, run_dir / "summary.previous.json")
-    for stale in [run_dir / "metrics.jsonl", run_dir / "last.pt", *run_dir.glob("events.out.tfevents.*")]:
-        stale.unlink(missing_ok=True)
-    return None
-
-
-# ------------------------------------------------------------------------------------------- outcome
-
-
-def sweep_outcomes(sweep_dir: Path) -> list[dict]:
-    """status, error and folder of every job of a sweep, read from their summary.json files."""
-    outcomes = []
-    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()):
-        try:
-            s = json.loads((job / "summary.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            s = {"status": "failed", "error": "no readable summary.json (the job died before finishing)"}
-        outcomes.append({"status": s.get("status"), "error": s.get("error"), "run_dir": str(job)})
-    return outcomes
-
-
-def exit_code(outcomes: list[dict], multirun: bool) -> int:
-    """0 when every job completed; else the single run's code, or 1 for a sweep, listing the failures."""
-    failed = [o for o in outcomes if o["status"] != "completed"]
-    if multirun:
-        logger.info("sweep: %d of %d jobs completed", len(outcomes) - len(failed), len(outcomes))
-        for o in failed:
-            logger.error("job did not complete: %s: %s: %s", o["run_dir"], o["status"], o["error"])
-    if not failed:
-        return 0
-    return 1 if multirun else EXIT_CODES.get(failed[0]["status"], 1)
 
 
 # --------------------------------------------------------------------------------------- entry point

@@ -1,4 +1,5 @@
-"""Everything a run writes besides checkpoints: metrics.jsonl, TensorBoard events, summary.json."""
+"""The run's records as it goes: metrics.jsonl and TensorBoard events (``RunLogger``), cutting
+metrics.jsonl back to a checkpoint on resume (``trim_metrics``), and atomic JSON files."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from .models import input_side
+from .runfiles import METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +41,7 @@ def hparams_of(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     hp: dict[str, Any] = {
         "model": cfg.model.name,
         "dataset": cfg.dataset.name,
-        "resize": int(cfg.dataset.resize) if cfg.dataset.resize else 0,
+        "resize": input_side(cfg.model.name, cfg.dataset.resize),
         "optimizer": cfg.optimizer.name,
         "lr": float(cfg.optimizer.lr),
         "batch_size": int(cfg.trainer.batch_size),
@@ -69,7 +73,7 @@ class RunLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = (run_dir / "metrics.jsonl").open("a", buffering=1)  # line-buffered
+        self._jsonl = (run_dir / METRICS).open("a", buffering=1)  # line-buffered
         # purge_step drops events at or after it that a killed run wrote past its last checkpoint.
         self._tb = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
 
@@ -112,3 +116,18 @@ class RunLogger:
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
+
+
+def trim_metrics(run_dir: Path, step: int) -> None:
+    """Drop metrics.jsonl records past ``step``: a killed run may have logged beyond its checkpoint."""
+    path = run_dir / METRICS
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+    path.write_text("".join(k + "\n" for k in kept))

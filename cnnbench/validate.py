@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import struct
+import tempfile
 from numbers import Number
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -16,7 +17,7 @@ from typing import Any, Iterable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError, one_line
-from .models import get_model_spec
+from .models import get_model_spec, input_side
 from .models.registry import check_min_size
 
 # dataset name -> training examples, for the batch-size check when the files are not at hand
@@ -48,11 +49,26 @@ def check_values(cfg: DictConfig) -> None:
             _positive(cfg.trainer[key], f"trainer.{key}", integer=key != "grad_clip_norm")
     if cfg.dataset.resize is not None:
         _positive(cfg.dataset.resize, "dataset.resize", integer=True)
-    size = int(cfg.dataset.resize or spec.book_resolution)
-    check_min_size(spec.name, size, spec.min_resolution)
+    check_min_size(spec.name, input_side(spec.name, cfg.dataset.resize), spec.min_resolution)
     if cfg.trainer.init not in ("xavier", "default"):
         raise ConfigError(f"trainer.init must be xavier or default, got {cfg.trainer.init!r}")
+    _check_names(cfg)
     _check_batch_fits(cfg)
+
+
+def _check_names(cfg: DictConfig) -> None:
+    """Optimizer and schedule names against the tables the builders use."""
+    from .optim import OPTIMIZERS, SCHEDULES, check_name
+
+    check_name("optimizer.name", str(cfg.optimizer.name), OPTIMIZERS)
+    check_name("scheduler.name", str(cfg.scheduler.name), SCHEDULES)
+
+
+def check_global_batch(batch_size: int, world_size: int) -> None:
+    """Under torchrun ``trainer.batch_size`` is the global batch: it must split evenly over the ranks."""
+    if world_size > 1 and batch_size % world_size:
+        raise ConfigError(f"trainer.batch_size={batch_size} is the global batch and must divide "
+                          f"evenly over the {world_size} processes")
 
 
 def _train_size(cfg: DictConfig) -> int | None:
@@ -77,7 +93,9 @@ def _check_batch_fits(cfg: DictConfig) -> None:
 
 
 def check_output_dir(path: str | Path) -> None:
-    """The run folder must be creatable and writable."""
+    """The run folder must be creatable and writable; checked by really creating (and removing) a
+    folder in its nearest existing parent, since permission bits say nothing about read-only mounts or
+    virtual file systems (/proc, /sys), where even root cannot create folders."""
     path = Path(path).absolute()
     existing = path
     while not existing.exists():
@@ -86,10 +104,17 @@ def check_output_dir(path: str | Path) -> None:
         raise ConfigError(f"cannot create the output folder {path}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write the output folder {path}: {existing} is not writable")
+    try:
+        probe = tempfile.mkdtemp(prefix=".cnnbench-write-check-", dir=existing)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the output folder {path}: {existing} does not accept new folders "
+                          f"({exc.strerror or exc})") from None
+    os.rmdir(probe)
 
 
 def check_device(cfg: DictConfig) -> None:
-    from .engine import Precision, resolve_device
+    from .devices import resolve_device
+    from .engine import Precision
 
     try:
         index = cfg.device.get("index")

@@ -5,15 +5,16 @@
     python scripts/check_mutations.py --list
 
 Each entry replaces one exact piece of code (it must occur once in its file), runs the tests that
-guard it, restores the file and reports RED (a test failed: good) or SURVIVED (no test noticed: a
-test to write). The exit status is 1 when any mutation survived or no longer applies (the code it
-names moved: update the entry where the code went). Run it after a refactor to show the suite still
+guard it, restores the file and reports RED (a test failed: good), SURVIVED (no test noticed: a
+test to write), ERROR (the tests could not even run: not a verdict) or MOVED (the code it names is
+not there: update the entry where the code went). The exit status is 1 unless every one is RED. Run it after a refactor to show the suite still
 guards every promise listed here; add an entry with each test that guards a new promise.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
@@ -34,10 +35,10 @@ class Mutation:
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ---- resume and checkpoints
-    Mutation("resume restores the optimizer", "cnnbench/train.py",
+    Mutation("resume restores the optimizer", "cnnbench/checkpoint.py",
              '        run.optimizer.load_state_dict(state["optimizer"])', "        pass",
              ("tests/test_reliability.py", "-k", "given_checkpoint or kill_and_resume")),
-    Mutation("resume restores the scheduler", "cnnbench/train.py",
+    Mutation("resume restores the scheduler", "cnnbench/checkpoint.py",
              '        run.scheduler.load_state_dict(state["scheduler"])', "        pass",
              ("tests/test_reliability.py", "-k", "given_checkpoint or kill_and_resume")),
     Mutation("checkpoints restore Python's RNG", "cnnbench/checkpoint.py",
@@ -47,12 +48,12 @@ MUTATIONS: tuple[Mutation, ...] = (
              "    if cfg.trainer.checkpoint and run.dist.is_main:",
              "    if cfg.trainer.checkpoint and run.dist.is_main and epoch % 2 == 0:",
              ("tests/test_reliability.py", "-k", "last_pt")),
-    Mutation("a resumed sweep continues an interrupted job", "cnnbench/launch.py",
+    Mutation("a resumed sweep continues an interrupted job", "cnnbench/sweeps.py",
              '            cfg.trainer.resume = "auto"', "            cfg.trainer.resume = None",
              ("tests/test_sweeps.py", "-k", "continues_an_interrupted")),
-    Mutation("a rerun sweep job keeps its previous summary", "cnnbench/launch.py",
-             '    shutil.copyfile(summary_path, run_dir / "summary.previous.json")',
-             '    (run_dir / "summary.previous.json").write_text("{}")',
+    Mutation("a rerun sweep job keeps its previous summary", "cnnbench/sweeps.py",
+             "    shutil.copyfile(summary_path, run_dir / PREVIOUS_SUMMARY)",
+             '    (run_dir / PREVIOUS_SUMMARY).write_text("{}")',
              ("tests/test_sweeps.py", "-k", "skips_completed")),
     # ---- signals
     Mutation("SIGUSR2 stops gracefully", "cnnbench/signals.py",
@@ -73,26 +74,25 @@ MUTATIONS: tuple[Mutation, ...] = (
              "rlog = RunLogger(run_dir, enabled=main,", "rlog = RunLogger(run_dir, enabled=True,",
              ("tests/test_distributed.py", "-k", "two_processes")),
     # ---- speed options
-    Mutation("channels_last reaches model and batches", "cnnbench/train.py",
+    Mutation("channels_last reaches model and batches", "cnnbench/build.py",
              "    if speed.channels_last:", "    if False:",
              ("tests/test_speed.py", "-k", "takes_effect and channels_last")),
-    Mutation("fused optimizer steps", "cnnbench/engine.py",
-             '    extra = {"fused": True} if fused else {}', "    extra = {}",
+    Mutation("fused optimizer steps", "cnnbench/optim.py",
+             '(cfg, params, {"fused": True} if fused else {})', "(cfg, params, {})",
              ("tests/test_speed.py", "-k", "takes_effect and fused")),
-    Mutation("device.num_threads", "cnnbench/train.py",
+    Mutation("device.num_threads", "cnnbench/build.py",
              "        torch.set_num_threads(int(cfg.device.num_threads))", "        pass",
              ("tests/test_speed.py", "-k", "num_threads")),
     Mutation("bf16 autocast", "cnnbench/engine.py",
              '        if self.name == "fp32":', "        if True:",
              ("tests/test_speed.py", "-k", "takes_effect and bf16")),
-    Mutation("autotune keeps the fastest candidate", "cnnbench/engine.py",
+    Mutation("autotune keeps the fastest candidate", "cnnbench/speed.py",
              "    best = max(candidates, key=", "    best = min(candidates, key=",
              ("tests/test_speed.py", "-k", "autotune")),
-    Mutation("device.index reaches the device choice", "cnnbench/train.py",
-             '        device = resolve_device(cfg.device.type, cfg.device.get("index"))',
-             "        device = resolve_device(cfg.device.type, None)",
+    Mutation("device.index reaches the device choice", "cnnbench/build.py",
+             'cfg.device.type, cfg.device.get("index"))', "cfg.device.type, None)",
              ("tests/test_speed.py", "-k", "device_index")),
-    Mutation("device.index is taken modulo the GPU count", "cnnbench/engine.py",
+    Mutation("device.index is taken modulo the GPU count", "cnnbench/devices.py",
              "0 if index is None else int(index) % torch.cuda.device_count()", "0",
              ("tests/test_speed.py", "-k", "device_index")),
     Mutation("bench falls back to generated data", "cnnbench/bench.py",
@@ -108,6 +108,14 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("the book's loop applies Xavier init", "cnnbench/book.py",
              "    net.apply(init_weights)", "    pass",
              ("tests/test_book.py", "-k", "hand_computed")),
+    # ---- checks before launch
+    Mutation("optimizer and schedule names are checked before launch", "cnnbench/validate.py",
+             "    _check_names(cfg)\n", "    pass\n",
+             ("tests/test_optim.py", "-k", "refused_before")),
+    Mutation("an output folder that cannot be made is refused", "cnnbench/validate.py",
+             'tempfile.mkdtemp(prefix=".cnnbench-write-check-", dir=existing)',
+             'tempfile.mkdtemp(prefix=".cnnbench-write-check-")',
+             ("tests/test_reliability.py", "-k", "virtual_file_system")),
     # ---- describing models, finding data
     Mutation("FLOPs are per image", "cnnbench/describe.py",
              "    return int(counter.get_total_flops())", "    return int(counter.get_total_flops()) // 2",
@@ -136,7 +144,9 @@ def run(m: Mutation) -> tuple[str, str]:
     last = (proc.stdout.strip().splitlines() or [""])[-1]
     if proc.returncode == 5:
         return "NO TESTS", last
-    return ("RED" if proc.returncode else "SURVIVED"), last
+    if proc.returncode == 1 and " failed" in last:
+        return "RED", last  # a test ran and failed: the promise is guarded
+    return ("SURVIVED" if proc.returncode == 0 else "ERROR"), last  # ERROR: collection or usage broke
 
 
 def main() -> int:
@@ -144,6 +154,8 @@ def main() -> int:
     parser.add_argument("filter", nargs="?", default="", help="only mutations whose name contains this")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
     args = parser.parse_args()
+    # A SIGTERM (a killed session) must still restore the mutated file: make it an exception.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     chosen = [m for m in MUTATIONS if args.filter in m.name]
     if args.list:
         for m in chosen:

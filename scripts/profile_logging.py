@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 import cnnbench.engine as engine
 from cnnbench.config import compose_config
 from cnnbench.engine import LoopHooks, log_points, train_one_epoch
-from cnnbench.train import setup
+from cnnbench.build import build_run
 
 
 def epoch_seconds(run, points: set[int], epoch: int) -> float:
@@ -33,7 +33,7 @@ def epoch_seconds(run, points: set[int], epoch: int) -> float:
 def main(overrides: list[str]) -> None:
     cfg = compose_config(["trainer.progress_bar=false", *overrides])
     with tempfile.TemporaryDirectory() as tmp:
-        run = setup(cfg, Path(tmp))
+        run = build_run(cfg, Path(tmp))
         n = len(run.train_loader)
         points = log_points(n, int(cfg.trainer.logs_per_epoch))
         epoch_seconds(run, points, 0)  # warm-up

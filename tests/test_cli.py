@@ -72,3 +72,11 @@ def test_models_pattern_matching_nothing_prints_only_the_header(capsys):
     captured = capsys.readouterr()
     assert _table_names(captured.out) == [] and len(captured.out.strip("\n").splitlines()) == 2
     assert captured.err == ""
+
+
+def test_train_help_names_the_command():
+    out = subprocess.run(cli("train", "--help"), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    first = out.stdout.splitlines()[0]
+    assert first.startswith("cnnbench train: train one of the book's networks") and "powered by Hydra" not in first
+    assert "experiment: d2l_alexnet" in out.stdout  # Hydra's list of config groups follows

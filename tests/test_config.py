@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cnnbench.build import image_size
 from cnnbench.config import compose_config, config_dir
 from cnnbench.models import list_models
 
@@ -43,7 +44,7 @@ RECIPES = {  # D2L chapters 6-8: model, lr, batch size, resize
 def test_experiments_are_the_books_recipes(experiment):
     cfg = compose_config([f"experiment={experiment}"])
     model, lr, batch, resize = RECIPES[experiment]
-    assert (cfg.model.name, cfg.optimizer.lr, cfg.trainer.batch_size, cfg.dataset.resize) == (model, lr, batch, resize)
+    assert (cfg.model.name, cfg.optimizer.lr, cfg.trainer.batch_size, image_size(cfg)) == (model, lr, batch, resize)
     assert cfg.optimizer.name == "sgd" and cfg.optimizer.momentum == 0 and cfg.optimizer.weight_decay == 0
     assert cfg.trainer.epochs == 10 and cfg.trainer.init == "xavier" and cfg.scheduler.name == "none"
 
@@ -57,7 +58,7 @@ def test_defaults_are_the_lenet_recipe():
     for key in ("model", "optimizer", "scheduler"):
         assert default[key] == lenet[key]
     assert default.trainer == lenet.trainer
-    assert (default.dataset.resize or 28) == lenet.dataset.resize
+    assert image_size(default) == image_size(lenet) == 28
 
 
 def test_vgg11_divides_widths_by_four():

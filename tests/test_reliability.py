@@ -362,6 +362,17 @@ def test_cuda_without_a_gpu_is_refused(capsys, tmp_path):
     assert "device=cuda was asked for but no CUDA device is available" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
+def test_output_folder_on_a_virtual_file_system_is_refused(capsys):
+    """/proc passes a permission check for root, yet no folder can be made there: one line, exit 2."""
+    assert main(["train", "hydra.run.dir=/proc/cnnbench-test/run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err]
+    assert err.startswith("cnnbench train: error: cannot create the output folder /proc/cnnbench-test/run: /proc "
+                          "does not accept new folders (")
+    assert not Path("/proc/cnnbench-test").exists()
+
+
 def test_unwritable_output_folder_is_refused(capsys, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")

@@ -130,11 +130,11 @@ def _fake_timer(seconds_per_step: dict[tuple[str, bool], float]):
 
 @pytest.mark.parametrize("fastest", [("bf16", True), ("fp32", False), ("bf16", False), ("fp32", True)])
 def test_autotune_uses_the_fastest_candidate(fake_data, tmp_path, plain, monkeypatch, fastest):
-    import cnnbench.engine as engine
+    import cnnbench.speed as speed
 
     times = {(p, c): 1.0 for p in ("fp32", "bf16") for c in (False, True)}
     times[fastest] = 0.5
-    monkeypatch.setattr(engine, "_time_steps", _fake_timer(times))
+    monkeypatch.setattr(speed, "time_steps", _fake_timer(times))
     run = first_losses(fake_data, tmp_path, "device=fast", "device.type=cpu", "device.channels_last=auto")
     tuning = run.summary["speed"]["tuning"]
     assert set(tuning) == {"fp32", "fp32+channels_last", "bf16", "bf16+channels_last"}
@@ -189,7 +189,7 @@ def test_bench_defaults_to_the_eight_book_recipes_in_chapter_order():
 
 def test_device_index_picks_a_gpu_modulo_the_gpu_count(monkeypatch):
     """Parallel sweep jobs pass device.index=${hydra:job.num}: job 4 on a 3-GPU machine gets cuda:1."""
-    from cnnbench.engine import resolve_device
+    from cnnbench.devices import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
@@ -200,16 +200,16 @@ def test_device_index_picks_a_gpu_modulo_the_gpu_count(monkeypatch):
 
 
 def test_device_index_reaches_the_device_choice(fake_data, tmp_path, monkeypatch):
-    import cnnbench.train as train_module
+    import cnnbench.build as build_module
 
     asked = []
-    real = train_module.resolve_device
+    real = build_module.resolve_device
 
     def spy(kind, index=None):
         asked.append((kind, index))
         return real(kind, index)
 
-    monkeypatch.setattr(train_module, "resolve_device", spy)
+    monkeypatch.setattr(build_module, "resolve_device", spy)
     summary = train(compose_fast(fake_data, "device.index=2", "trainer.limit_train_batches=1",
                                  "trainer.limit_eval_batches=1"), tmp_path)
     assert summary["status"] == "completed"

@@ -105,10 +105,11 @@ def test_resumed_sweep_skips_completed_jobs(fake_data, tmp_path):
 def test_resumed_sweep_continues_an_interrupted_job_from_its_checkpoint(fake_data, tmp_path):
     """SIGTERM during job 0: it stops with last.pt, the sweep runs job 1; resume_sweep=true then continues
     job 0 from its checkpoint (not from scratch) to the weights of a run never stopped, and skips job 1."""
-    fixed = ["trainer.batch_size=16", "trainer.deterministic=true", "trainer.epochs=40"]
+    fixed = ["trainer.batch_size=16", "trainer.deterministic=true", "trainer.epochs=4"]
     out = tmp_path / "sweep"
-    proc = subprocess.Popen(sweep_args(fake_data, out, "optimizer.lr=0.3,0.5", *fixed), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    # The sweep's steps are slowed (SLOWED_STEPS), so job 0 is still running when the signal comes.
+    args = [sys.executable, "-c", SLOWED_STEPS, *sweep_args(fake_data, out, "optimizer.lr=0.3,0.5", *fixed)[3:]]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     job0 = out / "0_optimizer.lr=0.3"
     try:
         deadline = time.time() + 300
@@ -120,7 +121,7 @@ def test_resumed_sweep_continues_an_interrupted_job_from_its_checkpoint(fake_dat
         stop_process(proc)
     assert proc.returncode == 1, first_out  # one job interrupted: the sweep did not complete
     stopped = json.loads((job0 / "summary.json").read_text())
-    assert stopped["status"] == "interrupted" and 1 <= stopped["epochs_completed"] < 40
+    assert stopped["status"] == "interrupted" and 1 <= stopped["epochs_completed"] < 4
     assert summaries(out)["1_optimizer.lr=0.5"]["status"] == "completed"
 
     again = sweep(fake_data, out, "optimizer.lr=0.3,0.5", *fixed, "resume_sweep=true")
@@ -133,6 +134,19 @@ def test_resumed_sweep_continues_an_interrupted_job_from_its_checkpoint(fake_dat
     expected = torch.load(tmp_path / "reference" / "last.pt", weights_only=True)["model"]
     assert all(torch.allclose(resumed[k], expected[k], atol=1e-6, rtol=0) for k in expected)
     assert json.loads((job0 / "summary.json").read_text())["test/acc"] == reference["test/acc"]
+
+
+# `cnnbench ...` with every training step made 50 ms longer (a sleep before the first conv's forward pass).
+SLOWED_STEPS = """
+import sys, time
+import torch
+def slow(module, args):
+    if isinstance(module, torch.nn.Conv2d) and module.in_channels == 1 and module.training:
+        time.sleep(0.05)
+torch.nn.modules.module.register_module_forward_pre_hook(slow)
+from cnnbench.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def _text(path: Path) -> str:

@@ -94,6 +94,7 @@ def test_cli_run_and_multirun(fake_data, tmp_path):
     out = single.stdout + single.stderr
     assert "examples/sec on cpu" in out and "test acc" in out
     assert (tmp_path / "single" / ".hydra" / "config.yaml").is_file()
+    assert "examples/sec on cpu" in (tmp_path / "single" / "train.log").read_text()  # the README's name
 
     sweep = tmp_path / "sweep"
     multi = subprocess.run(cli("train", "-m", "model=lenet,lenet_bn", *common, f"hydra.sweep.dir={sweep}"),

@@ -54,6 +54,10 @@ class DeviceLoader:
     def num_examples(self) -> int:
         return int(self.labels.shape[0])
 
+    def batches_per_epoch(self, limit: int | None = None) -> int:
+        """Batches an epoch runs: all of them, or at most ``limit`` (``trainer.limit_*_batches``)."""
+        return len(self) if limit is None else min(int(limit), len(self))
+
     def permutation(self, epoch: int) -> torch.Tensor:
         """Indices of ``epoch`` in the order they are visited, (N,) int64 on the device."""
         n = self.num_examples
@@ -65,7 +69,7 @@ class DeviceLoader:
     def batches(self, epoch: int, start: int = 0, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start`` .. ``limit`` (exclusive) of ``epoch``: x (B, 1, S, S) float, y (B,) int64."""
         order = self.permutation(epoch)
-        stop = len(self) if limit is None else min(limit, len(self))
+        stop = self.batches_per_epoch(limit)
         for i in range(start, stop):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             if self.world_size > 1:

@@ -8,6 +8,7 @@ from .registry import (
     UnknownModelError,
     build_model,
     get_model_spec,
+    input_side,
     list_models,
     register_model,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "UnknownModelError",
     "build_model",
     "get_model_spec",
+    "input_side",
     "list_models",
     "register_model",
 ]

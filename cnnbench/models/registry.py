@@ -25,6 +25,7 @@ __all__ = [
     "list_models",
     "get_model_spec",
     "check_min_size",
+    "input_side",
 ]
 
 
@@ -101,6 +102,12 @@ def get_model_spec(name: str) -> ModelSpec:
         raise UnknownModelError(f"unknown model {name!r}.{hint} Valid names: {valid}") from None
 
 
+def input_side(name: str, resize: int | None = None) -> int:
+    """The input side (pixels) a run of ``name`` uses: ``resize`` (``dataset.resize``) when given, else
+    the resolution the book trains that network at. The one place this rule is written."""
+    return int(resize) if resize else get_model_spec(name).book_resolution
+
+
 def check_min_size(name: str, image_size: int, min_size: int) -> None:
     """Fail early, with the smallest size that works, when ``image_size`` is too small."""
     if image_size < min_size:
@@ -124,6 +131,6 @@ def build_model(
     the fully connected layers whose width depends on the input (LeNet's 16*5*5, AlexNet's 6400).
     """
     spec = get_model_spec(name)
-    size = spec.book_resolution if image_size is None else int(image_size)
+    size = input_side(name, image_size)
     check_min_size(name, size, spec.min_resolution)
     return spec.factory(in_channels=in_channels, num_classes=num_classes, image_size=size, **kwargs)

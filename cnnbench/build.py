@@ -1,0 +1,162 @@
+"""Everything a run needs before its first step, built from the composed config.
+
+``build_run(cfg, run_dir)`` makes, in order: the device, the seeds, the model (with the book's weight
+initialization), the data loaders on the device, the speed settings (autotuned where ``auto``), the DDP
+wrapper under torchrun, the optimizer and the schedule. The result is a :class:`Run`, the live objects
+the loop in :mod:`cnnbench.train` works with.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from .checkpoint import RunState
+from .data import DeviceLoader, load_splits
+from .describe import count_parameters, forward_flops
+from .devices import resolve_device
+from .distributed import DistContext, broadcast_object
+from .engine import Precision
+from .errors import ConfigError
+from .models import build_model, input_side
+from .optim import build_optimizer, build_scheduler
+from .speed import SpeedSettings, resolve_speed
+from .validate import check_global_batch, validate_config
+
+INIT_SCHEMES = ("xavier", "default")
+
+
+@dataclass
+class Run:
+    """The live objects of one run."""
+
+    cfg: DictConfig
+    run_dir: Path
+    device: torch.device
+    model: nn.Module  # what is trained (maybe wrapped in DDP, maybe compiled)
+    raw_model: nn.Module  # the nn.Module whose state_dict is saved
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a LambdaLR, or None for a constant rate
+    precision: Precision
+    train_loader: DeviceLoader
+    test_loader: DeviceLoader
+    params: int
+    flops: int  # forward FLOPs per image
+    speed: SpeedSettings
+    dist: DistContext = field(default_factory=DistContext)
+    state: RunState = field(default_factory=RunState)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.train_loader.batches_per_epoch(self.cfg.trainer.limit_train_batches)
+
+
+def image_size(cfg: DictConfig) -> int:
+    """The input side (pixels): ``dataset.resize``, or the model's book resolution when it is null."""
+    return input_side(cfg.model.name, cfg.dataset.resize)
+
+
+def model_kwargs(cfg: DictConfig) -> dict:
+    """The ``model`` group minus its name: the factory's keyword arguments."""
+    return {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
+
+
+def model_from_config(cfg: DictConfig) -> nn.Module:
+    """The configured network, sized for the dataset's channels, classes and the run's input side."""
+    return build_model(cfg.model.name, in_channels=cfg.dataset.in_channels, num_classes=cfg.dataset.num_classes,
+                       image_size=image_size(cfg), **model_kwargs(cfg))
+
+
+def init_weights(model: nn.Module, scheme: str) -> None:
+    """``xavier``: the book's init_weights (Xavier-uniform on every Linear and Conv2d weight);
+    ``default``: PyTorch's own initialization, left as it is."""
+    if scheme not in INIT_SCHEMES:
+        raise ConfigError(f"unknown trainer.init {scheme!r}; use xavier or default")
+    if scheme == "default":
+        return
+    for m in model.modules():
+        if type(m) in (nn.Linear, nn.Conv2d):  # exact types, as the book's type(m) == ... test
+            nn.init.xavier_uniform_(m.weight)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch; optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(deterministic)  # process-wide: set both ways for in-process runs
+
+
+def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = DistContext()) -> Run:
+    """Build device, data, model, optimizer and scheduler for ``cfg`` (this rank's share under DDP)."""
+    validate_config(cfg)
+    check_global_batch(int(cfg.trainer.batch_size), ctx.world_size)
+    device = torch.device("cuda", ctx.local_rank) if ctx.backend == "nccl" else resolve_device(
+        cfg.device.type, cfg.device.get("index"))
+    if cfg.device.num_threads:
+        torch.set_num_threads(int(cfg.device.num_threads))
+    seed_everything(int(cfg.trainer.seed), bool(cfg.trainer.deterministic))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(cfg.device.cudnn_benchmark) and not cfg.trainer.deterministic
+    size = image_size(cfg)
+    raw_model = model_from_config(cfg)
+    init_weights(raw_model, cfg.trainer.init)
+    params, flops = count_parameters(raw_model), forward_flops(raw_model, cfg.dataset.in_channels, size)
+    train_loader, test_loader = build_loaders(cfg, device, size, ctx)
+    raw_model.to(device)
+    speed = resolve_speed(cfg.device, device, raw_model, train_loader, bool(cfg.trainer.deterministic))
+    speed = broadcast_object(speed, ctx)  # every rank uses rank 0's choice
+    if speed.channels_last:
+        raw_model.to(memory_format=torch.channels_last)
+        train_loader.channels_last = test_loader.channels_last = True
+    model = wrap_ddp(raw_model, cfg, ctx, device)
+    raw_model = model.module if ctx.enabled else raw_model  # SyncBatchNorm conversion makes a new module
+    model = torch.compile(model) if speed.compile else model
+    optimizer = build_optimizer(cfg.optimizer, raw_model.parameters(), fused=speed.fused_optimizer)
+    batches = train_loader.batches_per_epoch(cfg.trainer.limit_train_batches)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, batches, int(cfg.trainer.epochs))
+    precision = Precision.create(speed.precision, device)
+    return Run(cfg, run_dir, device, model, raw_model, optimizer, scheduler, precision,
+               train_loader, test_loader, params, flops, speed, ctx)
+
+
+def build_loaders(cfg: DictConfig, device: torch.device, size: int,
+                  ctx: DistContext) -> tuple[DeviceLoader, DeviceLoader]:
+    """Train and test loaders: each split once on the device, this rank's share of every batch."""
+    train_split, test_split = load_splits(cfg.dataset)
+    normalize = (float(cfg.dataset.mean), float(cfg.dataset.std)) if cfg.dataset.normalize else None
+    common = dict(device=device, resize=size, normalize=normalize, rank=ctx.rank, world_size=ctx.world_size)
+    train_loader = DeviceLoader(train_split, int(cfg.trainer.batch_size), shuffle=True,
+                                seed=int(cfg.trainer.seed), **common)
+    eval_bs = int(cfg.trainer.eval_batch_size or cfg.trainer.batch_size)
+    return train_loader, DeviceLoader(test_split, eval_bs, shuffle=False, **common)
+
+
+def check_sync_batchnorm(cfg: DictConfig) -> None:
+    """PyTorch's SyncBatchNorm runs only on CUDA devices; say so before anything starts."""
+    if cfg.trainer.get("sync_batchnorm") and (str(cfg.device.type) == "cpu" or not torch.cuda.is_available()):
+        raise ConfigError("trainer.sync_batchnorm=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
+                          "implementation); on CPUs each process keeps its own BatchNorm statistics")
+
+
+def wrap_ddp(model: nn.Module, cfg: DictConfig, ctx: DistContext, device: torch.device) -> nn.Module:
+    """DistributedDataParallel around ``model`` (optionally with SyncBatchNorm) when under torchrun."""
+    if not ctx.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    check_sync_batchnorm(cfg)
+    if cfg.trainer.get("sync_batchnorm"):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -1,0 +1,86 @@
+"""A run's ``summary.json``: what it reached or why it stopped, and the lines the console ends with.
+
+(The ``cnnbench summary`` command, which prints a network's layer shapes, is :mod:`cnnbench.describe`.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig
+
+from . import __version__
+from .build import Run, image_size
+from .checkpoint import RunState
+from .devices import device_name
+from .errors import TrainingDiverged
+
+logger = logging.getLogger("cnnbench.train")  # the closing lines belong to the train command's log
+
+
+def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall: float,
+              overrides: list[str], error: BaseException | None = None) -> dict[str, Any]:
+    """The summary.json content for any outcome (``run`` is None when set-up itself failed)."""
+    s = run.state if run is not None else RunState()
+    summary: dict[str, Any] = {
+        "status": status,
+        "error": None if error is None else f"{type(error).__name__}: {error}",
+        "traceback": None if error is None or isinstance(error, TrainingDiverged)
+        else "".join(traceback.format_exception(error)),
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "resize": _safe(lambda: image_size(cfg)),
+        "epochs": int(cfg.trainer.epochs),
+        "epochs_completed": s.epoch,
+        "steps": s.step,
+        "train/loss": s.last_train.get("train/loss"),
+        "train/acc": s.last_train.get("train/acc"),
+        "test/acc": s.last_test_acc,
+        "best/test_acc": s.best_test_acc,
+        "wall_time_s": wall,
+        "train_time_s": s.train_time_s,
+        "examples_per_sec": s.train_examples / s.train_time_s if s.train_time_s else None,
+        "params": run.params if run else None,
+        "flops_per_image": run.flops if run else None,
+        "device": device_name(run.device) if run else str(cfg.device.type),
+        "precision": run.speed.precision if run else cfg.device.precision,
+        "speed": dataclasses.asdict(run.speed) if run else None,
+        "seed": int(cfg.trainer.seed),
+        "deterministic": bool(cfg.trainer.deterministic),
+        "warnings": s.warnings,
+        "overrides": overrides,
+        "run_dir": str(run_dir),
+        "world_size": run.dist.world_size if run else 1,
+        "backend": run.dist.backend if run else None,
+        "torch_version": torch.__version__,
+        "cnnbench_version": __version__,
+        "python_version": platform.python_version(),
+    }
+    if isinstance(error, TrainingDiverged):
+        summary.update({"diverged_at_step": error.step, "diverged_loss": error.loss,
+                        "last_finite_loss": error.last_finite_loss})
+    return summary
+
+
+def _safe(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception:  # the summary of a failed run must never fail itself
+        return None
+
+
+def closing_lines(summary: dict[str, Any]) -> None:
+    """The book's two closing lines (loss and accuracies; examples/sec), then where everything went."""
+    if summary["status"] == "completed":
+        logger.info("loss %.3f, train acc %.3f, test acc %.3f",
+                    summary["train/loss"], summary["train/acc"], summary["test/acc"])
+        logger.info("%.1f examples/sec on %s", summary["examples_per_sec"] or 0.0, summary["device"])
+    else:
+        logger.error("run %s: %s", summary["status"], summary["error"] or "")
+    logger.info("run folder: %s", summary["run_dir"])
