@@ -54,6 +54,20 @@ def fake_fashion_mnist(root: Path, n_train: int = 60_000, n_test: int = 10_000) 
     return root
 
 
+def book_readable_root(found: Path, scratch: Path) -> Path:
+    """A data root that torchvision's ``FashionMNIST`` (the book's reader) can open: the root above
+    ``found`` when it holds the four plain files in ``<root>/FashionMNIST/raw``, else a plain copy in
+    ``scratch`` (torchvision reads neither ``.gz`` files nor other layouts)."""
+    from .data.idx import IDX_FILES, idx_path, is_gzipped, write_plain_copy
+
+    plain = not any(is_gzipped(idx_path(found, name)) for pair in IDX_FILES.values() for name in pair)
+    if plain and found.name == "raw" and found.parent.name == "FashionMNIST":
+        return found.parent.parent
+    logger.info("writing plain copies of the IDX files in %s into %s for the book's reader", found, scratch)
+    write_plain_copy(found, scratch / "FashionMNIST" / "raw")
+    return scratch
+
+
 def cnnbench_steady(cfg, warmup: int, steps: int) -> dict:
     """Examples/sec of cnnbench's loop over ``steps`` steps after ``warmup`` steps."""
     from .build import build_run
@@ -185,8 +199,8 @@ def cmd_bench(argv: Sequence[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         found = None if args.fake_data else find_data_root("FashionMNIST", args.data)
-        root = found.parent.parent if found is not None and found.name == "raw" else found
-        source = str(root)
+        root = None if found is None else book_readable_root(found, Path(tmp) / "plain")
+        source = str(found)
         if root is None:
             logger.info("no Fashion-MNIST found: timing on generated data of the same shape")
             root, source = fake_fashion_mnist(Path(tmp)), "generated"

@@ -10,6 +10,7 @@ import difflib
 import os
 import struct
 import tempfile
+import zlib
 from numbers import Number
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -72,15 +73,15 @@ def check_global_batch(batch_size: int, world_size: int) -> None:
 
 
 def _train_size(cfg: DictConfig) -> int | None:
-    from .data.idx import IDX_FILES, find_data_root
+    from .data.idx import IDX_FILES, find_data_root, idx_path, open_idx
 
     folder = find_data_root(str(cfg.dataset.folder), cfg.dataset.root) if cfg.dataset.name != "fashion_mnist_mini" else None
-    if folder is not None:
-        labels = folder / IDX_FILES["train"][1]
+    labels = None if folder is None else idx_path(folder, IDX_FILES["train"][1])  # plain or .gz
+    if labels is not None:
         try:
-            with labels.open("rb") as f:
+            with open_idx(labels) as f:
                 return struct.unpack(">II", f.read(8))[1]
-        except (OSError, struct.error):
+        except (OSError, EOFError, zlib.error, struct.error):  # a damaged .gz included
             return None  # the data checks report a broken file with its own message
     return KNOWN_TRAIN_SIZES.get(str(cfg.dataset.name))
 

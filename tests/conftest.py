@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import struct
@@ -46,6 +47,20 @@ def write_fake_dataset(root: Path, n_train: int = 256, n_test: int = 128, folder
     return root
 
 
+def gzip_dataset(source: Path, target: Path, folder: str = "FashionMNIST", keep_plain: tuple[str, ...] = ()) -> Path:
+    """A copy of ``source``'s four IDX files under ``target`` in torchvision's layout, gzipped
+    (``NAME.gz``) except those named in ``keep_plain``; returns ``target``."""
+    src, dst = source / folder / "raw", target / folder / "raw"
+    dst.mkdir(parents=True, exist_ok=True)
+    for path in sorted(src.glob("*-ubyte")):
+        data = path.read_bytes()
+        if path.name in keep_plain:
+            (dst / path.name).write_bytes(data)
+        else:
+            (dst / f"{path.name}.gz").write_bytes(gzip.compress(data, mtime=0))
+    return target
+
+
 @pytest.fixture(scope="session")
 def fake_data(tmp_path_factory) -> Path:
     """A small Fashion-MNIST look-alike (256 train, 128 test images)."""
@@ -63,8 +78,10 @@ def no_data_env(monkeypatch, tmp_path):
 
 def real_data_root() -> Path | None:
     """Full Fashion-MNIST for the realdata tests: $CNNBENCH_DATA or ../shared/data."""
+    from cnnbench.data.idx import idx_path
+
     for candidate in (os.environ.get("CNNBENCH_DATA"), SHARED_DATA):
-        if candidate and (Path(candidate) / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        if candidate and idx_path(Path(candidate) / "FashionMNIST" / "raw", "train-images-idx3-ubyte"):  # plain or .gz
             return Path(candidate)
     return None
 

@@ -1,7 +1,8 @@
-"""Reading IDX files, finding the data, and device-resident batches."""
+"""Reading IDX files (plain or gzipped), finding the data, and device-resident batches."""
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,11 @@ from omegaconf import OmegaConf
 
 from cnnbench.config import compose_config
 from cnnbench.data import DeviceLoader, find_data_root, load_splits
-from cnnbench.data.idx import candidate_roots, load_mini
-from cnnbench.errors import DataError
+from cnnbench.data.idx import candidate_roots, load_mini, read_split
+from cnnbench.errors import ConfigError, DataError
+from cnnbench.validate import check_values
 
-from .conftest import write_fake_dataset
+from .conftest import compose_fast, gzip_dataset, write_fake_dataset
 
 
 def dataset_cfg(root=None, name="fashion_mnist", download=False):
@@ -129,3 +131,99 @@ def test_normalize_option(fake_data, no_data_env):
     plain = next(DeviceLoader(train, 8, torch.device("cpu"), shuffle=False).batches(0))[0]
     normed = next(DeviceLoader(train, 8, torch.device("cpu"), shuffle=False, normalize=(0.5, 0.25)).batches(0))[0]
     assert torch.allclose(normed, (plain - 0.5) / 0.25)
+
+
+# ------------------------------------------------------------------------------------------ gzipped files
+
+
+def _raw_files(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "FashionMNIST" / "raw").iterdir())
+
+
+def test_gzipped_copy_reads_identically(fake_data, no_data_env, tmp_path):
+    gz = gzip_dataset(fake_data, tmp_path / "gz")
+    assert all(name.endswith("-ubyte.gz") for name in _raw_files(gz)) and len(_raw_files(gz)) == 4
+    for plain, zipped in zip(load_splits(dataset_cfg(fake_data)), load_splits(dataset_cfg(gz))):
+        assert zipped.images.dtype == plain.images.dtype and zipped.labels.dtype == plain.labels.dtype
+        assert torch.equal(zipped.images, plain.images) and torch.equal(zipped.labels, plain.labels)
+
+
+def test_search_finds_a_folder_with_only_gzipped_files(fake_data, no_data_env, monkeypatch, tmp_path):
+    gz = gzip_dataset(fake_data, tmp_path / "gz")
+    assert find_data_root("FashionMNIST", str(gz)) == gz / "FashionMNIST" / "raw"
+    monkeypatch.setenv("CNNBENCH_DATA", str(gz))
+    assert find_data_root("FashionMNIST", None) == gz / "FashionMNIST" / "raw"
+    # each file on its own: two plain and two gzipped make a data set too
+    mixed = gzip_dataset(fake_data, tmp_path / "mixed", keep_plain=("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+    assert find_data_root("FashionMNIST", str(mixed)) == mixed / "FashionMNIST" / "raw"
+    assert torch.equal(load_splits(dataset_cfg(mixed))[0].images, load_splits(dataset_cfg(fake_data))[0].images)
+    # but all four must be there, in one form or the other
+    (gz / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").unlink()
+    assert find_data_root("FashionMNIST", str(gz)) is None
+
+
+def test_plain_file_is_preferred_to_its_gzipped_copy(no_data_env, tmp_path):
+    """Both forms of every file, holding different images: the plain ones are read."""
+    both = write_fake_dataset(tmp_path / "both", n_train=40, n_test=20, seed=0)
+    plain_images = load_splits(dataset_cfg(both))[0].images
+    other = write_fake_dataset(tmp_path / "other", n_train=40, n_test=20, seed=1)
+    gzip_images = load_splits(dataset_cfg(other))[0].images
+    assert not torch.equal(plain_images, gzip_images)
+    gzip_dataset(other, both)  # the .gz files land beside the plain ones
+    assert len(_raw_files(both)) == 8
+    assert torch.equal(load_splits(dataset_cfg(both))[0].images, plain_images)
+    (both / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").unlink()  # now the .gz one is read
+    assert torch.equal(load_splits(dataset_cfg(both))[0].images, gzip_images)
+
+
+def _regzip(mutate_idx=lambda b: b, mutate_gz=lambda b: b):
+    """Mutate the IDX bytes, gzip them, then mutate the compressed bytes."""
+    return lambda plain: mutate_gz(gzip.compress(mutate_idx(plain), mtime=0))
+
+
+def _flip_middle(b: bytes) -> bytes:
+    mid = len(b) // 2
+    return b[:mid] + bytes(x ^ 0xFF for x in b[mid:mid + 16]) + b[mid + 16:]
+
+
+@pytest.mark.parametrize("name,mutate,message", [
+    ("train-images-idx3-ubyte", _regzip(mutate_gz=lambda b: b[: len(b) // 2]), "not a readable gzip file"),
+    ("train-images-idx3-ubyte", _regzip(mutate_gz=_flip_middle), "not a readable gzip file"),
+    ("train-labels-idx1-ubyte", _regzip(mutate_gz=lambda b: b[:-4]), "not a readable gzip file"),  # no length
+    ("train-labels-idx1-ubyte", lambda plain: plain, "not a readable gzip file"),  # plain bytes named .gz
+    ("train-images-idx3-ubyte", _regzip(lambda b: b[:-100]),
+     "truncated: 200620 bytes, expected 200720 for dimensions (256, 28, 28) after decompression"),
+    ("train-images-idx3-ubyte", _regzip(lambda b: b"\x00\x00\x08\x01" + b[4:]), "wrong magic number 0x00000801"),
+    ("train-images-idx3-ubyte", _regzip(lambda b: b + b"\x00" * 10), "longer than its header says"),
+    ("train-labels-idx1-ubyte", _regzip(lambda b: b[:8] + bytes([42]) + b[9:]), "1 labels outside 0..9"),
+    ("train-labels-idx1-ubyte", _regzip(lambda b: b[:5]), "shorter than its 8-byte IDX header"),
+    ("train-labels-idx1-ubyte", _regzip(lambda b: b[:4] + (250).to_bytes(4, "big") + b[8:258]),
+     "holds 256 images but"),
+])
+def test_damaged_gzipped_files_are_refused_naming_the_file(tmp_path, name, mutate, message):
+    """One DataError naming the .gz file and the problem, never a zlib/EOFError traceback."""
+    raw = write_fake_dataset(tmp_path, n_train=256, n_test=32) / "FashionMNIST" / "raw"
+    gz = raw / f"{name}.gz"
+    gz.write_bytes(mutate((raw / name).read_bytes()))
+    (raw / name).unlink()
+    with pytest.raises(DataError) as err:
+        read_split(raw, "train", 10)
+    assert str(gz) in str(err.value) and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_gzipped_bytes_under_a_plain_name_get_a_hint(tmp_path):
+    raw = write_fake_dataset(tmp_path, n_train=32, n_test=32) / "FashionMNIST" / "raw"
+    path = raw / "train-images-idx3-ubyte"
+    path.write_bytes(gzip.compress(path.read_bytes()))
+    with pytest.raises(DataError, match="wrong magic number 0x1f8b.*it is gzip-compressed: name it "
+                                         "train-images-idx3-ubyte.gz"):
+        read_split(raw, "train", 10)
+
+
+def test_batch_check_reads_the_size_of_a_gzipped_training_set(fake_data, no_data_env, tmp_path):
+    """The batch-versus-training-set check happens before training, from the .gz file's header too."""
+    gz = gzip_dataset(fake_data, tmp_path / "gz")
+    check_values(compose_fast(gz, "trainer.batch_size=256"))
+    with pytest.raises(ConfigError, match=r"trainer.batch_size=300 is larger than the training set \(256 examples"):
+        check_values(compose_fast(gz, "trainer.batch_size=300"))

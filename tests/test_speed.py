@@ -14,7 +14,7 @@ from cnnbench.bench import cmd_bench
 from cnnbench.engine import log_points
 from cnnbench.train import train
 
-from .conftest import compose_fast
+from .conftest import compose_fast, gzip_dataset
 
 
 @dataclass
@@ -178,6 +178,19 @@ def test_bench_falls_back_to_generated_data(no_data_env, tmp_path, caplog):
                           "1", "--book-workers", "0", "--device", "cpu", "--out", str(out)]) == 0
     assert json.loads((out / "bench.json").read_text())["data"] == "generated"
     assert "no Fashion-MNIST found: timing on generated data" in caplog.text
+
+
+def test_bench_reads_gzipped_data_in_both_pipelines(fake_data, no_data_env, tmp_path, caplog):
+    """Only .gz files (as packed for a device machine): the book's torchvision reader gets plain copies."""
+    gz = gzip_dataset(fake_data, tmp_path / "gz")
+    out = tmp_path / "bench"
+    with caplog.at_level("INFO"):
+        assert cmd_bench(["d2l_lenet", "--data", str(gz), "--warmup", "1", "--steps", "1", "--epoch-batches", "1",
+                          "--eval-batches", "1", "--book-workers", "0", "--device", "cpu", "--out", str(out)]) == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert result["data"] == str(gz / "FashionMNIST" / "raw")
+    assert result["rows"][0]["book/examples_per_sec"] > 0
+    assert "plain copies of the IDX files" in caplog.text
 
 
 def test_bench_defaults_to_the_eight_book_recipes_in_chapter_order():

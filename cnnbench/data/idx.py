@@ -1,14 +1,26 @@
-"""Finding, checking and reading the four IDX files of an MNIST-format dataset."""
+"""Finding, checking and reading the four IDX files of an MNIST-format dataset.
+
+Each file may be plain or gzipped (``NAME.gz``, as the files are published and as torchvision's layout
+allows); the plain file wins when both exist. Fashion-MNIST's four files gzip from 55 MB to about 30 MB,
+small enough to travel with a checkout to another machine. Plain files are parsed by torchvision's
+readers (``read_image_file``, ``read_label_file``), which open them with a plain ``open()``: the .gz support
+they once had (``_open_maybe_compressed_file``) is gone. Gzipped files are decompressed in memory and go
+through the same checks, so every problem, a damaged archive included, is one :class:`DataError` naming
+the file.
+"""
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import shutil
 import struct
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -26,6 +38,8 @@ IDX_FILES: dict[str, tuple[str, str]] = {
 }
 IMAGES_MAGIC = 0x00000803  # uint8 data, 3 dimensions
 LABELS_MAGIC = 0x00000801  # uint8 data, 1 dimension
+GZIP_SUFFIX = ".gz"
+GZIP_MAGIC = 0x1F8B  # the first two bytes of every gzip file
 MINI_DATASET = "fashion_mnist_mini.npz"  # packaged sample, made by scripts/make_mini.py
 TORCHVISION_CLASSES = {"FashionMNIST": "FashionMNIST", "MNIST": "MNIST", "KMNIST": "KMNIST"}
 
@@ -47,8 +61,25 @@ def candidate_roots(root: str | None) -> list[Path]:
     return [Path(p).expanduser() for p in found if p]
 
 
+def idx_path(folder: Path, name: str) -> Path | None:
+    """``folder/name`` if it is a file, else ``folder/name.gz``, else None."""
+    for path in (folder / name, folder / f"{name}{GZIP_SUFFIX}"):
+        if path.is_file():
+            return path
+    return None
+
+
 def _files_in(folder: Path) -> bool:
-    return all((folder / name).is_file() for pair in IDX_FILES.values() for name in pair)
+    return all(idx_path(folder, name) is not None for pair in IDX_FILES.values() for name in pair)
+
+
+def is_gzipped(path: Path) -> bool:
+    return path.name.endswith(GZIP_SUFFIX)
+
+
+def open_idx(path: Path) -> BinaryIO:
+    """A binary stream of the IDX bytes, decompressing ``.gz`` files on the fly (for header peeks)."""
+    return gzip.open(path, "rb") if is_gzipped(path) else path.open("rb")
 
 
 def find_data_root(folder_name: str, root: str | None) -> Path | None:
@@ -60,35 +91,86 @@ def find_data_root(folder_name: str, root: str | None) -> Path | None:
     return None
 
 
-def _check_header(path: Path, magic: int, ndim: int) -> tuple[int, ...]:
-    """Validate magic number and length before parsing; returns the dimensions."""
-    size = path.stat().st_size
-    header = 4 * (ndim + 1)
+@dataclass
+class _IdxFile:
+    """One IDX file whose header and length were checked: its dimensions and, for gzip, its bytes."""
+
+    path: Path
+    dims: tuple[int, ...]
+    data: bytes | None  # the decompressed file for .gz; None for a plain file (torchvision reads it)
+
+    def tensor(self) -> torch.Tensor:
+        """The contents shaped ``dims`` (images uint8; labels uint8 or int64)."""
+        if self.data is None:
+            read = read_image_file if len(self.dims) == 3 else read_label_file  # labels come back int64
+            return read(str(self.path))
+        header = 4 * (len(self.dims) + 1)  # bytes: magic + one uint32 per dimension
+        return torch.frombuffer(bytearray(self.data), dtype=torch.uint8, offset=header).view(self.dims)
+
+
+def _gunzip(path: Path) -> bytes:
+    """The decompressed bytes of ``path``; a truncated or corrupt archive is one DataError naming it."""
+    compressed = path.read_bytes()
+    try:
+        return gzip.decompress(compressed)
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; a cut-off stream, EOFError
+        raise DataError(f"{path}: not a readable gzip file ({exc}); the download or copy is damaged, "
+                        "fetch the file again") from None
+
+
+def _open_checked(path: Path, magic: int, ndim: int) -> _IdxFile:
+    """Validate magic number and length before parsing (gzip: of the decompressed bytes)."""
+    header = 4 * (ndim + 1)  # bytes
+    if is_gzipped(path):
+        data = _gunzip(path)
+        size, head = len(data), data[:header]
+    else:
+        data = None
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(header)
+    note = " after decompression" if data is not None else ""
     if size < header:
-        raise DataError(f"{path}: file is {size} bytes, shorter than its {header}-byte IDX header")
-    with path.open("rb") as f:
-        found, *dims = struct.unpack(f">{ndim + 1}I", f.read(header))
+        raise DataError(f"{path}: file is {size} bytes{note}, shorter than its {header}-byte IDX header")
+    found, *dims = struct.unpack(f">{ndim + 1}I", head)
     if found != magic:
-        raise DataError(
-            f"{path}: wrong magic number 0x{found:08x} (expected 0x{magic:08x}); "
-            "not an uncompressed IDX file of this kind"
-        )
+        compressed = data is None and found >> 16 == GZIP_MAGIC
+        hint = f"; it is gzip-compressed: name it {path.name}{GZIP_SUFFIX}" if compressed else "; not an IDX file of this kind"
+        raise DataError(f"{path}: wrong magic number 0x{found:08x} (expected 0x{magic:08x}){hint}")
     expected = header + int(np.prod(dims))
     if size != expected:
         what = "truncated" if size < expected else "longer than its header says"
-        raise DataError(f"{path}: {what}: {size} bytes, expected {expected} for dimensions {tuple(dims)}")
-    return tuple(dims)
+        raise DataError(f"{path}: {what}: {size} bytes, expected {expected} for dimensions {tuple(dims)}{note}")
+    return _IdxFile(path, tuple(dims), data)
+
+
+def _file(folder: Path, name: str) -> Path:
+    """The plain or gzipped file of ``name``; the plain path when neither exists (reading it says so)."""
+    return idx_path(folder, name) or folder / name
 
 
 def read_split(folder: Path, split: str, num_classes: int) -> Split:
-    """Read and validate one split's images and labels."""
-    images_path, labels_path = (folder / name for name in IDX_FILES[split])
-    n_images, *_ = _check_header(images_path, IMAGES_MAGIC, 3)
-    (n_labels,) = _check_header(labels_path, LABELS_MAGIC, 1)
-    if n_images != n_labels:
-        raise DataError(f"{images_path} holds {n_images} images but {labels_path} holds {n_labels} labels")
-    images, labels = read_image_file(str(images_path)), read_label_file(str(labels_path)).long()
-    return _checked(Split(images, labels), str(labels_path), num_classes)
+    """Read and validate one split's images and labels (each file plain or gzipped)."""
+    images_name, labels_name = IDX_FILES[split]
+    images = _open_checked(_file(folder, images_name), IMAGES_MAGIC, 3)
+    labels = _open_checked(_file(folder, labels_name), LABELS_MAGIC, 1)
+    if images.dims[0] != labels.dims[0]:
+        raise DataError(f"{images.path} holds {images.dims[0]} images but {labels.path} holds {labels.dims[0]} labels")
+    return _checked(Split(images.tensor(), labels.tensor().long()), str(labels.path), num_classes)
+
+
+def write_plain_copy(folder: Path, dest: Path) -> Path:
+    """The four files of ``folder`` as plain IDX files in ``dest`` (for readers of plain files only, such
+    as torchvision's datasets); gzipped ones are checked and decompressed, plain ones copied."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for images_name, labels_name in IDX_FILES.values():
+        for name, magic, ndim in ((images_name, IMAGES_MAGIC, 3), (labels_name, LABELS_MAGIC, 1)):
+            source = _file(folder, name)
+            if is_gzipped(source):
+                (dest / name).write_bytes(_open_checked(source, magic, ndim).data)
+            else:
+                shutil.copyfile(source, dest / name)
+    return dest
 
 
 def _checked(split: Split, source: str, num_classes: int) -> Split:
@@ -133,8 +215,8 @@ def _missing_message(cfg: DictConfig) -> str:
     searched = ", ".join(str(p / cfg.folder / "raw") for p in candidate_roots(cfg.root))
     files = ", ".join(n for pair in IDX_FILES.values() for n in pair)
     return (
-        f"{cfg.name} not found. Searched: {searched}. Expected the files {files} "
-        f"(torchvision's layout <root>/{cfg.folder}/raw/). "
+        f"{cfg.name} not found. Searched: {searched}. Expected the files {files}, each plain or gzipped "
+        f"(NAME{GZIP_SUFFIX}), in torchvision's layout <root>/{cfg.folder}/raw/. "
         f"{'Download failed (offline?). ' if cfg.download else 'Download is off (dataset.download=false). '}"
         "Point cnnbench at a local copy with dataset.root=/path/to/data or CNNBENCH_DATA=/path/to/data, "
         "or train offline on the packaged sample with dataset=fashion_mnist_mini."
