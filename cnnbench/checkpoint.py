@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import __version__
+from .diskspace import low_space_warning, writing
 from .errors import CheckpointError
 from .runfiles import CHECKPOINT
 
@@ -47,6 +48,7 @@ class RunState:
     train_examples: int = 0
     chance_epochs: int = 0  # consecutive epochs at chance level
     warnings: list[str] = field(default_factory=list)
+    resumes: list[dict] = field(default_factory=list)  # one record per resume (cnnbench.resume_check)
     partial: dict | None = None  # sums of an epoch stopped part-way (signal), to continue from
 
     def as_dict(self) -> dict:
@@ -144,16 +146,20 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically: temporary file, flush, fsync, rename over the old one.
 
     A kill at any moment leaves either the previous checkpoint or the new one, never a torn file; the
-    temporary name starts with a dot and ends in ``.tmp`` so nothing mistakes it for a checkpoint.
+    temporary name starts with a dot and ends in ``.tmp`` so nothing mistakes it for a checkpoint. A
+    failed write (a full disk) raises :class:`RunFileWriteError` naming ``path``; the previous file stays.
     """
     state = {"format_version": FORMAT_VERSION, **state}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if path.exists():
+        low_space_warning(path.parent, path.stat().st_size)
     try:
-        with tmp.open("wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with writing(path):
+            with tmp.open("wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)

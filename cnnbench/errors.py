@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class CnnbenchError(Exception):
     """Base class: a problem the user can fix (bad config, missing data, unusable checkpoint)."""
@@ -17,6 +19,24 @@ class DataError(CnnbenchError):
 
 class CheckpointError(CnnbenchError):
     """A checkpoint cannot be used (corrupt, incompatible, missing)."""
+
+
+class RunFolderInUse(CnnbenchError):
+    """Another live process holds the run folder's lock (:mod:`cnnbench.runlock`)."""
+
+
+class ResumeRefused(CnnbenchError):
+    """The checkpoint to resume was written with settings that change what its finished epochs mean."""
+
+
+class RunFileWriteError(CnnbenchError):
+    """A run file could not be written (a full disk, a quota, a read-only mount); names the file."""
+
+    def __init__(self, path: Path, os_error: OSError) -> None:
+        self.path, self.os_error = Path(path), os_error
+        reason = os_error.strerror or str(os_error) or type(os_error).__name__
+        code = f" (errno {os_error.errno})" if os_error.errno else ""
+        super().__init__(f"cannot write {self.path}: {reason}{code}")
 
 
 class TrainingDiverged(CnnbenchError):

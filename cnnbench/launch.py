@@ -8,6 +8,7 @@ did not complete.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -16,12 +17,16 @@ from typing import Sequence
 
 from omegaconf import DictConfig, open_dict
 
-from .distributed import broadcast_object, init_from_env, launched_by_torchrun, shutdown
-from .errors import ConfigError
+from .distributed import broadcast_object, current, init_from_env, launched_by_torchrun, shutdown
+from .errors import ConfigError, ResumeRefused, RunFolderInUse
+from .resume_check import check_resume
+from .runlock import run_folder_lock
 from .sweeps import (
     RESUME_SWEEP_KEY,
     exit_code,
+    REFUSED_STATUS,
     find_sweep_to_resume,
+    merge_outcomes,
     overrides_only,
     prepare_resumed_job,
     sweep_naming_overrides,
@@ -125,11 +130,15 @@ def hydra_main(args: Sequence[str]) -> int:
     multirun = is_multirun(args)
     out_dir = preflight(args)
     extra = sweep_naming_overrides(args) if multirun else []
+    if _given(args, "hydra.output_subdir") is None:
+        extra.append("hydra.output_subdir=null")  # .hydra/ is written by the job, under the folder's lock
     if launched_by_torchrun():
         if multirun:
             raise ConfigError("-m sweeps cannot run under torchrun; launch each job with torchrun instead "
                               "(or use the submitit launcher)")
         extra += _torchrun_overrides(args, out_dir)
+    elif not multirun and _given(args, "hydra.run.dir") is None:
+        extra.append(f"hydra.run.dir={out_dir}")  # the folder just checked and locked, not a later ${now:}
     if multirun and _given(args, "hydra.sweep.dir") is None:
         resume = str(_given(args, RESUME_SWEEP_KEY)).lower() == "true"
         out_dir = str(find_sweep_to_resume(args)) if resume else out_dir
@@ -140,19 +149,48 @@ def hydra_main(args: Sequence[str]) -> int:
 
     def job(cfg: DictConfig) -> float:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        previous = prepare_resumed_job(cfg, run_dir) if cfg.get(RESUME_SWEEP_KEY) else None
-        summary = previous or train(cfg, run_dir)
+        try:
+            with run_folder_lock(run_dir, enabled=current().is_main):
+                previous = prepare_resumed_job(cfg, run_dir) if cfg.get(RESUME_SWEEP_KEY) else None
+                summary = previous or train(cfg, run_dir)
+        except (RunFolderInUse, ResumeRefused) as exc:  # a sweep job refused: the sweep goes on
+            logger.error("%s", exc)
+            summary = {"status": REFUSED_STATUS[type(exc)], "error": f"{type(exc).__name__}: {exc}",
+                       "run_dir": str(run_dir)}
         outcomes.append({k: summary.get(k) for k in ("status", "error", "run_dir")})
         # Sweepers (Optuna) maximize this value; a job that did not complete gives NaN.
         return float(summary["test/acc"]) if summary.get("test/acc") is not None else float("nan")
 
-    try:
-        _run_hydra([*args, *extra], job)
-    finally:
-        shutdown()
+    with contextlib.ExitStack() as held:
+        if not multirun:  # before Hydra writes anything into the folder
+            _claim_run_folder(Path(_given(args, "hydra.run.dir") or out_dir), args, held)
+        try:
+            _run_hydra([*args, *extra], job)
+        finally:
+            shutdown()
     if multirun:
-        return exit_code(sweep_outcomes(Path(out_dir)), multirun=True)
+        return exit_code(merge_outcomes(sweep_outcomes(Path(out_dir)), outcomes), multirun=True)
     return exit_code(outcomes, multirun=False)
+
+
+def _claim_run_folder(run_dir: Path, args: Sequence[str], held: contextlib.ExitStack) -> None:
+    """A single run's checks on its folder before Hydra touches it: the resume is compatible, and no other
+    process writes there (rank 0 takes the lock; under torchrun every rank learns the outcome)."""
+    from .checkpoint import resolve_resume
+    from .config import compose_config
+
+    cfg = compose_config(overrides_only(args))
+    check_resume(cfg, resolve_resume(cfg, run_dir), announce=False)  # train() logs the changes
+    ctx = current()
+    refusal = None
+    if ctx.is_main:
+        try:
+            held.enter_context(run_folder_lock(run_dir))
+        except RunFolderInUse as exc:
+            refusal = str(exc)
+    refusal = broadcast_object(refusal, ctx)
+    if refusal:
+        raise RunFolderInUse(refusal)
 
 
 def _torchrun_overrides(args: Sequence[str], out_dir: str | None) -> list[str]:
@@ -162,7 +200,7 @@ def _torchrun_overrides(args: Sequence[str], out_dir: str | None) -> list[str]:
     if _given(args, "hydra.run.dir") is None:
         extra.append(f"hydra.run.dir={broadcast_object(out_dir, ctx)}")
     if not ctx.is_main:
-        extra += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+        extra += ["hydra/job_logging=stdout"]  # hydra.output_subdir=null: hydra_main adds it for every rank
     return extra
 
 

@@ -54,6 +54,7 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "seed": int(cfg.trainer.seed),
         "deterministic": bool(cfg.trainer.deterministic),
         "warnings": s.warnings,
+        "resumes": s.resumes,  # one record per resume: time, overrides, changed settings, forced or not
         "overrides": overrides,
         "run_dir": str(run_dir),
         "world_size": run.dist.world_size if run else 1,
@@ -83,4 +84,7 @@ def closing_lines(summary: dict[str, Any]) -> None:
         logger.info("%.1f examples/sec on %s", summary["examples_per_sec"] or 0.0, summary["device"])
     else:
         logger.error("run %s: %s", summary["status"], summary["error"] or "")
+    if summary.get("resume_command"):  # a failed write (full disk): the checkpoint before it is kept
+        logger.error("the run can be resumed from epoch %d once the disk has room: %s",
+                     summary["resumable_from_epoch"], summary["resume_command"])
     logger.info("run folder: %s", summary["run_dir"])

@@ -7,7 +7,9 @@ A run folder holds:
 - ``last.pt`` (:data:`CHECKPOINT`): the checkpoint a resumed run starts from;
 - ``.hydra/`` (:data:`HYDRA_DIR`): Hydra's copy of the composed config (:data:`CONFIG`) and of the
   command-line overrides (:data:`OVERRIDES`);
-- TensorBoard's ``events.out.tfevents.*`` files.
+- TensorBoard's ``events.out.tfevents.*`` files;
+- ``.lock`` (:data:`LOCK`): the one-writer lock (:mod:`cnnbench.runlock`), holding its last holder's pid;
+- ``.hydra/resumes/TIME/`` (:data:`RESUMES_DIR`): the config and overrides of every later start (resume).
 
 Never imports torch: the report reads these files without it.
 """
@@ -22,3 +24,5 @@ CHECKPOINT = "last.pt"
 HYDRA_DIR = ".hydra"
 CONFIG = Path(HYDRA_DIR) / "config.yaml"
 OVERRIDES = Path(HYDRA_DIR) / "overrides.yaml"
+LOCK = ".lock"
+RESUMES_DIR = Path(HYDRA_DIR) / "resumes"

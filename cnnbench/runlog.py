@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .diskspace import writing
 from .models import input_side
 from .runfiles import METRICS
 
@@ -28,12 +29,16 @@ def _jsonable(value: Any) -> Any:
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
-        json.dump({k: _jsonable(v) for k, v in data.items()}, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with writing(path):  # a full disk: one RunFileWriteError naming the file; the old one stays
+            with tmp.open("w") as f:
+                json.dump({k: _jsonable(v) for k, v in data.items()}, f, indent=2, sort_keys=False)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def hparams_of(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
@@ -75,18 +80,30 @@ class RunLogger:
         run_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = (run_dir / METRICS).open("a", buffering=1)  # line-buffered
         # purge_step drops events at or after it that a killed run wrote past its last checkpoint.
-        self._tb = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+        with writing(run_dir / "events.out.tfevents.*"):
+            self._tb = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+
+    def _events_file(self, tb: Any = None) -> Path:
+        """The TensorBoard event file this logger writes (named in write errors)."""
+        writer = getattr(getattr(tb or self._tb, "file_writer", None), "event_writer", None)
+        return Path(getattr(writer, "_file_name", self.run_dir / "events.out.tfevents.*"))
 
     def log(self, kind: str, record: dict) -> None:
-        """Write one record (``step`` is TensorBoard's x axis)."""
+        """Write one record (``step`` is TensorBoard's x axis); a failed write raises RunFileWriteError."""
         if not self.enabled:
             return
-        self._jsonl.write(json.dumps({"kind": kind, **{k: _jsonable(v) for k, v in record.items()}}) + "\n")
+        with writing(self.run_dir / METRICS):
+            self._jsonl.write(json.dumps({"kind": kind, **{k: _jsonable(v) for k, v in record.items()}}) + "\n")
         step = int(record["step"])
-        for key, value in record.items():
-            if key in ("step", "epoch", "examples") or not isinstance(value, (int, float)) or isinstance(value, bool):
-                continue
-            self._tb.add_scalar(key, value, step)
+        with writing(self._events_file()):
+            for key, value in record.items():
+                if key in ("step", "epoch", "examples") or not isinstance(value, (int, float)) or isinstance(value, bool):
+                    continue
+                self._tb.add_scalar(key, value, step)
+            if kind == "epoch":
+                # TensorBoard writes from a thread; flushing once an epoch brings a failed write to light
+                # here, before the epoch's checkpoint, rather than at the end of the run.
+                self._tb.flush()
 
     def log_config(self, cfg: DictConfig) -> None:
         if self.enabled:
@@ -109,13 +126,19 @@ class RunLogger:
             self._tb.add_scalar(key, value, 0)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.flush()
-            self._tb.close()
-            self._tb = None
-        if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
+        """Flush and close both files (both closed even when a write fails; the failure is raised)."""
+        tb, jsonl, self._tb, self._jsonl = self._tb, self._jsonl, None, None
+        try:
+            if tb is not None:
+                with writing(self._events_file(tb)):
+                    try:
+                        tb.flush()
+                    finally:
+                        tb.close()
+        finally:
+            if jsonl is not None:
+                with writing(self.run_dir / METRICS):
+                    jsonl.close()
 
 
 def trim_metrics(run_dir: Path, step: int) -> None:
@@ -130,4 +153,10 @@ def trim_metrics(run_dir: Path, step: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a kill
-    path.write_text("".join(k + "\n" for k in kept))
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with writing(path):  # atomic: a full disk must not cut the records before the checkpoint
+            tmp.write_text("".join(k + "\n" for k in kept))
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -15,13 +15,16 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .errors import ConfigError
+from .errors import ConfigError, ResumeRefused, RunFolderInUse
 from .runfiles import CHECKPOINT, HYDRA_DIR, METRICS, SUMMARY
+from .runlock import holder_of
 
 logger = logging.getLogger(__name__)
 
 RESUME_SWEEP_KEY = "resume_sweep"
 EXIT_CODES = {"completed": 0, "failed": 1, "diverged": 3, "interrupted": 130}  # a single run's, by status
+# Sweep jobs refused before touching their folder: the status their outcome line shows.
+REFUSED_STATUS = {RunFolderInUse: "in use", ResumeRefused: "refused"}
 PREVIOUS_SUMMARY = "summary.previous.json"  # a rerun job's earlier summary, kept
 
 
@@ -103,12 +106,24 @@ def sweep_outcomes(sweep_dir: Path) -> list[dict]:
     """status, error and folder of every job of a sweep, read from their summary.json files."""
     outcomes = []
     for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / HYDRA_DIR).is_dir()):
-        try:
-            s = json.loads((job / SUMMARY).read_text())
-        except (OSError, json.JSONDecodeError):
-            s = {"status": "failed", "error": f"no readable {SUMMARY} (the job died before finishing)"}
+        holder = holder_of(job)
+        if holder is not None:  # another process still writes it: its summary is not this sweep's
+            s = {"status": "in use", "error": f"the job folder is in use by {holder}"}
+        else:
+            try:
+                s = json.loads((job / SUMMARY).read_text())
+            except (OSError, json.JSONDecodeError):
+                s = {"status": "failed", "error": f"no readable {SUMMARY} (the job died before finishing)"}
         outcomes.append({"status": s.get("status"), "error": s.get("error"), "run_dir": str(job)})
     return outcomes
+
+
+def merge_outcomes(on_disk: list[dict], here: list[dict]) -> list[dict]:
+    """The sweep's outcomes from the job folders, with the refusals this process saw (a refused job
+    wrote nothing, so its folder shows the other run's state)."""
+    refused = {str(Path(o["run_dir"])): o for o in here if o.get("status") in REFUSED_STATUS.values()}
+    merged = [refused.pop(str(Path(o["run_dir"])), o) for o in on_disk]
+    return merged + list(refused.values())
 
 
 def exit_code(outcomes: list[dict], multirun: bool) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import sys
 import time
 from datetime import datetime
@@ -24,12 +25,16 @@ import torch
 from omegaconf import DictConfig
 
 from .build import Run, build_run
-from .checkpoint import checkpoint_state, resolve_resume, restore, save_checkpoint
+from .checkpoint import checkpoint_state, resolve_resume, save_checkpoint
+from .diskspace import DISK_ERRNOS, low_space_warning, os_error_in, resume_fields, writing
 from .distributed import DistContext, any_rank, init_from_env
 from .engine import EpochProgress, EpochResult, LoopHooks, evaluate, log_points, sums_over_ranks, train_one_epoch
-from .errors import CnnbenchError, TrainingDiverged
+from .errors import CnnbenchError, RunFileWriteError, TrainingDiverged
+from .memory import explain_oom
+from .resume_check import ResumePlan, check_resume, resume_run, write_hydra_record
 from .run_summary import closing_lines, summarize
-from .runfiles import CHECKPOINT, SUMMARY
+from .runfiles import CHECKPOINT, HYDRA_DIR, SUMMARY
+from .runlock import run_folder_lock
 from .runlog import RunLogger, hparams_of, trim_metrics, write_json_atomic
 from .signals import GracefulStop
 
@@ -39,26 +44,36 @@ logger = logging.getLogger(__name__)
 def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict:
     """Train the configured network; write the run folder; return the summary.
 
-    Runtime failures (divergence, exceptions, signals) never escape: they are recorded in the returned
+    Two refusals come before anything in the folder is touched, as exceptions: another live process
+    writes the folder (:class:`RunFolderInUse`), or the checkpoint to resume was written with settings
+    that change what its epochs mean (:class:`ResumeRefused`). After that, runtime failures (divergence,
+    exceptions, a full disk, out of memory, signals) never escape: they are recorded in the returned
     summary and in ``summary.json`` with their status, so a sweep can go on with the next job.
     """
     ctx = init_from_env(str(cfg.device.type))  # a single process unless started by torchrun
-    main = ctx.is_main  # only rank 0 writes the run folder
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = resolve_resume(cfg, run_dir)
+    plan = check_resume(cfg, resume_from)
+    with run_folder_lock(run_dir, enabled=ctx.is_main):  # only rank 0 writes the run folder
+        return _train(cfg, run_dir, ctx, resume_from, plan)
+
+
+def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path | None,
+           plan: ResumePlan | None) -> dict:
+    """``train`` inside the run folder's lock."""
+    main = ctx.is_main  # only rank 0 writes the run folder
     overrides = job_overrides()
     start = time.perf_counter()
-    if main:
-        write_json_atomic(run_dir / SUMMARY, {"status": "running", "model": cfg.model.name})
     run: Run | None = None
     rlog: RunLogger | None = None
     status, error = "failed", None
     with GracefulStop() as stop, thread_count_kept():
         try:
+            record_dir = _start_records(cfg, run_dir) if main else None
             run = build_run(cfg, run_dir, ctx)
-            resume_from = resolve_resume(cfg, run_dir)
+            _warn_low_space(run)
             if resume_from is not None:
-                restore(run, resume_from)
+                resume_run(run, plan or resume_from, overrides, record_dir)
                 if main:
                     trim_metrics(run_dir, run.state.step)
             rlog = RunLogger(run_dir, enabled=main, purge_step=run.state.step + 1 if resume_from else None)
@@ -72,19 +87,71 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict:
         except CnnbenchError as exc:  # a problem the user can fix: its one sentence, in the closing lines
             status, error = "failed", exc
         except Exception as exc:  # any failure of this job is recorded, not raised (sweeps go on)
-            status, error = "failed", exc
-            logger.error("run failed: %s: %s", type(exc).__name__, exc, exc_info=True)
+            status, error = "failed", _user_error(exc, cfg, run) or exc
+            if error is exc:
+                logger.error("run failed: %s: %s", type(exc).__name__, exc, exc_info=True)
     summary = summarize(run, cfg, run_dir, status, time.perf_counter() - start, overrides, error)
     if rlog is not None:
-        if status == "completed":
+        error = _close_log(rlog, cfg, overrides, summary) or error
+    return _finish(summary, run_dir, main, overrides, error)
+
+
+def _start_records(cfg: DictConfig, run_dir: Path) -> str | None:
+    """Hydra's record of this start and a first summary.json; the record's folder (relative)."""
+    with writing(run_dir / HYDRA_DIR):
+        record_dir = write_hydra_record(run_dir, cfg)
+    write_json_atomic(run_dir / SUMMARY, {"status": "running", "model": cfg.model.name})
+    return record_dir
+
+
+def _warn_low_space(run: Run) -> None:
+    """Warn at the start when the disk holds fewer than a few checkpoints (weights + optimizer state)."""
+    if run.cfg.trainer.checkpoint and run.dist.is_main:
+        param_bytes = sum(t.numel() * t.element_size() for t in run.raw_model.state_dict().values())
+        warning = low_space_warning(run.run_dir, 3 * param_bytes)  # weights and up to two optimizer moments
+        if warning:
+            run.state.warnings.append(warning)
+
+
+def _user_error(exc: Exception, cfg: DictConfig, run: Run | None) -> CnnbenchError | None:
+    """One sentence for the failures a user can act on: out of memory, a failed write."""
+    memory = explain_oom(exc, cfg, run.device if run else None, run.dist.world_size if run else 1)
+    if memory is not None:
+        return memory
+    os_error = os_error_in(exc)  # a write that no writer named (the writers raise RunFileWriteError)
+    if os_error is not None and os_error.errno in DISK_ERRNOS and os_error.filename:
+        return RunFileWriteError(Path(os.fsdecode(os_error.filename)), os_error)
+    return None
+
+
+def _close_log(rlog: RunLogger, cfg: DictConfig, overrides: list[str], summary: dict) -> CnnbenchError | None:
+    """HParams for a completed run, then close the event files; a failed write is returned, not raised."""
+    try:
+        if summary["status"] == "completed":
             rlog.log_hparams(hparams_of(cfg, overrides), {
                 "hparam/test_acc": summary["test/acc"], "hparam/best_test_acc": summary["best/test_acc"],
                 "hparam/train_loss": summary["train/loss"], "hparam/train_acc": summary["train/acc"],
             })
         rlog.close()
-    if main:
+    except RunFileWriteError as exc:
+        summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        return exc
+    return None
+
+
+def _finish(summary: dict, run_dir: Path, main: bool, overrides: list[str], error: BaseException | None) -> dict:
+    """Write summary.json and the closing lines; a run stopped by a failed write says how to resume."""
+    if not main:
+        return summary
+    if isinstance(error, RunFileWriteError):
+        summary.update(resume_fields(run_dir, overrides))
+    try:
         write_json_atomic(run_dir / SUMMARY, summary)
-        closing_lines(summary)
+    except RunFileWriteError as exc:
+        if not isinstance(error, RunFileWriteError):
+            summary.update(status="failed", error=f"{type(exc).__name__}: {exc}", **resume_fields(run_dir, overrides))
+        logger.error("%s", exc)
+    closing_lines(summary)
     return summary
 
 

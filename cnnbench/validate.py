@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import struct
 import tempfile
 import zlib
+from dataclasses import dataclass
 from numbers import Number
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -19,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError, one_line
 from .models import get_model_spec, input_side
-from .models.registry import check_min_size
+from .models.registry import check_min_size, check_model_kwargs
 
 # dataset name -> training examples, for the batch-size check when the files are not at hand
 KNOWN_TRAIN_SIZES = {"fashion_mnist": 60_000, "mnist": 60_000, "kmnist": 60_000, "fashion_mnist_mini": 6_000}
@@ -33,12 +35,96 @@ def _positive(value: Any, key: str, integer: bool) -> None:
         raise ConfigError(f"{key} must be {kind}, got {value}")
 
 
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a number: ``low`` to ``high``, each end open or closed."""
+
+    low: float = 0.0
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = True
+    integer: bool = False
+
+    def contains(self, v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, Number) or (self.integer and not float(v).is_integer()):
+            return False
+        above = v > self.low if self.low_open else v >= self.low
+        below = v < self.high if self.high_open else v <= self.high
+        return above and below
+
+    def words(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        if self.high == math.inf:
+            return f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+        return f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+UNIT = Range(0.0, 1.0)  # [0, 1): momentum-like decays and probabilities where 1 means "never moves"
+# Options checked when present (null skips a check); a group added later puts its options' ranges here.
+RANGES: dict[str, Range] = {
+    "optimizer.momentum": UNIT,
+    "optimizer.dampening": UNIT,
+    "optimizer.betas": UNIT,  # each of the two
+    "optimizer.weight_decay": Range(0.0),
+    "optimizer.eps": Range(0.0, low_open=True),
+    "scheduler.warmup_epochs": Range(0.0),
+    "scheduler.eta_min": Range(0.0),
+    "scheduler.step_epochs": Range(0.0, low_open=True),
+    "scheduler.gamma": Range(0.0, low_open=True),
+    "trainer.divergence_loss": Range(0.0, low_open=True),  # nats
+    "trainer.eval_every": Range(0, integer=True),  # 0: only after the last epoch
+    "trainer.logs_per_epoch": Range(0, integer=True),
+    "trainer.chance_patience": Range(0, integer=True),  # 0: never warn
+    "trainer.label_smoothing": UNIT,
+    "trainer.ema_decay": UNIT,
+    "ema.decay": UNIT,
+}
+
+
+def check_finite(cfg: DictConfig) -> None:
+    """Every float option finite: a NaN or infinite rate would only show up as a diverged run."""
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, key)
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise ConfigError(f"{key} must be a finite number, got {node}")
+
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - '${hydra:job.num}' resolves only inside a job: check what is written
+        plain = OmegaConf.to_container(cfg, resolve=False)
+    walk({k: v for k, v in plain.items() if k != "hydra"}, "")
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """The options of ``RANGES`` that this config has, each within its range."""
+    for key, allowed in RANGES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        if key == "optimizer.betas":
+            values = list(value) if not isinstance(value, (str, Number)) else [value]
+            if len(values) != 2 or not all(allowed.contains(v) for v in values):
+                raise ConfigError(f"{key} must be two numbers in [0, 1), got {values}")
+        elif not allowed.contains(value):
+            raise ConfigError(f"{key} must be {allowed.words()}, got {value!r}")
+    opt = cfg.optimizer
+    if opt.get("nesterov") and (not opt.get("momentum") or opt.get("dampening")):
+        raise ConfigError(f"optimizer.nesterov=true needs optimizer.momentum > 0 and no dampening, "
+                          f"got momentum {opt.get('momentum')}")
+
+
 def check_values(cfg: DictConfig) -> None:
     """Types and ranges of the numbers a run depends on, then the model-specific ones."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"no value given for {', '.join(missing)} (set it on the command line, e.g. "
                           f"{missing[0]}=...)")
+    check_finite(cfg)
     spec = get_model_spec(str(cfg.model.name))  # unknown names raise with the valid list
     _positive(cfg.trainer.epochs, "trainer.epochs", integer=True)
     _positive(cfg.trainer.batch_size, "trainer.batch_size", integer=True)
@@ -54,7 +140,15 @@ def check_values(cfg: DictConfig) -> None:
     if cfg.trainer.init not in ("xavier", "default"):
         raise ConfigError(f"trainer.init must be xavier or default, got {cfg.trainer.init!r}")
     _check_names(cfg)
+    check_ranges(cfg)
+    check_model_kwargs(spec.name, _model_kwargs(cfg))
     _check_batch_fits(cfg)
+
+
+def _model_kwargs(cfg: DictConfig) -> dict:
+    from .build import model_kwargs  # build imports this module
+
+    return model_kwargs(cfg)
 
 
 def _check_names(cfg: DictConfig) -> None:
@@ -132,6 +226,25 @@ def validate_config(cfg: DictConfig) -> None:
     """Every check that needs only the composed config (no Hydra run folder)."""
     check_values(cfg)
     check_device(cfg)
+    check_memory(cfg)
+
+
+def check_memory(cfg: DictConfig) -> None:
+    """A training step that clearly cannot fit in the device's memory (without creating a CUDA context)."""
+    import torch
+
+    from .devices import resolve_device
+    from .memory import check_step_fits
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        index = cfg.device.get("index")
+    except Exception:  # noqa: BLE001 - '${hydra:job.num}': known only inside a sweep job
+        index = None
+    device = resolve_device(str(cfg.device.type), index)
+    if device.type == "cuda" and world > 1:  # under torchrun each rank checks its own GPU
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    check_step_fits(cfg, device, world)
 
 
 # ------------------------------------------------------------------------- command-line pre-flight
@@ -154,8 +267,8 @@ def check_added_keys(overrides: Iterable[str], base: DictConfig, group_names: se
         if not item.startswith("+"):
             continue
         key = item.lstrip("+").split("=", 1)[0].split("@", 1)[0]
-        if key.startswith("hydra") or key in known or key in group_names:
-            continue
+        if key.startswith("hydra") or key in known or key in group_names or key.startswith("model."):
+            continue  # model.* arguments: checked against what the model family declares
         raise ConfigError(f"unknown config key {key!r} (added with '+'): cnnbench does not read it"
                           f"{_did_you_mean(key, known)}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .geometry import out_side, smallest_input
-from .registry import register_model
+from .registry import DROPOUT, register_model
 
 # (kernel, stride, padding) of every layer that changes the spatial size, in order.
 _STEPS = [(11, 4, 1), (3, 2, 0), (5, 1, 2), (3, 2, 0), (3, 1, 1), (3, 1, 1), (3, 1, 1), (3, 2, 0)]
@@ -47,7 +47,8 @@ class AlexNet(nn.Sequential):
         )
 
 
-@register_model(family="alexnet", book_resolution=224, min_resolution=smallest_input(_STEPS))
+@register_model(family="alexnet", book_resolution=224, min_resolution=smallest_input(_STEPS),
+                kwargs={"dropout": DROPOUT})
 def alexnet(in_channels: int = 1, num_classes: int = 10, image_size: int = 224, **kwargs) -> AlexNet:
     """AlexNet for Fashion-MNIST as in D2L 7.1."""
     return AlexNet(in_channels, num_classes, image_size, **kwargs)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .geometry import smallest_input
-from .registry import register_model
+from .registry import positive_int, positive_ints, register_model
 from .resnet import resnet_stem
 
 
@@ -85,7 +85,9 @@ class DenseNet(nn.Sequential):
 _STEPS = [(7, 2, 3), (3, 2, 1), (2, 2, 0), (2, 2, 0), (2, 2, 0)]
 
 
-@register_model(family="densenet", book_resolution=96, min_resolution=smallest_input(_STEPS))
+@register_model(family="densenet", book_resolution=96, min_resolution=smallest_input(_STEPS), kwargs={
+    "num_convs_in_dense_blocks": positive_ints((4, 4, 4, 4)), "growth_rate": positive_int(example=32),
+    "stem_channels": positive_int(example=64)})
 def densenet(in_channels: int = 1, num_classes: int = 10, image_size: int = 96, **kwargs) -> DenseNet:
     """DenseNet as in D2L 7.7: blocks of 4 convs, growth rate 32, transitions halving channels."""
     return DenseNet(in_channels, num_classes, image_size, **kwargs)

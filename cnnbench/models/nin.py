@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .geometry import smallest_input
-from .registry import register_model
+from .registry import DROPOUT, register_model
 
 # (kernel, stride, padding) of every layer that changes the spatial size, in order.
 _STEPS = [(11, 4, 0), (3, 2, 0), (5, 1, 2), (3, 2, 0), (3, 1, 1), (3, 2, 0), (3, 1, 1)]
@@ -43,7 +43,7 @@ class NiN(nn.Sequential):
         )
 
 
-@register_model(family="nin", book_resolution=224, min_resolution=smallest_input(_STEPS))
+@register_model(family="nin", book_resolution=224, min_resolution=smallest_input(_STEPS), kwargs={"dropout": DROPOUT})
 def nin(in_channels: int = 1, num_classes: int = 10, image_size: int = 224, **kwargs) -> NiN:
     """Network in Network as in D2L 7.3."""
     return NiN(in_channels, num_classes, image_size, **kwargs)

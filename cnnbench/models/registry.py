@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from numbers import Number
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
@@ -18,6 +19,8 @@ from ..errors import CnnbenchError
 
 __all__ = [
     "ModelSpec",
+    "ModelKwarg",
+    "ModelArgumentError",
     "InputTooSmallError",
     "UnknownModelError",
     "register_model",
@@ -25,7 +28,11 @@ __all__ = [
     "list_models",
     "get_model_spec",
     "check_min_size",
+    "check_model_kwargs",
     "input_side",
+    "DROPOUT",
+    "positive_int",
+    "positive_ints",
 ]
 
 
@@ -40,6 +47,44 @@ class InputTooSmallError(CnnbenchError, ValueError):
     """Raised when a network cannot be built for the requested input size."""
 
 
+class ModelArgumentError(CnnbenchError, ValueError):
+    """A ``model.*`` keyword argument the family does not take, or a value outside its range."""
+
+
+@dataclass(frozen=True)
+class ModelKwarg:
+    """One keyword argument a model family takes from the ``model`` group, and its allowed values."""
+
+    allowed: str  # the allowed values in words, for the message: "a number in [0, 1)"
+    valid: Callable[[Any], bool]
+    example: Any  # a valid value (the tests build every network with it)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, Number) and not isinstance(v, bool)
+
+
+# A dropout probability: 1 would zero every activation.
+DROPOUT = ModelKwarg("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1, 0.5)
+
+
+def positive_int(divides: int | None = None, example: int = 1) -> ModelKwarg:
+    """A positive integer (that divides ``divides``, when given)."""
+    words = "a positive integer" + (f" dividing {divides}" if divides else "")
+    return ModelKwarg(words, lambda v: _is_int(v) and v > 0 and (divides is None or divides % v == 0), example)
+
+
+def positive_ints(example: tuple[int, ...]) -> ModelKwarg:
+    """A non-empty list of positive integers."""
+    return ModelKwarg("a non-empty list of positive integers",
+                      lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_int(x) and x > 0 for x in v),
+                      list(example))
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What the registry knows about one named network."""
@@ -50,6 +95,7 @@ class ModelSpec:
     book_resolution: int  # pixels; the side the book resizes Fashion-MNIST to for this network
     min_resolution: int  # pixels; the smallest input side for which the network builds
     description: str = ""
+    kwargs: Mapping[str, ModelKwarg] = field(default_factory=dict)  # what ``model.*`` may set
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -62,8 +108,13 @@ def register_model(
     book_resolution: int,
     min_resolution: int = 1,
     description: str = "",
+    kwargs: Mapping[str, ModelKwarg] | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering a model factory under ``name`` (default: the function's name)."""
+    """Decorator registering a model factory under ``name`` (default: the function's name).
+
+    ``kwargs`` declares the keyword arguments the factory takes from the ``model`` group (beyond
+    in_channels, num_classes and image_size) and their allowed values; validation refuses any other.
+    """
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or factory.__name__
@@ -77,6 +128,7 @@ def register_model(
             book_resolution=book_resolution,
             min_resolution=min_resolution,
             description=description or first_doc_line,
+            kwargs=dict(kwargs or {}),
         )
         return factory
 
@@ -106,6 +158,18 @@ def input_side(name: str, resize: int | None = None) -> int:
     """The input side (pixels) a run of ``name`` uses: ``resize`` (``dataset.resize``) when given, else
     the resolution the book trains that network at. The one place this rule is written."""
     return int(resize) if resize else get_model_spec(name).book_resolution
+
+
+def check_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse a ``model.*`` argument the family of ``name`` does not declare, or a value it does not allow."""
+    spec = get_model_spec(name)
+    for key, value in kwargs.items():
+        declared = spec.kwargs.get(key)
+        if declared is None:
+            takes = f"it takes {', '.join(spec.kwargs)}" if spec.kwargs else "it takes none"
+            raise ModelArgumentError(f"model {name} takes no keyword argument {key!r} (model.{key}); {takes}")
+        if not declared.valid(value):
+            raise ModelArgumentError(f"model.{key} must be {declared.allowed} for {name}, got {value!r}")
 
 
 def check_min_size(name: str, image_size: int, min_size: int) -> None:

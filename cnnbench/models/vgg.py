@@ -12,7 +12,7 @@ from typing import Sequence
 from torch import nn
 
 from .geometry import out_side, smallest_input
-from .registry import register_model
+from .registry import DROPOUT, positive_int, register_model
 
 ConvArch = Sequence[tuple[int, int]]  # ((num_convs, out_channels), ...), one entry per block
 
@@ -70,6 +70,10 @@ class VGG(nn.Sequential):
         )
 
 
+# Every conv width (64 to 512) is a multiple of 64, so a divisor of 64 keeps them all whole.
+VGG_KWARGS = {"width_div": positive_int(divides=64, example=4), "dropout": DROPOUT}
+
+
 def _register(name: str, arch: str, default_div: int, doc: str) -> None:
     def factory(
         in_channels: int = 1, num_classes: int = 10, image_size: int = 224, width_div: int = default_div, **kw
@@ -77,7 +81,7 @@ def _register(name: str, arch: str, default_div: int, doc: str) -> None:
         return VGG(CONV_ARCHS[arch], in_channels, num_classes, image_size, width_div=width_div, **kw)
 
     factory.__doc__ = doc
-    register_model(name, family="vgg", book_resolution=224, min_resolution=_MIN_SIDE)(factory)
+    register_model(name, family="vgg", book_resolution=224, min_resolution=_MIN_SIDE, kwargs=VGG_KWARGS)(factory)
 
 
 _register("vgg11", "vgg11", 4, "VGG-11 with conv widths / 4, as D2L 7.2 trains it.")
