@@ -16,7 +16,7 @@ from cnnbench.checkpoint import load_checkpoint, save_checkpoint
 from cnnbench.cli import main
 from cnnbench.config import compose_config
 from cnnbench.data.idx import read_split
-from cnnbench.errors import CheckpointError, DataError
+from cnnbench.errors import CheckpointError, DataError, ResumeRefused
 from cnnbench.train import train
 
 from .conftest import cli, compose_fast, fast_overrides, stop_process, write_fake_dataset, write_idx
@@ -168,8 +168,11 @@ def test_truncated_checkpoint_is_refused_with_the_file_named(fake_data, tmp_path
 
 def test_incompatible_checkpoint_is_refused(fake_data, tmp_path):
     train(cfg_for(fake_data, "trainer.epochs=1"), tmp_path / "lenet")
-    summary = train(cfg_for(fake_data, "model=lenet_bn", f"trainer.resume={tmp_path / 'lenet' / 'last.pt'}"),
-                    tmp_path / "bn")
+    with pytest.raises(ResumeRefused, match="model.name: lenet -> lenet_bn"):  # refused before touching anything
+        train(cfg_for(fake_data, "model=lenet_bn", f"trainer.resume={tmp_path / 'lenet' / 'last.pt'}"), tmp_path / "bn")
+    assert not (tmp_path / "bn").exists()
+    summary = train(cfg_for(fake_data, "model=lenet_bn", "trainer.resume_force=true",
+                            f"trainer.resume={tmp_path / 'lenet' / 'last.pt'}"), tmp_path / "bn")
     assert summary["status"] == "failed" and "written for model 'lenet', not 'lenet_bn'" in summary["error"]
     torch.save({"just": "weights"}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not a cnnbench checkpoint: missing"):
