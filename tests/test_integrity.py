@@ -70,7 +70,7 @@ def test_second_process_on_a_run_folder_is_refused(fake_data, tmp_path):
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted"
-    assert torch.load(run_dir / "last.pt", weights_only=True)["step"] == summary["steps"] == steps[-1]
+    assert torch.load(run_dir / "last.pt", weights_only=True)["step"] == summary["steps"] >= steps[-1]
 
 
 def test_a_killed_holder_leaves_no_lock(fake_data, tmp_path):
@@ -107,12 +107,12 @@ def test_a_sweep_reports_a_job_folder_in_use_and_leaves_it_alone(fake_data, tmp_
     (busy / ".hydra").mkdir(parents=True)
     (busy / ".hydra" / "config.yaml").write_text("the other run's config\n")
     (busy / "summary.json").write_text('{"status": "running"}\n')
-    before = snapshot(busy)
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
                                "from cnnbench.runlock import acquire\nacquire(Path(sys.argv[1]))\nprint('held', flush=True)\n"
                                "time.sleep(600)\n", str(busy)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
+        before = snapshot(busy)
         proc = subprocess.run(cli("train", "-m", *fast_overrides(fake_data, "trainer.batch_size=64", "trainer.epochs=1"),
                                   "optimizer.lr=0.5,0.9", f"hydra.sweep.dir={sweep_dir}"),
                               capture_output=True, text=True, timeout=600)
@@ -147,7 +147,8 @@ BASE = ["optimizer=sgd_momentum", "optimizer.lr=0.05", "scheduler=step", "schedu
     (["trainer.seed=1"], "trainer.seed: 0 -> 1"),
     (["model=lenet_bn"], "model.name: lenet -> lenet_bn"),
     (["dataset.resize=32"], "dataset.resize: null -> 32"),
-    (["scheduler=cosine"], "scheduler.name: step -> cosine"),
+    (["scheduler.gamma=0.5"], "scheduler.gamma: 0.1 -> 0.5"),
+    (["optimizer=sgd", "optimizer.lr=0.05"], "optimizer.momentum: 0.9 -> 0.0"),
 ])
 def test_resume_refuses_a_change_of_what_finished_epochs_mean(fake_data, one_epoch, change, listed):
     before = snapshot(one_epoch)
