@@ -26,6 +26,7 @@ from .devices import resolve_device
 from .distributed import DistContext, broadcast_object
 from .engine import Precision
 from .errors import ConfigError
+from .memory import check_step_fits
 from .models import build_model, input_side
 from .optim import build_optimizer, build_scheduler
 from .speed import SpeedSettings, resolve_speed
@@ -104,6 +105,8 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = DistContext()) 
     check_global_batch(int(cfg.trainer.batch_size), ctx.world_size)
     device = torch.device("cuda", ctx.local_rank) if ctx.backend == "nccl" else resolve_device(
         cfg.device.type, cfg.device.get("index"))
+    if device.type == "cuda":  # with the GPU's free memory now (validation used its total, creating no context)
+        check_step_fits(cfg, device, ctx.world_size, live=True)
     if cfg.device.num_threads:
         torch.set_num_threads(int(cfg.device.num_threads))
     seed_everything(int(cfg.trainer.seed), bool(cfg.trainer.deterministic))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -41,6 +42,13 @@ HYDRA_INFO_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i
 
 def is_multirun(args: Sequence[str]) -> bool:
     return bool({"-m", "--multirun"} & set(args))
+
+
+def override_value(text: str) -> str:
+    """``text`` as a Hydra override value: as it is when plain, else quoted (spaces, commas, brackets)."""
+    if re.fullmatch(r"[\w./:@+-]+", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _given(args: Sequence[str], key: str) -> str | None:
@@ -138,7 +146,7 @@ def hydra_main(args: Sequence[str]) -> int:
                               "(or use the submitit launcher)")
         extra += _torchrun_overrides(args, out_dir)
     elif not multirun and _given(args, "hydra.run.dir") is None:
-        extra.append(f"hydra.run.dir={out_dir}")  # the folder just checked and locked, not a later ${now:}
+        extra.append(f"hydra.run.dir={override_value(out_dir)}")  # the folder locked below, not a later ${now:}
     if multirun and _given(args, "hydra.sweep.dir") is None:
         resume = str(_given(args, RESUME_SWEEP_KEY)).lower() == "true"
         out_dir = str(find_sweep_to_resume(args)) if resume else out_dir
@@ -198,7 +206,7 @@ def _torchrun_overrides(args: Sequence[str], out_dir: str | None) -> list[str]:
     ctx = init_from_env(str(_given(args, "device.type") or _given(args, "device") or "auto"))
     extra = []
     if _given(args, "hydra.run.dir") is None:
-        extra.append(f"hydra.run.dir={broadcast_object(out_dir, ctx)}")
+        extra.append(f"hydra.run.dir={override_value(broadcast_object(out_dir, ctx))}")
     if not ctx.is_main:
         extra += ["hydra/job_logging=stdout"]  # hydra.output_subdir=null: hydra_main adds it for every rank
     return extra

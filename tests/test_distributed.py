@@ -47,7 +47,7 @@ def test_two_processes_match_one_with_the_same_global_batch(fake_data, tmp_path)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     single_records = [json.loads(line) for line in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["kind"], r["step"]) for r in records] == [(r["kind"], r["step"]) for r in single_records]
-    assert [p.name for p in run_dir.iterdir() if p.name.startswith(".")] == [".hydra"]
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == [".hydra", ".lock"]
 
 
 def test_batchnorm_network_trains_data_parallel(fake_data, tmp_path):

@@ -344,6 +344,25 @@ BAD_VALUES = [
                            "did you mean 'trainer.epochs'?"),
     (["trainer.epochs=???"], "no value given for trainer.epochs"),
     (["-m", "model=lenet,alexnet", "dataset.resize=28"], "alexnet cannot take 28x28 inputs"),
+    (["optimizer.lr=nan"], "optimizer.lr must be a finite number, got nan"),
+    (["optimizer.lr=inf"], "optimizer.lr must be a finite number, got inf"),
+    (["-m", "optimizer.lr=0.1,nan"], "optimizer.lr must be a finite number, got nan"),
+    (["trainer.divergence_loss=-inf"], "trainer.divergence_loss must be a finite number, got -inf"),
+    (["optimizer=sgd_momentum", "optimizer.momentum=1.0"], "optimizer.momentum must be a number in [0, 1), got 1.0"),
+    (["optimizer.momentum=-0.1"], "optimizer.momentum must be a number in [0, 1), got -0.1"),
+    (["optimizer=adam", "optimizer.betas=[0.9,1.0]"], "optimizer.betas must be two numbers in [0, 1), got [0.9, 1.0]"),
+    (["optimizer=adamw", "optimizer.weight_decay=-0.01"], "optimizer.weight_decay must be a number >= 0, got -0.01"),
+    (["optimizer.nesterov=true"], "optimizer.nesterov=true needs optimizer.momentum > 0"),
+    (["scheduler=step", "scheduler.gamma=0"], "scheduler.gamma must be a number > 0, got 0"),
+    (["trainer.logs_per_epoch=-1"], "trainer.logs_per_epoch must be an integer >= 0, got -1"),
+    (["model=vgg11", "model.width_div=0"], "model.width_div must be a positive integer dividing 64 for vgg11, got 0"),
+    (["model=vgg11", "model.width_div=3"], "model.width_div must be a positive integer dividing 64 for vgg11, got 3"),
+    (["model=alexnet", "model.dropout=1.0"], "model.dropout must be a number in [0, 1) for alexnet, got 1.0"),
+    (["model=lenet", "+model.dropout=0.5"], "model lenet takes no keyword argument 'dropout' (model.dropout); it takes none"),
+    (["model=vgg11", "+model.widht_div=2"], "model vgg11 takes no keyword argument 'widht_div' (model.widht_div); it "
+                                            "takes width_div, dropout"),
+    (["model=resnet18", "dataset.resize=4096"], "a training step of resnet18 at batch size 256, 4096x4096 inputs, fp32 "
+                                                "precision needs about "),
 ]
 
 
