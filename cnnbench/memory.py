@@ -41,6 +41,11 @@ IMAGE_BYTES = 28 * 28 + 8  # one uint8 28x28 image and its int64 label, as the l
 DEFAULT_TEST_SIZE = 10_000  # test images of the MNIST-format datasets
 
 
+# device -> (bytes available, how measured) at the last check before training: after an allocation failed
+# the failed step still holds its memory, so what is free then says nothing about what a run may use.
+_BEFORE_TRAINING: dict[str, tuple[int, str]] = {}
+
+
 class NotEnoughMemory(CnnbenchError):
     """A training step cannot fit in the device's memory (estimated before training, or met at run time)."""
 
@@ -121,10 +126,27 @@ def _cpu_available() -> tuple[int, str] | None:
     available = _meminfo_available()
     if available is None:
         return None
-    limit = _cgroup_room()
-    if limit is not None and limit < available:
-        return limit, "left under this process group's memory limit"
-    return available, "available RAM"
+    what = "available RAM"
+    for room, why in ((_cgroup_room(), "left under this process group's memory limit"),
+                      (_address_space_room(), "left under this process's address-space limit (ulimit -v)")):
+        if room is not None and room < available:
+            available, what = room, why
+    return available, what
+
+
+def _address_space_room() -> int | None:
+    """Bytes of address space left under RLIMIT_AS (``ulimit -v``, some batch schedulers), or None."""
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        status = Path("/proc/self/status").read_text()
+        used = int(status.split("VmSize:")[1].split()[0]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, soft - used)
 
 
 def _meminfo_available() -> int | None:
@@ -161,6 +183,7 @@ def check_step_fits(cfg: DictConfig, device: torch.device, world_size: int = 1, 
     room = available_memory(device, live)
     if room is None:
         return
+    _BEFORE_TRAINING[str(device)] = room
     available, what = room
     need = estimate_step_memory(cfg)
     batch = _per_rank_batch(cfg, world_size)
@@ -191,7 +214,7 @@ def explain_oom(exc: BaseException, cfg: DictConfig, device: torch.device | None
     if not is_out_of_memory(exc):
         return None
     need = estimate_step_memory(cfg)
-    room = available_memory(device, live=True) if device is not None else None
+    room = None if device is None else _BEFORE_TRAINING.get(str(device)) or available_memory(device, live=True)
     advice = "try a smaller trainer.batch_size or dataset.resize"
     if room is not None:
         available, _what = room
