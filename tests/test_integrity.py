@@ -264,6 +264,7 @@ class _DiskFile:
         self.close()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # TensorBoard's writer thread
 @pytest.mark.parametrize("target,failed_file,epochs_kept", [
     ("last.pt", "last.pt", 2),
     ("metrics.jsonl", "metrics.jsonl", 2),
