@@ -39,6 +39,17 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 # ------------------------------------------------------------------------------------- one writer
 
 
+def test_the_lock_is_reentrant_in_one_process_and_refuses_another(tmp_path):
+    child = [sys.executable, "-c", "import sys\nfrom cnnbench.runlock import acquire\nfrom pathlib import Path\n"
+             "try:\n    acquire(Path(sys.argv[1]))\nexcept Exception as e:\n    print(e)\n    sys.exit(2)\n", str(tmp_path)]
+    with run_folder_lock(tmp_path):
+        with run_folder_lock(tmp_path):  # train() inside cnnbench train's lock: no waiting on itself
+            pass
+        refused = subprocess.run(child, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and f"in use by process {os.getpid()}" in refused.stdout
+    assert subprocess.run(child, capture_output=True, text=True, timeout=60).returncode == 0
+
+
 def test_second_process_on_a_run_folder_is_refused(fake_data, tmp_path):
     """Two `cnnbench train` on one folder: the second stops with one line naming the holder, exit 2,
     touching nothing; the first goes on and its files stay one run's."""
@@ -88,17 +99,6 @@ def test_a_killed_holder_leaves_no_lock(fake_data, tmp_path):
     assert holder_of(run_dir) is None  # the kernel dropped the lock with the process
     resumed = [o for o in overrides if not o.startswith("trainer.epochs=")] + ["trainer.epochs=2", "trainer.resume=auto"]
     assert train(compose_config(resumed), run_dir)["status"] == "completed"
-
-
-def test_the_lock_is_reentrant_in_one_process_and_refuses_another(tmp_path):
-    child = [sys.executable, "-c", "import sys\nfrom cnnbench.runlock import acquire\nfrom pathlib import Path\n"
-             "try:\n    acquire(Path(sys.argv[1]))\nexcept Exception as e:\n    print(e)\n    sys.exit(2)\n", str(tmp_path)]
-    with run_folder_lock(tmp_path):
-        with run_folder_lock(tmp_path):  # train() inside cnnbench train's lock: no waiting on itself
-            pass
-        refused = subprocess.run(child, capture_output=True, text=True, timeout=60)
-        assert refused.returncode == 2 and f"in use by process {os.getpid()}" in refused.stdout
-    assert subprocess.run(child, capture_output=True, text=True, timeout=60).returncode == 0
 
 
 def test_a_sweep_reports_a_job_folder_in_use_and_leaves_it_alone(fake_data, tmp_path):
@@ -283,6 +283,8 @@ def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(fake_data, tmp
     assert summary["resumable_from_epoch"] == epochs_kept
     assert summary["resume_command"].endswith(f"trainer.resume=auto hydra.run.dir={tmp_path}")
     assert f"the run can be resumed from epoch {epochs_kept} once the disk has room: cnnbench train" in caplog.text
+    assert f"run failed: RunFileWriteError: cannot write {tmp_path / failed_file}" in caplog.text or target == "summary.json"
+    assert "Traceback" not in caplog.text  # one line, not a chained traceback
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
