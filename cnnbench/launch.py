@@ -1,7 +1,9 @@
 """The command line's way into Hydra: checks before launch, the job function, exit codes.
 
 ``hydra_main(args)`` wraps ``train()`` in ``@hydra.main``. Before Hydra creates any folder it composes
-and validates every job of the command line (``preflight``); after a sweep it reads every job's
+and validates every job of the command line (``preflight``); for a single run it then checks the resume
+and takes the run folder's lock (``_claim_run_folder``), and it turns Hydra's own ``.hydra/`` writing off
+so that each job writes that record itself, under its folder's lock. After a sweep it reads every job's
 ``summary.json`` (:mod:`cnnbench.sweeps`), whichever launcher ran it, and exits non-zero when any job
 did not complete.
 """

@@ -25,10 +25,10 @@ logger = logging.getLogger(__name__)
 
 # Calibrated on the CPU with scripts/calibrate_memory.py: peak RSS of train() runs of two steps and one
 # evaluation batch, minus the RSS before the run (MiB, measured vs estimated, fp32 unless named):
-#   resnet18  96 px batch  64:  517 vs  460 (0.89)     resnet18 224 px batch  64: 1820 vs 1625 (0.89)
-#   resnet18  96 px batch 256: 1395 vs 1247 (0.89)     resnet18 224 px batch 256: 5574 vs 5907 (1.06)
-#   resnet18  96 px batch 256 bf16: 992 vs 932 (0.94)  vgg11 224 px batch 64: 1282 vs 1461 (1.14)
-#   densenet  96 px batch 128: 1000 vs 962 (0.96)
+#   resnet18  96 px batch  64:  501 vs  460 (0.92)     resnet18 224 px batch  64: 1699 vs 1625 (0.96)
+#   resnet18  96 px batch 256: 1336 vs 1247 (0.93)     resnet18 224 px batch 256: 5530 vs 5907 (1.07)
+#   resnet18  96 px batch 256 bf16: 931 vs 935 (1.00)  vgg11 224 px batch 64: 1297 vs 1461 (1.13)
+#   densenet  96 px batch 128:  996 vs  962 (0.97)
 # so the estimate is within about 15% either way; refusals leave more than that as margin (REFUSE_ABOVE).
 ACTIVATION_FACTOR = 1.0  # bytes kept per forward-output byte: the outputs themselves, saved for backward
 AMP_ACTIVATION_FACTOR = 0.7  # bf16/fp16 autocast: conv and linear outputs in 2 bytes, the rest in 4

@@ -3,6 +3,7 @@
 ``train(cfg, run_dir)`` is the plain function (tests call it after ``compose``); the command line's
 ``@hydra.main`` wrapper is :func:`cnnbench.launch.hydra_main`. A run reads top to bottom:
 
+0. ``check_resume`` (:mod:`cnnbench.resume_check`) and the run folder's lock (:mod:`cnnbench.runlock`);
 1. ``build_run`` (:mod:`cnnbench.build`): device, data, model, optimizer, schedule;
 2. ``restore`` (:mod:`cnnbench.checkpoint`) when resuming;
 3. ``run_epochs``: ``train_one_epoch`` then ``finish_epoch`` (evaluate, log, checkpoint) per epoch;

@@ -366,3 +366,13 @@ def test_every_declared_model_argument_is_taken_by_its_factory():
             build_model(name, **{k: v.example for k, v in spec.kwargs.items()})
         for key, value in compose_config([f"model={name}"]).model.items():
             assert key == "name" or spec.kwargs[key].valid(value), (name, key, value)
+
+
+def test_a_run_folder_with_spaces_or_commas_reaches_hydra_quoted():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from cnnbench.launch import override_value
+
+    for path in ("outputs/2026-01-01/10-00-00-000001_lenet", "/tmp/my runs/a,b", "/tmp/it's [1]"):
+        (parsed,) = OverridesParser.create().parse_overrides([f"hydra.run.dir={override_value(path)}"])
+        assert parsed.value() == path
