@@ -21,6 +21,7 @@ from torch import nn
 
 from .checkpoint import RunState
 from .data import DeviceLoader, load_splits
+from .data.split import split_train_val
 from .describe import count_parameters, forward_flops
 from .devices import resolve_device
 from .distributed import DistContext, broadcast_object
@@ -29,6 +30,7 @@ from .errors import ConfigError
 from .memory import check_step_fits
 from .models import build_model, input_side
 from .optim import build_optimizer, build_scheduler
+from .selection import Monitor
 from .speed import SpeedSettings, resolve_speed
 from .validate import check_global_batch, validate_config
 
@@ -48,7 +50,9 @@ class Run:
     scheduler: Any  # a LambdaLR, or None for a constant rate
     precision: Precision
     train_loader: DeviceLoader
+    val_loader: DeviceLoader | None  # None without a validation split (dataset.val_size=0, the book's way)
     test_loader: DeviceLoader
+    monitor: Monitor | None  # the metric that selects best.pt and drives early stopping
     params: int
     flops: int  # forward FLOPs per image
     speed: SpeedSettings
@@ -116,13 +120,15 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = DistContext()) 
     raw_model = model_from_config(cfg)
     init_weights(raw_model, cfg.trainer.init)
     params, flops = count_parameters(raw_model), forward_flops(raw_model, cfg.dataset.in_channels, size)
-    train_loader, test_loader = build_loaders(cfg, device, size, ctx)
+    train_loader, val_loader, test_loader = build_loaders(cfg, device, size, ctx)
     raw_model.to(device)
     speed = resolve_speed(cfg.device, device, raw_model, train_loader, bool(cfg.trainer.deterministic))
     speed = broadcast_object(speed, ctx)  # every rank uses rank 0's choice
     if speed.channels_last:
         raw_model.to(memory_format=torch.channels_last)
-        train_loader.channels_last = test_loader.channels_last = True
+        for loader in (train_loader, val_loader, test_loader):
+            if loader is not None:
+                loader.channels_last = True
     model = wrap_ddp(raw_model, cfg, ctx, device)
     raw_model = model.module if ctx.enabled else raw_model  # SyncBatchNorm conversion makes a new module
     model = torch.compile(model) if speed.compile else model
@@ -131,19 +137,25 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = DistContext()) 
     scheduler = build_scheduler(cfg.scheduler, optimizer, batches, int(cfg.trainer.epochs))
     precision = Precision.create(speed.precision, device)
     return Run(cfg, run_dir, device, model, raw_model, optimizer, scheduler, precision,
-               train_loader, test_loader, params, flops, speed, ctx)
+               train_loader, val_loader, test_loader, Monitor.from_config(cfg), params, flops, speed, ctx)
 
 
 def build_loaders(cfg: DictConfig, device: torch.device, size: int,
-                  ctx: DistContext) -> tuple[DeviceLoader, DeviceLoader]:
-    """Train and test loaders: each split once on the device, this rank's share of every batch."""
+                  ctx: DistContext) -> tuple[DeviceLoader, DeviceLoader | None, DeviceLoader]:
+    """Train, validation (None without a split) and test loaders: each split once on the device,
+    this rank's share of every batch."""
     train_split, test_split = load_splits(cfg.dataset)
+    val_split = None
+    val_size = int(cfg.dataset.get("val_size", 0) or 0)
+    if val_size:
+        train_split, val_split = split_train_val(train_split, val_size, int(cfg.dataset.get("val_seed", 0)))
     normalize = (float(cfg.dataset.mean), float(cfg.dataset.std)) if cfg.dataset.normalize else None
     common = dict(device=device, resize=size, normalize=normalize, rank=ctx.rank, world_size=ctx.world_size)
     train_loader = DeviceLoader(train_split, int(cfg.trainer.batch_size), shuffle=True,
                                 seed=int(cfg.trainer.seed), **common)
     eval_bs = int(cfg.trainer.eval_batch_size or cfg.trainer.batch_size)
-    return train_loader, DeviceLoader(test_split, eval_bs, shuffle=False, **common)
+    val_loader = None if val_split is None else DeviceLoader(val_split, eval_bs, shuffle=False, **common)
+    return train_loader, val_loader, DeviceLoader(test_split, eval_bs, shuffle=False, **common)
 
 
 def check_sync_batchnorm(cfg: DictConfig) -> None:

@@ -13,7 +13,7 @@ import os
 import pickle
 import random
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,9 +41,13 @@ class RunState:
 
     epoch: int = 0  # epochs fully done
     step: int = 0  # optimizer steps done
-    best_test_acc: float | None = None
-    last_test_acc: float | None = None
+    last_eval: dict = field(default_factory=dict)  # the latest evaluation: val/acc, val/loss, test/acc, test/loss
     last_train: dict = field(default_factory=dict)  # last epoch's train/loss, train/acc
+    best_epoch: int | None = None  # epoch of best.pt: the best value of the monitored metric so far
+    best_value: float | None = None  # that value
+    best_eval: dict = field(default_factory=dict)  # the whole evaluation of that epoch
+    evals_since_best: int = 0  # evaluations without an improvement above early_stopping.min_delta
+    stop_reason: str | None = None  # why the run ended before its last epoch (early stopping)
     train_time_s: float = 0.0  # seconds inside train_one_epoch, summed over epochs
     train_examples: int = 0
     chance_epochs: int = 0  # consecutive epochs at chance level
@@ -54,6 +58,13 @@ class RunState:
     def as_dict(self) -> dict:
         """The fields as a dict of plain values (what ``torch.load(weights_only=True)`` reads back)."""
         return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "RunState":
+        """The state a checkpoint holds; fields of older cnnbench versions that no longer exist are
+        dropped (their meaning is gone), missing ones take their defaults."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in known})
 
 
 def checkpoint_state(run: "Run") -> dict[str, Any]:
@@ -104,7 +115,7 @@ def restore(run: "Run", path: Path) -> None:
         run.scheduler.load_state_dict(state["scheduler"])
     if run.precision.scaler is not None and state.get("scaler"):
         run.precision.scaler.load_state_dict(state["scaler"])
-    run.state = RunState(**state["run_state"])
+    run.state = RunState.from_dict(state["run_state"])
     set_rng_state(state["rng"])
     logger.info("resumed from %s at epoch %d, step %d", path, run.state.epoch, run.state.step)
 

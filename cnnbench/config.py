@@ -27,9 +27,16 @@ def config_dir() -> Path:
 
 
 def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
-    """Compose ``train.yaml`` with Hydra overrides, as ``cnnbench train`` would, without running."""
-    from hydra import compose, initialize_config_dir
+    """Compose ``train.yaml`` with Hydra overrides, as ``cnnbench train`` would, without running.
 
+    Inside a running ``cnnbench train`` job Hydra is already initialized with this config tree, and a
+    second initialization is refused: compose with it as it is.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=PRIMARY_CONFIG, overrides=list(overrides), return_hydra_config=return_hydra_config)
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose(
             config_name=PRIMARY_CONFIG,

@@ -101,8 +101,14 @@ def preflight(args: Sequence[str]) -> str | None:
         added = [o for o in job if o.startswith("+")]
         try:
             cfg = compose_config(job, return_hydra_config=True)
+            fixed = _sweeper_fixed_params(cfg, job) if multirun else []
+            if fixed:  # values a searching sweeper adds to every trial (lr_search's dataset.val_size)
+                job = [*fixed, *job]
+                cfg = compose_config(job, return_hydra_config=True)
         except HydraException as exc:
             raise ConfigError(explain_override_error(str(exc), flat_keys(compose_config([])))) from None
+        if multirun:
+            _check_optimizing_sweep(cfg)
         if added:
             check_added_keys(added, compose_config([o for o in job if not o.startswith("+")]), groups)
         out_dir = str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
@@ -112,6 +118,37 @@ def preflight(args: Sequence[str]) -> str | None:
             del cfg["hydra"]  # its job-time values (hydra.job.num) do not exist yet
         validate_config(cfg)
     return out_dir
+
+
+def _sweeper_fixed_params(cfg: DictConfig, job: Sequence[str]) -> list[str]:
+    """The fixed ``key=value`` entries of a searching sweeper's ``params`` (Optuna's), as overrides,
+    except keys the command line sets itself (they win, as in the sweeper)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = cfg.hydra.sweeper.get("params") or {}
+    given = {o.split("=", 1)[0].lstrip("+~") for o in job}
+    entries = [f"{k}={v}" for k, v in params.items() if k not in given]
+    parsed = OverridesParser.create().parse_overrides(entries)
+    return [p.input_line for p in parsed if not p.is_sweep_override()]
+
+
+def _check_optimizing_sweep(cfg: DictConfig) -> None:
+    """A sweeper that optimizes (Optuna) must optimize on validation data, never on the test set."""
+    target = str(cfg.hydra.sweeper.get("_target_", ""))
+    if "optuna" in target and not int(cfg.dataset.get("val_size", 0) or 0):
+        raise ConfigError("a sweep that optimizes a metric needs a validation split, or it would choose on the "
+                          "test set: set dataset.val_size (e.g. 5000; hydra/sweeper=lr_search sets it)")
+
+
+def sweep_objective(summary: dict) -> float:
+    """What a job returns to a searching sweeper: the validation accuracy of the checkpoint it selected
+    (best.pt); without a validation split the final test accuracy (basic sweeps ignore it); NaN for a
+    job that did not complete."""
+    if summary.get("status") != "completed":
+        return float("nan")
+    value = summary.get("best/val_acc")
+    value = summary.get("test/acc") if value is None else value
+    return float("nan") if value is None else float(value)
 
 
 def _check_distributed(cfg: DictConfig) -> None:
@@ -168,8 +205,7 @@ def hydra_main(args: Sequence[str]) -> int:
             summary = {"status": REFUSED_STATUS[type(exc)], "error": f"{type(exc).__name__}: {exc}",
                        "run_dir": str(run_dir)}
         outcomes.append({k: summary.get(k) for k in ("status", "error", "run_dir")})
-        # Sweepers (Optuna) maximize this value; a job that did not complete gives NaN.
-        return float(summary["test/acc"]) if summary.get("test/acc") is not None else float("nan")
+        return sweep_objective(summary)  # what Optuna maximizes
 
     with contextlib.ExitStack() as held:
         if not multirun:  # before Hydra writes anything into the folder

@@ -34,6 +34,8 @@ MEANING_KEYS: tuple[str, ...] = (
     "model",  # the network and its keyword arguments
     "dataset.name", "dataset.folder", "dataset.resize", "dataset.in_channels", "dataset.num_classes",
     "dataset.normalize", "dataset.mean", "dataset.std",
+    "dataset.val_size", "dataset.val_seed",  # which training images are held out
+    "trainer.monitor",  # the metric best.pt's kept state was chosen by
     "trainer.batch_size",  # an epoch's order is drawn per batch index: another batch neither repeats nor continues it
     "trainer.limit_train_batches",  # the length of an epoch
     "trainer.seed", "trainer.init",

@@ -17,9 +17,11 @@ from omegaconf import DictConfig
 
 from . import __version__
 from .build import Run, image_size
+from .book_results import book_comparison
 from .checkpoint import RunState
 from .devices import device_name
 from .errors import TrainingDiverged
+from .runfiles import BEST_CHECKPOINT
 
 logger = logging.getLogger("cnnbench.train")  # the closing lines belong to the train command's log
 
@@ -41,8 +43,20 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "steps": s.step,
         "train/loss": s.last_train.get("train/loss"),
         "train/acc": s.last_train.get("train/acc"),
-        "test/acc": s.last_test_acc,
-        "best/test_acc": s.best_test_acc,
+        "val/acc": s.last_eval.get("val/acc"),
+        "val/loss": s.last_eval.get("val/loss"),
+        "test/acc": s.last_eval.get("test/acc"),
+        "test/loss": s.last_eval.get("test/loss"),
+        # The checkpoint chosen by the monitored metric (best.pt), and that same checkpoint's test
+        # accuracy; None without a monitor: then nothing was chosen and the final epoch is the result.
+        "monitor": run.monitor.name if run and run.monitor else None,
+        "best/epoch": s.best_epoch,
+        "best/val_acc": s.best_eval.get("val/acc"),
+        "best/val_loss": s.best_eval.get("val/loss"),
+        "best/test_acc": s.best_eval.get("test/acc"),
+        "best/test_loss": s.best_eval.get("test/loss"),
+        "stopped_early": s.stop_reason is not None,
+        "stop_reason": s.stop_reason,
         "wall_time_s": wall,
         "train_time_s": s.train_time_s,
         "examples_per_sec": s.train_examples / s.train_time_s if s.train_time_s else None,
@@ -66,7 +80,25 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
     if isinstance(error, TrainingDiverged):
         summary.update({"diverged_at_step": error.step, "diverged_loss": error.loss,
                         "last_finite_loss": error.last_finite_loss})
+    summary["book"] = _safe(lambda: book_comparison(cfg, summary))  # a d2l_* recipe: the book beside it
     return summary
+
+
+def book_line(book: dict[str, Any]) -> str:
+    """'the book (D2L 6.6, two editions): train loss 0.473 (0.469-0.472), train acc 0.822 (0.823-0.826),
+    test acc 0.819 (0.779-0.791, above): reproduced'."""
+    parts = []
+    for key, label in (("train_loss", "train loss"), ("train_acc", "train acc"), ("test_acc", "test acc")):
+        item = book[key]
+        low, high = item["book"]
+        where = item.get("position") or ("ok" if item["ok"] else "off")
+        parts.append(f"{label} {item['value']:.3f} ({low:.3f}-{high:.3f}, {where})")
+    verdict = "reproduced" if book["reproduced"] else "not reproduced"
+    return f"the book (D2L {book.get('section')}, {len(book['editions'])} editions): {', '.join(parts)}: {verdict}"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _safe(fn: Callable[[], Any]) -> Any:
@@ -82,6 +114,14 @@ def closing_lines(summary: dict[str, Any]) -> None:
         logger.info("loss %.3f, train acc %.3f, test acc %.3f",
                     summary["train/loss"], summary["train/acc"], summary["test/acc"])
         logger.info("%.1f examples/sec on %s", summary["examples_per_sec"] or 0.0, summary["device"])
+        if summary["best/epoch"] is not None:
+            logger.info("best checkpoint by %s: epoch %d, val acc %s, test acc %s (%s)", summary["monitor"],
+                        summary["best/epoch"], _fmt(summary["best/val_acc"]), _fmt(summary["best/test_acc"]),
+                        BEST_CHECKPOINT)
+        if summary["stop_reason"]:
+            logger.info("%s", summary["stop_reason"])
+        if summary.get("book"):
+            logger.info("%s", book_line(summary["book"]))
     else:
         logger.error("run %s: %s", summary["status"], summary["error"] or "")
     if summary.get("resume_command"):  # a failed write (full disk): the checkpoint before it is kept

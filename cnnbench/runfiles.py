@@ -5,6 +5,7 @@ A run folder holds:
 - ``summary.json`` (:data:`SUMMARY`): status, error and final numbers, rewritten as the run goes;
 - ``metrics.jsonl`` (:data:`METRICS`): one JSON object per logged step or epoch;
 - ``last.pt`` (:data:`CHECKPOINT`): the checkpoint a resumed run starts from;
+- ``best.pt`` (:data:`BEST_CHECKPOINT`): the checkpoint of the best epoch by the monitored metric;
 - ``.hydra/`` (:data:`HYDRA_DIR`): Hydra's copy of the composed config (:data:`CONFIG`) and of the
   command-line overrides (:data:`OVERRIDES`);
 - TensorBoard's ``events.out.tfevents.*`` files;
@@ -21,6 +22,7 @@ from pathlib import Path
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
 HYDRA_DIR = ".hydra"
 CONFIG = Path(HYDRA_DIR) / "config.yaml"
 OVERRIDES = Path(HYDRA_DIR) / "overrides.yaml"

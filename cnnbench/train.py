@@ -6,7 +6,8 @@
 0. ``check_resume`` (:mod:`cnnbench.resume_check`) and the run folder's lock (:mod:`cnnbench.runlock`);
 1. ``build_run`` (:mod:`cnnbench.build`): device, data, model, optimizer, schedule;
 2. ``restore`` (:mod:`cnnbench.checkpoint`) when resuming;
-3. ``run_epochs``: ``train_one_epoch`` then ``finish_epoch`` (evaluate, log, checkpoint) per epoch;
+3. ``run_epochs``: ``train_one_epoch`` then ``finish_epoch`` (evaluate, select, log, checkpoint) per
+   epoch, until the last epoch or early stopping;
 4. ``summarize`` (:mod:`cnnbench.run_summary`): summary.json and the closing lines.
 """
 
@@ -34,8 +35,9 @@ from .errors import CnnbenchError, RunFileWriteError, TrainingDiverged
 from .memory import explain_oom
 from .resume_check import ResumePlan, check_resume, resume_run, write_hydra_record
 from .run_summary import closing_lines, summarize
-from .runfiles import CHECKPOINT, HYDRA_DIR, SUMMARY
+from .runfiles import BEST_CHECKPOINT, CHECKPOINT, HYDRA_DIR, SUMMARY
 from .runlock import run_folder_lock
+from .selection import TEST_SET_WARNING
 from .runlog import RunLogger, hparams_of, trim_metrics, write_json_atomic
 from .signals import GracefulStop
 
@@ -80,6 +82,7 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path |
             rlog = RunLogger(run_dir, enabled=main, purge_step=run.state.step + 1 if resume_from else None)
             if resume_from is None:
                 rlog.log_config(cfg)
+            warn_test_set_selection(run)
             status = run_epochs(run, rlog, stop)
             if status == "interrupted":
                 checkpoint_on_interrupt(run)
@@ -131,6 +134,7 @@ def _close_log(rlog: RunLogger, cfg: DictConfig, overrides: list[str], summary: 
         if summary["status"] == "completed":
             rlog.log_hparams(hparams_of(cfg, overrides), {
                 "hparam/test_acc": summary["test/acc"], "hparam/best_test_acc": summary["best/test_acc"],
+                "hparam/best_val_acc": summary["best/val_acc"],
                 "hparam/train_loss": summary["train/loss"], "hparam/train_acc": summary["train/acc"],
             })
         rlog.close()
@@ -194,7 +198,7 @@ def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop) -> str:
     epochs = int(cfg.trainer.epochs)
     n_batches = run.batches_per_epoch
     show_bar = _progress_enabled(cfg.trainer.progress_bar)
-    while run.state.epoch < epochs:
+    while run.state.epoch < epochs and not run.state.stop_reason:  # a stopped run stays stopped on resume
         epoch = run.state.epoch
         partial = _restore_partial(run)
         bar = tqdm(total=n_batches, initial=partial.batches if partial else 0, desc=f"epoch {epoch + 1}/{epochs}",
@@ -223,13 +227,17 @@ def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop) -> str:
             return "interrupted"
         run.state.partial = None
         finish_epoch(run, rlog, out, elapsed)
+        if run.state.stop_reason:  # early stopping: the same decision on every rank (same global sums)
+            logger.info("%s", run.state.stop_reason)
+            return "completed"
         if any_rank(stop.requested, run.dist, run.device):  # all ranks leave after the same epoch
             return "interrupted"
     return "completed"
 
 
 def finish_epoch(run: Run, rlog: RunLogger, out: EpochResult, elapsed: float) -> None:
-    """Evaluate (when due), log the epoch record, check for chance level, checkpoint."""
+    """Evaluate (when due) and select (best.pt, early stopping), log the epoch record, check for
+    chance level, checkpoint."""
     cfg = run.cfg
     run.state.epoch += 1
     epoch = run.state.epoch
@@ -238,22 +246,48 @@ def finish_epoch(run: Run, rlog: RunLogger, out: EpochResult, elapsed: float) ->
         "throughput/examples_per_sec": out.examples / max(elapsed, 1e-9),
         "time/epoch_s": elapsed,
     }
-    if _evaluation_due(cfg, epoch):
-        test = evaluate(run.model, run.test_loader, run.precision, cfg.trainer.limit_eval_batches, run.dist)
-        record.update(test.metrics("test"))
-        run.state.last_test_acc = test.acc
-        best = run.state.best_test_acc
-        run.state.best_test_acc = test.acc if best is None else max(best, test.acc)
     run.state.last_train = out.metrics()
+    if _evaluation_due(cfg, epoch):
+        run.state.last_eval = evaluate_splits(run)
+        record.update(run.state.last_eval)
+        if run.monitor is not None and run.monitor.update(run.state, run.state.last_eval, epoch):
+            _save(run, BEST_CHECKPOINT)
     rlog.log("epoch", record)
     logger.info(
-        "epoch %d/%d: loss %.3f, train acc %.3f%s, %.0f examples/sec", epoch, int(cfg.trainer.epochs),
-        out.loss, out.acc, f", test acc {record['test/acc']:.3f}" if "test/acc" in record else "",
-        record["throughput/examples_per_sec"],
+        "epoch %d/%d: loss %.3f, train acc %.3f%s%s, %.0f examples/sec", epoch, int(cfg.trainer.epochs),
+        out.loss, out.acc, f", val acc {record['val/acc']:.3f}" if "val/acc" in record else "",
+        f", test acc {record['test/acc']:.3f}" if "test/acc" in record else "", record["throughput/examples_per_sec"],
     )
     _chance_check(run, out)
-    if cfg.trainer.checkpoint and run.dist.is_main:
-        save_checkpoint(run.run_dir / CHECKPOINT, checkpoint_state(run))
+    if cfg.trainer.checkpoint:
+        _save(run, CHECKPOINT)
+
+
+def evaluate_splits(run: Run) -> dict[str, float]:
+    """val/acc, val/loss (with a validation split), test/acc, test/loss: each split evaluated on the
+    device, summed over ranks."""
+    limit = run.cfg.trainer.limit_eval_batches
+    metrics: dict[str, float] = {}
+    if run.val_loader is not None:
+        metrics.update(evaluate(run.model, run.val_loader, run.precision, limit, run.dist).metrics("val"))
+    metrics.update(evaluate(run.model, run.test_loader, run.precision, limit, run.dist).metrics("test"))
+    return metrics
+
+
+def _save(run: Run, name: str) -> None:
+    """Write a checkpoint of the run as it is now (rank 0 only; atomically)."""
+    if run.dist.is_main:
+        save_checkpoint(run.run_dir / name, checkpoint_state(run))
+
+
+def warn_test_set_selection(run: Run) -> None:
+    """Once per run (a resumed run keeps the warning it already has): selecting on test data."""
+    if run.monitor is None or not run.monitor.name.startswith("test/"):
+        return
+    message = TEST_SET_WARNING.format(name=run.monitor.name)
+    if message not in run.state.warnings:
+        logger.warning("%s", message)
+        run.state.warnings.append(message)
 
 
 def checkpoint_on_interrupt(run: Run) -> None:

@@ -143,6 +143,32 @@ def check_values(cfg: DictConfig) -> None:
     check_ranges(cfg)
     check_model_kwargs(spec.name, _model_kwargs(cfg))
     _check_batch_fits(cfg)
+    _check_selection(cfg)
+
+
+def _check_selection(cfg: DictConfig) -> None:
+    """The validation split, the monitor and early stopping."""
+    from .selection import Monitor
+
+    val_size = cfg.dataset.get("val_size", 0)
+    if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0:
+        raise ConfigError(f"dataset.val_size must be a whole number of examples >= 0, got {val_size!r}")
+    if not isinstance(cfg.dataset.get("val_seed", 0), int):
+        raise ConfigError(f"dataset.val_seed must be an integer, got {cfg.dataset.get('val_seed')!r}")
+    n = _train_size(cfg)
+    if n is not None and val_size >= n:
+        raise ConfigError(f"dataset.val_size={val_size} leaves no training examples ({n} examples of "
+                          f"{cfg.dataset.name})")
+    if n is not None and n - val_size < cfg.trainer.batch_size:
+        raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is larger than the training set left "
+                          f"after holding out dataset.val_size={val_size} ({n - val_size} examples)")
+    stopping = cfg.trainer.get("early_stopping") or {}
+    if stopping.get("patience") is not None:
+        _positive(stopping.get("patience"), "trainer.early_stopping.patience", integer=True)
+    min_delta = stopping.get("min_delta", 0.0)
+    if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not 0 <= min_delta < float("inf"):
+        raise ConfigError(f"trainer.early_stopping.min_delta must be a number >= 0, got {min_delta!r}")
+    Monitor.from_config(cfg)  # an unknown monitor, val/* without a split, early stopping without a monitor
 
 
 def _model_kwargs(cfg: DictConfig) -> dict:

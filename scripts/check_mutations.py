@@ -6,8 +6,8 @@
 
 Each entry replaces one exact piece of code (it must occur once in its file), runs the tests that
 guard it, restores the file and reports RED (a test failed: good), SURVIVED (no test noticed: a
-test to write), ERROR (the tests could not even run: not a verdict) or MOVED (the code it names is
-not there: update the entry where the code went). The exit status is 1 unless every one is RED. Run it after a refactor to show the suite still
+test to write), ERROR (the tests could not even run: not a verdict), BROKEN (the tests fail without
+the mutation too) or MOVED (the code it names is not there: update the entry where the code went). The exit status is 1 unless every one is RED. Run it after a refactor to show the suite still
 guards every promise listed here; add an entry with each test that guards a new promise.
 """
 
@@ -45,8 +45,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              '    random.setstate(_python_state_from_plain(state["python"]))', "    pass",
              ("tests/test_reliability.py", "-k", "plain_data")),
     Mutation("last.pt after every epoch", "cnnbench/train.py",
-             "    if cfg.trainer.checkpoint and run.dist.is_main:",
-             "    if cfg.trainer.checkpoint and run.dist.is_main and epoch % 2 == 0:",
+             "    if cfg.trainer.checkpoint:\n        _save(run, CHECKPOINT)",
+             "    if cfg.trainer.checkpoint and epoch % 2 == 0:\n        _save(run, CHECKPOINT)",
              ("tests/test_reliability.py", "-k", "last_pt")),
     Mutation("a resumed sweep continues an interrupted job", "cnnbench/sweeps.py",
              '            cfg.trainer.resume = "auto"', "            cfg.trainer.resume = None",
@@ -108,6 +108,40 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("the book's loop applies Xavier init", "cnnbench/book.py",
              "    net.apply(init_weights)", "    pass",
              ("tests/test_book.py", "-k", "hand_computed")),
+    # ---- model selection on validation data
+    Mutation("the validation images are held out of training", "cnnbench/build.py",
+             "        train_split, val_split = split_train_val(", "        val_split = split_train_val(",
+             ("tests/test_selection.py", "-k", "no_validation_image")),
+    Mutation("the split is stratified by class", "cnnbench/data/split.py",
+             "    quotas = class_quotas(counts, val_size)",
+             "    quotas = torch.full_like(counts, val_size // num_classes)",
+             ("tests/test_selection.py", "-k", "stratified")),
+    Mutation("the split has its own seed", "cnnbench/data/split.py",
+             "    gen = torch.Generator().manual_seed(int(seed))", "    gen = None",
+             ("tests/test_selection.py", "-k", "stratified or across_training_seeds")),
+    Mutation("best.pt when the monitor improves", "cnnbench/train.py",
+             "            _save(run, BEST_CHECKPOINT)", "            pass",
+             ("tests/test_selection.py", "-k", "best_pt_holds")),
+    Mutation("resume keeps the selection state", "cnnbench/checkpoint.py",
+             "        known = {f.name for f in fields(cls)}",
+             '        known = {f.name for f in fields(cls)} - {"best_value", "evals_since_best"}',
+             ("tests/test_selection.py", "-k", "resume_keeps")),
+    Mutation("early stopping", "cnnbench/selection.py",
+             "        if self.patience is not None and state.evals_since_best >= self.patience:",
+             "        if False:",
+             ("tests/test_selection.py", "-k", "early_stopping")),
+    Mutation("Optuna maximizes validation accuracy", "cnnbench/launch.py",
+             '    value = summary.get("best/val_acc")', "    value = None",
+             ("tests/test_sweeps.py", "-k", "objective_is_the_selected or maximizes_validation")),
+    Mutation("an optimizing sweep needs a validation split", "cnnbench/launch.py",
+             "            _check_optimizing_sweep(cfg)", "            pass",
+             ("tests/test_sweeps.py", "-k", "without_a_validation_split")),
+    Mutation("the report ranks by validation accuracy", "cnnbench/report/runs.py",
+             "        acc = r.val_acc if by_val else r.test_acc", "        acc = r.test_acc",
+             ("tests/test_report.py", "-k", "ranked_and_selected")),
+    Mutation("the book comparison checks the train loss", "cnnbench/book_results.py",
+             '"ok": low - tol <= value <= high + tol}', '"ok": True}',
+             ("tests/test_selection.py", "-k", "book_recipe")),
     # ---- checks before launch
     Mutation("optimizer and schedule names are checked before launch", "cnnbench/validate.py",
              "    _check_names(cfg)\n", "    pass\n",
@@ -231,16 +265,25 @@ MUTATIONS: tuple[Mutation, ...] = (
 )
 
 
-def run(m: Mutation) -> tuple[str, str]:
-    """Apply ``m``, run its tests, restore the file; (verdict, pytest's last line)."""
+def pytest(tests: tuple[str, ...]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                          cwd=REPO, capture_output=True, text=True, timeout=1800)
+
+
+def run(m: Mutation, baseline: dict[tuple[str, ...], bool]) -> tuple[str, str]:
+    """Apply ``m``, run its tests, restore the file; (verdict, pytest's last line). The tests must pass
+    on the unchanged code first (checked once per selection), or a red run would prove nothing."""
     path = REPO / m.path
     original = path.read_text()
     if original.count(m.old) != 1:
         return "MOVED", f"{m.old.strip()[:60]!r} occurs {original.count(m.old)} times in {m.path}"
+    if m.tests not in baseline:
+        baseline[m.tests] = pytest(m.tests).returncode == 0
+    if not baseline[m.tests]:
+        return "BROKEN", "the tests fail on the unchanged code"
     path.write_text(original.replace(m.old, m.new))
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests],
-                              cwd=REPO, capture_output=True, text=True, timeout=1800)
+        proc = pytest(m.tests)
     finally:
         path.write_text(original)
     last = (proc.stdout.strip().splitlines() or [""])[-1]
@@ -264,9 +307,10 @@ def main() -> int:
             print(f"{m.name}: {m.path}: {m.old.strip()!r} -> {m.new.strip()!r}")
         return 0
     bad = 0
+    baseline: dict[tuple[str, ...], bool] = {}
     for m in chosen:
         t0 = time.perf_counter()
-        verdict, last = run(m)
+        verdict, last = run(m, baseline)
         bad += verdict != "RED"
         print(f"{verdict:<8} {m.name} ({m.path}; {time.perf_counter() - t0:.0f} s): {last}", flush=True)
     print(f"{len(chosen) - bad} of {len(chosen)} mutations caught")

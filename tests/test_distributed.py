@@ -23,7 +23,8 @@ def torchrun(*args: str, nproc: int = 2) -> list[str]:
 
 
 def test_two_processes_match_one_with_the_same_global_batch(fake_data, tmp_path):
-    overrides = fast_overrides(fake_data, *COMMON, "model=lenet")
+    # with a validation split: both ranks must hold out the same images for the sums to match
+    overrides = fast_overrides(fake_data, *COMMON, "model=lenet", "dataset.val_size=40")
     run_dir = tmp_path / "ddp"
     proc = subprocess.run(torchrun(*overrides, f"hydra.run.dir={run_dir}"), capture_output=True, text=True,
                           timeout=600)
@@ -33,7 +34,7 @@ def test_two_processes_match_one_with_the_same_global_batch(fake_data, tmp_path)
     assert summary["world_size"] == 2 and summary["backend"] == "gloo"
     assert [p.name for p in tmp_path.iterdir()] == ["ddp"]  # one run folder for both ranks
 
-    single = train(compose_fast(fake_data, *COMMON, "model=lenet"), tmp_path / "single")
+    single = train(compose_fast(fake_data, *COMMON, "model=lenet", "dataset.val_size=40"), tmp_path / "single")
     ddp_w = torch.load(run_dir / "last.pt", weights_only=True)["model"]
     one_w = torch.load(tmp_path / "single" / "last.pt", weights_only=True)["model"]
     for key in one_w:
@@ -41,6 +42,8 @@ def test_two_processes_match_one_with_the_same_global_batch(fake_data, tmp_path)
     # evaluation is sharded and reduced: the accuracy is over the whole test set, as in one process
     assert summary["test/acc"] == pytest.approx(single["test/acc"], abs=1e-6)
     assert summary["steps"] == single["steps"]
+    assert summary["val/acc"] == pytest.approx(single["val/acc"], abs=1e-6)
+    assert summary["best/epoch"] == single["best/epoch"]
     # Only rank 0 writes: one event file, one Hydra record, and each metric record once (a second writer
     # would add its own event file and a second copy of every line).
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1

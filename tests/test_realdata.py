@@ -28,9 +28,11 @@ def test_d2l_lenet_reproduces_the_book(tmp_path):
     s = run_recipe("d2l_lenet", tmp_path)
     assert 0.78 <= s["test/acc"] <= 0.84
     assert abs(s["train/loss"] - 0.47) <= 0.03
+    assert s["book"]["recipe"] == "d2l_lenet" and s["book"]["reproduced"] is True, s["book"]
 
 
 def test_d2l_lenet_bn_reproduces_the_book(tmp_path):
     """D2L 8.5 reports test accuracy of about 0.83-0.87 for the batch-normalized LeNet."""
     s = run_recipe("d2l_lenet_bn", tmp_path)
     assert s["test/acc"] >= 0.83
+    assert s["book"]["recipe"] == "d2l_lenet_bn" and s["book"]["reproduced"] is True, s["book"]

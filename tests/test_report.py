@@ -178,3 +178,46 @@ def test_report_never_imports_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=Path(cnnbench.__file__).parents[1])
     assert result.returncode == 0, result.stderr
+
+
+def test_runs_with_a_validation_split_are_ranked_and_selected_by_it(tmp_path: Path, capsys) -> None:
+    """The sweep's pick is the best validation accuracy, never the best test accuracy; the report
+    shows the pick's test accuracy (of its selected checkpoint) beside it."""
+    figures = {"0_lr=0.1": (0.91, 0.88), "1_lr=0.3": (0.95, 0.86), "2_lr=0.9": (0.89, 0.90)}  # (val, test)
+    for name, (val, test) in figures.items():
+        folder = fake_run(tmp_path / name, [f"optimizer.lr={name.split('=')[1]}"], test)
+        summary = json.loads((folder / "summary.json").read_text())
+        summary.update({"monitor": "val/acc", "best/val_acc": val, "best/test_acc": test - 0.01, "best/epoch": 2})
+        (folder / "summary.json").write_text(json.dumps(summary))
+    report = build_report(tmp_path)
+    assert [r.name for r in report.runs] == ["1_lr=0.3", "0_lr=0.1", "2_lr=0.9"]  # by validation accuracy
+    assert report.selected.name == "1_lr=0.3"  # not 2_lr=0.9, the best on the test set
+    assert cmd_report([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert ("selected by validation accuracy: optimizer.lr=0.3 (val acc 0.9500; test acc of that checkpoint "
+            "0.8500, epoch 2)") in out
+    selected_row = next(line for line in out.splitlines() if "(selected)" in line)
+    assert "0.3" in selected_row and "0.9500" in selected_row and "0.8500" in selected_row
+    assert "## Runs" in (tmp_path / "report.md").read_text() and "selected by validation" in (
+        tmp_path / "report.md").read_text()
+
+
+def test_book_column_for_book_recipes(tmp_path: Path, capsys) -> None:
+    book = {"recipe": "d2l_lenet", "section": "6.6", "editions": {}, "reproduced": True,
+            "train_loss": {"value": 0.473, "book": [0.469, 0.469], "ok": True},
+            "train_acc": {"value": 0.822, "book": [0.823, 0.824], "ok": True},
+            "test_acc": {"value": 0.819, "book": [0.776, 0.779], "position": "above"}}
+    missed = {**book, "reproduced": False, "train_loss": {"value": 0.61, "book": [0.469, 0.469], "ok": False}}
+    for name, entry in (("0_model=lenet", book), ("1_model=lenet_bn", missed), ("2_model=nin", None)):
+        folder = fake_run(tmp_path / name, [f"model={name.split('=')[1]}"], 0.8)
+        summary = json.loads((folder / "summary.json").read_text())
+        summary["book"] = entry
+        (folder / "summary.json").write_text(json.dumps(summary))
+    assert cmd_report([str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("| model"))
+    assert "| book" in header
+    row = {name: next(line for line in lines if f"| {name} " in line) for name in ("lenet", "lenet_bn", "nin")}
+    assert "yes (test above 0.776-0.779)" in row["lenet"]
+    assert "no: train loss 0.610 vs 0.469-0.469" in row["lenet_bn"]
+    assert row["nin"].rstrip(" |").endswith("-")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import signal
 import subprocess
@@ -13,8 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 import torch
+import yaml
 
 from cnnbench.config import compose_config
 from cnnbench.report import build_report, cmd_report
@@ -231,12 +232,35 @@ def test_joblib_sweep_reports_a_failure_from_another_process(fake_data, tmp_path
     assert "1 of 2 jobs completed" in proc.stdout + proc.stderr
 
 
-def test_optuna_sweeper_maximizes_test_accuracy(fake_data, tmp_path):
+def test_optuna_sweeper_maximizes_validation_accuracy(fake_data, tmp_path):
+    """lr_search optimizes what each job's selected checkpoint scores on held-out training images;
+    the test set plays no part (here its accuracies are made to disagree with the validation's)."""
     out = tmp_path / "sweep"
-    proc = sweep(fake_data, out, "hydra/sweeper=lr_search", "hydra.sweeper.n_trials=3", "model=lenet_bn")
+    proc = sweep(fake_data, out, "hydra/sweeper=lr_search", "hydra.sweeper.n_trials=3", "model=lenet_bn",
+                 "dataset.val_size=64", "trainer.epochs=2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert len(summaries(out)) == 3
-    best = (out / "optimization_results.yaml").read_text()
-    assert "best_value" in best
-    best_acc = max(s["test/acc"] for s in summaries(out).values())
-    assert f"best_value: {best_acc}" in best
+    jobs = summaries(out)
+    assert len(jobs) == 3
+    assert all(s["monitor"] == "val/acc" and s["best/val_acc"] is not None for s in jobs.values())
+    result = yaml.safe_load((out / "optimization_results.yaml").read_text())
+    assert result["best_value"] == max(s["best/val_acc"] for s in jobs.values())
+    assert all(s["overrides"] and "dataset.val_size=64" in s["overrides"] for s in jobs.values())
+
+
+def test_sweep_objective_is_the_selected_checkpoints_validation_accuracy():
+    from cnnbench.launch import sweep_objective
+
+    done = {"status": "completed", "best/val_acc": 0.91, "test/acc": 0.95, "best/test_acc": 0.93}
+    assert sweep_objective(done) == 0.91  # never a test figure when there is a validation split
+    assert sweep_objective({**done, "best/val_acc": None}) == 0.95  # no split: a plain sweep's figure
+    assert math.isnan(sweep_objective({**done, "status": "diverged"}))
+
+
+def test_optimizing_sweep_without_a_validation_split_is_refused(fake_data, tmp_path):
+    out = tmp_path / "sweep"
+    proc = sweep(fake_data, out, "hydra/sweeper=lr_search", "hydra.sweeper.n_trials=2", "dataset.val_size=0")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "cnnbench train: error: a sweep that optimizes a metric needs a validation split, or it would choose "
+        "on the test set: set dataset.val_size (e.g. 5000; hydra/sweeper=lr_search sets it)"]
+    assert not out.exists()

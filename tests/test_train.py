@@ -31,7 +31,7 @@ def test_one_epoch_writes_a_complete_run_folder(fake_data, tmp_path):
         assert (run_dir / name).is_file(), name
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk["status"] == "completed" and on_disk["epochs_completed"] == 2
-    for key in ("test/acc", "best/test_acc", "train/loss", "train/acc", "wall_time_s", "examples_per_sec",
+    for key in ("test/acc", "test/loss", "train/loss", "train/acc", "wall_time_s", "examples_per_sec",
                 "params", "flops_per_image", "device", "torch_version", "cnnbench_version", "epochs"):
         assert on_disk[key] is not None, key
     assert on_disk["params"] == 61_706 and on_disk["flops_per_image"] > 0
@@ -43,7 +43,9 @@ def test_one_epoch_writes_a_complete_run_folder(fake_data, tmp_path):
     assert len(steps) == 2 * 4  # logs_per_epoch points per epoch
     assert on_disk["test/acc"] == epochs[-1]["test/acc"]
     assert on_disk["train/loss"] == pytest.approx(epochs[-1]["train/loss"])
-    assert on_disk["best/test_acc"] == max(r["test/acc"] for r in epochs)
+    # No validation split (the book's way): nothing is chosen, least of all on the test set.
+    assert on_disk["monitor"] is None and on_disk["best/test_acc"] is None and on_disk["best/epoch"] is None
+    assert not (run_dir / "best.pt").exists()
     assert steps[-1]["step"] == epochs[-1]["step"] == summary["steps"] == 2 * 8  # 256 / 32 per epoch
 
     events = EventAccumulator(str(run_dir)).Reload()

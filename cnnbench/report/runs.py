@@ -60,6 +60,11 @@ class RunResult:
         return finite_number(self.summary.get("test/acc"))
 
     @property
+    def val_acc(self) -> float | None:
+        """Validation accuracy of the checkpoint the run selected (best.pt); None without a split."""
+        return finite_number(self.summary.get("best/val_acc"))
+
+    @property
     def ok(self) -> bool:
         """Whether the run sorts and plots with the good ones (not failed, diverged or missing)."""
         return self.status in OK_STATUSES
@@ -101,7 +106,7 @@ class Report:
     """Everything ``write_report`` and the printed table need."""
 
     root: Path
-    runs: list[RunResult]  # best test accuracy first, failed and missing last
+    runs: list[RunResult]  # best first (by validation accuracy when runs have it), failed and missing last
     columns: list[str]  # override keys whose values differ between runs
     groups: list[SeedGroup]  # non-empty only when some settings ran with several seeds
     show_run_name: bool  # when the override columns alone do not tell the rows apart
@@ -113,6 +118,18 @@ class Report:
     @property
     def not_ok(self) -> list[RunResult]:
         return [r for r in self.runs if not r.ok]
+
+    @property
+    def selects_on_validation(self) -> bool:
+        """Whether any run held out a validation split: then runs are ranked and chosen by it."""
+        return any(r.val_acc is not None for r in self.runs)
+
+    @property
+    def selected(self) -> RunResult | None:
+        """The run a sweep picks: the completed one whose selected checkpoint has the best validation
+        accuracy (never chosen by test accuracy); None when no run has a validation split."""
+        candidates = [r for r in self.runs if r.status == "completed" and r.val_acc is not None]
+        return max(candidates, key=lambda r: r.val_acc) if candidates else None
 
     def label(self, run: RunResult, keys: Sequence[str] | None = None) -> str:
         """Short name of a run: its values of the differing keys (or its folder when they are none)."""
@@ -237,7 +254,6 @@ def _fallbacks(config: dict[str, Any], records: Sequence[dict[str, Any]]) -> dic
             "train/loss": last.get("train/loss"),
             "train/acc": last.get("train/acc"),
             "test/acc": tested[-1] if tested else None,
-            "best/test_acc": max(tested) if tested else None,
             "examples_per_sec": statistics.fmean(rates) if rates else None,
         })
     return {k: v for k, v in out.items() if v is not None}
@@ -271,9 +287,14 @@ def differing_keys(runs: Sequence[RunResult]) -> list[str]:
 
 
 def sort_runs(runs: Iterable[RunResult]) -> list[RunResult]:
-    """Best test accuracy first; failed, diverged and missing runs last; folder order breaks ties."""
+    """Best first: by the validation accuracy of the selected checkpoint when runs have a validation
+    split (a ranking by test accuracy would be a choice made on the test set), else by final test
+    accuracy; failed, diverged and missing runs last; folder order breaks ties."""
+    runs = list(runs)
+    by_val = any(r.val_acc is not None for r in runs)
+
     def key(r: RunResult) -> tuple:
-        acc = r.test_acc
+        acc = r.val_acc if by_val else r.test_acc
         return (not r.ok, acc is None, -(acc or 0.0), _natural_key(r.name))
 
     return sorted(runs, key=key)

@@ -29,8 +29,16 @@ METRIC_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("params", "params", "si"),
     ("flops_per_image", "FLOPs/image", "si"),
 )
+# Shown when some run held out a validation split: the checkpoint it selected (best.pt) and that
+# checkpoint's test accuracy.
+SELECTION_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("best/val_acc", "val acc (best)", "acc"),
+    ("best/test_acc", "test acc (best)", "acc"),
+    ("best/epoch", "best epoch", "int"),
+)
 # Extra summary keys that only the CSV carries (it is the machine-readable, complete copy).
-CSV_EXTRA_KEYS = ("best/test_acc", "epochs", "model", "resize", "seed", "device")
+CSV_EXTRA_KEYS = ("val/acc", "best/val_acc", "best/test_acc", "best/epoch", "monitor", "stop_reason", "epochs",
+                  "model", "resize", "seed", "device")
 
 
 # ------------------------------------------------------------------------------------------ cells
@@ -51,7 +59,27 @@ def format_value(value: Any, kind: str) -> str:
         return f"{x:,.0f}"
     if kind == "si":
         return human(x)
+    if kind == "int":
+        return f"{x:.0f}"
     return str(value)
+
+
+def book_cell(book: Any) -> str:
+    """'yes (test above 0.776-0.779)' / 'no: train loss 0.520 vs 0.469-0.469' / '-' for runs that are not a
+    book recipe (``summary["book"]``, written by cnnbench.book_results)."""
+    if not isinstance(book, dict):
+        return "-"
+    test = book.get("test_acc") or {}
+    low, high = (test.get("book") or [None, None])[:2]
+    span = f" {low:.3f}-{high:.3f}" if low is not None and high is not None else ""
+    test_part = f"test {test.get('position', '?')}{span}"
+    if book.get("reproduced"):
+        return f"yes ({test_part})"
+    misses = [f"{name.replace('_', ' ')} {item['value']:.3f} vs {item['book'][0]:.3f}-{item['book'][1]:.3f}"
+              for name in ("train_loss", "train_acc") if not (item := book.get(name) or {}).get("ok", True)]
+    if test.get("position") == "below":
+        misses.append(test_part)
+    return "no: " + "; ".join(misses)
 
 
 def short_error(error: str | None, width: int = ERROR_WIDTH) -> str:
@@ -66,25 +94,38 @@ def short_error(error: str | None, width: int = ERROR_WIDTH) -> str:
 # ----------------------------------------------------------------------------------------- tables
 
 
+def metric_columns(report: Report) -> tuple[tuple[str, str, str], ...]:
+    """The number columns of this report: the selection columns only when some run has them."""
+    return (SELECTION_COLUMNS if report.selects_on_validation else ()) + METRIC_COLUMNS
+
+
 def run_rows(report: Report) -> tuple[list[str], list[list[str]], list[bool]]:
     """Header, cells and right-alignment flags of the per-run table."""
+    columns = metric_columns(report)
     header = (["run"] if report.show_run_name else []) + report.columns + ["status"]
-    header += [title for _, title, _ in METRIC_COLUMNS]
-    numeric = [False] * (len(header) - len(METRIC_COLUMNS)) + [True] * len(METRIC_COLUMNS)
+    header += [title for _, title, _ in columns]
+    numeric = [False] * (len(header) - len(columns)) + [True] * len(columns)
+    with_book = any(isinstance(r.summary.get("book"), dict) for r in report.runs)
+    if with_book:
+        header.append("book")
+        numeric.append(False)
     with_error = any(r.error for r in report.runs)
     if with_error:
         header.append("error")
         numeric.append(False)
     rows = []
+    selected = report.selected
     for r in report.runs:
         row = ([r.name] if report.show_run_name else []) + [r.overrides.get(k, "-") for k in report.columns]
-        row.append(r.status)
-        for key, _, kind in METRIC_COLUMNS:
+        row.append(r.status + (" (selected)" if r is selected else ""))
+        for key, _, kind in columns:
             if kind == "epochs":
                 done, planned = r.summary.get(key), r.summary.get("epochs")
                 row.append(f"{done if done is not None else '-'}/{planned if planned is not None else '-'}")
             else:
                 row.append(format_value(r.summary.get(key), kind))
+        if with_book:
+            row.append(book_cell(r.summary.get("book")))
         if with_error:
             row.append(short_error(r.error))
         rows.append(row)
@@ -133,9 +174,23 @@ def outcome_line(report: Report) -> str:
     return f"{len(report.runs)} run{'s' if len(report.runs) != 1 else ''}: {parts}"
 
 
+def selection_line(report: Report) -> str | None:
+    """'selected by validation accuracy: model=lenet_bn, optimizer.lr=0.3 (val acc 0.9123; test acc of
+    that checkpoint 0.9050)', or None when no run held out a validation split."""
+    r = report.selected
+    if r is None:
+        return None
+    return (f"selected by validation accuracy: {report.label(r)} (val acc {format_value(r.val_acc, 'acc')}; "
+            f"test acc of that checkpoint {format_value(r.summary.get('best/test_acc'), 'acc')}, "
+            f"epoch {format_value(r.summary.get('best/epoch'), 'int')})")
+
+
 def report_text(report: Report) -> str:
     """What the command prints: the per-run table, then the seed groups when there are some."""
-    parts = [outcome_line(report), "", markdown_table(*run_rows(report))]
+    parts = [outcome_line(report)]
+    if selection_line(report):
+        parts.append(selection_line(report))
+    parts += ["", markdown_table(*run_rows(report))]
     if report.groups:
         parts += ["", f"seed groups (test accuracy over seeds, sample std; {SEED_KEY} varies within a group)",
                   "", markdown_table(*group_rows(report))]
@@ -144,8 +199,10 @@ def report_text(report: Report) -> str:
 
 def report_markdown(report: Report, png_name: str | None) -> str:
     """Content of report.md."""
-    parts = [f"# cnnbench report: `{report.root}`", "", outcome_line(report), "", "## Runs", "",
-             markdown_table(*run_rows(report))]
+    parts = [f"# cnnbench report: `{report.root}`", "", outcome_line(report)]
+    if selection_line(report):
+        parts += ["", f"**{selection_line(report)}**"]
+    parts += ["", "## Runs", "", markdown_table(*run_rows(report))]
     if report.groups:
         parts += ["", "## Seed groups", "",
                   f"Runs equal but for `{SEED_KEY}`: mean and sample standard deviation of the final test "
@@ -166,6 +223,7 @@ def csv_rows(report: Report) -> tuple[list[str], list[list[Any]]]:
     """One row per run with raw (unrounded) numbers, the full error and the run folder."""
     # An override column named like a summary key ("model") already holds it: no duplicate header.
     summary_keys = [key for key, _, _ in METRIC_COLUMNS] + [k for k in CSV_EXTRA_KEYS if k not in report.columns]
+    summary_keys = list(dict.fromkeys(summary_keys))
     header = ["run", *report.columns, "status", *summary_keys, "overrides", "error", "path"]
     rows = []
     for r in report.runs:
