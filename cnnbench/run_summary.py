@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from . import __version__
 from .build import Run, image_size
 from .checkpoint import RunState
+from .confusion import class_names, per_class_accuracy
 from .devices import device_name
 from .errors import TrainingDiverged
 
@@ -43,6 +44,8 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "train/acc": s.last_train.get("train/acc"),
         "test/acc": s.last_test_acc,
         "best/test_acc": s.best_test_acc,
+        "test/per_class_acc": _safe(lambda: per_class_accuracy(s.test_confusion, class_names(cfg)))
+        if s.test_confusion else None,
         "wall_time_s": wall,
         "train_time_s": s.train_time_s,
         "examples_per_sec": s.train_examples / s.train_time_s if s.train_time_s else None,

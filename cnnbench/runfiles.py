@@ -5,6 +5,9 @@ A run folder holds:
 - ``summary.json`` (:data:`SUMMARY`): status, error and final numbers, rewritten as the run goes;
 - ``metrics.jsonl`` (:data:`METRICS`): one JSON object per logged step or epoch;
 - ``last.pt`` (:data:`CHECKPOINT`): the checkpoint a resumed run starts from;
+- ``best.pt`` (:data:`BEST_CHECKPOINT`): the weights of the best validation accuracy, in runs with a
+  validation split;
+- ``eval/`` (:data:`EVAL_DIR`): what ``cnnbench eval`` writes (``<split>.json`` and its pictures);
 - ``.hydra/`` (:data:`HYDRA_DIR`): Hydra's copy of the composed config (:data:`CONFIG`) and of the
   command-line overrides (:data:`OVERRIDES`);
 - TensorBoard's ``events.out.tfevents.*`` files.
@@ -22,3 +25,5 @@ CHECKPOINT = "last.pt"
 HYDRA_DIR = ".hydra"
 CONFIG = Path(HYDRA_DIR) / "config.yaml"
 OVERRIDES = Path(HYDRA_DIR) / "overrides.yaml"
+BEST_CHECKPOINT = "best.pt"
+EVAL_DIR = "eval"

@@ -25,12 +25,13 @@ from omegaconf import DictConfig
 
 from .build import Run, build_run
 from .checkpoint import checkpoint_state, resolve_resume, restore, save_checkpoint
+from .confusion import class_names
 from .distributed import DistContext, any_rank, init_from_env
 from .engine import EpochProgress, EpochResult, LoopHooks, evaluate, log_points, sums_over_ranks, train_one_epoch
 from .errors import CnnbenchError, TrainingDiverged
 from .run_summary import closing_lines, summarize
 from .runfiles import CHECKPOINT, SUMMARY
-from .runlog import RunLogger, hparams_of, trim_metrics, write_json_atomic
+from .runlog import TB_CONFUSION, RunLogger, hparams_of, trim_metrics, write_json_atomic
 from .signals import GracefulStop
 
 logger = logging.getLogger(__name__)
@@ -77,10 +78,7 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict:
     summary = summarize(run, cfg, run_dir, status, time.perf_counter() - start, overrides, error)
     if rlog is not None:
         if status == "completed":
-            rlog.log_hparams(hparams_of(cfg, overrides), {
-                "hparam/test_acc": summary["test/acc"], "hparam/best_test_acc": summary["best/test_acc"],
-                "hparam/train_loss": summary["train/loss"], "hparam/train_acc": summary["train/acc"],
-            })
+            rlog.log_hparams(hparams_of(cfg, overrides))
         rlog.close()
     if main:
         write_json_atomic(run_dir / SUMMARY, summary)
@@ -171,8 +169,13 @@ def finish_epoch(run: Run, rlog: RunLogger, out: EpochResult, elapsed: float) ->
         "time/epoch_s": elapsed,
     }
     if _evaluation_due(cfg, epoch):
-        test = evaluate(run.model, run.test_loader, run.precision, cfg.trainer.limit_eval_batches, run.dist)
+        final = epoch == int(cfg.trainer.epochs)  # the run's last evaluation also counts a confusion matrix
+        test = evaluate(run.model, run.test_loader, run.precision, cfg.trainer.limit_eval_batches, run.dist,
+                        num_classes=int(cfg.dataset.num_classes) if final else None)
         record.update(test.metrics("test"))
+        if test.confusion is not None:
+            run.state.test_confusion = test.confusion.tolist()
+            rlog.log_confusion(TB_CONFUSION, test.confusion, class_names(cfg), run.state.step)
         run.state.last_test_acc = test.acc
         best = run.state.best_test_acc
         run.state.best_test_acc = test.acc if best is None else max(best, test.acc)
