@@ -26,7 +26,7 @@ from .data.split import split_train_val
 from .devices import resolve_device
 from .engine import Precision
 from .errors import CheckpointError, ConfigError, RunFolderError
-from .runfiles import BEST_CHECKPOINT, CHECKPOINT, CONFIG, SUMMARY
+from .runfiles import BEST_CHECKPOINT, CHECKPOINT, CONFIG, HYDRA_DIR, SUMMARY
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,21 @@ def read_run_config(run_dir: Path) -> DictConfig:
         raise RunFolderError(f"{path} cannot be read: {type(exc).__name__}") from None
     if not isinstance(cfg, DictConfig) or "model" not in cfg or "dataset" not in cfg:
         raise RunFolderError(f"{path} is not a cnnbench run config (no model or dataset)")
+    _anchor_data_root(cfg, run_dir)
     return cfg
+
+
+def _anchor_data_root(cfg: DictConfig, run_dir: Path) -> None:
+    """A relative ``dataset.root`` (``../shared/data``) was relative to the folder the run was started
+    from, which Hydra records (``hydra.runtime.cwd``): make it absolute, so any folder can read the run."""
+    root = cfg.dataset.get("root")
+    if not root or Path(str(root)).is_absolute():
+        return
+    try:
+        cwd = OmegaConf.load(run_dir / HYDRA_DIR / "hydra.yaml").hydra.runtime.cwd
+    except Exception:  # no Hydra record (a run made by train() directly): the root stays as it is
+        return
+    cfg.dataset.root = str(Path(str(cwd)) / str(root))
 
 
 def is_run_folder(path: Path) -> bool:

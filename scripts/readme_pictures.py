@@ -35,7 +35,7 @@ MAX_BYTES = 150_000  # per picture
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--remote-debugging-port=0", "--remote-allow-origins=*"]
-SCREEN = (1400, 900)  # pixels: a laptop's browser window
+SCREEN = (1400, 1000)  # pixels: a desktop browser window
 
 logger = logging.getLogger("readme_pictures")
 
@@ -48,7 +48,7 @@ def cnnbench(*args: str) -> str:
     return proc.stdout
 
 
-def small_png(source: Path, target: Path, colors: int = 64) -> int:
+def small_png(source: Path, target: Path, colors: int = 256) -> int:
     """``source`` as a palette PNG (``colors`` colours, optimized) at ``target``; its size in bytes."""
     from PIL import Image
 

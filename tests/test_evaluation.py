@@ -181,3 +181,15 @@ def test_eval_error_paths_are_one_line_and_exit_2(trained_run, tmp_path, capsys)
     assert error_line(capsys).endswith("the run has no validation split (dataset.val_size is 0); "
                                        "evaluate it with --split test")
     assert not (trained_run / "eval").exists()  # no failed call wrote anything into the run
+
+
+def test_a_relative_data_root_is_read_from_the_folder_the_run_started_in(trained_run, tmp_path):
+    from cnnbench.inference import read_run_config
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / ".hydra", run / ".hydra")
+    config = run / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("  root: /nonexistent\n", "  root: ../shared/data\n"))
+    assert read_run_config(run).dataset.root == "../shared/data"  # no Hydra record: left as it is
+    (run / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    cwd: /work/project\n")
+    assert read_run_config(run).dataset.root == "/work/project/../shared/data"

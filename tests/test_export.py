@@ -22,11 +22,23 @@ def registry_cases() -> list:
             for name in list_models() for fmt in export.FORMATS]
 
 
+def with_trained_statistics(model: torch.nn.Module) -> torch.nn.Module:
+    """Seeded weights, and BatchNorm statistics and affine parameters away from their initial 0 and 1,
+    as after training: an exporter that mishandled BatchNorm in eval mode would otherwise go unnoticed."""
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.bias, -0.2, 0.2)
+    return model
+
+
 @pytest.mark.parametrize("name,fmt", registry_cases())
 def test_every_registered_network_exports_with_matching_logits(name, fmt, tmp_path):
     side = max(get_model_spec(name).min_resolution, 32)  # small, but a size every network takes
-    torch.manual_seed(0)
-    model = build_model(name, image_size=side).eval()
+    model = with_trained_statistics(build_model(name, image_size=side)).eval()
     images = torch.rand(4, 1, side, side)
     path = tmp_path / f"{name}{export.FORMATS[fmt]}"
     diff = export.export_model(model, fmt, path, images, {"model": name})
