@@ -146,13 +146,17 @@ def build_loaders(cfg: DictConfig, device: torch.device, size: int,
     val_size = int(cfg.dataset.get("val_size", 0) or 0)
     if val_size:
         train_split, val_split = split_train_val(train_split, val_size, int(cfg.dataset.get("val_seed", 0)))
-    normalize = (float(cfg.dataset.mean), float(cfg.dataset.std)) if cfg.dataset.normalize else None
-    common = dict(device=device, resize=size, normalize=normalize, rank=ctx.rank, world_size=ctx.world_size)
+    common = dict(device=device, resize=size, normalize=normalization(cfg), rank=ctx.rank, world_size=ctx.world_size)
     train_loader = DeviceLoader(train_split, int(cfg.trainer.batch_size), shuffle=True,
                                 seed=int(cfg.trainer.seed), **common)
     eval_bs = int(cfg.trainer.eval_batch_size or cfg.trainer.batch_size)
     val_loader = None if val_split is None else DeviceLoader(val_split, eval_bs, shuffle=False, **common)
     return train_loader, val_loader, DeviceLoader(test_split, eval_bs, shuffle=False, **common)
+
+
+def normalization(cfg: DictConfig) -> tuple[float, float] | None:
+    """(mean, std) subtracted from and divided into inputs scaled to [0, 1], or None (the book's way)."""
+    return (float(cfg.dataset.mean), float(cfg.dataset.std)) if cfg.dataset.normalize else None
 
 
 def check_sync_batchnorm(cfg: DictConfig) -> None:

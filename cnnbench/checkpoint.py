@@ -52,6 +52,7 @@ class RunState:
     chance_epochs: int = 0  # consecutive epochs at chance level
     warnings: list[str] = field(default_factory=list)
     partial: dict | None = None  # sums of an epoch stopped part-way (signal), to continue from
+    test_confusion: list | None = None  # (C, C) counts of the run's last test evaluation
 
     def as_dict(self) -> dict:
         """The fields as a dict of plain values (what ``torch.load(weights_only=True)`` reads back)."""

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .confusion import confusion_counts
 from .data import DeviceLoader
 from .distributed import DistContext, all_sum
 from .errors import ConfigError, TrainingDiverged
@@ -90,11 +91,12 @@ class EpochResult:
 
 @dataclass
 class EvalResult:
-    """Accuracy and mean loss over one evaluated split."""
+    """Accuracy and mean loss over one evaluated split, and its confusion matrix when asked for."""
 
     acc: float
     loss: float
     examples: int
+    confusion: torch.Tensor | None = None  # (C, C) int64 on the CPU: rows true class, columns predicted
 
     def metrics(self, split: str = "test") -> dict[str, float]:
         return {f"{split}/acc": self.acc, f"{split}/loss": self.loss}
@@ -244,18 +246,26 @@ def backward_and_step(loss, model, optimizer, precision: Precision, grad_clip_no
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: DeviceLoader, precision: Precision, limit_batches: int | None = None,
-    dist_ctx: DistContext = DistContext(),
+    dist_ctx: DistContext = DistContext(), num_classes: int | None = None,
 ) -> EvalResult:
-    """Accuracy and mean loss on ``loader`` (read back once, at the end; summed over ranks)."""
+    """Accuracy and mean loss on ``loader`` (read back once, at the end; summed over ranks). With
+    ``num_classes``, also the confusion matrix: one bincount per batch, summed on the device."""
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=loader.device)
     loss_sum = torch.zeros((), device=loader.device)
+    confusion = None if num_classes is None else torch.zeros(
+        (num_classes, num_classes), dtype=torch.long, device=loader.device)
     count = 0
     for x, y in loader.batches(epoch=0, limit=limit_batches):
         with precision.autocast():
             logits = model(x)  # (B, classes)
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(dim=1) == y).sum()
+        pred = logits.argmax(dim=1)  # (B,)
+        correct += (pred == y).sum()
+        if confusion is not None:
+            confusion += confusion_counts(y, pred, num_classes)
         count += y.shape[0]
     loss_total, correct_n, n = sums_over_ranks(loss_sum, correct, count, dist_ctx).tolist()
-    return EvalResult(acc=correct_n / max(n, 1), loss=loss_total / max(n, 1), examples=int(n))
+    if confusion is not None:
+        confusion = all_sum(confusion, dist_ctx).cpu()
+    return EvalResult(acc=correct_n / max(n, 1), loss=loss_total / max(n, 1), examples=int(n), confusion=confusion)

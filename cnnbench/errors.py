@@ -19,6 +19,14 @@ class CheckpointError(CnnbenchError):
     """A checkpoint cannot be used (corrupt, incompatible, missing)."""
 
 
+class RunFolderError(CnnbenchError):
+    """A run folder to read (eval, predict, export) is missing or is not a cnnbench run."""
+
+
+class ExportError(CnnbenchError):
+    """An exported model could not be written or does not reproduce PyTorch's outputs."""
+
+
 class TrainingDiverged(CnnbenchError):
     """The training loss became NaN, infinite or larger than ``trainer.divergence_loss``."""
 

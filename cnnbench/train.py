@@ -26,13 +26,14 @@ from omegaconf import DictConfig
 
 from .build import Run, build_run
 from .checkpoint import checkpoint_state, resolve_resume, restore, save_checkpoint
+from .confusion import class_names
 from .distributed import DistContext, any_rank, init_from_env
 from .engine import EpochProgress, EpochResult, LoopHooks, evaluate, log_points, sums_over_ranks, train_one_epoch
 from .errors import CnnbenchError, TrainingDiverged
 from .run_summary import closing_lines, summarize
 from .selection import TEST_SET_WARNING
 from .runfiles import BEST_CHECKPOINT, CHECKPOINT, SUMMARY
-from .runlog import RunLogger, hparams_of, trim_metrics, write_json_atomic
+from .runlog import TB_CONFUSION, RunLogger, hparams_of, trim_metrics, write_json_atomic
 from .signals import GracefulStop
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,9 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict:
                 rlog.log_config(cfg)
             warn_test_set_selection(run)
             status = run_epochs(run, rlog, stop)
+            if run.state.test_confusion:
+                rlog.log_confusion(TB_CONFUSION, torch.tensor(run.state.test_confusion), class_names(cfg),
+                                   run.state.step)
             if status == "interrupted":
                 checkpoint_on_interrupt(run)
         except TrainingDiverged as exc:  # reported by the closing lines
@@ -80,11 +84,7 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict:
     summary = summarize(run, cfg, run_dir, status, time.perf_counter() - start, overrides, error)
     if rlog is not None:
         if status == "completed":
-            rlog.log_hparams(hparams_of(cfg, overrides), {
-                "hparam/test_acc": summary["test/acc"], "hparam/best_test_acc": summary["best/test_acc"],
-                "hparam/best_val_acc": summary["best/val_acc"],
-                "hparam/train_loss": summary["train/loss"], "hparam/train_acc": summary["train/acc"],
-            })
+            rlog.log_hparams(hparams_of(cfg, overrides))
         rlog.close()
     if main:
         write_json_atomic(run_dir / SUMMARY, summary)
@@ -202,7 +202,12 @@ def evaluate_splits(run: Run) -> dict[str, float]:
     metrics: dict[str, float] = {}
     if run.val_loader is not None:
         metrics.update(evaluate(run.model, run.val_loader, run.precision, limit, run.dist).metrics("val"))
-    metrics.update(evaluate(run.model, run.test_loader, run.precision, limit, run.dist).metrics("test"))
+    # Each test evaluation also counts a confusion matrix (one bincount per batch on the device, read with
+    # the sums): the summary's per-class accuracy and TensorBoard's picture come from the last one.
+    test = evaluate(run.model, run.test_loader, run.precision, limit, run.dist,
+                    num_classes=int(run.cfg.dataset.num_classes))
+    run.state.test_confusion = test.confusion.tolist()
+    metrics.update(test.metrics("test"))
     return metrics
 
 
