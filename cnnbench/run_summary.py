@@ -57,6 +57,7 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "best/test_loss": s.best_eval.get("test/loss"),
         "stopped_early": s.stop_reason is not None,
         "stop_reason": s.stop_reason,
+        "time_to_target_s": s.time_to_target_s,
         "wall_time_s": wall,
         "train_time_s": s.train_time_s,
         "examples_per_sec": s.train_examples / s.train_time_s if s.train_time_s else None,
