@@ -6,8 +6,8 @@
 
 Each entry replaces one exact piece of code (it must occur once in its file), runs the tests that
 guard it, restores the file and reports RED (a test failed: good), SURVIVED (no test noticed: a
-test to write), ERROR (the tests could not even run: not a verdict) or MOVED (the code it names is
-not there: update the entry where the code went). The exit status is 1 unless every one is RED. Run it after a refactor to show the suite still
+test to write), ERROR (the tests could not even run: not a verdict), BROKEN (the tests fail without
+the mutation too) or MOVED (the code it names is not there: update the entry where the code went). The exit status is 1 unless every one is RED. Run it after a refactor to show the suite still
 guards every promise listed here; add an entry with each test that guards a new promise.
 """
 
@@ -132,7 +132,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              ("tests/test_selection.py", "-k", "early_stopping")),
     Mutation("Optuna maximizes validation accuracy", "cnnbench/launch.py",
              '    value = summary.get("best/val_acc")', "    value = None",
-             ("tests/test_sweeps.py", "-k", "maximizes_validation")),
+             ("tests/test_sweeps.py", "-k", "objective_is_the_selected or maximizes_validation")),
     Mutation("an optimizing sweep needs a validation split", "cnnbench/launch.py",
              "            _check_optimizing_sweep(cfg)", "            pass",
              ("tests/test_sweeps.py", "-k", "without_a_validation_split")),
@@ -223,16 +223,25 @@ MUTATIONS: tuple[Mutation, ...] = (
 )
 
 
-def run(m: Mutation) -> tuple[str, str]:
-    """Apply ``m``, run its tests, restore the file; (verdict, pytest's last line)."""
+def pytest(tests: tuple[str, ...]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                          cwd=REPO, capture_output=True, text=True, timeout=1800)
+
+
+def run(m: Mutation, baseline: dict[tuple[str, ...], bool]) -> tuple[str, str]:
+    """Apply ``m``, run its tests, restore the file; (verdict, pytest's last line). The tests must pass
+    on the unchanged code first (checked once per selection), or a red run would prove nothing."""
     path = REPO / m.path
     original = path.read_text()
     if original.count(m.old) != 1:
         return "MOVED", f"{m.old.strip()[:60]!r} occurs {original.count(m.old)} times in {m.path}"
+    if m.tests not in baseline:
+        baseline[m.tests] = pytest(m.tests).returncode == 0
+    if not baseline[m.tests]:
+        return "BROKEN", "the tests fail on the unchanged code"
     path.write_text(original.replace(m.old, m.new))
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests],
-                              cwd=REPO, capture_output=True, text=True, timeout=1800)
+        proc = pytest(m.tests)
     finally:
         path.write_text(original)
     last = (proc.stdout.strip().splitlines() or [""])[-1]
@@ -256,9 +265,10 @@ def main() -> int:
             print(f"{m.name}: {m.path}: {m.old.strip()!r} -> {m.new.strip()!r}")
         return 0
     bad = 0
+    baseline: dict[tuple[str, ...], bool] = {}
     for m in chosen:
         t0 = time.perf_counter()
-        verdict, last = run(m)
+        verdict, last = run(m, baseline)
         bad += verdict != "RED"
         print(f"{verdict:<8} {m.name} ({m.path}; {time.perf_counter() - t0:.0f} s): {last}", flush=True)
     print(f"{len(chosen) - bad} of {len(chosen)} mutations caught")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import signal
 import subprocess
@@ -13,8 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 import torch
+import yaml
 
 from cnnbench.config import compose_config
 from cnnbench.report import build_report, cmd_report
@@ -244,6 +245,15 @@ def test_optuna_sweeper_maximizes_validation_accuracy(fake_data, tmp_path):
     result = yaml.safe_load((out / "optimization_results.yaml").read_text())
     assert result["best_value"] == max(s["best/val_acc"] for s in jobs.values())
     assert all(s["overrides"] and "dataset.val_size=64" in s["overrides"] for s in jobs.values())
+
+
+def test_sweep_objective_is_the_selected_checkpoints_validation_accuracy():
+    from cnnbench.launch import sweep_objective
+
+    done = {"status": "completed", "best/val_acc": 0.91, "test/acc": 0.95, "best/test_acc": 0.93}
+    assert sweep_objective(done) == 0.91  # never a test figure when there is a validation split
+    assert sweep_objective({**done, "best/val_acc": None}) == 0.95  # no split: a plain sweep's figure
+    assert math.isnan(sweep_objective({**done, "status": "diverged"}))
 
 
 def test_optimizing_sweep_without_a_validation_split_is_refused(fake_data, tmp_path):
