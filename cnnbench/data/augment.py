@@ -66,7 +66,7 @@ class Augment:
     @staticmethod
     def generator(seed: int, epoch: int, batch: int) -> torch.Generator:
         """The host generator of one (seed, epoch, batch): independent of everything else drawn."""
-        return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_033 + SALT)
+        return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_033 + batch + SALT)
 
     def draw(self, n: int, side: int, gen: torch.Generator) -> Draws:
         """Every random number a batch of ``n`` images of ``side`` pixels needs (always all of them, so
