@@ -46,7 +46,9 @@ class RunState:
     best_value: float | None = None  # that value
     best_eval: dict = field(default_factory=dict)  # the whole evaluation of that epoch
     evals_since_best: int = 0  # evaluations without an improvement above early_stopping.min_delta
-    stop_reason: str | None = None  # why the run ended before its last epoch (early stopping)
+    stop_reason: str | None = None  # why the run ended before its last epoch (early stopping, target)
+    wall_time_s: float = 0.0  # wall seconds from the run's first start to its last epoch's end
+    time_to_target_s: float | None = None  # when trainer.target_acc was reached
     train_time_s: float = 0.0  # seconds inside train_one_epoch, summed over epochs
     train_examples: int = 0
     chance_epochs: int = 0  # consecutive epochs at chance level
@@ -73,6 +75,7 @@ def checkpoint_state(run: "Run") -> dict[str, Any]:
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
         "scaler": run.precision.scaler.state_dict() if run.precision.scaler is not None else None,
+        "ema": run.ema.state_dict() if run.ema is not None else None,
         "epoch": run.state.epoch,
         "step": run.state.step,
         "run_state": run.state.as_dict(),
@@ -114,6 +117,8 @@ def restore(run: "Run", path: Path) -> None:
         run.scheduler.load_state_dict(state["scheduler"])
     if run.precision.scaler is not None and state.get("scaler"):
         run.precision.scaler.load_state_dict(state["scaler"])
+    if run.ema is not None and state.get("ema"):
+        run.ema.load_state_dict(state["ema"])
     run.state = RunState.from_dict(state["run_state"])
     set_rng_state(state["rng"])
     logger.info("resumed from %s at epoch %d, step %d", path, run.state.epoch, run.state.step)

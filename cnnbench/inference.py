@@ -146,6 +146,15 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+def reported_weights(state: dict) -> dict:
+    """The weights a run evaluated and reported: the EMA's when the run kept one (trainer.ema.decay;
+    AveragedModel's ``module.*`` entries), else the trained weights."""
+    ema = state.get("ema")
+    if not ema:
+        return state["model"]
+    return {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+
+
 def load_weights(model: nn.Module, cfg: DictConfig, path: Path) -> int:
     """Load a checkpoint's model weights into ``model`` (CPU); returns the checkpoint's step."""
     state = load_checkpoint(path)  # weights_only; refuses corrupt and foreign files, naming them
@@ -153,7 +162,7 @@ def load_weights(model: nn.Module, cfg: DictConfig, path: Path) -> int:
     if saved != cfg.model.name:
         raise CheckpointError(f"checkpoint {path} holds a {saved!r} network, but the run trained {cfg.model.name!r}")
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(reported_weights(state))
     except (RuntimeError, KeyError) as exc:
         raise CheckpointError(f"checkpoint {path} does not fit this run's {cfg.model.name} network: "
                               f"{str(exc).splitlines()[0]}") from None

@@ -60,6 +60,7 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "stop_reason": s.stop_reason,
         "test/per_class_acc": _safe(lambda: per_class_accuracy(s.test_confusion, class_names(cfg)))
         if s.test_confusion else None,
+        "time_to_target_s": s.time_to_target_s,
         "wall_time_s": wall,
         "train_time_s": s.train_time_s,
         "examples_per_sec": s.train_examples / s.train_time_s if s.train_time_s else None,

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cnnbench.cli import main
@@ -193,3 +194,20 @@ def test_a_relative_data_root_is_read_from_the_folder_the_run_started_in(trained
     assert read_run_config(run).dataset.root == "../shared/data"  # no Hydra record: left as it is
     (run / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    cwd: /work/project\n")
     assert read_run_config(run).dataset.root == "/work/project/../shared/data"
+
+
+def test_eval_uses_the_ema_weights_a_run_reported(fake_data, tmp_path):
+    """A run with trainer.ema.decay reports its EMA's test accuracy: eval reproduces it, not the raw one's."""
+    from cnnbench.train import train
+
+
+    run = tmp_path / "ema"
+    summary = train(compose_fast(fake_data, "model=lenet", "trainer.batch_size=32", "trainer.epochs=2",
+                                 "trainer.ema.decay=0.9", "optimizer.lr=0.5"), run)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(compose_fast(
+        fake_data, "model=lenet", "trainer.batch_size=32", "trainer.epochs=2", "trainer.ema.decay=0.9",
+        "optimizer.lr=0.5")))
+    assert main(["eval", str(run), "--device", "cpu", "--no-tensorboard"]) == 0
+    record = json.loads((run / "eval" / "test.json").read_text())
+    assert record["accuracy"] == summary["test/acc"]
