@@ -183,6 +183,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-book", action="store_true", help="measure cnnbench only")
     p.add_argument("--out", default=None, help="folder for bench.md and bench.json (default: outputs/bench/TIME)")
     p.add_argument("--override", action="append", default=[], help="extra Hydra override for cnnbench (repeatable)")
+    p.add_argument("--to-accuracy", type=float, default=None, metavar="A",
+                   help="instead: run each recipe until its test accuracy reaches A (trainer.target_acc) and "
+                        "tabulate the time, beside the book's LeNet-BN recipe through the book's loop")
     return p
 
 
@@ -193,10 +196,14 @@ def cmd_bench(argv: Sequence[str]) -> int:
     from .speed import peak_matmul_flops
 
     args = _parser().parse_args(argv)
-    args.recipes = args.recipes or book_recipes()
+    args.recipes = args.recipes or (["fast_cpu"] if args.to_accuracy is not None else book_recipes())
     device = resolve_device(args.on)
     out = Path(args.out or f"outputs/bench/{datetime.now():%Y-%m-%d_%H-%M-%S}")
     out.mkdir(parents=True, exist_ok=True)
+    if args.to_accuracy is not None:
+        from .bench_accuracy import run
+
+        return run(args, args.recipes, device, out)
     with tempfile.TemporaryDirectory() as tmp:
         found = None if args.fake_data else find_data_root("FashionMNIST", args.data)
         root = None if found is None else book_readable_root(found, Path(tmp) / "plain")

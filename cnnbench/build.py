@@ -21,6 +21,7 @@ from torch import nn
 
 from .checkpoint import RunState
 from .data import DeviceLoader, load_splits
+from .data.augment import Augment
 from .data.split import split_train_val
 from .describe import count_parameters, forward_flops
 from .devices import resolve_device
@@ -53,11 +54,13 @@ class Run:
     val_loader: DeviceLoader | None  # None without a validation split (dataset.val_size=0, the book's way)
     test_loader: DeviceLoader
     monitor: Monitor | None  # the metric that selects best.pt and drives early stopping
+    ema: torch.optim.swa_utils.AveragedModel | None  # EMA of the weights (trainer.ema.decay), evaluated
     params: int
     flops: int  # forward FLOPs per image
     speed: SpeedSettings
     dist: DistContext = field(default_factory=DistContext)
     state: RunState = field(default_factory=RunState)
+    clock_start: float = 0.0  # time.perf_counter() at the run's first start (earlier segments included)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -132,12 +135,13 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = DistContext()) 
     model = wrap_ddp(raw_model, cfg, ctx, device)
     raw_model = model.module if ctx.enabled else raw_model  # SyncBatchNorm conversion makes a new module
     model = torch.compile(model) if speed.compile else model
+    ema = build_ema(raw_model, cfg.trainer.get("ema"))
     optimizer = build_optimizer(cfg.optimizer, raw_model.parameters(), fused=speed.fused_optimizer)
     batches = train_loader.batches_per_epoch(cfg.trainer.limit_train_batches)
     scheduler = build_scheduler(cfg.scheduler, optimizer, batches, int(cfg.trainer.epochs))
     precision = Precision.create(speed.precision, device)
     return Run(cfg, run_dir, device, model, raw_model, optimizer, scheduler, precision,
-               train_loader, val_loader, test_loader, Monitor.from_config(cfg), params, flops, speed, ctx)
+               train_loader, val_loader, test_loader, Monitor.from_config(cfg), ema, params, flops, speed, ctx)
 
 
 def build_loaders(cfg: DictConfig, device: torch.device, size: int,
@@ -149,13 +153,30 @@ def build_loaders(cfg: DictConfig, device: torch.device, size: int,
     val_size = int(cfg.dataset.get("val_size", 0) or 0)
     if val_size:
         train_split, val_split = split_train_val(train_split, val_size, int(cfg.dataset.get("val_seed", 0)))
-    normalize = (float(cfg.dataset.mean), float(cfg.dataset.std)) if cfg.dataset.normalize else None
-    common = dict(device=device, resize=size, normalize=normalize, rank=ctx.rank, world_size=ctx.world_size)
+    common = dict(device=device, resize=size, normalize=normalization(cfg), rank=ctx.rank, world_size=ctx.world_size)
     train_loader = DeviceLoader(train_split, int(cfg.trainer.batch_size), shuffle=True,
-                                seed=int(cfg.trainer.seed), **common)
+                                seed=int(cfg.trainer.seed), augment=Augment.from_config(cfg.get("augment")), **common)
     eval_bs = int(cfg.trainer.eval_batch_size or cfg.trainer.batch_size)
     val_loader = None if val_split is None else DeviceLoader(val_split, eval_bs, shuffle=False, **common)
     return train_loader, val_loader, DeviceLoader(test_split, eval_bs, shuffle=False, **common)
+
+
+def normalization(cfg: DictConfig) -> tuple[float, float] | None:
+    """(mean, std) subtracted from and divided into inputs scaled to [0, 1], or None (the book's way)."""
+    return (float(cfg.dataset.mean), float(cfg.dataset.std)) if cfg.dataset.normalize else None
+
+
+def build_ema(model: nn.Module, cfg: DictConfig | None) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and BatchNorm statistics (torch's
+    AveragedModel), or None when ``trainer.ema.decay`` is null."""
+    decay = None if cfg is None else cfg.get("decay")
+    if decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    # use_buffers: the running BatchNorm statistics are averaged too, so the EMA model needs no
+    # extra pass over the data before it is evaluated.
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(decay)), use_buffers=True)
 
 
 def check_sync_batchnorm(cfg: DictConfig) -> None:

@@ -47,13 +47,16 @@ class RunState:
     best_value: float | None = None  # that value
     best_eval: dict = field(default_factory=dict)  # the whole evaluation of that epoch
     evals_since_best: int = 0  # evaluations without an improvement above early_stopping.min_delta
-    stop_reason: str | None = None  # why the run ended before its last epoch (early stopping)
+    stop_reason: str | None = None  # why the run ended before its last epoch (early stopping, target)
+    wall_time_s: float = 0.0  # wall seconds from the run's first start to its last epoch's end
+    time_to_target_s: float | None = None  # when trainer.target_acc was reached
     train_time_s: float = 0.0  # seconds inside train_one_epoch, summed over epochs
     train_examples: int = 0
     chance_epochs: int = 0  # consecutive epochs at chance level
     warnings: list[str] = field(default_factory=list)
     resumes: list[dict] = field(default_factory=list)  # one record per resume (cnnbench.resume_check)
     partial: dict | None = None  # sums of an epoch stopped part-way (signal), to continue from
+    test_confusion: list | None = None  # (C, C) counts of the run's last test evaluation
 
     def as_dict(self) -> dict:
         """The fields as a dict of plain values (what ``torch.load(weights_only=True)`` reads back)."""
@@ -74,6 +77,7 @@ def checkpoint_state(run: "Run") -> dict[str, Any]:
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
         "scaler": run.precision.scaler.state_dict() if run.precision.scaler is not None else None,
+        "ema": run.ema.state_dict() if run.ema is not None else None,
         "epoch": run.state.epoch,
         "step": run.state.step,
         "run_state": run.state.as_dict(),
@@ -115,6 +119,8 @@ def restore(run: "Run", path: Path) -> None:
         run.scheduler.load_state_dict(state["scheduler"])
     if run.precision.scaler is not None and state.get("scaler"):
         run.precision.scaler.load_state_dict(state["scaler"])
+    if run.ema is not None and state.get("ema"):
+        run.ema.load_state_dict(state["ema"])
     run.state = RunState.from_dict(state["run_state"])
     set_rng_state(state["rng"])
     logger.info("resumed from %s at epoch %d, step %d", path, run.state.epoch, run.state.step)

@@ -1,7 +1,7 @@
 """``cnnbench`` command line: one command, several subcommands.
 
 ``train`` and ``summary`` take Hydra overrides (``model=resnet18 dataset.resize=96``); ``train -m`` runs
-a Hydra multirun sweep.
+a Hydra multirun sweep. ``eval``, ``predict`` and ``export`` read a finished run folder.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ COMMANDS: dict[str, str] = {
     "summary": "per-block output shapes, parameters, FLOPs and activation memory of one network",
     "report": "compare the runs of a sweep folder: table, report.md, report.csv, report.png",
     "bench": "time cnnbench's trainer against the book's pipeline, side by side",
+    "eval": "evaluate a finished run: per-class figures, confusion matrix, mistakes (eval/ in the run folder)",
+    "predict": "classify your own pictures with a trained run",
+    "export": "write a trained run's network as ONNX or TorchScript, checked against PyTorch",
 }
 
 
@@ -68,12 +71,33 @@ def _cmd_bench(args: Sequence[str]) -> int:
     return cmd_bench(args)
 
 
+def _cmd_eval(args: Sequence[str]) -> int:
+    from .evaluation import cmd_eval
+
+    return cmd_eval(args)
+
+
+def _cmd_predict(args: Sequence[str]) -> int:
+    from .predict import cmd_predict
+
+    return cmd_predict(args)
+
+
+def _cmd_export(args: Sequence[str]) -> int:
+    from .export import cmd_export
+
+    return cmd_export(args)
+
+
 HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": _cmd_train,
     "models": _cmd_models,
     "summary": _cmd_summary,
     "report": _cmd_report,
     "bench": _cmd_bench,
+    "eval": _cmd_eval,
+    "predict": _cmd_predict,
+    "export": _cmd_export,
 }
 
 

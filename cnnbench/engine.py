@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .confusion import confusion_counts
 from .data import DeviceLoader
 from .distributed import DistContext, all_sum
 from .errors import ConfigError, TrainingDiverged
@@ -69,6 +70,7 @@ class LoopHooks:
     divergence_loss: float | None = None
     on_log: Callable[[dict], None] = lambda metrics: None
     should_stop: Callable[[], bool] = lambda: False
+    after_step: Callable[[], None] | None = None  # after each optimizer step (the weights' EMA update)
     bar: Any = None  # a tqdm progress bar (update, set_postfix), or None
     log_points: set[int] = field(default_factory=set)  # batch indices after which to sync and log
 
@@ -90,11 +92,12 @@ class EpochResult:
 
 @dataclass
 class EvalResult:
-    """Accuracy and mean loss over one evaluated split."""
+    """Accuracy and mean loss over one evaluated split, and its confusion matrix when asked for."""
 
     acc: float
     loss: float
     examples: int
+    confusion: torch.Tensor | None = None  # (C, C) int64 on the CPU: rows true class, columns predicted
 
     def metrics(self, split: str = "test") -> dict[str, float]:
         return {f"{split}/acc": self.acc, f"{split}/loss": self.loss}
@@ -121,6 +124,7 @@ def train_one_epoch(
     progress: EpochProgress | None = None,
     limit_batches: int | None = None,
     grad_clip_norm: float | None = None,
+    label_smoothing: float = 0.0,
     dist_ctx: DistContext = DistContext(),
 ) -> EpochResult:
     """Train for one epoch (or what remains of it, from ``progress``).
@@ -129,7 +133,7 @@ def train_one_epoch(
     :class:`TrainingDiverged` at the first logging point whose loss is not finite or too large.
     """
     model.train()
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     progress = progress or EpochProgress.zeros(loader.device)
     num_batches = loader.batches_per_epoch(limit_batches)
     interval = _Interval()
@@ -147,6 +151,8 @@ def train_one_epoch(
         backward_and_step(loss_to_step, model, optimizer, precision, grad_clip_norm)
         if scheduler is not None:
             scheduler.step()
+        if hooks.after_step is not None:
+            hooks.after_step()
         global_step += 1
         with torch.no_grad():
             progress.loss_sum += loss.detach().float() * y.shape[0]
@@ -244,18 +250,31 @@ def backward_and_step(loss, model, optimizer, precision: Precision, grad_clip_no
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: DeviceLoader, precision: Precision, limit_batches: int | None = None,
-    dist_ctx: DistContext = DistContext(),
+    dist_ctx: DistContext = DistContext(), num_classes: int | None = None, tta: bool = False,
 ) -> EvalResult:
-    """Accuracy and mean loss on ``loader`` (read back once, at the end; summed over ranks)."""
+    """Accuracy and mean loss on ``loader`` (read back once, at the end; summed over ranks). With
+    ``num_classes``, also the confusion matrix: one bincount per batch, summed on the device.
+
+    ``tta``: the logits are the mean of the image's and its mirror image's (flip test-time augmentation).
+    """
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=loader.device)
     loss_sum = torch.zeros((), device=loader.device)
+    confusion = None if num_classes is None else torch.zeros(
+        (num_classes, num_classes), dtype=torch.long, device=loader.device)
     count = 0
     for x, y in loader.batches(epoch=0, limit=limit_batches):
         with precision.autocast():
             logits = model(x)  # (B, classes)
+            if tta:
+                logits = (logits + model(x.flip(-1))) / 2
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(dim=1) == y).sum()
+        pred = logits.argmax(dim=1)  # (B,)
+        correct += (pred == y).sum()
+        if confusion is not None:
+            confusion += confusion_counts(y, pred, num_classes)
         count += y.shape[0]
     loss_total, correct_n, n = sums_over_ranks(loss_sum, correct, count, dist_ctx).tolist()
-    return EvalResult(acc=correct_n / max(n, 1), loss=loss_total / max(n, 1), examples=int(n))
+    if confusion is not None:
+        confusion = all_sum(confusion, dist_ctx).cpu()
+    return EvalResult(acc=correct_n / max(n, 1), loss=loss_total / max(n, 1), examples=int(n), confusion=confusion)

@@ -39,6 +39,14 @@ class RunFileWriteError(CnnbenchError):
         super().__init__(f"cannot write {self.path}: {reason}{code}")
 
 
+class RunFolderError(CnnbenchError):
+    """A run folder to read (eval, predict, export) is missing or is not a cnnbench run."""
+
+
+class ExportError(CnnbenchError):
+    """An exported model could not be written or does not reproduce PyTorch's outputs."""
+
+
 class TrainingDiverged(CnnbenchError):
     """The training loss became NaN, infinite or larger than ``trainer.divergence_loss``."""
 

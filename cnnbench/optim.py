@@ -62,6 +62,23 @@ def step_factor(step: int, period: int, gamma: float) -> float:
     return gamma ** (step // period)
 
 
+def onecycle_factor(step: int, total: int, pct_start: float, div_factor: float, final_div_factor: float) -> float:
+    """One-cycle as a factor of the peak rate: cosine from 1/div_factor up to 1 over the first
+    ``pct_start`` of ``total`` steps, then cosine down to 1/(div_factor*final_div_factor) at the last
+    step (torch's OneCycleLR with anneal_strategy="cos", its momentum left constant)."""
+    start, low = 1.0 / div_factor, 1.0 / (div_factor * final_div_factor)
+    peak_step = float(pct_start * total) - 1
+    if step <= peak_step:
+        begin, end, pct = start, 1.0, step / peak_step
+    else:
+        begin, end, pct = 1.0, low, min(1.0, (step - peak_step) / (total - 1 - peak_step))
+    return end + (begin - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+
+def _onecycle(cfg: DictConfig, base_lr: float, steps_per_epoch: int, total: int) -> Callable[[int], float]:
+    return lambda step: onecycle_factor(step, total, cfg.pct_start, cfg.div_factor, cfg.final_div_factor)
+
+
 def _cosine(cfg: DictConfig, base_lr: float, steps_per_epoch: int, total: int) -> Callable[[int], float]:
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     floor = cfg.eta_min / base_lr if base_lr else 0.0
@@ -78,6 +95,7 @@ SCHEDULES: dict[str, Callable[[DictConfig, float, int, int], Callable[[int], flo
     "none": None,  # the book's constant rate
     "cosine": _cosine,
     "step": _step,
+    "onecycle": _onecycle,
 }
 
 

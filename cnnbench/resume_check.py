@@ -39,14 +39,19 @@ MEANING_KEYS: tuple[str, ...] = (
     "trainer.batch_size",  # an epoch's order is drawn per batch index: another batch neither repeats nor continues it
     "trainer.limit_train_batches",  # the length of an epoch
     "trainer.seed", "trainer.init",
-    "trainer.grad_clip_norm",  # the steps' arithmetic
+    "trainer.grad_clip_norm", "trainer.label_smoothing",  # the steps' arithmetic
+    "trainer.ema",  # the averaged weights the run evaluates and reports
     # Every optimizer and schedule setting: a restored optimizer takes lr, momentum, betas and weight
     # decay from the checkpoint, so a changed value would otherwise be silently ignored.
     "optimizer", "scheduler",
-    "augment",  # the augmentation group (issue 14); absent on both sides compares equal
+    "augment",  # the augmentation group
 )
-# What a key absent from an older checkpoint meant, for keys added since (e.g. "augment.name": "none").
-ABSENT_MEANS: dict[str, Any] = {}
+# What a key absent from an older checkpoint meant, for keys added since: an old run is not refused for
+# settings it simply predates (absent on both sides compares equal anyway).
+ABSENT_MEANS: dict[str, Any] = {
+    "augment.name": "none", "trainer.label_smoothing": 0.0, "trainer.ema.decay": None,
+    "dataset.val_size": 0, "dataset.val_seed": 0, "trainer.monitor": "auto",
+}
 # Optimizer param_group entries that say how the step runs on this device, not what it computes: always
 # the new run's (a fused or foreach step taken on another device must not come back from the checkpoint).
 IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable", "differentiable")

@@ -19,6 +19,7 @@ from . import __version__
 from .build import Run, image_size
 from .book_results import book_comparison
 from .checkpoint import RunState
+from .confusion import class_names, per_class_accuracy
 from .devices import device_name
 from .errors import TrainingDiverged
 from .runfiles import BEST_CHECKPOINT
@@ -57,6 +58,9 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "best/test_loss": s.best_eval.get("test/loss"),
         "stopped_early": s.stop_reason is not None,
         "stop_reason": s.stop_reason,
+        "test/per_class_acc": _safe(lambda: per_class_accuracy(s.test_confusion, class_names(cfg)))
+        if s.test_confusion else None,
+        "time_to_target_s": s.time_to_target_s,
         "wall_time_s": wall,
         "train_time_s": s.train_time_s,
         "examples_per_sec": s.train_examples / s.train_time_s if s.train_time_s else None,

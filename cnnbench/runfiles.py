@@ -6,6 +6,7 @@ A run folder holds:
 - ``metrics.jsonl`` (:data:`METRICS`): one JSON object per logged step or epoch;
 - ``last.pt`` (:data:`CHECKPOINT`): the checkpoint a resumed run starts from;
 - ``best.pt`` (:data:`BEST_CHECKPOINT`): the checkpoint of the best epoch by the monitored metric;
+- ``eval/`` (:data:`EVAL_DIR`): what ``cnnbench eval`` writes (``<split>.json`` and its pictures);
 - ``.hydra/`` (:data:`HYDRA_DIR`): Hydra's copy of the composed config (:data:`CONFIG`) and of the
   command-line overrides (:data:`OVERRIDES`);
 - TensorBoard's ``events.out.tfevents.*`` files;
@@ -26,5 +27,6 @@ BEST_CHECKPOINT = "best.pt"
 HYDRA_DIR = ".hydra"
 CONFIG = Path(HYDRA_DIR) / "config.yaml"
 OVERRIDES = Path(HYDRA_DIR) / "overrides.yaml"
+EVAL_DIR = "eval"
 LOCK = ".lock"
 RESUMES_DIR = Path(HYDRA_DIR) / "resumes"

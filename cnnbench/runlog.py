@@ -41,8 +41,31 @@ def write_json_atomic(path: Path, data: dict) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# metrics.jsonl key -> TensorBoard tag, for the keys whose tag differs. TensorBoard's Time Series page
+# sorts its card groups (a tag's part before the first "/") by name and opens only the first two: these
+# go under "trainer", which sorts after "test" and "train", so the page opens on the loss and accuracy
+# curves rather than on the learning rate.
+TB_TAGS = {"lr": "trainer/lr", "throughput/examples_per_sec": "trainer/examples_per_sec",
+           "time/epoch_s": "trainer/epoch_s"}
+# The HParams tab's metric columns: existing scalar tags, whose last value it shows (no copies).
+HPARAM_METRICS = ("test/acc", "test/loss", "train/acc", "train/loss")
+# The custom-scalars dashboard: the book's chart (train loss, train acc, test acc in one plot) per run.
+BOOK_LAYOUT = {"cnnbench": {"loss and accuracy (the book's chart)":
+                            ["Multiline", ["^train/loss$", "^train/acc$", "^test/acc$"]]}}
+TB_CONFUSION = "vis/confusion_test"  # the last evaluation's confusion matrix (a group after "train")
+# An override key -> the HParams name that already holds its (resolved) value: one name per setting.
+HPARAM_ALIASES = {"dataset.resize": "resize", "optimizer.lr": "lr", "trainer.batch_size": "batch_size",
+                  "trainer.epochs": "epochs", "trainer.seed": "seed", "device.precision": "precision",
+                  "model.name": "model", "dataset.name": "dataset", "optimizer.name": "optimizer"}
+
+
+def tb_tag(key: str) -> str:
+    """The TensorBoard tag of a metrics.jsonl key."""
+    return TB_TAGS.get(key, key)
+
+
 def hparams_of(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
-    """The settings shown in TensorBoard's HParams tab: the main knobs plus every override."""
+    """The settings shown in TensorBoard's HParams tab: the main knobs plus every other override."""
     hp: dict[str, Any] = {
         "model": cfg.model.name,
         "dataset": cfg.dataset.name,
@@ -56,7 +79,7 @@ def hparams_of(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     }
     for item in overrides:
         key, _, value = item.lstrip("+~").partition("=")
-        if key.startswith("hydra") or key in hp:
+        if key.startswith("hydra") or HPARAM_ALIASES.get(key, key) in hp:
             continue
         hp[key] = value
     return hp
@@ -99,31 +122,39 @@ class RunLogger:
             for key, value in record.items():
                 if key in ("step", "epoch", "examples") or not isinstance(value, (int, float)) or isinstance(value, bool):
                     continue
-                self._tb.add_scalar(key, value, step)
+                self._tb.add_scalar(tb_tag(key), value, step)
             if kind == "epoch":
                 # TensorBoard writes from a thread; flushing once an epoch brings a failed write to light
                 # here, before the epoch's checkpoint, rather than at the end of the run.
                 self._tb.flush()
 
     def log_config(self, cfg: DictConfig) -> None:
+        """Once, at a fresh run's start: the config as text and the custom-scalars layout."""
         if self.enabled:
             self._tb.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "\n```", 0)
+            self._tb.add_custom_scalars(BOOK_LAYOUT)
 
-    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
-        """HParams entry for this run, inside the run's own folder so a sweep's runs line up."""
+    def log_hparams(self, hparams: dict[str, Any]) -> None:
+        """HParams entry for this run, inside the run's own folder so a sweep's runs line up; its metric
+        columns are the run's own :data:`HPARAM_METRICS` tags."""
         if not self.enabled:
             return
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-        # Keys like "hparam/test_acc": their own scalar tags, so they never mix into the curves.
-        values = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        exp, ssi, sei = hparams_summary(hparams, values)
+        # hparams() reads only the metric names (the tags); the tab takes each one's last logged value.
+        exp, ssi, sei = hparams_summary(hparams, dict.fromkeys(HPARAM_METRICS, 0.0))
         writer = self._tb._get_file_writer()
         for summary in (exp, ssi, sei):
             writer.add_summary(summary)
-        for key, value in values.items():
-            # The HParams tab shows the last value of each metric tag as its column.
-            self._tb.add_scalar(key, value, 0)
+
+    def log_confusion(self, tag: str, matrix: Any, names: list[str], step: int) -> None:
+        """The confusion matrix as an image (see :func:`cnnbench.figures.confusion_figure`)."""
+        if not self.enabled:
+            return
+        from .figures import confusion_figure
+
+        with writing(self._events_file()):
+            self._tb.add_figure(tag, confusion_figure(matrix, names, title="test set"), step)
 
     def close(self) -> None:
         """Flush and close both files (both closed even when a write fails; the failure is raised)."""

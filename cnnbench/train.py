@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 
 from .build import Run, build_run
 from .checkpoint import checkpoint_state, resolve_resume, save_checkpoint
+from .confusion import class_names
 from .diskspace import DISK_ERRNOS, low_space_warning, os_error_in, resume_fields, writing
 from .distributed import DistContext, any_rank, init_from_env
 from .engine import EpochProgress, EpochResult, LoopHooks, evaluate, log_points, sums_over_ranks, train_one_epoch
@@ -38,7 +39,7 @@ from .run_summary import closing_lines, summarize
 from .runfiles import BEST_CHECKPOINT, CHECKPOINT, HYDRA_DIR, SUMMARY
 from .runlock import run_folder_lock
 from .selection import TEST_SET_WARNING
-from .runlog import RunLogger, hparams_of, trim_metrics, write_json_atomic
+from .runlog import TB_CONFUSION, RunLogger, hparams_of, trim_metrics, write_json_atomic
 from .signals import GracefulStop
 
 logger = logging.getLogger(__name__)
@@ -79,11 +80,16 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path |
                 resume_run(run, plan or resume_from, overrides, record_dir)
                 if main:
                     trim_metrics(run_dir, run.state.step)
+            # The run's clock: wall seconds since it first started, earlier segments of a resumed run included.
+            run.clock_start = time.perf_counter() - run.state.wall_time_s
             rlog = RunLogger(run_dir, enabled=main, purge_step=run.state.step + 1 if resume_from else None)
             if resume_from is None:
                 rlog.log_config(cfg)
             warn_test_set_selection(run)
             status = run_epochs(run, rlog, stop)
+            if run.state.test_confusion:
+                rlog.log_confusion(TB_CONFUSION, torch.tensor(run.state.test_confusion), class_names(cfg),
+                                   run.state.step)
             if status == "interrupted":
                 checkpoint_on_interrupt(run)
         except TrainingDiverged as exc:  # reported by the closing lines
@@ -132,11 +138,7 @@ def _close_log(rlog: RunLogger, cfg: DictConfig, overrides: list[str], summary: 
     """HParams for a completed run, then close the event files; a failed write is returned, not raised."""
     try:
         if summary["status"] == "completed":
-            rlog.log_hparams(hparams_of(cfg, overrides), {
-                "hparam/test_acc": summary["test/acc"], "hparam/best_test_acc": summary["best/test_acc"],
-                "hparam/best_val_acc": summary["best/val_acc"],
-                "hparam/train_loss": summary["train/loss"], "hparam/train_acc": summary["train/acc"],
-            })
+            rlog.log_hparams(hparams_of(cfg, overrides))
         rlog.close()
     except RunFileWriteError as exc:
         summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -206,6 +208,7 @@ def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop) -> str:
         hooks = LoopHooks(
             on_log=lambda m: rlog.log("train", m),
             should_stop=stop_poll(stop, run),
+            after_step=(lambda: run.ema.update_parameters(run.raw_model)) if run.ema is not None else None,
             bar=bar,
             log_points=log_points(n_batches, int(cfg.trainer.logs_per_epoch)),
             divergence_loss=cfg.trainer.divergence_loss,
@@ -215,7 +218,7 @@ def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop) -> str:
             run.model, run.train_loader, run.optimizer, run.scheduler, run.precision,
             epoch=epoch, global_step=run.state.step, hooks=hooks, progress=partial,
             limit_batches=cfg.trainer.limit_train_batches, grad_clip_norm=cfg.trainer.grad_clip_norm,
-            dist_ctx=run.dist,
+            label_smoothing=float(cfg.trainer.get("label_smoothing", 0.0)), dist_ctx=run.dist,
         )
         bar.close()
         elapsed = time.perf_counter() - t0
@@ -247,11 +250,14 @@ def finish_epoch(run: Run, rlog: RunLogger, out: EpochResult, elapsed: float) ->
         "time/epoch_s": elapsed,
     }
     run.state.last_train = out.metrics()
+    run.state.wall_time_s = time.perf_counter() - run.clock_start
     if _evaluation_due(cfg, epoch):
         run.state.last_eval = evaluate_splits(run)
+        run.state.wall_time_s = time.perf_counter() - run.clock_start  # evaluation included
         record.update(run.state.last_eval)
         if run.monitor is not None and run.monitor.update(run.state, run.state.last_eval, epoch):
             _save(run, BEST_CHECKPOINT)
+        check_target(run, epoch)
     rlog.log("epoch", record)
     logger.info(
         "epoch %d/%d: loss %.3f, train acc %.3f%s%s, %.0f examples/sec", epoch, int(cfg.trainer.epochs),
@@ -265,13 +271,44 @@ def finish_epoch(run: Run, rlog: RunLogger, out: EpochResult, elapsed: float) ->
 
 def evaluate_splits(run: Run) -> dict[str, float]:
     """val/acc, val/loss (with a validation split), test/acc, test/loss: each split evaluated on the
-    device, summed over ranks."""
-    limit = run.cfg.trainer.limit_eval_batches
-    metrics: dict[str, float] = {}
-    if run.val_loader is not None:
-        metrics.update(evaluate(run.model, run.val_loader, run.precision, limit, run.dist).metrics("val"))
-    metrics.update(evaluate(run.model, run.test_loader, run.precision, limit, run.dist).metrics("test"))
+    device, summed over ranks. With an EMA of the weights these are the EMA's (the model the run
+    reports and selects), and the trained weights' own figures are ``raw/val/acc``, ``raw/test/acc``..."""
+    metrics = _evaluate_model(run, run.ema if run.ema is not None else run.model, prefix="")
+    if run.ema is not None:
+        metrics.update(_evaluate_model(run, run.model, prefix="raw/"))
     return metrics
+
+
+def _evaluate_model(run: Run, model: torch.nn.Module, prefix: str) -> dict[str, float]:
+    limit, tta = run.cfg.trainer.limit_eval_batches, bool(run.cfg.trainer.get("tta", False))
+    metrics: dict[str, float] = {}
+    for split, loader in (("val", run.val_loader), ("test", run.test_loader)):
+        if loader is None:
+            continue
+        # The reported model's test evaluation also counts a confusion matrix (one bincount per batch on
+        # the device, read with the sums): the summary's per-class accuracy and TensorBoard's picture
+        # come from the last one.
+        counted = split == "test" and not prefix
+        result = evaluate(model, loader, run.precision, limit, run.dist, tta=tta,
+                          num_classes=int(run.cfg.dataset.num_classes) if counted else None)
+        if counted and result.confusion is not None:
+            run.state.test_confusion = result.confusion.tolist()
+        metrics.update({f"{prefix}{k}": v for k, v in result.metrics(split).items()})
+    return metrics
+
+
+def check_target(run: Run, epoch: int) -> None:
+    """``trainer.target_acc``: stop once the monitored accuracy (test/acc without a monitor) reaches it,
+    recording the wall time it took from the start, evaluations included."""
+    target = run.cfg.trainer.get("target_acc")
+    if target is None or run.state.time_to_target_s is not None:
+        return
+    metric = run.monitor.name if run.monitor is not None and run.monitor.higher_is_better else "test/acc"
+    value = run.state.last_eval.get(metric)
+    if value is not None and value >= float(target):
+        run.state.time_to_target_s = run.state.wall_time_s
+        run.state.stop_reason = (f"reached trainer.target_acc={float(target):g}: {metric} {value:.4f} at epoch "
+                                 f"{epoch}, {run.state.wall_time_s:.1f} s from the start")
 
 
 def _save(run: Run, name: str) -> None:

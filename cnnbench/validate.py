@@ -76,8 +76,13 @@ RANGES: dict[str, Range] = {
     "trainer.logs_per_epoch": Range(0, integer=True),
     "trainer.chance_patience": Range(0, integer=True),  # 0: never warn
     "trainer.label_smoothing": UNIT,
-    "trainer.ema_decay": UNIT,
-    "ema.decay": UNIT,
+    "trainer.ema.decay": UNIT,
+    "trainer.target_acc": Range(0.0, 1.0, low_open=True, high_open=False),
+    "trainer.early_stopping.patience": Range(1, integer=True),
+    "trainer.early_stopping.min_delta": Range(0.0),
+    "augment.flip": Range(0.0, 1.0, high_open=False),  # probabilities
+    "augment.erase": Range(0.0, 1.0, high_open=False),
+    "augment.crop_padding": Range(0, integer=True),  # pixels
 }
 
 

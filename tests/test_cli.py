@@ -13,7 +13,7 @@ from .conftest import cli
 def test_help_lists_the_subcommands():
     out = subprocess.run(cli("--help"), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
-    for command in ("train", "models", "summary"):
+    for command in ("train", "models", "summary", "eval", "predict", "export"):
         assert command in out.stdout
 
 

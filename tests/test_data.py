@@ -84,7 +84,7 @@ def test_offline_error_names_folders_files_and_the_fix(no_data_env):
     msg = str(err.value)
     assert str(no_data_env / "nowhere" / "FashionMNIST" / "raw") in msg
     assert "train-images-idx3-ubyte" in msg and "t10k-labels-idx1-ubyte" in msg
-    assert "CNNBENCH_DATA" in msg and "dataset.root" in msg and "fashion_mnist_mini" in msg
+    assert "CNNBENCH_DATA" in msg and "dataset.root" in msg and "cnnbench train experiment=quickstart" in msg
 
 
 def test_packaged_mini_dataset_is_stratified():

@@ -41,6 +41,8 @@ def test_two_processes_match_one_with_the_same_global_batch(fake_data, tmp_path)
         assert torch.allclose(ddp_w[key], one_w[key], atol=1e-5, rtol=0), key
     # evaluation is sharded and reduced: the accuracy is over the whole test set, as in one process
     assert summary["test/acc"] == pytest.approx(single["test/acc"], abs=1e-6)
+    confusion = torch.load(run_dir / "last.pt", weights_only=True)["run_state"]["test_confusion"]
+    assert sum(map(sum, confusion)) == 128  # every test image: both ranks' shards are counted
     assert summary["steps"] == single["steps"]
     assert summary["val/acc"] == pytest.approx(single["val/acc"], abs=1e-6)
     assert summary["best/epoch"] == single["best/epoch"]

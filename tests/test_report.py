@@ -221,3 +221,16 @@ def test_book_column_for_book_recipes(tmp_path: Path, capsys) -> None:
     assert "yes (test above 0.776-0.779)" in row["lenet"]
     assert "no: train loss 0.610 vs 0.469-0.469" in row["lenet_bn"]
     assert row["nin"].rstrip(" |").endswith("-")
+
+
+def test_time_to_target_column_when_a_run_reached_its_target(tmp_path: Path, capsys) -> None:
+    for name, reached in (("0_model=lenet", 41.5), ("1_model=lenet_bn", None)):
+        folder = fake_run(tmp_path / name, [f"model={name.split('=')[1]}"], 0.9)
+        summary = json.loads((folder / "summary.json").read_text())
+        summary["time_to_target_s"] = reached
+        (folder / "summary.json").write_text(json.dumps(summary))
+    assert cmd_report([str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "time to target (s)" in next(line for line in lines if line.startswith("| model"))
+    assert next(line for line in lines if "| lenet " in line).rstrip(" |").endswith("41.5")
+    assert next(line for line in lines if "| lenet_bn " in line).rstrip(" |").endswith("-")

@@ -108,8 +108,9 @@ def scripted_validation(monkeypatch, accuracies: list[float]) -> list[float]:
     calls = {"val": 0}
     tests: list[float] = []
 
-    def evaluate(model, loader, precision, limit=None, dist_ctx=None):
-        result = real(model, loader, precision, limit, dist_ctx) if dist_ctx else real(model, loader, precision, limit)
+    def evaluate(model, loader, precision, limit=None, dist_ctx=None, **kwargs):
+        result = real(model, loader, precision, limit, dist_ctx, **kwargs) if dist_ctx else real(
+            model, loader, precision, limit, **kwargs)
         if loader.shuffle is False and loader.num_examples == 40:  # the 40-image validation split
             acc = accuracies[calls["val"]]
             calls["val"] += 1

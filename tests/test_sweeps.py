@@ -181,6 +181,13 @@ def get_json(url: str):
         return json.loads(r.read())
 
 
+def post_json(url: str, body: dict):
+    req = urllib.request.Request(url, method="POST", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
 def test_tensorboard_serves_every_job_under_its_overrides(grid, tmp_path):
     tb, base = start_tensorboard(grid, tmp_path / "tensorboard.log")
     try:
@@ -195,18 +202,21 @@ def test_tensorboard_serves_every_job_under_its_overrides(grid, tmp_path):
             time.sleep(1)
         assert sorted(tags) == sorted(p.name for p in grid.iterdir() if p.is_dir())
         for run_tags in tags.values():
-            assert {"train/loss", "train/acc", "test/acc", "lr", "throughput/examples_per_sec"} <= set(run_tags)
+            assert {"train/loss", "train/acc", "test/acc", "trainer/lr", "trainer/examples_per_sec"} <= set(run_tags)
+            assert not [t for t in run_tags if t.startswith("hparam")]  # HParams reads the curves' own tags
         run = "2_model=lenet_bn,optimizer.lr=0.3"
         points = get_json(f"{base}/data/plugin/scalars/scalars?run={urllib.request.quote(run)}&tag=test/acc")
         assert points[-1][2] == pytest.approx(summaries(grid)[run]["test/acc"])
-        req = urllib.request.Request(f"{base}/data/plugin/hparams/experiment", method="POST",
-                                     data=json.dumps({"experimentName": ""}).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            experiment = json.loads(r.read())
+        experiment = post_json(f"{base}/data/plugin/hparams/experiment", {"experimentName": ""})
         names = {h["name"] for h in experiment["hparamInfos"]}
-        assert {"model", "lr", "batch_size"} <= names
-        assert {m["name"]["tag"] for m in experiment["metricInfos"]} >= {"hparam/test_acc"}
+        assert {"model", "lr", "batch_size"} <= names and "optimizer.lr" not in names  # one name per setting
+        assert {m["name"]["tag"] for m in experiment["metricInfos"]} == {"test/acc", "test/loss", "train/acc",
+                                                                          "train/loss"}
+        groups = post_json(f"{base}/data/plugin/hparams/session_groups", {
+            "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS"], "colParams": [],
+            "startIndex": 0, "sliceSize": 100})["sessionGroups"]
+        values = {g["name"]: {m["name"]["tag"]: m["value"] for m in g["metricValues"]} for g in groups}
+        assert values[run]["test/acc"] == pytest.approx(summaries(grid)[run]["test/acc"])  # the table's column
     finally:
         stop_process(tb)
 

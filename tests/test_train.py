@@ -50,7 +50,7 @@ def test_one_epoch_writes_a_complete_run_folder(fake_data, tmp_path):
 
     events = EventAccumulator(str(run_dir)).Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/acc", "test/acc", "lr", "throughput/examples_per_sec"} <= tags
+    assert {"train/loss", "train/acc", "test/acc", "trainer/lr", "trainer/examples_per_sec"} <= tags
     assert [e.value for e in events.Scalars("test/acc")] == pytest.approx([r["test/acc"] for r in epochs])
     assert "config/text_summary" in events.Tags()["tensors"]
 

@@ -219,7 +219,7 @@ def _missing_message(cfg: DictConfig) -> str:
         f"(NAME{GZIP_SUFFIX}), in torchvision's layout <root>/{cfg.folder}/raw/. "
         f"{'Download failed (offline?). ' if cfg.download else 'Download is off (dataset.download=false). '}"
         "Point cnnbench at a local copy with dataset.root=/path/to/data or CNNBENCH_DATA=/path/to/data, "
-        "or train offline on the packaged sample with dataset=fashion_mnist_mini."
+        "or train offline on the packaged 7,000-image sample: cnnbench train experiment=quickstart."
     )
 
 

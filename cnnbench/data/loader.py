@@ -8,6 +8,7 @@ from typing import Iterator
 import torch
 from torch.nn import functional as F
 
+from .augment import Augment, Draws
 from .idx import Split
 
 NATIVE_SIDE = 28  # pixels; MNIST-format images are 28x28
@@ -33,6 +34,7 @@ class DeviceLoader:
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        augment: Augment | None = None,
     ) -> None:
         self.images = split.images.to(device)  # (N, 28, 28) uint8
         self.labels = split.labels.to(device)  # (N,) int64
@@ -45,6 +47,7 @@ class DeviceLoader:
         self.channels_last = channels_last
         self.rank = rank
         self.world_size = world_size
+        self.augment = augment  # training only: random per (seed, epoch, batch), see augment.py
 
     def __len__(self) -> int:
         """Batches per epoch; the last one may be smaller, as with the book's DataLoader."""
@@ -72,12 +75,21 @@ class DeviceLoader:
         stop = self.batches_per_epoch(limit)
         for i in range(start, stop):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            draws = self._draws(epoch, i, len(idx)) if self.augment is not None else None
             if self.world_size > 1:
                 idx = idx.tensor_split(self.world_size)[self.rank]
-            yield self.prepare(self.images[idx]), self.labels[idx]
+            yield self.prepare(self.images[idx], draws), self.labels[idx]
 
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 28, 28) uint8 -> (B, 1, S, S) float in [0, 1] (optionally standardized)."""
+    def _draws(self, epoch: int, batch: int, n: int) -> Draws:
+        """The augmentation draws of the whole global batch ``batch`` of ``epoch``, this rank's share."""
+        draws = self.augment.draw(n, self.resize, Augment.generator(self.seed, epoch, batch))
+        if self.world_size > 1:
+            draws = draws[torch.arange(n).tensor_split(self.world_size)[self.rank]]
+        return draws
+
+    def prepare(self, images: torch.Tensor, draws: Draws | None = None) -> torch.Tensor:
+        """(B, 28, 28) uint8 -> (B, 1, S, S) float in [0, 1] (augmented with ``draws``, optionally
+        standardized)."""
         x = images.unsqueeze(1).float().div_(255.0)
         if self.resize != x.shape[-1]:
             # Bilinear like the book's PIL Resize; antialias only matters when shrinking.
@@ -85,6 +97,8 @@ class DeviceLoader:
                 x, size=(self.resize, self.resize), mode="bilinear", align_corners=False,
                 antialias=self.resize < x.shape[-1],
             )
+        if draws is not None:
+            x = self.augment.apply(x, draws)
         if self.normalize is not None:
             mean, std = self.normalize
             x = x.sub_(mean).div_(std)

@@ -37,7 +37,8 @@ SELECTION_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("best/epoch", "best epoch", "int"),
 )
 # Extra summary keys that only the CSV carries (it is the machine-readable, complete copy).
-CSV_EXTRA_KEYS = ("val/acc", "best/val_acc", "best/test_acc", "best/epoch", "monitor", "stop_reason", "epochs",
+CSV_EXTRA_KEYS = ("val/acc", "best/val_acc", "best/test_acc", "best/epoch", "monitor", "stop_reason",
+                  "time_to_target_s", "epochs",
                   "model", "resize", "seed", "device")
 
 
@@ -94,9 +95,15 @@ def short_error(error: str | None, width: int = ERROR_WIDTH) -> str:
 # ----------------------------------------------------------------------------------------- tables
 
 
+# Shown when some run had a trainer.target_acc and reached it.
+TARGET_COLUMNS: tuple[tuple[str, str, str], ...] = (("time_to_target_s", "time to target (s)", "seconds"),)
+
+
 def metric_columns(report: Report) -> tuple[tuple[str, str, str], ...]:
-    """The number columns of this report: the selection columns only when some run has them."""
-    return (SELECTION_COLUMNS if report.selects_on_validation else ()) + METRIC_COLUMNS
+    """The number columns of this report: the selection and target columns only when some run has them."""
+    reached = any(finite_number(r.summary.get("time_to_target_s")) is not None for r in report.runs)
+    return ((SELECTION_COLUMNS if report.selects_on_validation else ()) + METRIC_COLUMNS
+            + (TARGET_COLUMNS if reached else ()))
 
 
 def run_rows(report: Report) -> tuple[list[str], list[list[str]], list[bool]]:

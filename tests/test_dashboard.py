@@ -1,0 +1,83 @@
+"""TensorBoard's first screen: the loss and accuracy curves first, HParams on the curves' own tags with
+one name per setting, and a custom-scalars layout with the book's chart."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cnnbench.runlog import hparams_of
+from cnnbench.train import train
+
+from .conftest import compose_fast, stop_process
+from .test_sweeps import start_tensorboard
+
+CURVES = {"test/acc", "test/loss", "train/acc", "train/loss"}
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def two_runs(fake_data, tmp_path_factory) -> Path:
+    """Two finished runs in one folder, as a sweep leaves them."""
+    root = tmp_path_factory.mktemp("board")
+    for name, model in (("0_model=lenet", "lenet"), ("1_model=lenet_bn", "lenet_bn")):
+        summary = train(compose_fast(fake_data, f"model={model}", "trainer.epochs=2", "trainer.batch_size=64"),
+                        root / name)
+        assert summary["status"] == "completed"
+    return root
+
+
+def test_hparams_have_one_name_per_setting(fake_data):
+    cfg = compose_fast(fake_data, "optimizer.lr=0.3", "dataset.resize=32", "optimizer=sgd_momentum")
+    hp = hparams_of(cfg, ["model=lenet", "optimizer=sgd_momentum", "optimizer.lr=0.3", "dataset.resize=32",
+                          "trainer.batch_size=256", "optimizer.momentum=0.8", "hydra.run.dir=x"])
+    assert hp["lr"] == 0.3 and hp["resize"] == 32 and hp["optimizer"] == cfg.optimizer.name
+    assert hp["optimizer.momentum"] == "0.8"  # an override with no short name keeps its own
+    assert not {"optimizer.lr", "dataset.resize", "trainer.batch_size"} & set(hp)
+    assert not [k for k in hp if k.startswith("hydra")]
+
+
+def test_event_files_open_on_the_curves_with_the_books_chart(two_runs):
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    run = two_runs / "1_model=lenet_bn"
+    events = EventAccumulator(str(run), size_guidance={"tensors": 0, "images": 0}).Reload()
+    scalars, images = events.Tags()["scalars"], events.Tags()["images"]
+    assert CURVES <= set(scalars) and not [t for t in scalars if t.startswith("hparam")]
+    # Time Series sorts its card groups (a tag up to its first "/") by name and opens the first two.
+    groups = sorted({tag.split("/")[0] for tag in [*scalars, *images]})
+    assert groups[:2] == ["test", "train"], groups
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    charts = [(c.title, list(c.multiline.tag)) for cat in layout.category for c in cat.chart]
+    assert charts == [("loss and accuracy (the book's chart)", ["^train/loss$", "^train/acc$", "^test/acc$"])]
+    experiment = next(data for data in (plugin_data_pb2.HParamsPluginData.FromString(content)
+                                        for content in events.PluginTagToContent("hparams").values())
+                      if data.HasField("experiment"))
+    assert {m.name.tag for m in experiment.experiment.metric_infos} == CURVES  # existing tags, no copies
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium")
+def test_time_series_shows_the_curves_first_in_a_real_browser(two_runs, tmp_path):
+    """What a user sees on opening TensorBoard: headless Chromium renders the page; the cards it renders
+    are those on the first screen (Time Series renders cards lazily, as they scroll into view)."""
+    tb, base = start_tensorboard(two_runs, tmp_path / "tensorboard.log")
+    try:
+        dom = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,900", "--virtual-time-budget=15000",
+             "--dump-dom", f"{base}/"], capture_output=True, text=True, timeout=180).stdout
+    finally:
+        stop_process(tb)
+    groups = re.findall(r'class="group-title" title="([^"]+)"', dom)
+    cards = set(re.findall(r'class="tag"[^>]* title="([^"]+)"', dom))
+    assert groups[:2] == ["test", "train"], groups
+    assert {"train/loss", "train/acc", "test/acc"} <= cards and not [c for c in cards if c not in CURVES], cards
