@@ -236,7 +236,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "        if True:\n            self._jsonl.write(",
              ("tests/test_integrity.py", "-k", "full_disk_names and metrics")),
     Mutation("a failed TensorBoard write is named", "cnnbench/runlog.py",
-             "        with writing(self._events_file()):", "        if True:",
+             "        with writing(self._events_file()):\n            for key", "        if True:\n            for key",
              ("tests/test_integrity.py", "-k", "full_disk_names and events")),
     Mutation("a failed final summary.json write ends as failed", "cnnbench/train.py",
              "        if not isinstance(error, RunFileWriteError):\n            summary.update(",
