@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from .allocator import tune_malloc
 from .checkpoint import RunState
 from .data import DeviceLoader, load_splits
 from .describe import count_parameters, forward_flops
@@ -102,6 +103,7 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = DistContext()) 
     """Build device, data, model, optimizer and scheduler for ``cfg`` (this rank's share under DDP)."""
     validate_config(cfg)
     check_global_batch(int(cfg.trainer.batch_size), ctx.world_size)
+    tune_malloc(bool(cfg.device.get("malloc_tuning", True)))  # once per process, before the data is read
     device = torch.device("cuda", ctx.local_rank) if ctx.backend == "nccl" else resolve_device(
         cfg.device.type, cfg.device.get("index"))
     if cfg.device.num_threads:
