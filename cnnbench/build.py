@@ -21,6 +21,7 @@ from torch import nn
 
 from .allocator import tune_malloc
 from .checkpoint import RunState
+from .compiling import compile_for_training
 from .data import DeviceLoader, load_splits
 from .describe import count_parameters, forward_flops
 from .devices import resolve_device
@@ -124,13 +125,19 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = DistContext()) 
         train_loader.channels_last = test_loader.channels_last = True
     model = wrap_ddp(raw_model, cfg, ctx, device)
     raw_model = model.module if ctx.enabled else raw_model  # SyncBatchNorm conversion makes a new module
-    model = torch.compile(model) if speed.compile else model
+    if speed.compile:
+        model = compile_for_training(model, local_batch(int(cfg.trainer.batch_size), ctx))
     optimizer = build_optimizer(cfg.optimizer, raw_model.parameters(), fused=speed.fused_optimizer)
     batches = train_loader.batches_per_epoch(cfg.trainer.limit_train_batches)
     scheduler = build_scheduler(cfg.scheduler, optimizer, batches, int(cfg.trainer.epochs))
     precision = Precision.create(speed.precision, device)
     return Run(cfg, run_dir, device, model, raw_model, optimizer, scheduler, precision,
                train_loader, test_loader, params, flops, speed, ctx)
+
+
+def local_batch(batch_size: int, ctx: DistContext) -> int:
+    """Examples of a full global batch that this rank trains on (the loader's tensor_split share)."""
+    return batch_size // ctx.world_size + (1 if ctx.rank < batch_size % ctx.world_size else 0)
 
 
 def build_loaders(cfg: DictConfig, device: torch.device, size: int,

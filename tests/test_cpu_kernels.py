@@ -26,6 +26,8 @@ def test_fast_pool_matches_aten_forward_and_backward_exactly(shape, layout, dtyp
     ref, out = nn.AvgPool2d(2, 2)(a), AvgPool2x2(2, 2)(b)
     grad = torch.randn_like(ref)
     ref.backward(grad)
+    poison = torch.full(shape, float("nan"), dtype=dtype)  # freed memory the next gradient may reuse:
+    del poison  # a dropped row/column left unwritten would then show as NaN, not as a lucky zero
     out.backward(grad)
     assert out.shape == ref.shape and out.dtype == ref.dtype
     assert torch.equal(out, ref)

@@ -113,10 +113,14 @@ def test_num_threads_applies_inside_the_run_and_is_given_back(fake_data, tmp_pat
 
 
 @pytest.mark.slow
-def test_torch_compile_matches_the_plain_path(fake_data, tmp_path, plain):
-    run = first_losses(fake_data, tmp_path, "device.compile=true")
+def test_torch_compile_matches_the_plain_path(fake_data, tmp_path, plain, monkeypatch):
+    """LeNet-BN (BatchNorm in train mode) compiled: the plain path's losses, graphs in the shared cache."""
+    cache = tmp_path / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    run = first_losses(fake_data, tmp_path / "run", "device.compile=true")
     assert run.summary["speed"]["compile"] is True
     assert run.losses == pytest.approx(plain.losses, rel=1e-4, abs=1e-4)
+    assert any(cache.rglob("*.py")), "Inductor wrote nothing to the cache folder the run was given"
 
 
 def _fake_timer(seconds_per_step: dict[tuple[str, bool], float]):
