@@ -118,7 +118,7 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = DistContext()) 
     params, flops = count_parameters(raw_model), forward_flops(raw_model, cfg.dataset.in_channels, size)
     train_loader, test_loader = build_loaders(cfg, device, size, ctx)
     raw_model.to(device)
-    speed = resolve_speed(cfg.device, device, raw_model, train_loader, bool(cfg.trainer.deterministic))
+    speed = resolve_speed(cfg.device, device, raw_model, train_loader, bool(cfg.trainer.deterministic), flops)
     speed = broadcast_object(speed, ctx)  # every rank uses rank 0's choice
     if speed.channels_last:
         raw_model.to(memory_format=torch.channels_last)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from .allocator import malloc_tuned
+from .compiling import wants_compile
 from .cpu_kernels import use_fast_pooling
 from .data import DeviceLoader
 from .devices import bf16_supported, synchronize
@@ -97,7 +98,7 @@ def autotune(model: nn.Module, loader: DeviceLoader, device: torch.device, candi
 
 
 def resolve_speed(cfg: DictConfig, device: torch.device, model: nn.Module, loader: DeviceLoader,
-                  deterministic: bool = False) -> SpeedSettings:
+                  deterministic: bool = False, flops_per_image: int = 0) -> SpeedSettings:
     """Turn the ``device`` group's values into settings; ``auto`` precision/layout are autotuned.
 
     Deterministic runs skip the timing (its verdict could differ between two runs): fp32, NCHW.
@@ -106,9 +107,11 @@ def resolve_speed(cfg: DictConfig, device: torch.device, model: nn.Module, loade
     if deterministic:
         precision = "fp32" if precision == "auto" else precision
         channels_last = False if str(channels_last) == "auto" else channels_last
-    settings = SpeedSettings(compile=bool(cfg.compile), malloc_tuning=malloc_tuned(),
+    settings = SpeedSettings(compile=wants_compile(cfg.compile, device, flops_per_image), malloc_tuning=malloc_tuned(),
                              omp_wait_policy=omp_wait_policy())
-    if device.type == "cpu" and cfg.get("fast_pooling", True):
+    # Not under torch.compile: Inductor writes its own pooling loops, and a custom autograd.Function in
+    # the graph keeps AOTAutograd from caching it (the next run would trace it again).
+    if device.type == "cpu" and cfg.get("fast_pooling", True) and not settings.compile:
         settings.fast_pooling = use_fast_pooling(model) > 0  # before autotune, so it times the model as trained
     fused = cfg.get("fused_optimizer", False)
     settings.fused_optimizer = device.type == "cuda" if str(fused) == "auto" else bool(fused)

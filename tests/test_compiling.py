@@ -51,3 +51,24 @@ def test_each_rank_compiles_for_its_share_of_the_batch():
     assert local_batch(256, DistContext()) == 256
     shares = [local_batch(10, DistContext(rank=r, world_size=4)) for r in range(4)]
     assert shares == [len(s) for s in torch.arange(10).tensor_split(4)] == [3, 3, 2, 2]
+
+
+def test_auto_compiles_the_big_networks_on_the_cpu_only():
+    import pytest
+
+    from cnnbench.errors import ConfigError
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not compiling.wants_compile("auto", cpu, 833_040)  # LeNet: no faster compiled
+    assert compiling.wants_compile("auto", cpu, 637_315_072)  # ResNet-18 at 96: 3% a step
+    assert not compiling.wants_compile("auto", cuda, 637_315_072)  # not measured on GPUs
+    assert compiling.wants_compile(True, cpu, 0) and not compiling.wants_compile(False, cpu, 10**12)
+    with pytest.raises(ConfigError, match="device.compile"):
+        compiling.wants_compile("yes", cpu, 0)
+
+
+def test_device_fast_means_compile_auto():
+    from cnnbench.config import compose_config
+
+    assert compose_config(["device=fast"]).device.compile == "auto"
+    assert compose_config([]).device.compile is False
