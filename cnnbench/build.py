@@ -19,7 +19,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from .allocator import tune_malloc
 from .checkpoint import RunState
+from .compiling import compile_for_training
 from .data import DeviceLoader, load_splits
 from .data.augment import Augment
 from .data.split import split_train_val
@@ -110,6 +112,7 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = DistContext()) 
     """Build device, data, model, optimizer and scheduler for ``cfg`` (this rank's share under DDP)."""
     validate_config(cfg)
     check_global_batch(int(cfg.trainer.batch_size), ctx.world_size)
+    tune_malloc(bool(cfg.device.get("malloc_tuning", True)))  # once per process, before the data is read
     device = torch.device("cuda", ctx.local_rank) if ctx.backend == "nccl" else resolve_device(
         cfg.device.type, cfg.device.get("index"))
     if device.type == "cuda":  # with the GPU's free memory now (validation used its total, creating no context)
@@ -125,7 +128,7 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = DistContext()) 
     params, flops = count_parameters(raw_model), forward_flops(raw_model, cfg.dataset.in_channels, size)
     train_loader, val_loader, test_loader = build_loaders(cfg, device, size, ctx)
     raw_model.to(device)
-    speed = resolve_speed(cfg.device, device, raw_model, train_loader, bool(cfg.trainer.deterministic))
+    speed = resolve_speed(cfg.device, device, raw_model, train_loader, bool(cfg.trainer.deterministic), flops)
     speed = broadcast_object(speed, ctx)  # every rank uses rank 0's choice
     if speed.channels_last:
         raw_model.to(memory_format=torch.channels_last)
@@ -134,7 +137,8 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = DistContext()) 
                 loader.channels_last = True
     model = wrap_ddp(raw_model, cfg, ctx, device)
     raw_model = model.module if ctx.enabled else raw_model  # SyncBatchNorm conversion makes a new module
-    model = torch.compile(model) if speed.compile else model
+    if speed.compile:
+        model = compile_for_training(model, local_batch(int(cfg.trainer.batch_size), ctx))
     ema = build_ema(raw_model, cfg.trainer.get("ema"))
     optimizer = build_optimizer(cfg.optimizer, raw_model.parameters(), fused=speed.fused_optimizer)
     batches = train_loader.batches_per_epoch(cfg.trainer.limit_train_batches)
@@ -142,6 +146,11 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = DistContext()) 
     precision = Precision.create(speed.precision, device)
     return Run(cfg, run_dir, device, model, raw_model, optimizer, scheduler, precision,
                train_loader, val_loader, test_loader, Monitor.from_config(cfg), ema, params, flops, speed, ctx)
+
+
+def local_batch(batch_size: int, ctx: DistContext) -> int:
+    """Examples of a full global batch that this rank trains on (the loader's tensor_split share)."""
+    return batch_size // ctx.world_size + (1 if ctx.rank < batch_size % ctx.world_size else 0)
 
 
 def build_loaders(cfg: DictConfig, device: torch.device, size: int,

@@ -17,9 +17,13 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from .allocator import malloc_tuned
+from .compiling import wants_compile
+from .cpu_kernels import use_fast_pooling
 from .data import DeviceLoader
 from .devices import bf16_supported, synchronize
 from .engine import Precision
+from .threads import omp_wait_policy
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +39,9 @@ class SpeedSettings:
     channels_last: bool = False
     compile: bool = False
     fused_optimizer: bool = False
+    fast_pooling: bool = False  # 2x2 average pools as strided adds (cnnbench.cpu_kernels), CPU only
+    omp_wait_policy: str | None = None  # OMP_WAIT_POLICY as torch's OpenMP read it (cnnbench.threads)
+    malloc_tuning: bool = False  # glibc malloc keeps freed buffers for reuse (cnnbench.allocator), process-wide
     tuning: dict = field(default_factory=dict)  # examples/sec of every candidate that autotune timed
 
 
@@ -91,7 +98,7 @@ def autotune(model: nn.Module, loader: DeviceLoader, device: torch.device, candi
 
 
 def resolve_speed(cfg: DictConfig, device: torch.device, model: nn.Module, loader: DeviceLoader,
-                  deterministic: bool = False) -> SpeedSettings:
+                  deterministic: bool = False, flops_per_image: int = 0) -> SpeedSettings:
     """Turn the ``device`` group's values into settings; ``auto`` precision/layout are autotuned.
 
     Deterministic runs skip the timing (its verdict could differ between two runs): fp32, NCHW.
@@ -100,7 +107,12 @@ def resolve_speed(cfg: DictConfig, device: torch.device, model: nn.Module, loade
     if deterministic:
         precision = "fp32" if precision == "auto" else precision
         channels_last = False if str(channels_last) == "auto" else channels_last
-    settings = SpeedSettings(compile=bool(cfg.compile))
+    settings = SpeedSettings(compile=wants_compile(cfg.compile, device, flops_per_image), malloc_tuning=malloc_tuned(),
+                             omp_wait_policy=omp_wait_policy())
+    # Not under torch.compile: Inductor writes its own pooling loops, and a custom autograd.Function in
+    # the graph keeps AOTAutograd from caching it (the next run would trace it again).
+    if device.type == "cpu" and cfg.get("fast_pooling", True) and not settings.compile:
+        settings.fast_pooling = use_fast_pooling(model) > 0  # before autotune, so it times the model as trained
     fused = cfg.get("fused_optimizer", False)
     settings.fused_optimizer = device.type == "cuda" if str(fused) == "auto" else bool(fused)
     if precision == "auto" or str(channels_last) == "auto":

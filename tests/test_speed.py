@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass, field
 
 import pytest
@@ -14,7 +16,7 @@ from cnnbench.bench import cmd_bench
 from cnnbench.engine import log_points
 from cnnbench.train import train
 
-from .conftest import compose_fast, gzip_dataset
+from .conftest import compose_fast, fast_overrides, gzip_dataset
 
 
 @dataclass
@@ -113,10 +115,30 @@ def test_num_threads_applies_inside_the_run_and_is_given_back(fake_data, tmp_pat
 
 
 @pytest.mark.slow
-def test_torch_compile_matches_the_plain_path(fake_data, tmp_path, plain):
-    run = first_losses(fake_data, tmp_path, "device.compile=true")
-    assert run.summary["speed"]["compile"] is True
-    assert run.losses == pytest.approx(plain.losses, rel=1e-4, abs=1e-4)
+def test_torch_compile_matches_the_plain_path_and_the_next_run_reuses_it(fake_data, tmp_path, plain, monkeypatch):
+    """LeNet-BN (BatchNorm in train mode) compiled gives the plain path's losses; its graphs go to the
+    cache folder, and the user's next run (a new process, as each command is) loads them instead of
+    building them again."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    probe = ("import json, sys; from cnnbench.cli import main; main(sys.argv[1:]); "
+             "from torch._dynamo.utils import counters; print(json.dumps(counters))")
+    runs = []
+    for name in ("first", "next"):
+        args = fast_overrides(fake_data, "model=lenet_bn", "trainer.batch_size=32", "trainer.epochs=1",
+                              "trainer.limit_train_batches=4", "trainer.logs_per_epoch=4", "trainer.limit_eval_batches=1",
+                              "trainer.checkpoint=false", "device.compile=true", f"hydra.run.dir={tmp_path / name}")
+        out = subprocess.run([sys.executable, "-c", probe, "train", *args], capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stderr[-2000:]
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["speed"]["compile"] is True
+        runs.append(([r["train/loss"] for r in records if r["kind"] == "train"], json.loads(out.stdout.splitlines()[-1])))
+    (first, cold), (again, warm) = runs
+    assert first == pytest.approx(plain.losses, rel=1e-4, abs=1e-4) and again == first
+    assert cold["inductor"].get("fxgraph_cache_miss", 0) > 0  # built, and written to the folder
+    assert any((tmp_path / "inductor").rglob("*.py"))
+    assert warm["aot_autograd"].get("autograd_cache_hit", 0) > 0, warm  # the whole graph came from the cache
+    assert warm["inductor"].get("fxgraph_cache_miss", 0) == 0, warm
 
 
 def _fake_timer(seconds_per_step: dict[tuple[str, bool], float]):
