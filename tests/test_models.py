@@ -32,7 +32,12 @@ PARAMS = {
     "resnet18": 11_178_378,
     "resnet34": 21_290_250,
     "densenet": 758_226,
+    "fastnet_s": 116_602,
+    "fastnet_m": 463_594,
+    "fastnet_l": 6_571_978,
 }
+
+FASTNET = ["fastnet_s", "fastnet_m", "fastnet_l"]  # beyond the book, registered after its families
 
 
 def test_registry_holds_the_books_networks_in_chapter_order():
@@ -85,6 +90,19 @@ def test_resnet18_block_shapes_match_the_book_at_224():
         (1, 64, 56, 56), (1, 64, 56, 56), (1, 128, 28, 28), (1, 256, 14, 14), (1, 512, 7, 7),
         (1, 512, 1, 1), (1, 512), (1, 10),
     ]
+
+
+def test_fastnet_comes_after_the_books_families_and_says_it_is_not_from_the_book():
+    assert list_models()[-len(FASTNET):] == FASTNET == list_models("fastnet*")
+    for name in FASTNET:
+        spec = get_model_spec(name)
+        assert (spec.family, spec.book_resolution, spec.min_resolution) == ("fastnet", 28, 8)
+        assert "Not from the book" in spec.description
+
+
+def test_fastnet_s_block_shapes_at_28():
+    shapes = [b.shape for b in block_shapes(build_model("fastnet_s"), 1, 28)]
+    assert shapes == [(1, 16, 14, 14), (1, 32, 7, 7), (1, 64, 3, 3), (1, 64, 1, 1), (1, 64), (1, 10), (1, 10)]
 
 
 def test_alexnet_flattens_to_6400_at_224():

@@ -1,7 +1,9 @@
-"""The book's networks. Importing this package registers every family with the registry."""
+"""The networks: the book's families, then FastNet (not from the book). Importing registers them all."""
 
 # Imported in the book's chapter order, which is the order `list_models()` reports.
 from . import lenet, alexnet, vgg, nin, googlenet, resnet, densenet  # noqa: F401,I001
+# Beyond the book, after its families (so list_models() gives the chapters first).
+from . import fastnet  # noqa: F401,I001
 from .registry import (
     InputTooSmallError,
     ModelSpec,
