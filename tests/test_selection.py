@@ -190,7 +190,7 @@ def test_monitoring_the_test_set_warns_once(fake_data, tmp_path):
     (["trainer.monitor=train/acc"], "trainer.monitor must be auto, null or one of val/acc, val/loss"),
     (["trainer.early_stopping.patience=3"], "trainer.early_stopping needs a monitored metric"),
     (["dataset.val_size=10", "trainer.early_stopping.patience=0"],
-     "trainer.early_stopping.patience must be a positive integer, got 0"),
+     "trainer.early_stopping.patience must be an integer >= 1, got 0"),
 ])
 def test_bad_selection_settings_are_refused_before_anything_runs(fake_data, tmp_path, capsys, overrides, message):
     out = tmp_path / "run"

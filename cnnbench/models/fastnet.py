@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .geometry import smallest_input
-from .registry import register_model
+from .registry import ModelKwarg, register_model
 
 # One row per stage: (output channels, residual blocks, max pool?). A stage is a 3x3 conv to the row's
 # width, a 2x2 max pool halving the side (if pooled), BN, ReLU, then the residual blocks at that width.
@@ -101,11 +101,16 @@ class FastNet(nn.Sequential):
         )
 
 
+# The logits' multiplier: positive (0 or a negative number would erase or flip every prediction).
+HEAD_SCALE = ModelKwarg("a positive number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, 0.125)
+
+
 def _register(name: str, doc: str) -> None:
     stages = STAGE_TABLES[name]
 
-    def factory(in_channels: int = 1, num_classes: int = 10, image_size: int = 28, **kw) -> FastNet:
-        return FastNet(stages, in_channels, num_classes, image_size, **kw)
+    def factory(in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
+                head_scale: float = 0.125) -> FastNet:
+        return FastNet(stages, in_channels, num_classes, image_size, head_scale)
 
     factory.__doc__ = doc
     # Only the 2x2/2 max pools shrink the side; the 3x3 convs pad by 1.
@@ -116,6 +121,7 @@ def _register(name: str, doc: str) -> None:
         book_resolution=28,
         min_resolution=min_side,
         description=f"{doc} Not from the book; native 28x28.",
+        kwargs={"head_scale": HEAD_SCALE},
     )(factory)
 
 
