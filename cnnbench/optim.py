@@ -62,21 +62,28 @@ def step_factor(step: int, period: int, gamma: float) -> float:
     return gamma ** (step // period)
 
 
-def onecycle_factor(step: int, total: int, pct_start: float, div_factor: float, final_div_factor: float) -> float:
-    """One-cycle as a factor of the peak rate: cosine from 1/div_factor up to 1 over the first
-    ``pct_start`` of ``total`` steps, then cosine down to 1/(div_factor*final_div_factor) at the last
-    step (torch's OneCycleLR with anneal_strategy="cos", its momentum left constant)."""
+def onecycle_factor(step: int, total: int, pct_start: float, div_factor: float, final_div_factor: float,
+                    anneal: str = "cos") -> float:
+    """One-cycle as a factor of the peak rate: from 1/div_factor up to 1 over the first ``pct_start`` of
+    ``total`` steps, then down to 1/(div_factor*final_div_factor) at the last step, along half cosines
+    (``anneal="cos"``) or straight lines (``"linear"``): torch's OneCycleLR with that anneal_strategy,
+    its momentum left constant."""
     start, low = 1.0 / div_factor, 1.0 / (div_factor * final_div_factor)
     peak_step = float(pct_start * total) - 1
     if step <= peak_step:
         begin, end, pct = start, 1.0, step / peak_step
     else:
         begin, end, pct = 1.0, low, min(1.0, (step - peak_step) / (total - 1 - peak_step))
+    if anneal == "linear":
+        return begin + (end - begin) * pct
     return end + (begin - end) / 2.0 * (math.cos(math.pi * pct) + 1)
 
 
 def _onecycle(cfg: DictConfig, base_lr: float, steps_per_epoch: int, total: int) -> Callable[[int], float]:
-    return lambda step: onecycle_factor(step, total, cfg.pct_start, cfg.div_factor, cfg.final_div_factor)
+    anneal = str(cfg.get("anneal", "cos"))
+    if anneal not in ("cos", "linear"):
+        raise ConfigError(f"scheduler.anneal must be cos or linear, got {anneal!r}")
+    return lambda step: onecycle_factor(step, total, cfg.pct_start, cfg.div_factor, cfg.final_div_factor, anneal)
 
 
 def _cosine(cfg: DictConfig, base_lr: float, steps_per_epoch: int, total: int) -> Callable[[int], float]:

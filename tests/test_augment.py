@@ -170,17 +170,19 @@ def test_tta_is_the_mean_of_the_two_passes():
     assert plain.loss != pytest.approx(result.loss)
 
 
-def test_onecycle_is_torchs_one_cycle_curve():
+@pytest.mark.parametrize("anneal", ["cos", "linear"])
+def test_onecycle_is_torchs_one_cycle_curve(anneal):
     param = nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=0.4)
     ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.4, total_steps=40, pct_start=0.3, div_factor=20,
-                                              final_div_factor=100, cycle_momentum=False)
+                                              final_div_factor=100, cycle_momentum=False, anneal_strategy=anneal)
     expected = []
     for _ in range(40):
         expected.append(opt.param_groups[0]["lr"])
         opt.step()
         ref.step()
-    assert [0.4 * onecycle_factor(s, 40, 0.3, 20, 100) for s in range(40)] == pytest.approx(expected, abs=1e-12)
+    got = [0.4 * onecycle_factor(s, 40, 0.3, 20, 100, anneal) for s in range(40)]
+    assert got == pytest.approx(expected, abs=1e-12)
 
 
 def test_target_accuracy_stops_at_the_epoch_that_reaches_it(fake_data, tmp_path, monkeypatch):
