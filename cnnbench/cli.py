@@ -15,7 +15,7 @@ from hydra.errors import HydraException
 
 from . import __version__
 from .errors import CnnbenchError, one_line
-from .threads import passive_omp_wait
+from .threads import choose_omp_wait
 
 COMMANDS: dict[str, str] = {
     "train": "train a network (Hydra overrides; -m for a sweep)",
@@ -117,7 +117,7 @@ def _top_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cnnbench`` console script and of ``python -m cnnbench``."""
-    passive_omp_wait()  # before torch is imported: libgomp reads it once, at load time
+    choose_omp_wait()  # before torch is imported: libgomp reads it once, at load time
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _top_parser()
     if not argv or argv[0] in ("-h", "--help", "--version"):
