@@ -10,9 +10,11 @@ iterations before it sleeps. Measured on a 2-core machine (LeNet-BN, 3 epochs of
   descheduled, and each barrier costs a scheduler time slice: a LeNet step took 0.57-0.87 s with the
   default and 0.07 s with ``PASSIVE``.
 
-So :func:`choose_omp_wait` sets ``PASSIVE`` only when the machine is already busier than its cores (the
-1-minute load average at least the number of processors this process may use) and otherwise leaves
-libgomp's default. libgomp reads ``OMP_WAIT_POLICY`` once, when torch loads it, so this runs at the top
+So :func:`choose_omp_wait` sets ``PASSIVE`` only when the machine is busy at the command's start (other
+runnable tasks fill every processor this process may use; the kernel's count of runnable tasks now, not
+the load average, which lags by a minute: right after another job has ended it still reads busy, and
+measured so, a quiet machine got the passive wait and trained 25% slower) and otherwise leaves libgomp's
+default. libgomp reads ``OMP_WAIT_POLICY`` once, when torch loads it, so this runs at the top
 of the ``cnnbench`` command (:func:`cnnbench.cli.main`) before anything imports torch. A value the user
 set wins either way: ``OMP_WAIT_POLICY=PASSIVE`` or ``ACTIVE cnnbench train ...``.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 WAIT_POLICY = "PASSIVE"
 
@@ -33,12 +36,25 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def runnable_tasks() -> int | None:
+    """Tasks runnable right now, this process included (the 4th field of /proc/loadavg, "R/total"),
+    the median of a few reads 10 ms apart; None where the kernel does not say (not Linux)."""
+    counts = []
+    for i in range(5):
+        try:
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]))
+        except (OSError, IndexError, ValueError):
+            return None
+        if i < 4:
+            time.sleep(0.01)
+    return sorted(counts)[len(counts) // 2]
+
+
 def machine_is_busy() -> bool:
-    """The 1-minute load average is at least the number of usable cores (False where there is none)."""
-    try:
-        return os.getloadavg()[0] >= usable_cores()
-    except (AttributeError, OSError):
-        return False
+    """Other runnable tasks fill every usable core (False where that cannot be read)."""
+    running = runnable_tasks()
+    return running is not None and running - 1 >= usable_cores()
 
 
 def choose_omp_wait() -> str | None:

@@ -9,16 +9,18 @@ import sys
 
 import pytest
 
-# The probe fakes the load average (a busy or a quiet machine), then runs a command that loads torch.
-PROBE = ("import os, sys; os.getloadavg = lambda: ({load}, {load}, {load}); from cnnbench.cli import main; "
-         "main(['models', 'lenet_bn']); print('policy', os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+# The probe fakes the kernel's count of runnable tasks (a busy or a quiet machine), then runs a command
+# that loads torch.
+PROBE = ("import os, sys; from cnnbench import threads; threads.runnable_tasks = lambda: {load}; "
+         "from cnnbench.cli import main; main(['models', 'lenet_bn']); "
+         "print('policy', os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
 
 
 @pytest.mark.parametrize("given,load,expected", [
-    (None, 500.0, "PASSIVE"),    # busier than any machine's cores: sleep at once
-    (None, 0.0, "None"),         # quiet: libgomp's default spin (40% faster on small kernels, measured)
-    ("ACTIVE", 500.0, "ACTIVE"),  # the user's value wins
-    ("PASSIVE", 0.0, "PASSIVE"),
+    (None, 5000, "PASSIVE"),   # more runnable tasks than any machine's cores: sleep at once
+    (None, 1, "None"),         # only this process: libgomp's default spin (40% faster on small kernels)
+    ("ACTIVE", 5000, "ACTIVE"),  # the user's value wins
+    ("PASSIVE", 1, "PASSIVE"),
 ])
 def test_the_command_sets_a_passive_wait_on_a_busy_machine_before_torch_loads(given, load, expected):
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
@@ -30,13 +32,24 @@ def test_the_command_sets_a_passive_wait_on_a_busy_machine_before_torch_loads(gi
     assert out.stdout.strip().splitlines()[-1] == f"policy {expected} True"  # torch was loaded after it
 
 
-def test_busy_means_a_load_of_at_least_one_per_usable_core(monkeypatch):
+def test_busy_means_other_runnable_tasks_on_every_usable_core(monkeypatch):
     from cnnbench import threads
 
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
-    for load, busy in ((1.99, False), (2.0, True), (9.5, True)):
-        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+    for running, busy in ((1, False), (2, False), (3, True), (12, True), (None, False)):
+        monkeypatch.setattr(threads, "runnable_tasks", lambda running=running: running)
         assert threads.machine_is_busy() is busy
+
+
+def test_the_runnable_count_is_the_kernels(monkeypatch):
+    """Read from /proc/loadavg's "R/total" field: this process at least, never more than all tasks."""
+    from cnnbench import threads
+
+    if not os.path.exists("/proc/loadavg"):
+        pytest.skip("no /proc/loadavg (not Linux)")
+    running = threads.runnable_tasks()
+    total = int(open("/proc/loadavg").read().split()[3].split("/")[1])
+    assert 1 <= running <= total + 50
 
 
 def test_too_late_once_torch_is_loaded(monkeypatch):
