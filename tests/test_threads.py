@@ -1,5 +1,5 @@
-"""OMP_WAIT_POLICY=PASSIVE is set by the cnnbench command before torch loads, on a busy machine only;
-the user's value wins."""
+"""The cnnbench command chooses how OpenMP threads wait before torch loads: PASSIVE on a busy machine, a
+bounded spin otherwise; the user's values win."""
 
 from __future__ import annotations
 
@@ -13,19 +13,19 @@ import pytest
 # that loads torch.
 PROBE = ("import os, sys; from cnnbench import threads; threads.runnable_tasks = lambda: {load}; "
          "from cnnbench.cli import main; main(['models', 'lenet_bn']); "
-         "print('policy', os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+         "print('policy', os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)")
 
 
 @pytest.mark.parametrize("given,load,expected", [
-    (None, 5000, "PASSIVE"),   # more runnable tasks than any machine's cores: sleep at once
-    (None, 1, "None"),         # only this process: libgomp's default spin (40% faster on small kernels)
-    ("ACTIVE", 5000, "ACTIVE"),  # the user's value wins
-    ("PASSIVE", 1, "PASSIVE"),
+    ({}, 5000, "PASSIVE None"),   # more runnable tasks than any machine's cores: sleep at once
+    ({}, 1, "None 10000"),        # only this process: a bounded spin (40% faster than PASSIVE alone)
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, 5000, "ACTIVE None"),  # the user's values win
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, 1, "PASSIVE None"),
+    ({"GOMP_SPINCOUNT": "300000"}, 1, "None 300000"),
 ])
-def test_the_command_sets_a_passive_wait_on_a_busy_machine_before_torch_loads(given, load, expected):
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if given:
-        env["OMP_WAIT_POLICY"] = given
+def test_the_command_chooses_the_openmp_wait_before_torch_loads(given, load, expected):
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(given)
     out = subprocess.run([sys.executable, "-c", PROBE.format(load=load)], capture_output=True, text=True,
                          timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -60,5 +60,8 @@ def test_too_late_once_torch_is_loaded(monkeypatch):
     from cnnbench import threads
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    monkeypatch.setattr(threads, "machine_is_busy", lambda: True)
-    assert threads.choose_omp_wait() is None and "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    for busy in (True, False):
+        monkeypatch.setattr(threads, "machine_is_busy", lambda busy=busy: busy)
+        assert threads.choose_omp_wait() is None
+        assert "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
