@@ -79,4 +79,6 @@ def test_train_help_names_the_command():
     assert out.returncode == 0
     first = out.stdout.splitlines()[0]
     assert first.startswith("cnnbench train: train one of the book's networks") and "powered by Hydra" not in first
-    assert "experiment: d2l_alexnet" in out.stdout  # Hydra's list of config groups follows
+    groups = {line.split(": ", 1)[0]: line.split(": ", 1)[1].split(", ")
+              for line in out.stdout.splitlines() if ": " in line and not line.startswith(" ")}
+    assert "d2l_alexnet" in groups["experiment"]  # Hydra's list of config groups follows
