@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .geometry import smallest_input
-from .registry import ModelKwarg, register_model
+from .registry import positive_number, register_model
 
 # One row per stage: (output channels, residual blocks, max pool?). A stage is a 3x3 conv to the row's
 # width, a 2x2 max pool halving the side (if pooled), BN, ReLU, then the residual blocks at that width.
@@ -85,7 +85,6 @@ class FastNet(nn.Sequential):
         stages: Stages,
         in_channels: int = 1,
         num_classes: int = 10,
-        image_size: int = 28,
         head_scale: float = 0.125,
     ) -> None:
         blocks, channels = [], in_channels
@@ -102,7 +101,7 @@ class FastNet(nn.Sequential):
 
 
 # The logits' multiplier: positive (0 or a negative number would erase or flip every prediction).
-HEAD_SCALE = ModelKwarg("a positive number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, 0.125)
+HEAD_SCALE = positive_number(0.125)
 
 
 def _register(name: str, doc: str) -> None:
@@ -110,7 +109,8 @@ def _register(name: str, doc: str) -> None:
 
     def factory(in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
                 head_scale: float = 0.125) -> FastNet:
-        return FastNet(stages, in_channels, num_classes, image_size, head_scale)
+        # image_size is the registry's contract; global max pooling makes FastNet take any side >= 8.
+        return FastNet(stages, in_channels, num_classes, head_scale)
 
     factory.__doc__ = doc
     # Only the 2x2/2 max pools shrink the side; the 3x3 convs pad by 1.

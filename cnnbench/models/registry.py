@@ -78,6 +78,11 @@ def positive_int(divides: int | None = None, example: int = 1) -> ModelKwarg:
     return ModelKwarg(words, lambda v: _is_int(v) and v > 0 and (divides is None or divides % v == 0), example)
 
 
+def positive_number(example: float) -> ModelKwarg:
+    """A number above 0 (not a bool)."""
+    return ModelKwarg("a positive number", lambda v: _is_number(v) and v > 0, example)
+
+
 def positive_ints(example: tuple[int, ...]) -> ModelKwarg:
     """A non-empty list of positive integers."""
     return ModelKwarg("a non-empty list of positive integers",
