@@ -105,7 +105,11 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(deterministic)  # process-wide: set both ways for in-process runs
+    # Process-wide, so set both ways for in-process runs; but only when it changes: the call imports
+    # torch._inductor's config (and with it torch._dynamo and sympy), 1.2 s of a LeNet run's start-up.
+    if (torch.are_deterministic_algorithms_enabled() != deterministic
+            or torch.is_deterministic_algorithms_warn_only_enabled()):
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = DistContext()) -> Run:

@@ -1,7 +1,7 @@
 """Will a training step fit in the device's memory? An estimate before training, a clear end after.
 
-``estimate_step_memory(cfg)`` builds the configured network on PyTorch's *meta* device (shapes only, no
-memory, milliseconds even for VGG at 224) and adds up what one training step holds: weights, gradients,
+``estimate_step_memory(cfg)`` runs one image through the configured network (on PyTorch's *meta* device,
+shapes only, for the big networks; on the CPU for the small ones, see there) and adds up what one training step holds: weights, gradients,
 optimizer state, the dataset kept on the device, and per example the forward activations the backward
 pass needs (``cnnbench summary``'s activation memory, :func:`cnnbench.describe.activation_bytes`).
 ``check_step_fits`` refuses a step whose estimate is clearly above the memory available, naming a batch
@@ -39,6 +39,7 @@ REFUSE_ABOVE = 1.25  # estimate / available
 FIT_MARGIN = 0.85  # a suggested batch keeps 15% of the available memory in reserve
 IMAGE_BYTES = 28 * 28 + 8  # one uint8 28x28 image and its int64 label, as the loaders keep them
 DEFAULT_TEST_SIZE = 10_000  # test images of the MNIST-format datasets
+REAL_FORWARD_MAX_BYTES = 64 * 2**20  # float32 weights up to this: the estimate's forward runs on the CPU
 
 
 # device -> (bytes available, how measured) at the last check before training: after an allocation failed
@@ -84,8 +85,16 @@ def estimate_step_memory(cfg: DictConfig) -> StepMemory:
     size, channels = image_size(cfg), int(cfg.dataset.in_channels)
     with torch.device("meta"):  # shapes only: nothing is allocated, nothing is computed
         model = model_from_config(cfg)
-        per_image = activation_bytes(model, channels, size)  # float32 bytes of every layer's output
     params = count_parameters(model)
+    # float32 bytes of every layer's output for one image. A small network runs one real image on the
+    # CPU (milliseconds): the meta device's first forward imports torch's shape-checking and decomposition
+    # machinery (torch._dynamo, sympy), 1.0-1.6 s of every LeNet command's start-up (measured). A big one
+    # (VGG's 128 M parameters would take seconds to initialize) runs on the meta device.
+    if 4 * params <= REAL_FORWARD_MAX_BYTES:
+        with torch.random.fork_rng(devices=[]):  # its initialization draws nothing from the run's generator
+            model = model_from_config(cfg)
+    with torch.device("meta" if 4 * params > REAL_FORWARD_MAX_BYTES else "cpu"):
+        per_image = activation_bytes(model, channels, size)
     amp = str(cfg.device.precision) in ("bf16", "fp16")
     factor = AMP_ACTIVATION_FACTOR if amp else ACTIVATION_FACTOR
     # weights, gradients and optimizer state in float32; the dataset; the runtime's own

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnnbench.describe import forward_flops
-from cnnbench.models import build_model
+from cnnbench.describe import forward_flops, reference_flops
+from cnnbench.models import build_model, get_model_spec, list_models
 
 # torch.utils.flop_counter counts 2 FLOPs per multiply-add of a conv or linear layer, and nothing for
 # biases, pooling, activations or batch norm. Per image (batch 1):
@@ -74,3 +74,24 @@ def test_flops_equal_an_independent_count_of_every_conv_and_linear(name: str, si
             h.remove()
     assert hooked[0] > 1e8  # hundreds of MFLOPs to GFLOPs: the hooks did see the network
     assert flops == hooked[0]
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_hook_count_equals_torch_flop_counter_for_every_network(name: str) -> None:
+    """forward_flops counts with hooks (no dispatch mode, whose import costs a run 1.2 s): the figure must
+    be FlopCounterMode's exactly, for every registered network at its book resolution."""
+    size = get_model_spec(name).book_resolution
+    model = build_model(name, in_channels=1, num_classes=10)
+    assert forward_flops(model, 1, size) == reference_flops(model, 1, size) > 0
+
+
+class _Bilinear(nn.Module):
+    """A layer the hooks do not know: a matmul that only the dispatch mode sees."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ torch.ones(x[0].numel(), 7)
+
+
+def test_unknown_layers_are_counted_by_the_dispatch_mode() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), _Bilinear())  # conv: 2*2*26*26*9; matmul: 2*(2*26*26)*7
+    assert forward_flops(model, 1, 28) == 2 * 2 * 26 * 26 * 9 + 2 * 2 * 26 * 26 * 7

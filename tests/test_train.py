@@ -6,6 +6,7 @@ import json
 import subprocess
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -108,3 +109,20 @@ def test_cli_run_and_multirun(fake_data, tmp_path):
         summary = json.loads((sweep / job / "summary.json").read_text())
         assert summary["status"] == "completed" and (sweep / job / "last.pt").is_file()
         assert summary["model"] == job.split("=")[1]
+
+
+def test_deterministic_kernels_are_set_both_ways_in_one_process() -> None:
+    """seed_everything skips torch.use_deterministic_algorithms when nothing changes (the call imports
+    torch._inductor); an in-process run after a deterministic one must still get the fast kernels back."""
+    from cnnbench.build import seed_everything
+
+    try:
+        seed_everything(0, True)
+        assert torch.are_deterministic_algorithms_enabled()
+        seed_everything(0, False)
+        assert not torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(False, warn_only=True)
+        seed_everything(0, False)
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
