@@ -1,7 +1,5 @@
 """``python -m cnnbench ...`` is the same as the ``cnnbench`` command."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

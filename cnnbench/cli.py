@@ -7,6 +7,7 @@ a Hydra multirun sweep. ``eval``, ``predict`` and ``export`` read a finished run
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from typing import Callable, Sequence
@@ -138,5 +139,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def run() -> None:
+    """The ``cnnbench`` console script and ``python -m cnnbench``: :func:`main`, then exit with its code.
+
+    Before the interpreter shuts down, every object alive is moved out of the garbage collector's reach
+    (``gc.freeze``): the shutdown's last full collection would otherwise walk the hundreds of thousands of
+    objects that torch's imports create (torch._dynamo comes with the first optimizer), 0.5 s of a
+    LeNet command's 0.75 s exit (measured). Nothing is skipped: files are closed and atexit handlers run
+    as usual; only the final sweep of objects that are about to be dropped with the process anyway.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

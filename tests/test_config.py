@@ -68,3 +68,21 @@ def test_defaults_are_the_lenet_recipe():
 def test_vgg11_divides_widths_by_four():
     assert compose_config(["model=vgg11"]).model.width_div == 4
     assert compose_config(["model=vgg11_full"]).model.width_div == 1
+
+
+def test_a_list_of_overrides_is_composed_once_and_every_caller_gets_its_own_copy(monkeypatch) -> None:
+    """One command composes the same overrides three times (checks, folder claim, Hydra's run): 0.2-0.3 s
+    each, so compose_config keeps the result; a caller changing its copy changes nobody else's."""
+    import cnnbench.config as config
+
+    calls = []
+    real = config._compose
+    monkeypatch.setattr(config, "_COMPOSED", {})
+    monkeypatch.setattr(config, "_compose", lambda overrides: calls.append(overrides) or real(overrides))
+    first = compose_config(["optimizer.lr=0.3"], return_hydra_config=True)
+    second = compose_config(["optimizer.lr=0.3"])
+    assert calls == [["optimizer.lr=0.3"]]
+    assert "hydra" in first and "hydra" not in second
+    second.optimizer.lr = 5.0
+    assert compose_config(["optimizer.lr=0.3"]).optimizer.lr == 0.3
+    assert compose_config(["optimizer.lr=0.4"]).optimizer.lr == 0.4 and len(calls) == 2
