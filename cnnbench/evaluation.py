@@ -93,7 +93,7 @@ def write_outputs(run: LoadedRun, split: str, images: torch.Tensor, p: Predictio
                   record: dict[str, Any], tensorboard: bool = True) -> dict[str, Path]:
     """eval/<split>.json and its two pictures; the pictures and PR curves also into TensorBoard.
     ``images`` are the split's (N, 28, 28) uint8 images, in the order of ``p``."""
-    from .figures import close, confusion_figure, mistakes_figure, save_png
+    from .figures import close, confusion_image, mistakes_figure, save_png
 
     names = run.contract.classes
     out = run.run_dir / EVAL_DIR
@@ -104,33 +104,32 @@ def write_outputs(run: LoadedRun, split: str, images: torch.Tensor, p: Predictio
                  "probability": float(probs[i, pred[i]])} for i in shown]
     record["mistakes_shown"] = mistakes
     title = f"{run.cfg.model.name}, {split} set"
-    figures = {
-        "confusion": confusion_figure(record["confusion_matrix"]["counts"], names, title=title),
-        "mistakes": mistakes_figure(images[shown].numpy(), [m["true"] for m in mistakes],
-                                    [m["predicted"] for m in mistakes], [m["probability"] for m in mistakes],
-                                    title=f"{title}: most confident mistakes"),
-    }
+    confusion = confusion_image(record["confusion_matrix"]["counts"], names, title=title)  # a Pillow image
+    mistakes_fig = mistakes_figure(images[shown].numpy(), [m["true"] for m in mistakes],
+                                   [m["predicted"] for m in mistakes], [m["probability"] for m in mistakes],
+                                   title=f"{title}: most confident mistakes")  # a matplotlib figure
     paths = {"json": out / f"{split}.json"}
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(paths["json"], record)
-    for key, fig in figures.items():
-        paths[key] = save_png(fig, out / f"{split}_{key}.png", keep_open=tensorboard)
+    paths["confusion"] = out / f"{split}_confusion.png"
+    confusion.save(paths["confusion"])
+    paths["mistakes"] = save_png(mistakes_fig, out / f"{split}_mistakes.png", keep_open=tensorboard)
     if tensorboard:
-        _to_tensorboard(run, split, p, figures)
-        for fig in figures.values():
-            close(fig)
+        _to_tensorboard(run, split, p, confusion, mistakes_fig)
+        close(mistakes_fig)
     return paths
 
 
-def _to_tensorboard(run: LoadedRun, split: str, p: Predictions, figures: dict[str, Any]) -> None:
+def _to_tensorboard(run: LoadedRun, split: str, p: Predictions, confusion: Any, mistakes_fig: Any) -> None:
     """The two pictures (group "vis", after the curves) and a precision-recall curve per class, at the
     checkpoint's step, in a new event file of the run folder."""
+    import numpy as np
     from torch.utils.tensorboard import SummaryWriter
 
     probs = p.probs
     with SummaryWriter(log_dir=str(run.run_dir)) as writer:
-        for key, fig in figures.items():
-            writer.add_figure(f"vis/eval_{split}_{key}", fig, run.step, close=False)
+        writer.add_image(f"vis/eval_{split}_confusion", np.asarray(confusion), run.step, dataformats="HWC")
+        writer.add_figure(f"vis/eval_{split}_mistakes", mistakes_fig, run.step, close=False)
         for c, name in enumerate(run.contract.classes):
             writer.add_pr_curve(f"pr_{split}/{c}_{name.replace('/', '-')}", p.labels == c, probs[:, c], run.step)
 

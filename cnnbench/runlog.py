@@ -148,13 +148,16 @@ class RunLogger:
             writer.add_summary(summary)
 
     def log_confusion(self, tag: str, matrix: Any, names: list[str], step: int) -> None:
-        """The confusion matrix as an image (see :func:`cnnbench.figures.confusion_figure`)."""
+        """The confusion matrix as an image (see :func:`cnnbench.figures.confusion_image`)."""
         if not self.enabled:
             return
-        from .figures import confusion_figure
+        import numpy as np
 
+        from .figures import confusion_image
+
+        picture = np.asarray(confusion_image(matrix, names, title="test set"))  # (H, W, 3) uint8
         with writing(self._events_file()):
-            self._tb.add_figure(tag, confusion_figure(matrix, names, title="test set"), step)
+            self._tb.add_image(tag, picture, step, dataformats="HWC")
 
     def close(self) -> None:
         """Flush and close both files (both closed even when a write fails; the failure is raised)."""
