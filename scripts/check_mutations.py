@@ -9,6 +9,10 @@ guard it, restores the file and reports RED (a test failed: good), SURVIVED (no 
 test to write), ERROR (the tests could not even run: not a verdict), BROKEN (the tests fail without
 the mutation too) or MOVED (the code it names is not there: update the entry where the code went). The exit status is 1 unless every one is RED. Run it after a refactor to show the suite still
 guards every promise listed here; add an entry with each test that guards a new promise.
+
+Run it in the checkout that the environment's editable install points to: tests that start
+``python -m cnnbench`` from another folder import the installed copy, so in a second clone their
+mutations look SURVIVED (seen: the sweep's summary.previous.json entry).
 """
 
 from __future__ import annotations
@@ -379,7 +383,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              ("tests/test_multinode.py", "-k", "sigterm")),
     # ---- after training: per-class results, eval, predict, export, TensorBoard's first screen
     Mutation("the final evaluation counts a confusion matrix", "cnnbench/train.py",
-             "num_classes=int(cfg.dataset.num_classes) if final else None)", "num_classes=None)",
+             "num_classes=int(run.cfg.dataset.num_classes) if counted else None)", "num_classes=None)",
              ("tests/test_evaluation.py", "-k", "per_class_accuracy_and_a_confusion_image")),
     Mutation("confusion rows are true classes, columns predictions", "cnnbench/confusion.py",
              "torch.bincount(labels * num_classes + preds,", "torch.bincount(preds * num_classes + labels,",
@@ -391,7 +395,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "            rlog.log_confusion(TB_CONFUSION,", "            (lambda *a: None)(TB_CONFUSION,",
              ("tests/test_evaluation.py", "-k", "per_class_accuracy_and_a_confusion_image")),
     Mutation("eval loads the checkpoint's weights", "cnnbench/inference.py",
-             '        model.load_state_dict(state["model"])', "        pass",
+             "        model.load_state_dict(reported_weights(state))", "        pass",
              ("tests/test_evaluation.py", "-k", "reproduces")),
     Mutation("eval prepares images as the run did", "cnnbench/inference.py",
              "normalize=self.contract.normalize, channels_last=", "normalize=(0.5, 0.5), channels_last=",
@@ -403,7 +407,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              "            if len(runs) == 1:\n                raise", "            raise",
              ("tests/test_evaluation.py", "-k", "sweep_folder")),
     Mutation("the validation split is held out of training", "cnnbench/data/split.py",
-             "    keep = ~held", "    keep = torch.ones_like(held)",
+             "    return Split(split.images[~held], labels[~held]), Split(split.images[held], labels[held])",
+             "    return Split(split.images, labels), Split(split.images[held], labels[held])",
              ("tests/test_evaluation.py", "-k", "validation_split_is")),
     Mutation("the validation split is stratified", "cnnbench/data/split.py",
              "        members = torch.nonzero(labels == c).flatten()", "        members = torch.arange(n)",
