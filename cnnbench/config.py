@@ -7,6 +7,7 @@ it in place; a wheel (``pip install .``) ships the same files as the package ``c
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -42,6 +43,9 @@ def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = Fa
     key = (tuple(overrides), GlobalHydra.instance().is_initialized())
     if key not in _COMPOSED:
         _COMPOSED[key] = _compose(list(overrides))
+        while len(_COMPOSED) > COMPOSED_KEPT:  # a big sweep composes every job: keep only the latest
+            _COMPOSED.popitem(last=False)
+    _COMPOSED.move_to_end(key)
     cfg = copy.deepcopy(_COMPOSED[key])
     if not return_hydra_config:
         with open_dict(cfg):
@@ -49,8 +53,10 @@ def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = Fa
     return cfg
 
 
-# (overrides, Hydra already initialized) -> the composed config, its hydra node included
-_COMPOSED: dict[tuple[tuple[str, ...], bool], DictConfig] = {}
+# (overrides, Hydra already initialized) -> the composed config, its hydra node included; least recently
+# used first
+_COMPOSED: OrderedDict[tuple[tuple[str, ...], bool], DictConfig] = OrderedDict()
+COMPOSED_KEPT = 16
 
 
 def _compose(overrides: list[str]) -> DictConfig:

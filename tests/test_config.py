@@ -73,11 +73,13 @@ def test_vgg11_divides_widths_by_four():
 def test_a_list_of_overrides_is_composed_once_and_every_caller_gets_its_own_copy(monkeypatch) -> None:
     """One command composes the same overrides three times (checks, folder claim, Hydra's run): 0.2-0.3 s
     each, so compose_config keeps the result; a caller changing its copy changes nobody else's."""
+    from collections import OrderedDict
+
     import cnnbench.config as config
 
     calls = []
     real = config._compose
-    monkeypatch.setattr(config, "_COMPOSED", {})
+    monkeypatch.setattr(config, "_COMPOSED", OrderedDict())
     monkeypatch.setattr(config, "_compose", lambda overrides: calls.append(overrides) or real(overrides))
     first = compose_config(["optimizer.lr=0.3"], return_hydra_config=True)
     second = compose_config(["optimizer.lr=0.3"])
@@ -86,3 +88,8 @@ def test_a_list_of_overrides_is_composed_once_and_every_caller_gets_its_own_copy
     second.optimizer.lr = 5.0
     assert compose_config(["optimizer.lr=0.3"]).optimizer.lr == 0.3
     assert compose_config(["optimizer.lr=0.4"]).optimizer.lr == 0.4 and len(calls) == 2
+    for k in range(config.COMPOSED_KEPT):  # a long sweep: the cache keeps only the latest compositions
+        compose_config([f"trainer.seed={k}"])
+    assert len(config._COMPOSED) == config.COMPOSED_KEPT
+    compose_config(["optimizer.lr=0.3"])
+    assert len(calls) == 3 + config.COMPOSED_KEPT  # composed again: it had been dropped
