@@ -1,8 +1,8 @@
 """Will a training step fit in the device's memory? An estimate before training, a clear end after.
 
 ``estimate_step_memory(cfg)`` runs one image through the configured network (on PyTorch's *meta* device,
-shapes only, for the big networks; on the CPU for the small ones, see there) and adds up what one training step holds: weights, gradients,
-optimizer state, the dataset kept on the device, and per example the forward activations the backward
+shapes only, for the big networks; on the CPU for the small ones, see there) and adds up what one
+training step holds: weights, gradients, optimizer state, the dataset kept on the device, and per example the forward activations the backward
 pass needs (``cnnbench summary``'s activation memory, :func:`cnnbench.describe.activation_bytes`).
 ``check_step_fits`` refuses a step whose estimate is clearly above the memory available, naming a batch
 that fits; ``explain_oom`` turns an allocator failure during training into one sentence with the largest
@@ -93,7 +93,7 @@ def estimate_step_memory(cfg: DictConfig) -> StepMemory:
     if 4 * params <= REAL_FORWARD_MAX_BYTES:
         with torch.random.fork_rng(devices=[]):  # its initialization draws nothing from the run's generator
             model = model_from_config(cfg)
-    with torch.device("meta" if 4 * params > REAL_FORWARD_MAX_BYTES else "cpu"):
+    with torch.device(next(model.parameters()).device):  # the image where the weights are
         per_image = activation_bytes(model, channels, size)
     amp = str(cfg.device.precision) in ("bf16", "fp16")
     factor = AMP_ACTIVATION_FACTOR if amp else ACTIVATION_FACTOR

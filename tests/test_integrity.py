@@ -376,3 +376,18 @@ def test_a_run_folder_with_spaces_or_commas_reaches_hydra_quoted():
     for path in ("outputs/2026-01-01/10-00-00-000001_lenet", "/tmp/my runs/a,b", "/tmp/it's [1]"):
         (parsed,) = OverridesParser.create().parse_overrides([f"hydra.run.dir={override_value(path)}"])
         assert parsed.value() == path
+
+
+@pytest.mark.parametrize("model", ["lenet_bn", "resnet18"])
+def test_the_memory_estimate_is_the_same_on_the_cpu_and_the_meta_device_and_draws_no_random_numbers(
+        fake_data, monkeypatch, model):
+    """Small networks run the estimate's one image on the CPU (the meta device's first forward costs a
+    second of imports): same bytes as on the meta device, and the run's random generator untouched."""
+    cfg = cfg_for(fake_data, f"model={model}")
+    torch.manual_seed(0)
+    on_cpu = estimate_step_memory(cfg)
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(3), after)  # nothing drawn by the estimate
+    monkeypatch.setattr("cnnbench.memory.REAL_FORWARD_MAX_BYTES", 0)  # every network on the meta device
+    assert estimate_step_memory(cfg) == on_cpu
