@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 import torch
 from omegaconf import DictConfig
 
+from . import collector
 from .build import Run, build_run
 from .checkpoint import checkpoint_state, resolve_resume, save_checkpoint
 from .confusion import class_names
@@ -199,6 +200,7 @@ def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop) -> str:
     cfg = run.cfg
     epochs = int(cfg.trainer.epochs)
     n_batches = run.batches_per_epoch
+    collector.resume()  # the command's start is over: collect once, freeze what lives on (cnnbench.collector)
     show_bar = _progress_enabled(cfg.trainer.progress_bar)
     while run.state.epoch < epochs and not run.state.stop_reason:  # a stopped run stays stopped on resume
         epoch = run.state.epoch
