@@ -25,6 +25,7 @@ from .compiling import compile_for_training
 from .data import DeviceLoader, load_splits
 from .data.augment import Augment
 from .data.split import split_train_val
+from .cpu_kernels import set_nhwc_weight_grads
 from .describe import count_parameters, forward_flops
 from .devices import resolve_device
 from .distributed import DistContext, broadcast_object
@@ -134,6 +135,7 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = DistContext()) 
     raw_model.to(device)
     speed = resolve_speed(cfg.device, device, raw_model, train_loader, bool(cfg.trainer.deterministic), flops)
     speed = broadcast_object(speed, ctx)  # every rank uses rank 0's choice
+    set_nhwc_weight_grads(raw_model, speed.nhwc_weight_grads)  # rank 0's layers (its own timing elsewhere)
     if speed.channels_last:
         raw_model.to(memory_format=torch.channels_last)
         for loader in (train_loader, val_loader, test_loader):

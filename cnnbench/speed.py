@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from .allocator import malloc_tuned
 from .compiling import wants_compile
-from .cpu_kernels import use_fast_pooling
+from .cpu_kernels import faster_in_nhwc, set_nhwc_weight_grads, time_conv_weight_grads, use_fast_pooling
 from .data import DeviceLoader
 from .devices import bf16_supported, synchronize
 from .engine import Precision
@@ -29,6 +30,11 @@ logger = logging.getLogger(__name__)
 
 AUTOTUNE_BATCH = 128  # examples per timed step: per-example speed settles by then; more only slows tuning
 SLOW_STEP_S = 0.5  # a first step slower than this is timed once, so tuning a big network on a CPU stays short
+# Networks below this many forward FLOPs per image (both LeNets, FastNet-S/M) are timed more closely at
+# start-up: a step costs milliseconds there, and choices worth a few percent of it (each convolution's
+# weight gradient, device.conv_weight_grad; the layout at the run's own batch size, in 5 rounds of 2
+# steps) cost a fraction of a second to time; in the bigger networks the same would cost many seconds.
+SMALL_NETWORK_FLOPS = 50e6
 
 
 @dataclass
@@ -40,6 +46,10 @@ class SpeedSettings:
     compile: bool = False
     fused_optimizer: bool = False
     fast_pooling: bool = False  # 2x2 average pools as strided adds (cnnbench.cpu_kernels), CPU only
+    # convolutions whose weight gradient is computed from channels-last copies (cnnbench.cpu_kernels), and
+    # every timed layer's channels-last / ATen time
+    nhwc_weight_grads: list[str] = field(default_factory=list)
+    conv_weight_grad_ratios: dict[str, float] = field(default_factory=dict)
     omp_wait_policy: str | None = None  # OMP_WAIT_POLICY as torch's OpenMP read it (cnnbench.threads)
     malloc_tuning: bool = False  # glibc malloc keeps freed buffers for reuse (cnnbench.allocator), process-wide
     tuning: dict = field(default_factory=dict)  # examples/sec of every candidate that autotune timed
@@ -50,9 +60,10 @@ def candidate_name(precision: str, channels_last: bool) -> str:
     return f"{precision}{'+channels_last' if channels_last else ''}"
 
 
-def time_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: Precision, steps: int) -> float:
-    """Seconds per training step of ``model`` on one batch (after one untimed step; one timed step
-    when a step takes over SLOW_STEP_S)."""
+def time_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: Precision, steps: int,
+               warmup: bool = True) -> float:
+    """Seconds per training step of ``model`` on one batch, after one untimed step when ``warmup`` (one
+    timed step only when that first step takes over SLOW_STEP_S)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: timing only, weights stay as they are
 
     def step() -> None:
@@ -62,11 +73,12 @@ def time_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: Pr
         loss.backward()
         opt.step()
 
-    t0 = time.perf_counter()
-    step()
-    synchronize(x.device)
-    if time.perf_counter() - t0 > SLOW_STEP_S:
-        steps = 1
+    if warmup:
+        t0 = time.perf_counter()
+        step()
+        synchronize(x.device)
+        if time.perf_counter() - t0 > SLOW_STEP_S:
+            steps = 1
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
@@ -75,24 +87,37 @@ def time_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: Pr
 
 
 def autotune(model: nn.Module, loader: DeviceLoader, device: torch.device, candidates,
-             steps: int = 3) -> tuple[tuple[str, bool], dict]:
+             steps: int = 3, rounds: int = 1, batch: int | None = AUTOTUNE_BATCH) -> tuple[tuple[str, bool], dict]:
     """Time a few training steps of each (precision, channels_last) candidate on a copy of ``model``.
 
     Which is fastest depends on the network and the device (on a CPU with AMX, bf16 + channels_last
     is 1.7x faster for ResNet-18 at 96 pixels, while channels_last makes LeNet-BN's BatchNorm 2x
-    slower), so it is measured rather than guessed. Returns the winner and every candidate's examples/sec.
+    slower), so it is measured rather than guessed. ``batch`` examples per step (None: the loader's
+    whole batch). With several ``rounds`` the candidates take turns and each one's median counts: the
+    process's own warm-up (the allocator's first large blocks) and a slow moment of the machine then fall
+    on no candidate alone. Measured on LeNet, 2 cores, one round of 3 steps at 128 images: the first
+    candidate timed 14-16% slower than the second in the first call of a process, 2-4% in later ones.
+    Returns the winner and every candidate's examples/sec.
     """
     x, y = next(loader.batches(epoch=0, limit=1))
-    x, y = x[:AUTOTUNE_BATCH], y[:AUTOTUNE_BATCH]  # (B, 1, S, S), (B,)
-    timings = {}
-    for precision, channels_last in candidates:
-        trial = copy.deepcopy(model)
-        xx = x
-        if channels_last:
-            trial = trial.to(memory_format=torch.channels_last)
-            xx = x.contiguous(memory_format=torch.channels_last)
-        seconds = time_steps(trial, xx, y, Precision.create(precision, device), steps)
-        timings[candidate_name(precision, channels_last)] = xx.shape[0] / seconds
+    x, y = x[:batch], y[:batch]  # (B, 1, S, S), (B,)
+
+    def trial(precision: str, channels_last: bool) -> tuple[nn.Module, torch.Tensor, Precision]:
+        if not channels_last:
+            return copy.deepcopy(model), x, Precision.create(precision, device)
+        layout = torch.channels_last
+        return (copy.deepcopy(model).to(memory_format=layout), x.contiguous(memory_format=layout),
+                Precision.create(precision, device))
+
+    # One round: each copy is dropped once timed (a big network's copies would not fit side by side).
+    kept = [trial(*c) for c in candidates] if rounds > 1 else None
+    seconds: dict[str, list[float]] = {candidate_name(*c): [] for c in candidates}
+    for r in range(rounds):
+        for i, c in enumerate(candidates):
+            trial_model, xx, precision = kept[i] if kept else trial(*c)
+            seconds[candidate_name(*c)].append(time_steps(trial_model, xx, y, precision, steps, warmup=r == 0))
+            del trial_model
+    timings = {name: x.shape[0] / statistics.median(s) for name, s in seconds.items()}
     best = max(candidates, key=lambda c: timings[candidate_name(*c)])
     return best, timings
 
@@ -113,6 +138,13 @@ def resolve_speed(cfg: DictConfig, device: torch.device, model: nn.Module, loade
     # the graph keeps AOTAutograd from caching it (the next run would trace it again).
     if device.type == "cpu" and cfg.get("fast_pooling", True) and not settings.compile:
         settings.fast_pooling = use_fast_pooling(model) > 0  # before autotune, so it times the model as trained
+    if _tunes_conv_weight_grads(cfg, device, deterministic, settings.compile, precision, flops_per_image):
+        x, _ = next(loader.batches(epoch=0, limit=1))  # (B, C, H, W): this rank's batch size
+        settings.conv_weight_grad_ratios = time_conv_weight_grads(model, x, x.shape[0])
+        settings.nhwc_weight_grads = set_nhwc_weight_grads(model, faster_in_nhwc(settings.conv_weight_grad_ratios))
+        logger.info("convolution weight gradients from channels-last copies: %s (channels-last / ATen time: %s)",
+                    ", ".join(settings.nhwc_weight_grads) or "none",
+                    ", ".join(f"{k} {v:.2f}" for k, v in settings.conv_weight_grad_ratios.items()))
     fused = cfg.get("fused_optimizer", False)
     settings.fused_optimizer = device.type == "cuda" if str(fused) == "auto" else bool(fused)
     if precision == "auto" or str(channels_last) == "auto":
@@ -121,11 +153,25 @@ def resolve_speed(cfg: DictConfig, device: torch.device, model: nn.Module, loade
         if device.type == "mps":
             layouts = [False]
         candidates = [(p, c) for p in precisions for c in layouts]
-        (precision, channels_last), settings.tuning = autotune(model, loader, device, candidates)
+        closely = dict(steps=2, rounds=5, batch=None) if _small(flops_per_image) else {}
+        (precision, channels_last), settings.tuning = autotune(model, loader, device, candidates, **closely)
         logger.info("autotune picked %s (examples/sec: %s)", candidate_name(precision, bool(channels_last)),
                     ", ".join(f"{k} {v:.0f}" for k, v in settings.tuning.items()))
     settings.precision, settings.channels_last = precision, bool(channels_last)
     return settings
+
+
+def _small(flops_per_image: int) -> bool:
+    return 0 < flops_per_image < SMALL_NETWORK_FLOPS
+
+
+def _tunes_conv_weight_grads(cfg: DictConfig, device: torch.device, deterministic: bool, compiled: bool,
+                             precision: str, flops_per_image: int) -> bool:
+    """device.conv_weight_grad=auto on the CPU, for a small network trained eagerly in fp32 NCHW (the only
+    case where the swapped layers differ), and not for deterministic runs (timings differ run to run)."""
+    return (str(cfg.get("conv_weight_grad", "auto")) == "auto" and device.type == "cpu" and not deterministic
+            and not compiled and precision in ("fp32", "auto") and str(cfg.channels_last) != "True"
+            and _small(flops_per_image))
 
 
 def peak_matmul_flops(

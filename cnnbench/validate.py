@@ -238,6 +238,9 @@ def check_output_dir(path: str | Path) -> None:
     os.rmdir(probe)
 
 
+CONV_WEIGHT_GRAD_CHOICES = ("auto", "native")
+
+
 def check_device(cfg: DictConfig) -> None:
     from .devices import resolve_device
     from .engine import Precision
@@ -251,6 +254,8 @@ def check_device(cfg: DictConfig) -> None:
         Precision.create(str(cfg.device.precision), device)
     if str(cfg.device.channels_last) not in ("True", "False", "auto"):
         raise ConfigError(f"device.channels_last must be true, false or auto, got {cfg.device.channels_last!r}")
+    if str(cfg.device.get("conv_weight_grad", "auto")) not in CONV_WEIGHT_GRAD_CHOICES:
+        raise ConfigError(f"device.conv_weight_grad must be auto or native, got {cfg.device.conv_weight_grad!r}")
 
 
 def validate_config(cfg: DictConfig) -> None:

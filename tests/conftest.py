@@ -105,10 +105,11 @@ def real_data_root() -> Path | None:
 
 def fast_overrides(data_root: Path | str, *extra: str) -> list[str]:
     """The settings most tests start from: the test's own small data, no download, the CPU, and a fixed
-    memory layout (``device.channels_last=auto`` would pick NCHW or NHWC by timing, so the code path
-    under test would change from run to run). Tests about autotuning override the layout themselves."""
+    memory layout and ATen's convolution backward (``device.channels_last=auto`` would pick NCHW or NHWC
+    by timing, and ``device.conv_weight_grad=auto`` each small convolution's weight-gradient layout, so
+    the code path under test would change from run to run). Tests about autotuning override them."""
     return [f"dataset.root={data_root}", "dataset.download=false", "device=cpu", "device.channels_last=false",
-            "trainer.progress_bar=false", *extra]
+            "device.conv_weight_grad=native", "trainer.progress_bar=false", *extra]
 
 
 def compose_fast(data_root: Path | str, *extra: str):

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnnbench.cpu_kernels import AvgPool2x2, use_fast_pooling
+from cnnbench.cpu_kernels import (NHWC_MARGIN, AvgPool2x2, Conv2dNHWCWeightGrad, faster_in_nhwc, set_nhwc_weight_grads,
+                                  time_conv_weight_grads, use_fast_pooling)
 from cnnbench.models import build_model
 
 
@@ -81,3 +82,128 @@ def test_the_run_uses_it_on_the_cpu_and_the_switch_turns_it_off(fake_data, tmp_p
     losses = [[json.loads(line)["train/loss"] for line in runs[on]] for on in (True, False)]
     assert losses[0] == losses[1]
 
+
+
+# ----------------------------------------------------------------------------- convolution weight gradients
+
+def _swapped_copy(conv: nn.Conv2d) -> nn.Conv2d:
+    import copy
+
+    fast = copy.deepcopy(conv)
+    assert set_nhwc_weight_grads(nn.Sequential(fast), ["0"]) == ["0"]
+    return fast
+
+
+@pytest.mark.parametrize("kwargs,dtype", [
+    (dict(in_channels=6, out_channels=16, kernel_size=5), torch.float32),  # LeNet's second convolution
+    (dict(in_channels=3, out_channels=8, kernel_size=3, stride=2, padding=1), torch.float32),
+    (dict(in_channels=4, out_channels=4, kernel_size=3, padding=1, groups=2, bias=False), torch.float32),
+    (dict(in_channels=6, out_channels=16, kernel_size=5, dilation=2), torch.float64),
+])
+def test_the_nhwc_weight_gradient_equals_atens(kwargs, dtype):
+    torch.manual_seed(0)
+    plain = nn.Conv2d(**kwargs).to(dtype)
+    fast = _swapped_copy(plain)
+    x = torch.randn(8, kwargs["in_channels"], 14, 14, dtype=dtype)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ref, out = plain(a), fast(b)
+    assert out.grad_fn.name() == "_Conv2dNHWCWeightGradBackward"  # the swapped backward runs
+    assert torch.equal(out, ref)  # the forward is ATen's
+    grad = torch.randn_like(ref)
+    ref.backward(grad)
+    out.backward(grad)
+    assert torch.equal(b.grad, a.grad)  # the input gradient is ATen's too
+    # The weight gradient: the same sums in another order, so equal up to rounding, relative to its size
+    eps = torch.finfo(dtype).eps
+    for mine, atens in [(fast.weight, plain.weight)] + ([(fast.bias, plain.bias)] if plain.bias is not None else []):
+        scale = float(atens.grad.abs().max())
+        torch.testing.assert_close(mine.grad, atens.grad, rtol=0, atol=100 * eps * scale)
+    assert fast.weight.grad.is_contiguous()
+
+
+def test_the_swapped_convolution_falls_back_to_aten_where_it_does_not_apply():
+    fast = _swapped_copy(nn.Conv2d(6, 16, 5))
+    x = torch.randn(4, 6, 12, 12)
+    assert fast(x).grad_fn.name() == "_Conv2dNHWCWeightGradBackward"
+    assert fast(x.contiguous(memory_format=torch.channels_last)).grad_fn.name() == "ConvolutionBackward0"
+    with torch.no_grad():
+        assert fast(x).grad_fn is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast(x).grad_fn.name() == "ConvolutionBackward0"
+    fast.weight.requires_grad_(False)
+    assert fast(x.requires_grad_()).grad_fn.name() == "ConvolutionBackward0"
+
+
+def test_set_nhwc_weight_grads_swaps_exactly_the_named_layers_in_place():
+    model = build_model("lenet_bn", in_channels=1, num_classes=10)
+    params, keys = [id(p) for p in model.parameters()], set(model.state_dict())
+    assert set_nhwc_weight_grads(model, ["4"]) == ["4"]
+    assert type(model[4]) is Conv2dNHWCWeightGrad and type(model[0]) is nn.Conv2d
+    assert [id(p) for p in model.parameters()] == params  # an optimizer built before still holds them
+    assert set(model.state_dict()) == keys  # checkpoints are unchanged
+    assert set_nhwc_weight_grads(model, ["0"]) == ["0"]  # another choice (rank 0's) undoes the first
+    assert type(model[4]) is nn.Conv2d and type(model[0]) is Conv2dNHWCWeightGrad
+    assert set_nhwc_weight_grads(model, []) == [] and type(model[0]) is nn.Conv2d
+
+
+def test_the_weight_gradient_timing_covers_each_convolution_and_leaves_the_run_untouched(monkeypatch):
+    import cnnbench.cpu_kernels as kernels
+
+    model = build_model("lenet_bn", in_channels=1, num_classes=10)
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    example = torch.randn(64, 1, 28, 28)
+    rng = torch.random.get_rng_state()
+    ratios = time_conv_weight_grads(model, example, 64)
+    assert set(ratios) == {"0", "4"} and all(r > 0 for r in ratios.values())
+    assert torch.equal(torch.random.get_rng_state(), rng)  # its random tensors come from its own generator
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # BatchNorm statistics too
+    assert model.training and type(model[4]) is nn.Conv2d  # timing swaps nothing
+    monkeypatch.setattr(kernels, "MAX_TUNED_CALL_S", 0.0)  # every layer too slow to time: none is timed
+    assert time_conv_weight_grads(model, example, 64) == {}
+    assert faster_in_nhwc({"0": 1.6, "4": 0.6, "9": NHWC_MARGIN, "12": 0.9}) == ["4", "9"]
+
+
+@pytest.mark.parametrize("setting,deterministic,timed", [("auto", False, True), ("native", False, False),
+                                                        ("auto", True, False)])
+def test_the_run_trains_with_the_layers_the_timing_chose(fake_data, tmp_path, monkeypatch, setting, deterministic,
+                                                         timed):
+    """device.conv_weight_grad=auto times the layers (here a stand-in timer says: only layer 4 is faster in
+    NHWC) and trains with exactly those swapped; native and deterministic runs time nothing; the losses
+    stay ATen's up to rounding."""
+    import cnnbench.speed as speed
+    from cnnbench.train import train
+
+    from .conftest import compose_fast
+
+    monkeypatch.setattr(speed, "time_conv_weight_grads", lambda model, x, batch: {"0": 1.6, "4": 0.5})
+    seen = set()
+    hook = nn.modules.module.register_module_forward_hook(
+        lambda m, inputs, out: seen.add((type(m), out.grad_fn.name())) if isinstance(m, nn.Conv2d) and m.training
+        and out.grad_fn is not None else None)
+    common = ("model=lenet_bn", "trainer.batch_size=32", "trainer.epochs=1", "trainer.limit_train_batches=4",
+              "trainer.logs_per_epoch=4", "trainer.limit_eval_batches=1", "trainer.checkpoint=false")
+    try:
+        summary = train(compose_fast(fake_data, *common, f"device.conv_weight_grad={setting}",
+                                     f"trainer.deterministic={str(deterministic).lower()}"), tmp_path / "run")
+        reference = train(compose_fast(fake_data, *common, f"trainer.deterministic={str(deterministic).lower()}"),
+                          tmp_path / "ref")
+    finally:
+        hook.remove()
+    assert summary["status"] == "completed", summary["error"]
+    speed_record = summary["speed"]
+    assert speed_record["nhwc_weight_grads"] == (["4"] if timed else [])
+    assert speed_record["conv_weight_grad_ratios"] == ({"0": 1.6, "4": 0.5} if timed else {})
+    assert ((Conv2dNHWCWeightGrad, "_Conv2dNHWCWeightGradBackward") in seen) is timed
+    losses = [[json.loads(line)["train/loss"] for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+               if '"kind": "train"' in line] for d in ("run", "ref")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_an_unknown_conv_weight_grad_setting_is_refused(fake_data, tmp_path):
+    from cnnbench.train import train
+
+    from .conftest import compose_fast
+
+    summary = train(compose_fast(fake_data, "device.conv_weight_grad=nhwc"), tmp_path)
+    assert summary["status"] == "failed" and "device.conv_weight_grad must be auto or native" in summary["error"]

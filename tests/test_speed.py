@@ -144,7 +144,7 @@ def test_torch_compile_matches_the_plain_path_and_the_next_run_reuses_it(fake_da
 def _fake_timer(seconds_per_step: dict[tuple[str, bool], float]):
     """A stand-in for autotune's step timer: the seconds of each (precision, channels_last) candidate,
     read from the trial model's weights and precision, so the test decides which candidate is fastest."""
-    def time_steps(model, x, y, precision, steps):
+    def time_steps(model, x, y, precision, steps, warmup=True):
         channels_last = any(p.dim() == 4 and _channels_last(p) for p in model.parameters())
         return seconds_per_step[(precision.name, channels_last)]
     return time_steps
@@ -249,3 +249,61 @@ def test_device_index_reaches_the_device_choice(fake_data, tmp_path, monkeypatch
                                  "trainer.limit_eval_batches=1"), tmp_path)
     assert summary["status"] == "completed"
     assert asked == [("cpu", 2)]
+
+
+def test_autotune_rounds_take_turns_and_the_median_decides(fake_data, tmp_path, monkeypatch):
+    """With several rounds the candidates alternate, only the first round warms up, and one fast round
+    does not outvote the rest (each candidate's median counts)."""
+    import cnnbench.speed as speed
+    from cnnbench.build import build_run
+
+    run = build_run(compose_fast(fake_data, "model=lenet_bn", "trainer.batch_size=32"), tmp_path)
+    calls = []
+    per_round = {False: [0.1, 1.0, 1.0, 1.0, 1.0], True: [0.9, 0.9, 0.9, 0.9, 0.9]}  # NCHW: one lucky round
+
+    def fake_time_steps(model, x, y, precision, steps, warmup=True):
+        cl = any(p.dim() == 4 and _channels_last(p) for p in model.parameters())
+        calls.append((cl, warmup, x.shape[0], steps))
+        return per_round[cl][sum(1 for c in calls if c[0] == cl) - 1]
+
+    monkeypatch.setattr(speed, "time_steps", fake_time_steps)
+    best, timings = speed.autotune(run.raw_model, run.train_loader, torch.device("cpu"),
+                                   [("fp32", False), ("fp32", True)], steps=2, rounds=5, batch=None)
+    assert [c[0] for c in calls] == [False, True] * 5  # taking turns
+    assert [c[1] for c in calls] == [True, True] + [False] * 8  # warm-up steps in the first round only
+    assert {c[2] for c in calls} == {32} and {c[3] for c in calls} == {2}  # the run's own batch
+    assert best == ("fp32", True) and timings["fp32+channels_last"] == pytest.approx(32 / 0.9)
+    calls.clear()
+    speed.autotune(run.raw_model, run.train_loader, torch.device("cpu"), [("fp32", False)], batch=16)
+    assert calls == [(False, True, 16, 3)]  # the defaults: one round of 3 steps at most 16 (here) images
+
+
+@pytest.mark.parametrize("model,closely", [("lenet_bn", True), ("resnet18", False)])
+def test_small_networks_are_autotuned_at_their_own_batch_in_rounds(fake_data, tmp_path, monkeypatch, model,
+                                                                    closely):
+    import cnnbench.speed as speed
+
+    seen = {}
+
+    def fake_autotune(model, loader, device, candidates, **kwargs):
+        seen.update(kwargs)
+        return candidates[0], {}
+
+    monkeypatch.setattr(speed, "autotune", fake_autotune)
+    cfg = compose_fast(fake_data, f"model={model}", "device.channels_last=auto", "dataset.resize=32")
+    from cnnbench.build import build_run
+    build_run(cfg, tmp_path)
+    assert seen == (dict(steps=2, rounds=5, batch=None) if closely else {})
+
+
+def test_every_rank_trains_with_rank_0s_convolution_choice(fake_data, tmp_path, monkeypatch):
+    """Under DDP the weight-gradient layers come from rank 0's timing, like the other speed settings."""
+    import dataclasses
+
+    import cnnbench.build as build
+    from cnnbench.cpu_kernels import Conv2dNHWCWeightGrad
+
+    monkeypatch.setattr(build, "broadcast_object",
+                        lambda obj, ctx: dataclasses.replace(obj, nhwc_weight_grads=["0"]))  # rank 0 chose conv 0
+    run = build.build_run(compose_fast(fake_data, "model=lenet_bn", "device.conv_weight_grad=native"), tmp_path)
+    assert type(run.raw_model[0]) is Conv2dNHWCWeightGrad and type(run.raw_model[4]) is nn.Conv2d
