@@ -15,14 +15,21 @@ iterations before it sleeps. Measured on a 2-core machine (LeNet-BN, 3 epochs of
   each (3,000: 7,600; 1,000: 9,000), and alone 14,900-16,300 against the default's 16,400 (3,000: 15,500;
   1,000: 13,000).
 
+The spin bound was re-measured on another 2-core Xeon (2026-11-30, AMX; LeNet-BN training steps, whole
+processes in alternation, medians): alone, 20000 and 30000 iterations ran 4% faster than 10000 (8 pairs;
+15000: 1%), libgomp's default 5% (6 pairs); two runs at once, each, 10000: 37-40 ms a step, 20000: 56 ms,
+30000: 74-75 ms, default 84-177 ms, PASSIVE 19-20 ms. A whole 10-epoch LeNet-BN command: 20000 vs 10000,
+A/B wall 0.965 (4 pairs, 0.94-0.98).
+
 So :func:`choose_omp_wait` sets ``PASSIVE`` when the machine is busy at the command's start (other runnable
 tasks on every processor this process may use: the kernel's count of runnable tasks now, not the load
 average, which lags by a minute and still read busy right after another job had ended), and otherwise
-bounds the spin to ``GOMP_SPINCOUNT=10000``: nearly the default's speed alone, and a run that another
-job joins later (which it cannot foresee) degrades 2.4x less than with the default. libgomp reads both
-variables once, when torch loads it, so this runs at the top of the ``cnnbench`` command
-(:func:`cnnbench.cli.main`) before anything imports torch. A value the user set for either wins:
-``OMP_WAIT_POLICY=PASSIVE`` or ``ACTIVE``, or ``GOMP_SPINCOUNT=N cnnbench train ...``.
+bounds the spin to ``GOMP_SPINCOUNT=20000``: the default's speed alone, and a run that another job
+joins later (which it cannot foresee) degrades 1.5-3x less than with the default (10000 would save that
+run another third, at 4% of every run alone). libgomp reads both variables once, when torch loads it,
+so this runs at the top of the ``cnnbench`` command (:func:`cnnbench.cli.main`) before anything imports
+torch. A value the user set for either wins: ``OMP_WAIT_POLICY=PASSIVE`` or ``ACTIVE``, or
+``GOMP_SPINCOUNT=N cnnbench train ...``.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import sys
 import time
 
 WAIT_POLICY = "PASSIVE"  # on a busy machine
-SPIN_COUNT = "10000"  # on a quiet one: libgomp spins this many iterations, then sleeps
+SPIN_COUNT = "20000"  # on a quiet one: libgomp spins this many iterations, then sleeps
 
 
 def usable_cores() -> int:
@@ -65,7 +72,7 @@ def machine_is_busy() -> bool:
 
 
 def choose_omp_wait() -> str | None:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` on a busy machine, else ``GOMP_SPINCOUNT=10000``, unless the user
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` on a busy machine, else ``GOMP_SPINCOUNT=20000``, unless the user
     set either or torch is already loaded (then it is too late to matter); returns the setting in force
     (:func:`omp_wait_policy`)."""
     user_set = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ

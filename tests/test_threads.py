@@ -18,7 +18,7 @@ PROBE = ("import os, sys; from cnnbench import threads; threads.runnable_tasks =
 
 @pytest.mark.parametrize("given,load,expected", [
     ({}, 5000, "PASSIVE None"),   # more runnable tasks than any machine's cores: sleep at once
-    ({}, 1, "None 10000"),        # only this process: a bounded spin (40% faster than PASSIVE alone)
+    ({}, 1, "None 20000"),        # only this process: a bounded spin (40% faster than PASSIVE alone)
     ({"OMP_WAIT_POLICY": "ACTIVE"}, 5000, "ACTIVE None"),  # the user's values win
     ({"OMP_WAIT_POLICY": "PASSIVE"}, 1, "PASSIVE None"),
     ({"GOMP_SPINCOUNT": "300000"}, 1, "None 300000"),
