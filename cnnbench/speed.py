@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 AUTOTUNE_BATCH = 128  # examples per timed step: per-example speed settles by then; more only slows tuning
 SLOW_STEP_S = 0.5  # a first step slower than this is timed once, so tuning a big network on a CPU stays short
+DROP_BEHIND = 1.5  # autotune rounds: a candidate this many times slower than the fastest is timed no more
 # Networks below this many forward FLOPs per image (both LeNets, FastNet-S/M) are timed more closely at
 # start-up: a step costs milliseconds there, and choices worth a few percent of it (each convolution's
 # weight gradient, device.conv_weight_grad; the layout at the run's own batch size, in 5 rounds of 2
@@ -97,7 +98,8 @@ def autotune(model: nn.Module, loader: DeviceLoader, device: torch.device, candi
     process's own warm-up (the allocator's first large blocks) and a slow moment of the machine then fall
     on no candidate alone. Measured on LeNet, 2 cores, one round of 3 steps at 128 images: the first
     candidate timed 14-16% slower than the second in the first call of a process, 2-4% in later ones.
-    Returns the winner and every candidate's examples/sec.
+    A candidate DROP_BEHIND times slower than the fastest after a round is timed no more.
+    Returns the winner and every candidate's examples/sec (its median over the rounds it was timed in).
     """
     x, y = next(loader.batches(epoch=0, limit=1))
     x, y = x[:batch], y[:batch]  # (B, 1, S, S), (B,)
@@ -110,13 +112,20 @@ def autotune(model: nn.Module, loader: DeviceLoader, device: torch.device, candi
                 Precision.create(precision, device))
 
     # One round: each copy is dropped once timed (a big network's copies would not fit side by side).
-    kept = [trial(*c) for c in candidates] if rounds > 1 else None
+    kept = {c: trial(*c) for c in candidates} if rounds > 1 else {}
     seconds: dict[str, list[float]] = {candidate_name(*c): [] for c in candidates}
+    running = list(candidates)
     for r in range(rounds):
-        for i, c in enumerate(candidates):
-            trial_model, xx, precision = kept[i] if kept else trial(*c)
+        for c in running:
+            trial_model, xx, precision = kept[c] if kept else trial(*c)
             seconds[candidate_name(*c)].append(time_steps(trial_model, xx, y, precision, steps, warmup=r == 0))
             del trial_model
+        # A candidate far behind after a round leaves the contest (LeNet-BN in channels-last: 2x), and
+        # once one is left the timing stops.
+        fastest = min(statistics.median(seconds[candidate_name(*c)]) for c in running)
+        running = [c for c in running if statistics.median(seconds[candidate_name(*c)]) <= DROP_BEHIND * fastest]
+        if len(running) == 1:
+            break
     timings = {name: x.shape[0] / statistics.median(s) for name, s in seconds.items()}
     best = max(candidates, key=lambda c: timings[candidate_name(*c)])
     return best, timings

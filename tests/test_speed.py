@@ -259,7 +259,7 @@ def test_autotune_rounds_take_turns_and_the_median_decides(fake_data, tmp_path, 
 
     run = build_run(compose_fast(fake_data, "model=lenet_bn", "trainer.batch_size=32"), tmp_path)
     calls = []
-    per_round = {False: [0.1, 1.0, 1.0, 1.0, 1.0], True: [0.9, 0.9, 0.9, 0.9, 0.9]}  # NCHW: one lucky round
+    per_round = {False: [0.7, 1.0, 1.0, 1.0, 1.0], True: [0.9, 0.9, 0.9, 0.9, 0.9]}  # NCHW: one lucky round
 
     def fake_time_steps(model, x, y, precision, steps, warmup=True):
         cl = any(p.dim() == 4 and _channels_last(p) for p in model.parameters())
@@ -307,3 +307,26 @@ def test_every_rank_trains_with_rank_0s_convolution_choice(fake_data, tmp_path, 
                         lambda obj, ctx: dataclasses.replace(obj, nhwc_weight_grads=["0"]))  # rank 0 chose conv 0
     run = build.build_run(compose_fast(fake_data, "model=lenet_bn", "device.conv_weight_grad=native"), tmp_path)
     assert type(run.raw_model[0]) is Conv2dNHWCWeightGrad and type(run.raw_model[4]) is nn.Conv2d
+
+
+def test_autotune_stops_timing_a_candidate_far_behind(fake_data, tmp_path, monkeypatch):
+    import cnnbench.speed as speed
+    from cnnbench.build import build_run
+
+    run = build_run(compose_fast(fake_data, "model=lenet_bn", "trainer.batch_size=32"), tmp_path)
+    calls = []
+
+    def fake_time_steps(model, x, y, precision, steps, warmup=True):
+        cl = any(p.dim() == 4 and _channels_last(p) for p in model.parameters())
+        calls.append((precision.name, cl))
+        return {("fp32", False): 1.0, ("fp32", True): 2.0, ("bf16", False): 1.1, ("bf16", True): 1.2}[calls[-1]]
+
+    monkeypatch.setattr(speed, "time_steps", fake_time_steps)
+    candidates = [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
+    best, timings = speed.autotune(run.raw_model, run.train_loader, torch.device("cpu"), candidates, steps=2,
+                                   rounds=5, batch=None)
+    assert best == ("fp32", False) and set(timings) == {"fp32", "fp32+channels_last", "bf16", "bf16+channels_last"}
+    assert calls.count(("fp32", True)) == 1 and calls.count(("fp32", False)) == 5  # 2x behind: one round only
+    calls.clear()
+    speed.autotune(run.raw_model, run.train_loader, torch.device("cpu"), candidates[:2], steps=2, rounds=5, batch=None)
+    assert calls == [("fp32", False), ("fp32", True)]  # one candidate left: the timing stops
