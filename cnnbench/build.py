@@ -22,10 +22,10 @@ from torch import nn
 from .allocator import tune_malloc
 from .checkpoint import RunState
 from .compiling import compile_for_training
+from .cpu_kernels import set_nhwc_weight_grads
 from .data import DeviceLoader, load_splits
 from .data.augment import Augment
 from .data.split import split_train_val
-from .cpu_kernels import set_nhwc_weight_grads
 from .describe import count_parameters, forward_flops
 from .devices import resolve_device
 from .distributed import DistContext, broadcast_object
