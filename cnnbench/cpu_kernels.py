@@ -16,11 +16,12 @@ Convolution weight gradients
 ----------------------------
 A convolution's backward pass computes two things, the input gradient and the weight (and bias)
 gradient, and oneDNN's fastest layout is not the same for both. On LeNet-BN's second convolution
-(6 -> 16 channels, 5x5, 12x12 inputs, batch 256, 2 cores) ATen's backward on NCHW tensors takes 1.9 ms, of
-which the weight gradient 0.9-1.0 ms; the same weight gradient from channels-last copies of the input and
-the output gradient takes 0.5-0.6 ms, conversions included, while the input gradient is fastest in NCHW
-(0.7-0.8 ms; 1.2 ms in channels-last). For most other layers channels-last is the slower way (the first
-convolutions, with one input channel: 1.7-3x slower; 3x3 convolutions with 64-192 channels: 1.0-1.4x).
+(6 -> 16 channels, 5x5, 12x12 inputs, batch 256, 2 cores) ATen's backward on NCHW tensors takes 1.7-1.9 ms,
+of which the weight gradient 0.9-1.0 ms; the same weight gradient from channels-last copies of the input
+and the output gradient takes 0.5-0.6 ms, conversions included, while the input gradient is fastest in
+NCHW (0.7-0.9 ms; 1.2-1.4 ms in channels-last). For most other layers channels-last is the slower way
+(the first convolutions, with 1 or 3 input channels: 1.7-3x slower; 3x3 and 5x5 convolutions with 64-192
+channels: 1.0-1.4x).
 
 :class:`Conv2dNHWCWeightGrad` is an ``nn.Conv2d`` whose backward takes the input gradient as ATen
 computes it and the weight gradient from channels-last copies. Which layers get it is measured, not
@@ -33,14 +34,12 @@ weight gradient differs from ATen's only in the order of its sums (float roundin
 
 from __future__ import annotations
 
-import logging
 import statistics
 import time
 
 import torch
 from torch import nn
 
-logger = logging.getLogger(__name__)
 
 FAST_DTYPES = (torch.float32, torch.float64)  # bf16/fp16 inputs keep ATen's kernel (it accumulates in fp32)
 
