@@ -21,6 +21,7 @@ from torch import nn
 from .allocator import malloc_tuned
 from .compiling import wants_compile
 from .cpu_kernels import faster_in_nhwc, set_nhwc_weight_grads, time_conv_weight_grads, use_fast_pooling
+from .fused_cpu import use_fused_kernels
 from .data import DeviceLoader
 from .devices import bf16_supported, synchronize
 from .engine import Precision
@@ -47,6 +48,8 @@ class SpeedSettings:
     compile: bool = False
     fused_optimizer: bool = False
     fast_pooling: bool = False  # 2x2 average pools as strided adds (cnnbench.cpu_kernels), CPU only
+    # layers that do BatchNorm2d + sigmoid + 2x2 pool (or sigmoid + pool) in one C kernel (cnnbench.fused_cpu)
+    fused_kernels: list[str] = field(default_factory=list)
     # convolutions whose weight gradient is computed from channels-last copies (cnnbench.cpu_kernels), and
     # every timed layer's channels-last / ATen time
     nhwc_weight_grads: list[str] = field(default_factory=list)
@@ -147,6 +150,11 @@ def resolve_speed(cfg: DictConfig, device: torch.device, model: nn.Module, loade
     # the graph keeps AOTAutograd from caching it (the next run would trace it again).
     if device.type == "cpu" and cfg.get("fast_pooling", True) and not settings.compile:
         settings.fast_pooling = use_fast_pooling(model) > 0  # before autotune, so it times the model as trained
+    if device.type == "cpu" and cfg.get("fused_kernels", True) and not settings.compile:
+        settings.fused_kernels = use_fused_kernels(model)  # the same: the autotune times the fused layers
+        if settings.fused_kernels:
+            logger.info("fused CPU kernels (BatchNorm2d + sigmoid + 2x2 pool, or sigmoid + pool): layers %s",
+                        ", ".join(settings.fused_kernels))
     if _tunes_conv_weight_grads(cfg, device, deterministic, settings.compile, precision, flops_per_image):
         x, _ = next(loader.batches(epoch=0, limit=1))  # (B, C, H, W): this rank's batch size
         settings.conv_weight_grad_ratios = time_conv_weight_grads(model, x, x.shape[0])

@@ -9,6 +9,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+# The fused CPU kernels (cnnbench.fused_cpu) are built into a folder of this test session, which the
+# commands the tests start inherit, not into the user's ~/.cache.
+os.environ.setdefault("CNNBENCH_KERNEL_CACHE", tempfile.mkdtemp(prefix="cnnbench-test-kernels-"))
 
 
 @pytest.fixture(autouse=True)

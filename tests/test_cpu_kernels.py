@@ -67,7 +67,8 @@ def test_the_run_uses_it_on_the_cpu_and_the_switch_turns_it_off(fake_data, tmp_p
     from .conftest import compose_fast
 
     common = ("model=lenet_bn", "trainer.batch_size=32", "trainer.epochs=1", "trainer.limit_train_batches=4",
-              "trainer.logs_per_epoch=4", "trainer.limit_eval_batches=1", "trainer.checkpoint=false")
+              "trainer.logs_per_epoch=4", "trainer.limit_eval_batches=1", "trainer.checkpoint=false",
+              "device.fused_kernels=false")  # the fused kernels would absorb the pools (tests/test_fused_cpu.py)
     runs = {}
     for on in (True, False):
         cfg = compose_fast(fake_data, *common, f"device.fast_pooling={str(on).lower()}")

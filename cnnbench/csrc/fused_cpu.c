@@ -1,0 +1,207 @@
+/* cnnbench's fused CPU kernels: BatchNorm2d + sigmoid + 2x2/stride-2 average pooling, and sigmoid + that
+ * pooling, forward and backward, on contiguous NCHW float32 tensors with an even height and width.
+ *
+ * Why: in the LeNets these three layers are memory-bound passes over the largest tensors of the network
+ * (256 x 6 x 24 x 24 floats, 3.5 MB, larger than a core's L2 cache), each written by one ATen kernel and
+ * read by the next: about 15 passes a training step. Fused, the forward reads the convolution's output
+ * twice (statistics, then normalize + sigmoid + pool) and writes only the pooled quarter; the backward
+ * reads it twice again and writes the input gradient once, recomputing the sigmoid instead of storing it.
+ *
+ * Built by cnnbench.fused_cpu at first use with the machine's C compiler (-O3 -march=native -fopenmp) and
+ * kept in a cache folder; linked against the OpenMP runtime that torch has already loaded (libgomp), so
+ * these loops share torch's thread pool. Every reduction is summed per (image, channel) plane in float,
+ * then per channel in double, in a fixed order: the results do not depend on the number of threads.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/* exp(x) for float32, written so that the compiler vectorizes the loops that call it (a libm call would
+ * keep them scalar): Cody-Waite range reduction by ln 2 and Cephes' degree-6 polynomial for exp on
+ * [-ln2/2, ln2/2], relative error about 1e-7. The argument is clamped to [-88, 88] (exp(88) ~ 1.7e38). */
+static inline float fast_exp(float x) {
+  x = x > 88.0f ? 88.0f : (x < -88.0f ? -88.0f : x);
+  float k = __builtin_floorf(x * 1.44269504088896341f + 0.5f); /* round(x / ln 2) */
+  x = x - k * 0.693359375f;                                     /* ln 2 in two parts (Cody-Waite) */
+  x = x - k * -2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * x + 1.3981999507e-3f;
+  y = y * x + 8.3334519073e-3f;
+  y = y * x + 4.1665795894e-2f;
+  y = y * x + 1.6666665459e-1f;
+  y = y * x + 5.0000001201e-1f;
+  y = y * (x * x) + x + 1.0f;
+  int32_t bits = ((int32_t)k + 127) << 23; /* 2^k */
+  float two_k;
+  __builtin_memcpy(&two_k, &bits, sizeof two_k);
+  return y * two_k;
+}
+
+static inline float sigmoid(float y) { return 1.0f / (1.0f + fast_exp(-y)); }
+
+/* Batch statistics of z (N, C, HW) per channel, the affine map the forward applies
+ * (scale = gamma * invstd, shift = beta - mean * scale; gamma/beta may be NULL: 1 and 0), and the running
+ * statistics' update (running_mean/var may be NULL; running_var takes the unbiased variance, as ATen). */
+void bsp_batch_stats(const float* z, int64_t N, int64_t C, int64_t HW, const float* gamma, const float* beta,
+                     double eps, double momentum, float* running_mean, float* running_var, float* mean,
+                     float* invstd, float* scale, float* shift, int nthreads) {
+  const double M = (double)N * (double)HW;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t c = 0; c < C; c++) {
+    double sum = 0.0, sumsq = 0.0;
+    for (int64_t n = 0; n < N; n++) {
+      const float* p = z + (n * C + c) * HW;
+      float s = 0.0f, ss = 0.0f;
+#pragma omp simd reduction(+ : s, ss)
+      for (int64_t k = 0; k < HW; k++) {
+        s += p[k];
+        ss += p[k] * p[k];
+      }
+      sum += s;
+      sumsq += ss;
+    }
+    double mu = sum / M;
+    double var = sumsq / M - mu * mu;
+    var = var > 0.0 ? var : 0.0;
+    double is = 1.0 / sqrt(var + eps);
+    double g = gamma ? gamma[c] : 1.0, b = beta ? beta[c] : 0.0;
+    mean[c] = (float)mu;
+    invstd[c] = (float)is;
+    scale[c] = (float)(g * is);
+    shift[c] = (float)(b - mu * g * is);
+    if (running_mean) running_mean[c] = (float)((1.0 - momentum) * running_mean[c] + momentum * mu);
+    if (running_var) running_var[c] = (float)((1.0 - momentum) * running_var[c] + momentum * var * M / (M > 1.0 ? M - 1.0 : 1.0));
+  }
+}
+
+/* out (N, C, H/2, W/2) = avgpool2x2(sigmoid(scale[c] * z + shift[c])); scale/shift NULL: sigmoid(z). */
+void bsp_forward(const float* z, int64_t N, int64_t C, int64_t H, int64_t W, const float* scale,
+                 const float* shift, float* out, int nthreads) {
+  const int64_t H2 = H / 2, W2 = W / 2, HW = H * W;
+#pragma omp parallel num_threads(nthreads)
+  {
+    float* s = (float*)malloc(sizeof(float) * HW); /* one plane's sigmoids, in L1/L2 */
+#pragma omp for schedule(static)
+    for (int64_t nc = 0; nc < N * C; nc++) {
+      const int64_t c = nc % C;
+      const float a = scale ? scale[c] : 1.0f, b = shift ? shift[c] : 0.0f;
+      const float* zp = z + nc * HW;
+      float* op = out + nc * H2 * W2;
+#pragma omp simd
+      for (int64_t k = 0; k < HW; k++) s[k] = sigmoid(a * zp[k] + b);
+      for (int64_t i = 0; i < H2; i++) {
+        const float* r0 = s + 2 * i * W;
+        const float* r1 = r0 + W;
+        for (int64_t j = 0; j < W2; j++)
+          op[i * W2 + j] = 0.25f * ((r0[2 * j] + r0[2 * j + 1]) + (r1[2 * j] + r1[2 * j + 1]));
+      }
+    }
+    free(s);
+  }
+}
+
+/* One plane of the pool's backward: every pixel of a 2x2 block gets a quarter of the block's gradient. */
+static inline void spread_quarters(const float* g, int64_t H2, int64_t W2, int64_t W, float* out) {
+  for (int64_t i = 0; i < H2; i++) {
+    float* r0 = out + 2 * i * W;
+    float* r1 = r0 + W;
+    for (int64_t j = 0; j < W2; j++) {
+      const float v = 0.25f * g[i * W2 + j];
+      r0[2 * j] = v;
+      r0[2 * j + 1] = v;
+      r1[2 * j] = v;
+      r1[2 * j + 1] = v;
+    }
+  }
+}
+
+/* Backward of bsp: g (N, C, H/2, W/2) is the gradient at the pool's output. With dy the gradient at the
+ * BatchNorm's output and xhat = (z - mean) * invstd: dbeta = sum(dy), dgamma = sum(dy * xhat) (pass 1,
+ * per plane, then per channel), dz = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)) (pass 2;
+ * skipped when dz is NULL). gamma may be NULL (1). */
+void bsp_backward(const float* g, const float* z, int64_t N, int64_t C, int64_t H, int64_t W,
+                  const float* scale, const float* shift, const float* mean, const float* invstd,
+                  const float* gamma, float* dz, float* dgamma, float* dbeta, int nthreads) {
+  const int64_t H2 = H / 2, W2 = W / 2, HW = H * W;
+  const double M = (double)N * (double)HW;
+  double* part = (double*)malloc(sizeof(double) * 2 * N * C); /* per plane: sum(dy), sum(dy * xhat) */
+  double* sum_dy = (double*)malloc(sizeof(double) * C);
+  double* sum_dyx = (double*)malloc(sizeof(double) * C);
+#pragma omp parallel num_threads(nthreads)
+  {
+    float* gq = (float*)malloc(sizeof(float) * HW);
+#pragma omp for schedule(static)
+    for (int64_t nc = 0; nc < N * C; nc++) {
+      const int64_t c = nc % C;
+      const float a = scale[c], b = shift[c], m = mean[c], is = invstd[c];
+      const float* zp = z + nc * HW;
+      spread_quarters(g + nc * H2 * W2, H2, W2, W, gq);
+      float s1 = 0.0f, s2 = 0.0f;
+#pragma omp simd reduction(+ : s1, s2)
+      for (int64_t k = 0; k < HW; k++) {
+        const float s = sigmoid(a * zp[k] + b);
+        const float dy = gq[k] * s * (1.0f - s);
+        s1 += dy;
+        s2 += dy * (zp[k] - m) * is;
+      }
+      part[2 * nc] = s1;
+      part[2 * nc + 1] = s2;
+    }
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < C; c++) {
+      double s1 = 0.0, s2 = 0.0;
+      for (int64_t n = 0; n < N; n++) {
+        s1 += part[2 * (n * C + c)];
+        s2 += part[2 * (n * C + c) + 1];
+      }
+      sum_dy[c] = s1;
+      sum_dyx[c] = s2;
+      dbeta[c] = (float)s1;
+      dgamma[c] = (float)s2;
+    }
+    if (dz) {
+#pragma omp for schedule(static)
+      for (int64_t nc = 0; nc < N * C; nc++) {
+        const int64_t c = nc % C;
+        const float a = scale[c], b = shift[c], m = mean[c], is = invstd[c];
+        const float k1 = (gamma ? gamma[c] : 1.0f) * is;
+        const float mdy = (float)(sum_dy[c] / M), mdyx = (float)(sum_dyx[c] / M);
+        const float* zp = z + nc * HW;
+        float* dp = dz + nc * HW;
+        spread_quarters(g + nc * H2 * W2, H2, W2, W, gq);
+#pragma omp simd
+        for (int64_t k = 0; k < HW; k++) {
+          const float s = sigmoid(a * zp[k] + b);
+          const float dy = gq[k] * s * (1.0f - s);
+          dp[k] = k1 * (dy - mdy - (zp[k] - m) * is * mdyx);
+        }
+      }
+    }
+    free(gq);
+  }
+  free(part);
+  free(sum_dy);
+  free(sum_dyx);
+}
+
+/* Backward of sigmoid + pool: dz = quarter(g) * s * (1 - s), s = sigmoid(z) recomputed. */
+void sp_backward(const float* g, const float* z, int64_t N, int64_t C, int64_t H, int64_t W, float* dz,
+                 int nthreads) {
+  const int64_t H2 = H / 2, W2 = W / 2, HW = H * W;
+#pragma omp parallel num_threads(nthreads)
+  {
+    float* gq = (float*)malloc(sizeof(float) * HW);
+#pragma omp for schedule(static)
+    for (int64_t nc = 0; nc < N * C; nc++) {
+      const float* zp = z + nc * HW;
+      float* dp = dz + nc * HW;
+      spread_quarters(g + nc * H2 * W2, H2, W2, W, gq);
+#pragma omp simd
+      for (int64_t k = 0; k < HW; k++) {
+        const float s = sigmoid(zp[k]);
+        dp[k] = gq[k] * s * (1.0f - s);
+      }
+    }
+    free(gq);
+  }
+}

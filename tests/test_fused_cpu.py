@@ -1,0 +1,250 @@
+"""The fused CPU kernels (BatchNorm2d + sigmoid + 2x2 pool, sigmoid + pool): ATen's numbers to float
+rounding, ATen's own layers wherever the kernels do not apply, and swapped in by cnnbench's build."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from cnnbench import fused_cpu
+from cnnbench.cpu_kernels import AvgPool2x2, use_fast_pooling
+from cnnbench.fused_cpu import Absorbed, BatchNormSigmoidPool2d, SigmoidPool2x2, load_library, use_fused_kernels
+from cnnbench.models import build_model
+
+needs_kernels = pytest.mark.skipif(load_library() is None, reason="no C compiler or no GNU OpenMP here")
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def _pair(bn_kwargs: dict | None, channels: int, fast_pool: bool = True):
+    """(ATen's layers, the same layers swapped), equal parameters; bn_kwargs None: no BatchNorm."""
+    torch.manual_seed(0)
+    pool = AvgPool2x2(2, 2) if fast_pool else nn.AvgPool2d(2, 2)
+    layers = [nn.BatchNorm2d(channels, **bn_kwargs)] if bn_kwargs is not None else []
+    ref = nn.Sequential(*layers, nn.Sigmoid(), pool)
+    if bn_kwargs is not None and ref[0].affine:
+        with torch.no_grad():  # not the init's ones and zeros, so that a weight or bias ignored shows
+            ref[0].weight.uniform_(0.5, 1.5), ref[0].bias.uniform_(-0.5, 0.5)
+    fused = copy.deepcopy(ref)
+    assert use_fused_kernels(fused) == ["0"]
+    return ref, fused
+
+
+def _run(model: nn.Module, z: torch.Tensor, grad: torch.Tensor):
+    z = z.clone().requires_grad_()
+    out = model(z)
+    out.backward(grad)
+    params = {n: p.grad for n, p in model.named_parameters()}
+    return out.detach(), z.grad, params
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(8, 6, 24, 24), (16, 16, 8, 8), (3, 2, 6, 10), (2, 1, 2, 2)])
+@pytest.mark.parametrize("bn_kwargs", [{}, {"momentum": None}, {"affine": False}, {"track_running_stats": False},
+                                       None])
+def test_fused_training_step_matches_aten(shape, bn_kwargs):
+    """Output, input gradient, weight and bias gradients, running statistics: two steps, so that the
+    running statistics' update (and momentum=None's cumulative average) is seen twice."""
+    ref, fused = _pair(bn_kwargs, shape[1])
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        z = torch.randn(shape, generator=gen) * 3 + 1  # a mean and a spread the statistics must find
+        grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=gen)
+        (o1, g1, p1), (o2, g2, p2) = _run(ref, z, grad), _run(fused, z, grad)
+        torch.testing.assert_close(o2, o1, **TOL)
+        torch.testing.assert_close(g2, g1, **TOL)
+        assert p1.keys() == p2.keys()
+        for name in p1:
+            torch.testing.assert_close(p2[name], p1[name], **TOL)
+        ref.zero_grad(), fused.zero_grad()
+    for (name, a), (_, b) in zip(ref.named_buffers(), fused.named_buffers()):
+        torch.testing.assert_close(b, a, **TOL, msg=name)
+    assert [n for n, _ in ref.state_dict().items()] == [n for n, _ in fused.state_dict().items()]
+
+
+@needs_kernels
+def test_fused_evaluation_uses_the_running_statistics():
+    ref, fused = _pair({}, 6)
+    z = torch.randn(8, 6, 12, 12) * 2 + 0.5
+    for _ in range(3):  # running statistics away from their initial 0 and 1
+        ref(z), fused(z)
+    ref.eval(), fused.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(z), ref(z), **TOL)
+    for (name, a), (_, b) in zip(ref.named_buffers(), fused.named_buffers()):
+        torch.testing.assert_close(b, a, **TOL, msg=name)
+
+
+@needs_kernels
+def test_the_results_do_not_depend_on_the_number_of_threads():
+    """Every sum runs per (image, channel) plane, then per channel in order: bit for bit the same."""
+    ref, fused = _pair({}, 6)
+    z, grad = torch.randn(32, 6, 24, 24), torch.randn(32, 6, 12, 12)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            model = copy.deepcopy(fused)
+            results.append(_run(model, z, grad))
+    finally:
+        torch.set_num_threads(threads)
+    (o1, g1, p1), (o2, g2, p2) = results
+    assert torch.equal(o1, o2) and torch.equal(g1, g2)
+    assert all(torch.equal(p1[k], p2[k]) for k in p1)
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", ["odd side", "channels_last", "float64", "eval with gradients"])
+@pytest.mark.parametrize("fast_pool", [True, False])
+def test_inputs_the_kernel_does_not_take_go_through_atens_layers_exactly(case, fast_pool, monkeypatch):
+    """The fallback is the layers the swap absorbed, bit for bit (with their own pool: fast or ATen's)."""
+    ref, fused = _pair({}, 4, fast_pool=fast_pool)
+    z = torch.randn(4, 4, 9 if case == "odd side" else 8, 8)
+    if case == "channels_last":
+        z = z.contiguous(memory_format=torch.channels_last)
+    if case == "float64":
+        ref.double(), fused.double()
+        z = z.double()
+    if case == "eval with gradients":
+        ref.eval(), fused.eval()
+
+    def refuse(*args):
+        raise AssertionError("the fused kernel ran")
+
+    monkeypatch.setattr(fused_cpu._BatchNormSigmoidPool, "apply", refuse)
+    grad = torch.randn(ref(z).shape, dtype=z.dtype)
+    (o1, g1, p1), (o2, g2, p2) = _run(ref, z, grad), _run(fused, z, grad)
+    assert torch.equal(o1, o2) and torch.equal(g1, g2)
+    assert all(torch.equal(p1[k], p2[k]) for k in p1)
+
+
+def _swappable():
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Sigmoid(), nn.AvgPool2d(2, 2),       # 1: BN + sigmoid + pool
+        nn.Conv2d(4, 4, 3), nn.Sigmoid(), nn.AvgPool2d(2),                              # 5: sigmoid + pool
+        nn.BatchNorm2d(4), nn.ReLU(), nn.AvgPool2d(2, 2),                               # ReLU: no
+        nn.Sigmoid(), nn.MaxPool2d(2, 2),                                               # max pool: no
+        nn.Sigmoid(), nn.AvgPool2d(3, 2),                                               # 3x3 pool: no
+        nn.Sequential(nn.BatchNorm2d(4), nn.Sigmoid(), AvgPool2x2(2, 2)),               # nested: 14.0
+    )
+
+
+@needs_kernels
+def test_only_the_patterns_inside_sequentials_are_swapped():
+    model = _swappable()
+    keys = list(model.state_dict())
+    assert use_fused_kernels(model) == ["1", "5", "14.0"]
+    assert [type(m) for m in model] == [
+        nn.Conv2d, BatchNormSigmoidPool2d, Absorbed, Absorbed, nn.Conv2d, SigmoidPool2x2, Absorbed,
+        nn.BatchNorm2d, nn.ReLU, nn.AvgPool2d, nn.Sigmoid, nn.MaxPool2d, nn.Sigmoid, nn.AvgPool2d, nn.Sequential]
+    assert [type(m) for m in model[14]] == [BatchNormSigmoidPool2d, Absorbed, Absorbed]
+    assert list(model.state_dict()) == keys
+
+    class Custom(nn.Sequential):  # its own forward: the children's order says nothing about the data flow
+        def forward(self, x):
+            return super().forward(x)
+
+    assert use_fused_kernels(Custom(nn.BatchNorm2d(4), nn.Sigmoid(), nn.AvgPool2d(2, 2))) == []
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", ["lenet", "lenet_bn"])
+def test_the_lenets_train_the_same_with_the_kernels(name):
+    """Three SGD steps of each LeNet, fused and not, from the same weights: same losses to rounding."""
+    torch.manual_seed(0)
+    ref = build_model(name, in_channels=1, num_classes=10, image_size=28)
+    fused = copy.deepcopy(ref)
+    use_fast_pooling(ref), use_fast_pooling(fused)
+    assert use_fused_kernels(fused) == (["1", "5"] if name == "lenet_bn" else ["1", "4"])
+    gen = torch.Generator().manual_seed(2)
+    data = [(torch.randn(64, 1, 28, 28, generator=gen), torch.randint(0, 10, (64,), generator=gen)) for _ in range(3)]
+    losses = {}
+    for key, model in (("aten", ref), ("fused", fused)):
+        opt = torch.optim.SGD(model.parameters(), lr=0.9)
+        losses[key] = []
+        for x, y in data:
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(), loss.backward(), opt.step()
+            losses[key].append(loss.item())
+    assert losses["fused"] == pytest.approx(losses["aten"], rel=1e-5)
+    assert losses["aten"][0] != losses["aten"][-1]  # the steps moved the weights
+
+
+def test_the_run_uses_them_on_the_cpu_and_the_switch_turns_them_off(fake_data, tmp_path):
+    """Fused by default (on a machine with a C compiler), ATen's layers with device.fused_kernels=false;
+    the first logged losses agree to float rounding."""
+    from cnnbench.build import build_run
+    from cnnbench.train import train
+
+    from .conftest import compose_fast
+
+    common = ("model=lenet_bn", "trainer.batch_size=32", "trainer.epochs=1", "trainer.limit_train_batches=4",
+              "trainer.logs_per_epoch=4", "trainer.limit_eval_batches=1", "trainer.checkpoint=false")
+    expected = ["1", "5"] if load_library() is not None else []
+    losses = {}
+    for on in (True, False):
+        cfg = compose_fast(fake_data, *common, f"device.fused_kernels={str(on).lower()}")
+        types = {type(m) for m in build_run(cfg, tmp_path / f"b{on}").model.modules()}
+        assert (BatchNormSigmoidPool2d in types) is (on and bool(expected))
+        summary = train(cfg, tmp_path / str(on))
+        assert summary["status"] == "completed", summary["error"]
+        assert summary["speed"]["fused_kernels"] == (expected if on else [])
+        lines = (tmp_path / str(on) / "metrics.jsonl").read_text().splitlines()
+        losses[on] = [json.loads(line)["train/loss"] for line in lines if '"kind": "train"' in line]
+    assert len(losses[True]) == 4
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- building and loading
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty kernel cache folder and no library loaded yet in this process (restored afterwards)."""
+    monkeypatch.setenv(fused_cpu.CACHE_ENV, str(tmp_path / "kernels"))
+    load_library.cache_clear()
+    yield tmp_path / "kernels"
+    load_library.cache_clear()
+
+
+@needs_kernels
+def test_built_once_then_loaded_from_the_cache(fresh_cache, monkeypatch):
+    calls = []
+    build = fused_cpu.build_library
+    monkeypatch.setattr(fused_cpu, "build_library", lambda *a: (calls.append(a), build(*a)))
+    assert load_library() is not None
+    assert len(calls) == 1 and calls[0][1].parent == fresh_cache and calls[0][1].exists()
+    assert [p.name for p in fresh_cache.iterdir()] == [calls[0][1].name]  # no temporary file left
+    load_library.cache_clear()
+    assert load_library() is not None
+    assert len(calls) == 1  # the second process (here: a cleared cache) builds nothing
+
+
+@needs_kernels
+def test_the_library_shares_torchs_openmp_runtime():
+    """One libgomp in the process: the kernels' loops run on torch's threads, not a second pool."""
+    load_library()
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    runtimes = {line.split()[-1] for line in maps if "libgomp" in line}
+    assert len(runtimes) == 1, runtimes
+
+
+@pytest.mark.parametrize("why", ["no compiler", "the build fails"])
+def test_without_a_working_compiler_nothing_is_swapped(why, fresh_cache, monkeypatch, caplog):
+    if why == "no compiler":
+        monkeypatch.setattr(fused_cpu, "_compiler", lambda: None)
+    else:
+        monkeypatch.setenv("CC", "false")  # exits 1: a compiler that fails
+        monkeypatch.setattr(fused_cpu, "_compiler", lambda: "false")
+        monkeypatch.setattr(fused_cpu, "library_path", lambda c: fresh_cache / "x.so")
+    monkeypatch.setattr(fused_cpu, "_torch_uses_gnu_openmp", lambda: True)
+    model = _swappable()
+    with caplog.at_level("INFO", logger="cnnbench.fused_cpu"):
+        assert use_fused_kernels(model) == []
+    assert "fused CPU kernels: off" in caplog.text
+    assert type(model[1]) is nn.BatchNorm2d and type(model[2]) is nn.Sigmoid and type(model[3]) is nn.AvgPool2d
+    assert not fresh_cache.exists() or not any(fresh_cache.iterdir())  # a failed build leaves no file
