@@ -26,6 +26,7 @@ NCHW, an odd side, double backward, BatchNorm in eval mode with gradients) go th
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import hashlib
 import logging
@@ -215,9 +216,9 @@ class _SigmoidPool(torch.autograd.Function):
 
 
 def _pool(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """What the absorbed pool computed, with its own class's forward (AvgPool2x2's fast pooling or ATen's)."""
-    pool, cls = head.__dict__.get("_absorbed_pool", (None, None))
-    return cls.forward(pool, x) if pool is not None else F.avg_pool2d(x, 2, 2)
+    """What the absorbed pool computed: a copy of it as it was (AvgPool2x2's fast pooling or ATen's)."""
+    pool = head.__dict__.get("_absorbed_pool")
+    return pool(x) if pool is not None else F.avg_pool2d(x, 2, 2)
 
 
 # ----------------------------------------------------------------------------- modules and the swap
@@ -293,9 +294,9 @@ def use_fused_kernels(model: nn.Module) -> list[str]:
     if not candidates or load_library() is None:
         return []
     for _, head, cls, followers in candidates:
-        pool = followers[-1]
-        # the fallback path's pool (not a registered child: state dicts keep their keys)
-        head.__dict__["_absorbed_pool"] = (pool, type(pool))
+        # The fallback path's pool: a copy of the pool before its swap (pools hold no parameters or
+        # buffers; kept out of the registered children, so state dicts keep their keys).
+        head.__dict__["_absorbed_pool"] = copy.copy(followers[-1])
         head.__class__ = cls
         for m in followers:
             m.__class__ = Absorbed

@@ -99,7 +99,7 @@ def test_the_results_do_not_depend_on_the_number_of_threads():
 
 
 @needs_kernels
-@pytest.mark.parametrize("case", ["odd side", "channels_last", "float64", "eval with gradients"])
+@pytest.mark.parametrize("case", ["odd side", "channels_last", "float64", "bfloat16", "eval with gradients"])
 @pytest.mark.parametrize("fast_pool", [True, False])
 def test_inputs_the_kernel_does_not_take_go_through_atens_layers_exactly(case, fast_pool, monkeypatch):
     """The fallback is the layers the swap absorbed, bit for bit (with their own pool: fast or ATen's)."""
@@ -107,9 +107,10 @@ def test_inputs_the_kernel_does_not_take_go_through_atens_layers_exactly(case, f
     z = torch.randn(4, 4, 9 if case == "odd side" else 8, 8)
     if case == "channels_last":
         z = z.contiguous(memory_format=torch.channels_last)
-    if case == "float64":
-        ref.double(), fused.double()
-        z = z.double()
+    if case in ("float64", "bfloat16"):
+        dtype = torch.float64 if case == "float64" else torch.bfloat16
+        ref.to(dtype), fused.to(dtype)
+        z = z.to(dtype)
     if case == "eval with gradients":
         ref.eval(), fused.eval()
 
@@ -117,10 +118,14 @@ def test_inputs_the_kernel_does_not_take_go_through_atens_layers_exactly(case, f
         raise AssertionError("the fused kernel ran")
 
     monkeypatch.setattr(fused_cpu._BatchNormSigmoidPool, "apply", refuse)
+    pools = []
+    fast_forward = AvgPool2x2.forward
+    monkeypatch.setattr(AvgPool2x2, "forward", lambda self, x: (pools.append(self), fast_forward(self, x))[1])
     grad = torch.randn(ref(z).shape, dtype=z.dtype)
     (o1, g1, p1), (o2, g2, p2) = _run(ref, z, grad), _run(fused, z, grad)
     assert torch.equal(o1, o2) and torch.equal(g1, g2)
     assert all(torch.equal(p1[k], p2[k]) for k in p1)
+    assert len(pools) == (3 if fast_pool else 0)  # ref twice (shape, run), fused once: its own fast pool
 
 
 def _swappable():
