@@ -256,6 +256,8 @@ def check_device(cfg: DictConfig) -> None:
         raise ConfigError(f"device.channels_last must be true, false or auto, got {cfg.device.channels_last!r}")
     if str(cfg.device.get("conv_weight_grad", "auto")) not in CONV_WEIGHT_GRAD_CHOICES:
         raise ConfigError(f"device.conv_weight_grad must be auto or native, got {cfg.device.conv_weight_grad!r}")
+    if not isinstance(cfg.device.get("fused_kernels", True), bool):
+        raise ConfigError(f"device.fused_kernels must be true or false, got {cfg.device.fused_kernels!r}")
 
 
 def validate_config(cfg: DictConfig) -> None:

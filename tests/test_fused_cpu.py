@@ -253,3 +253,14 @@ def test_without_a_working_compiler_nothing_is_swapped(why, fresh_cache, monkeyp
     assert "fused CPU kernels: off" in caplog.text
     assert type(model[1]) is nn.BatchNorm2d and type(model[2]) is nn.Sigmoid and type(model[3]) is nn.AvgPool2d
     assert not fresh_cache.exists() or not any(fresh_cache.iterdir())  # a failed build leaves no file
+
+
+def test_the_switch_takes_only_true_or_false(fake_data):
+    from cnnbench.errors import ConfigError
+    from cnnbench.validate import validate_config
+
+    from .conftest import compose_fast
+
+    validate_config(compose_fast(fake_data, "device.fused_kernels=false"))
+    with pytest.raises(ConfigError, match="device.fused_kernels must be true or false"):
+        validate_config(compose_fast(fake_data, "device.fused_kernels=auto"))
