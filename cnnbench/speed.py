@@ -21,10 +21,10 @@ from torch import nn
 from .allocator import malloc_tuned
 from .compiling import wants_compile
 from .cpu_kernels import faster_in_nhwc, set_nhwc_weight_grads, time_conv_weight_grads, use_fast_pooling
-from .fused_cpu import use_fused_kernels
 from .data import DeviceLoader
 from .devices import bf16_supported, synchronize
 from .engine import Precision
+from .fused_cpu import use_fused_kernels
 from .threads import omp_wait_policy
 
 logger = logging.getLogger(__name__)
