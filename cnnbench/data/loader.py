@@ -78,7 +78,9 @@ class DeviceLoader:
             draws = self._draws(epoch, i, len(idx)) if self.augment is not None else None
             if self.world_size > 1:
                 idx = idx.tensor_split(self.world_size)[self.rank]
-            yield self.prepare(self.images[idx], draws), self.labels[idx]
+            # index_select copies whole rows (memcpy); images[idx] goes element by element through the
+            # advanced-indexing kernel: 256 Fashion-MNIST images 12 us vs 104 us on the CPU, same tensor.
+            yield self.prepare(self.images.index_select(0, idx), draws), self.labels.index_select(0, idx)
 
     def _draws(self, epoch: int, batch: int, n: int) -> Draws:
         """The augmentation draws of the whole global batch ``batch`` of ``epoch``, this rank's share."""
