@@ -49,8 +49,13 @@ def compile_cache_dir() -> Path:
     """The Inductor cache folder runs share: ``$TORCHINDUCTOR_CACHE_DIR``, else under ~/.cache."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "cnnbench" / "inductor"
+    return cache_root() / "inductor"
+
+
+def cache_root() -> Path:
+    """cnnbench's folder for what outlives a run (compiled graphs, built kernels): ``~/.cache/cnnbench``,
+    under ``$XDG_CACHE_HOME`` when set."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnbench"
 
 
 def use_compile_cache() -> Path:

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .compiling import cache_root
 from .cpu_kernels import AvgPool2x2
 from .cpu_kernels import _eligible as _pool_eligible
 
@@ -70,7 +71,7 @@ def kernel_cache_dir() -> Path:
     """Where built libraries are kept: ``$CNNBENCH_KERNEL_CACHE``, else ``~/.cache/cnnbench/kernels``."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnbench" / "kernels"
+    return cache_root() / "kernels"
 
 
 def _compiler() -> str | None:
@@ -90,15 +91,22 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def openmp_runtimes() -> set[str]:
+    """Files of the OpenMP runtimes mapped into this process (GNU libgomp, Intel's libiomp5, LLVM's libomp)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return set()
+    files = {line.split()[-1] for line in lines if len(line.split()) >= 6}
+    return {f for f in files if any(name in Path(f).name for name in ("libgomp", "libiomp", "libomp"))}
+
+
 def _torch_uses_gnu_openmp() -> bool:
     """The library links libgomp: only where torch's own OpenMP runtime is libgomp (one thread pool)."""
     if not sys.platform.startswith("linux") or "OpenMP" not in torch.__config__.parallel_info():
         return False
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return False
-    return "libgomp" in maps and "libiomp" not in maps and "libomp.so" not in maps
+    runtimes = openmp_runtimes()
+    return bool(runtimes) and all("libgomp" in Path(f).name for f in runtimes)
 
 
 def library_path(compiler: str) -> Path:
@@ -143,6 +151,11 @@ def load_library() -> ctypes.CDLL | None:
         lines = (getattr(exc, "stderr", None) or str(exc)).strip().splitlines()
         logger.warning("fused CPU kernels: off (the build failed: %s)", lines[-1] if lines else type(exc).__name__)
         return None
+    # The library's libgomp.so.1 must be the one torch loaded (a wheel that ships it under another name would
+    # leave two runtimes, two thread pools spinning against each other): then the kernels stay unused.
+    if len(runtimes := openmp_runtimes()) != 1:
+        logger.warning("fused CPU kernels: off (two OpenMP runtimes would run: %s)", ", ".join(sorted(runtimes)))
+        return None
     for name, argtypes in SIGNATURES.items():
         getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, None
     return lib
@@ -166,16 +179,16 @@ class _BatchNormSigmoidPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, weight, bias, bn: nn.BatchNorm2d, momentum: float):
-        lib = load_library()
+        lib, threads = load_library(), torch.get_num_threads()
         n, c, h, w = z.shape
         mean, invstd, scale, shift = torch.empty(4, c).unbind(0)  # (C,) each
         update = bn.training and bn.track_running_stats
         weight_, bias_ = (t.detach().contiguous() if t is not None else None for t in (weight, bias))
         lib.bsp_batch_stats(_ptr(z), n, c, h * w, _ptr(weight_), _ptr(bias_), bn.eps, momentum,
                             _ptr(bn.running_mean) if update else None, _ptr(bn.running_var) if update else None,
-                            _ptr(mean), _ptr(invstd), _ptr(scale), _ptr(shift), torch.get_num_threads())
+                            _ptr(mean), _ptr(invstd), _ptr(scale), _ptr(shift), threads)
         out = torch.empty(n, c, h // 2, w // 2)  # (B, C, H/2, W/2)
-        lib.bsp_forward(_ptr(z), n, c, h, w, _ptr(scale), _ptr(shift), _ptr(out), torch.get_num_threads())
+        lib.bsp_forward(_ptr(z), n, c, h, w, _ptr(scale), _ptr(shift), _ptr(out), threads)
         ctx.save_for_backward(z, scale, shift, mean, invstd, weight_)
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
         return out
@@ -240,8 +253,7 @@ class BatchNormSigmoidPool2d(nn.BatchNorm2d):
             scale = scale * self.weight if self.weight is not None else scale
             shift = -self.running_mean * scale + (self.bias if self.bias is not None else 0.0)
             out = torch.empty(x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2)
-            load_library().bsp_forward(_ptr(x), *x.shape, _ptr(scale.contiguous()), _ptr(shift.contiguous()),
-                                       _ptr(out), torch.get_num_threads())
+            load_library().bsp_forward(_ptr(x), *x.shape, _ptr(scale), _ptr(shift), _ptr(out), torch.get_num_threads())
             return out
         return _pool(self, torch.sigmoid(super().forward(x)))
 
