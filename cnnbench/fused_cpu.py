@@ -13,7 +13,8 @@ How it is built: at first use, with the machine's C compiler (``$CC``, else ``cc
 named by a hash of the source, the flags, the compiler's version and the CPU's feature flags: about
 0.3 s once per machine, then a file load. The library links the OpenMP runtime torch has already loaded
 (libgomp), so its loops use torch's threads (``torch.get_num_threads()``). Where any of this is missing
-(no compiler, not Linux, torch without GNU OpenMP) nothing is swapped and ATen's layers train as before.
+(no compiler, not Linux, torch without GNU OpenMP, or a second OpenMP runtime once the library is loaded)
+nothing is swapped and ATen's layers train as before.
 
 How it is used: :func:`use_fused_kernels` changes, inside ``nn.Sequential`` containers only (where the
 order of the children is the order of the computation), the class of every ``BatchNorm2d`` followed by
