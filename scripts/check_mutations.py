@@ -5,10 +5,18 @@
     python scripts/check_mutations.py --list
 
 Each entry replaces one exact piece of code (it must occur once in its file), runs the tests that
-guard it, restores the file and reports RED (a test failed: good), SURVIVED (no test noticed: a
-test to write), ERROR (the tests could not even run: not a verdict), BROKEN (the tests fail without
-the mutation too) or MOVED (the code it names is not there: update the entry where the code went). The exit status is 1 unless every one is RED. Run it after a refactor to show the suite still
-guards every promise listed here; add an entry with each test that guards a new promise.
+guard it (slow ones included: the marker filter is cleared), restores the file and reports
+- RED: a test failed on an assertion about the promise (good);
+- CRASH: the first failure was the mutated code raising NameError, AttributeError, TypeError,
+  ImportError, SyntaxError (...): the program broke, not the promise; rewrite the entry so that the code
+  still runs and the promise is broken;
+- SKIPPED: every selected test was skipped here (a browser, a GPU missing): no verdict on this machine;
+- SURVIVED: the tests passed: a test to write;
+- ERROR: the tests could not even run (collection, usage); BROKEN: they fail without the mutation too;
+- MOVED: the code it names is not there (update the entry where the code went).
+The exit status is 1 unless every one is RED or SKIPPED. Run it after a refactor to show the suite still
+guards every promise listed here; add an entry with each test that guards a new promise. Why a test failed
+is read from ``scripts/mutation_verdict.py``, a pytest plugin loaded into each run.
 
 Run it in the checkout that the environment's editable install points to: tests that start
 ``python -m cnnbench`` from another folder import the installed copy, so in a second clone their
@@ -18,9 +26,12 @@ mutations look SURVIVED (seen: the sweep's summary.previous.json entry).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,7 +333,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              ("tests/test_book.py", "-k", "hand_computed")),
     # ---- model selection on validation data
     Mutation("the validation images are held out of training", "cnnbench/build.py",
-             "        train_split, val_split = split_train_val(", "        val_split = split_train_val(",
+             "        train_split, val_split = split_train_val(train_split,", "        _, val_split = split_train_val(train_split,",
              ("tests/test_selection.py", "-k", "no_validation_image")),
     Mutation("the split is stratified by class", "cnnbench/data/split.py",
              "    quotas = class_quotas(counts, val_size)",
@@ -541,7 +552,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "    return Split(split.images, labels), Split(split.images[held], labels[held])",
              ("tests/test_evaluation.py", "-k", "validation_split_is")),
     Mutation("the validation split is stratified", "cnnbench/data/split.py",
-             "        members = torch.nonzero(labels == c).flatten()", "        members = torch.arange(n)",
+             "        members = torch.nonzero(labels == c).flatten()", "        members = torch.arange(len(labels))",
              ("tests/test_evaluation.py", "-k", "validation")),
     Mutation("a relative data root is read from the run's start folder", "cnnbench/inference.py",
              "    cfg.dataset.root = str(Path(str(cwd)) / str(root))", "    pass",
@@ -582,33 +593,55 @@ MUTATIONS: tuple[Mutation, ...] = (
 )
 
 
-def pytest(tests: tuple[str, ...]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
-                          cwd=REPO, capture_output=True, text=True, timeout=1800)
+def pytest(tests: tuple[str, ...]) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """Run the selected tests (marker filter cleared, stop at the first failure); the process and the
+    plugin's record of each test."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.jsonl"
+        env = {**os.environ, "CNNBENCH_MUTATION_REPORT": str(report),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "scripts"), os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                               "-p", "mutation_verdict", "-m", "", *tests],
+                              cwd=REPO, capture_output=True, text=True, timeout=1800, env=env)
+        records = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
+    return proc, records
+
+
+def verdict(proc: subprocess.CompletedProcess, records: list[dict]) -> str:
+    """RED, CRASH, SKIPPED, SURVIVED, NO TESTS or ERROR for one run of the tests on mutated code."""
+    if proc.returncode == 5:
+        return "NO TESTS"
+    failures = [r for r in records if r["outcome"] == "failed"]
+    if proc.returncode == 1 and failures:
+        return "CRASH" if failures[0]["crash"] else "RED"
+    if proc.returncode == 0:
+        ran = [r for r in records if r["when"] == "call" or r["outcome"] == "skipped"]
+        return "SKIPPED" if ran and all(r["outcome"] == "skipped" for r in ran) else "SURVIVED"
+    return "ERROR"  # collection or usage broke
 
 
 def run(m: Mutation, baseline: dict[tuple[str, ...], bool]) -> tuple[str, str]:
-    """Apply ``m``, run its tests, restore the file; (verdict, pytest's last line). The tests must pass
-    on the unchanged code first (checked once per selection), or a red run would prove nothing."""
+    """Apply ``m``, run its tests, restore the file; (verdict, pytest's last line or the crash). The tests
+    must pass on the unchanged code first (checked once per selection), or a red run would prove nothing."""
     path = REPO / m.path
     original = path.read_text()
     if original.count(m.old) != 1:
         return "MOVED", f"{m.old.strip()[:60]!r} occurs {original.count(m.old)} times in {m.path}"
     if m.tests not in baseline:
-        baseline[m.tests] = pytest(m.tests).returncode == 0
+        baseline[m.tests] = pytest(m.tests)[0].returncode in (0, 5)
     if not baseline[m.tests]:
         return "BROKEN", "the tests fail on the unchanged code"
     path.write_text(original.replace(m.old, m.new))
     try:
-        proc = pytest(m.tests)
+        proc, records = pytest(m.tests)
     finally:
         path.write_text(original)
     last = (proc.stdout.strip().splitlines() or [""])[-1]
-    if proc.returncode == 5:
-        return "NO TESTS", last
-    if proc.returncode == 1 and " failed" in last:
-        return "RED", last  # a test ran and failed: the promise is guarded
-    return ("SURVIVED" if proc.returncode == 0 else "ERROR"), last  # ERROR: collection or usage broke
+    result = verdict(proc, records)
+    if result == "CRASH":
+        first = next(r for r in records if r["outcome"] == "failed")
+        last = f"{first['crash']} in {first['test']}; {last}"
+    return result, last
 
 
 def main() -> int:
@@ -623,15 +656,16 @@ def main() -> int:
         for m in chosen:
             print(f"{m.name}: {m.path}: {m.old.strip()!r} -> {m.new.strip()!r}")
         return 0
-    bad = 0
+    counts: dict[str, int] = {}
     baseline: dict[tuple[str, ...], bool] = {}
     for m in chosen:
         t0 = time.perf_counter()
-        verdict, last = run(m, baseline)
-        bad += verdict != "RED"
-        print(f"{verdict:<8} {m.name} ({m.path}; {time.perf_counter() - t0:.0f} s): {last}", flush=True)
-    print(f"{len(chosen) - bad} of {len(chosen)} mutations caught")
-    return 1 if bad else 0
+        result, last = run(m, baseline)
+        counts[result] = counts.get(result, 0) + 1
+        print(f"{result:<8} {m.name} ({m.path}; {time.perf_counter() - t0:.0f} s): {last}", flush=True)
+    print(f"{counts.get('RED', 0)} of {len(chosen)} mutations caught: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return 0 if set(counts) <= {"RED", "SKIPPED"} else 1
 
 
 if __name__ == "__main__":
