@@ -590,6 +590,25 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("HParams metrics are the curves' own tags", "cnnbench/runlog.py",
              "dict.fromkeys(HPARAM_METRICS, 0.0)", 'dict.fromkeys(["hparam/test_acc"], 0.0)',
              ("tests/test_dashboard.py", "-k", "open_on_the_curves")),
+    # ---- issue 23: promises a broken implementation used to pass
+    Mutation("lenet's MLP keeps the book's sigmoids", "cnnbench/models/lenet.py",
+             "            nn.Linear(120, 84),\n            *_norm(batch_norm, 84, 2),\n            nn.Sigmoid(),",
+             "            nn.Linear(120, 84),\n            *_norm(batch_norm, 84, 2),\n            nn.ReLU(),",
+             ("tests/test_models.py", "-k", "books_layers")),
+    Mutation("a tie with the best does not reset early stopping", "cnnbench/selection.py",
+             "        state.evals_since_best = 0 if gain > self.min_delta else",
+             "        state.evals_since_best = 0 if gain >= self.min_delta else",
+             ("tests/test_selection.py", "-k", "only_ties")),
+    Mutation("a tie with the best does not move best.pt", "cnnbench/selection.py",
+             "        improved = gain > 0", "        improved = gain >= 0",
+             ("tests/test_selection.py", "-k", "only_ties")),
+    Mutation("a monitored loss is minimized", "cnnbench/selection.py",
+             '        return self.name.endswith("/acc")', "        return True",
+             ("tests/test_selection.py", "-k", "loss_is_minimized")),
+    Mutation("the target accuracy is judged on the monitored metric", "cnnbench/train.py",
+             '    metric = run.monitor.name if run.monitor is not None and run.monitor.higher_is_better else "test/acc"',
+             '    metric = "test/acc"',
+             ("tests/test_selection.py", "-k", "monitored_validation")),
 )
 
 

@@ -1,9 +1,13 @@
-"""Registry-driven tests: every registered network, forward and backward, at its book resolution."""
+"""Registry-driven tests: every registered network, forward and backward at its smallest input (and at
+its book resolution in the slow set), its parameter count and the operations its forward pass calls."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from cnnbench.describe import block_shapes, count_parameters
 from cnnbench.models import (
@@ -37,6 +41,50 @@ PARAMS = {
     "fastnet_l": 6_571_978,
 }
 
+# The layers each forward pass calls (at the smallest input, batch 2), counted by torch function: pins what
+# parameter counts cannot see (an activation or a pooling swapped, a residual addition or a concatenation
+# dropped), the functional calls inside blocks included.
+OPS = ("conv2d", "linear", "batch_norm", "sigmoid", "relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
+       "adaptive_max_pool2d", "dropout", "cat", "add", "mul", "flatten")
+FORWARD_OPS = {
+    "lenet": {"avg_pool2d": 2, "conv2d": 2, "flatten": 1, "linear": 3, "sigmoid": 4},
+    "lenet_bn": {"avg_pool2d": 2, "batch_norm": 4, "conv2d": 2, "flatten": 1, "linear": 3, "sigmoid": 4},
+    "alexnet": {"conv2d": 5, "dropout": 2, "flatten": 1, "linear": 3, "max_pool2d": 3, "relu": 7},
+    "vgg11": {"conv2d": 8, "dropout": 2, "flatten": 1, "linear": 3, "max_pool2d": 5, "relu": 10},
+    "vgg11_full": {"conv2d": 8, "dropout": 2, "flatten": 1, "linear": 3, "max_pool2d": 5, "relu": 10},
+    "vgg13": {"conv2d": 10, "dropout": 2, "flatten": 1, "linear": 3, "max_pool2d": 5, "relu": 12},
+    "vgg16": {"conv2d": 13, "dropout": 2, "flatten": 1, "linear": 3, "max_pool2d": 5, "relu": 15},
+    "vgg19": {"conv2d": 16, "dropout": 2, "flatten": 1, "linear": 3, "max_pool2d": 5, "relu": 18},
+    "nin": {"adaptive_avg_pool2d": 1, "conv2d": 12, "dropout": 1, "flatten": 1, "max_pool2d": 3, "relu": 12},
+    "googlenet": {"adaptive_avg_pool2d": 1, "cat": 9, "conv2d": 57, "flatten": 1, "linear": 1, "max_pool2d": 13,
+                  "relu": 57},
+    "resnet18": {"adaptive_avg_pool2d": 1, "add": 8, "batch_norm": 17, "conv2d": 20, "flatten": 1, "linear": 1,
+                 "max_pool2d": 1, "relu": 17},
+    "resnet34": {"adaptive_avg_pool2d": 1, "add": 16, "batch_norm": 33, "conv2d": 36, "flatten": 1, "linear": 1,
+                 "max_pool2d": 1, "relu": 33},
+    "densenet": {"adaptive_max_pool2d": 1, "avg_pool2d": 3, "batch_norm": 21, "cat": 16, "conv2d": 20,
+                 "flatten": 1, "linear": 1, "max_pool2d": 1, "relu": 21},
+    "fastnet_s": {"adaptive_max_pool2d": 1, "add": 2, "batch_norm": 7, "conv2d": 7, "flatten": 1, "linear": 1,
+                  "max_pool2d": 3, "mul": 1, "relu": 7},
+    "fastnet_m": {"adaptive_max_pool2d": 1, "add": 2, "batch_norm": 7, "conv2d": 7, "flatten": 1, "linear": 1,
+                  "max_pool2d": 3, "mul": 1, "relu": 7},
+    "fastnet_l": {"adaptive_max_pool2d": 1, "add": 2, "batch_norm": 8, "conv2d": 8, "flatten": 1, "linear": 1,
+                  "max_pool2d": 3, "mul": 1, "relu": 8},
+}
+
+
+class CountCalls(TorchFunctionMode):
+    """Counts the torch functions called inside the ``with`` block, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls[getattr(func, "__name__", str(func))] += 1
+        return func(*args, **(kwargs or {}))
+
+
 FASTNET = ["fastnet_s", "fastnet_m", "fastnet_l"]  # beyond the book, registered after its families
 
 
@@ -47,6 +95,37 @@ def test_registry_holds_the_books_networks_in_chapter_order():
     assert list_models("vgg*") == ["vgg11", "vgg11_full", "vgg13", "vgg16", "vgg19"]
 
 
+def forward_backward(model: torch.nn.Module, side: int, in_channels: int = 1) -> torch.Tensor:
+    """Logits of a batch of 2 random images, after checking that every parameter gets a gradient."""
+    out = model(torch.rand(2, in_channels, side, side))  # (B, C, H, W) -> (B, classes)
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{pname} got no gradient"
+    return out
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward_at_the_smallest_input_calls_the_books_layers(name):
+    side = get_model_spec(name).min_resolution
+    model = build_model(name, image_size=side)
+    x = torch.rand(2, 1, side, side)  # (B, C, H, W)
+    with CountCalls() as counter:
+        out = model(x)
+    assert {op: n for op, n in counter.calls.items() if op in OPS} == FORWARD_OPS[name]
+    assert out.shape == (2, 10)
+    forward_backward(model, side)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_parameter_count_at_book_resolution(name):
+    with torch.device("meta"):  # counts shapes only: vgg11_full's 129M parameters take no memory
+        model = build_model(name)
+    assert count_parameters(model) == PARAMS[name]
+    assert set(FORWARD_OPS) == set(list_models())
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_forward_backward_at_book_resolution(name):
     spec = get_model_spec(name)

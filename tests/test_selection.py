@@ -237,3 +237,36 @@ def test_every_book_recipe_has_both_editions_and_sources():
         for edition in entry["editions"].values():
             assert edition["source"].startswith("http"), recipe
             assert 0 < edition["train_loss"] < 2.5 and 0.1 < edition["train_acc"] <= 1 and 0.1 < edition["test_acc"] <= 1
+
+
+# ------------------------------------------------------- ties, losses, target accuracy (issue 23 found)
+
+
+def test_an_evaluation_that_only_ties_the_best_is_no_improvement(fake_data, tmp_path, monkeypatch):
+    """min_delta 0 (the default): a tie neither moves best.pt nor resets early stopping's count."""
+    scripted_validation(monkeypatch, [0.5, 0.5, 0.5, 0.9])
+    summary = train(compose_fast(fake_data, *SELECTION, "trainer.epochs=4", "trainer.early_stopping.patience=2"),
+                    tmp_path)
+    assert summary["stopped_early"] is True and summary["epochs_completed"] == 3
+    assert summary["best/epoch"] == 1 and summary["best/val_acc"] == 0.5
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 1
+
+
+def test_a_monitored_loss_is_minimized(fake_data, tmp_path, monkeypatch):
+    # scripted losses are 1 - acc: 0.5, 0.2, 0.4, 0.3 -> the best is epoch 2's 0.2
+    scripted_validation(monkeypatch, [0.5, 0.8, 0.6, 0.7])
+    summary = train(compose_fast(fake_data, *SELECTION, "trainer.epochs=4", "trainer.monitor=val/loss",
+                                 "trainer.early_stopping.patience=2"), tmp_path)
+    assert summary["monitor"] == "val/loss" and summary["best/epoch"] == 2
+    assert summary["best/val_loss"] == pytest.approx(0.2)
+    assert summary["epochs_completed"] == 4  # 0.4 and 0.3 are no improvement on 0.2: patience 2 not reached
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 2
+
+
+def test_target_accuracy_is_judged_on_the_monitored_validation_accuracy(fake_data, tmp_path, monkeypatch):
+    """With a validation split the target is reached on val/acc, not on the test set: here the
+    validation accuracy reaches it at epoch 2, long before the small network's test accuracy could."""
+    tests = scripted_validation(monkeypatch, [0.4, 0.95, 0.96])
+    summary = train(compose_fast(fake_data, *SELECTION, "trainer.epochs=3", "trainer.target_acc=0.9"), tmp_path)
+    assert summary["epochs_completed"] == 2 and max(tests) < 0.9
+    assert summary["stop_reason"].startswith("reached trainer.target_acc=0.9: val/acc 0.9500 at epoch 2")
