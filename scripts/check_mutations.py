@@ -609,6 +609,28 @@ MUTATIONS: tuple[Mutation, ...] = (
              '    metric = run.monitor.name if run.monitor is not None and run.monitor.higher_is_better else "test/acc"',
              '    metric = "test/acc"',
              ("tests/test_selection.py", "-k", "monitored_validation")),
+    Mutation("eval uses the EMA weights a run reported", "cnnbench/inference.py",
+             "        model.load_state_dict(reported_weights(state))", '        model.load_state_dict(state["model"])',
+             ("tests/test_evaluation.py", "-k", "ema_weights_not_the_raw")),
+    Mutation("predict uses the EMA weights a run reported", "cnnbench/inference.py",
+             "        model.load_state_dict(reported_weights(state))", '        model.load_state_dict(state["model"])',
+             ("tests/test_predict.py", "-k", "ema_weights")),
+    Mutation("export ships the EMA weights a run reported", "cnnbench/inference.py",
+             "        model.load_state_dict(reported_weights(state))", '        model.load_state_dict(state["model"])',
+             ("tests/test_export.py", "-k", "ema_weights")),
+    Mutation("evaluation batches are never augmented", "cnnbench/build.py",
+             "    return train_loader, val_loader, DeviceLoader(test_split, eval_bs, shuffle=False, **common)",
+             "    return train_loader, val_loader, DeviceLoader(test_split, eval_bs, shuffle=False, "
+             "augment=train_loader.augment, **common)",
+             ("tests/test_augment.py", "-k", "never_augmented")),
+    Mutation("validation batches are never augmented", "cnnbench/build.py",
+             "DeviceLoader(val_split, eval_bs, shuffle=False, **common)",
+             "DeviceLoader(val_split, eval_bs, shuffle=False, augment=train_loader.augment, **common)",
+             ("tests/test_augment.py", "-k", "never_augmented")),
+    Mutation("the EMA's weights are the reported test accuracy", "cnnbench/train.py",
+             '    metrics = _evaluate_model(run, run.ema if run.ema is not None else run.model, prefix="")',
+             '    metrics = _evaluate_model(run, run.model, prefix="")',
+             ("tests/test_augment.py", "-k", "what_is_evaluated")),
 )
 
 

@@ -169,3 +169,29 @@ def trained_run(tmp_path_factory) -> Path:
     its files (copy it first)."""
     return train_run_folder(tmp_path_factory.mktemp("runs") / "lenet_bn", "model=lenet_bn", "optimizer.lr=0.9",
                             "trainer.epochs=1", "trainer.batch_size=64", "trainer.limit_train_batches=50")
+
+
+@pytest.fixture(scope="session")
+def ema_run(trained_run, tmp_path_factory) -> Path:
+    """``trained_run`` as a run with ``trainer.ema.decay`` would leave it, its two sets of weights built by
+    hand so that they really differ: the EMA (what the run reported, evaluates and ships) holds the
+    trained weights, the raw ``model`` entry freshly initialized ones that score at chance. A command
+    that used the raw weights gives other answers."""
+    import shutil
+
+    import torch
+
+    from cnnbench.build import init_weights, model_from_config
+    from cnnbench.inference import read_run_config
+
+    run = tmp_path_factory.mktemp("runs") / "lenet_bn_ema"
+    shutil.copytree(trained_run, run)
+    state = torch.load(run / "last.pt", weights_only=True)
+    torch.manual_seed(1)
+    untrained = model_from_config(read_run_config(run))
+    init_weights(untrained, "xavier")
+    # AveragedModel's state dict: the averaged network under "module.", and its count of averages
+    state["ema"] = {**{f"module.{k}": v for k, v in state["model"].items()}, "n_averaged": torch.tensor(50)}
+    state["model"] = untrained.state_dict()
+    torch.save(state, run / "last.pt")
+    return run

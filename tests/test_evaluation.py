@@ -228,3 +228,12 @@ def test_eval_uses_the_ema_weights_a_run_reported(fake_data, tmp_path):
     assert main(["eval", str(run), "--device", "cpu", "--no-tensorboard"]) == 0
     record = json.loads((run / "eval" / "test.json").read_text())
     assert record["accuracy"] == summary["test/acc"]
+
+
+def test_eval_scores_the_ema_weights_not_the_raw_ones(ema_run, trained_run):
+    """The run's EMA holds trained weights and its raw weights are untrained (conftest's ema_run): eval
+    must reproduce the trained network's accuracy, far above chance."""
+    assert main(["eval", str(ema_run), "--device", "cpu", "--no-tensorboard"]) == 0
+    record = json.loads((ema_run / "eval" / "test.json").read_text())
+    reported = json.loads((trained_run / "summary.json").read_text())["test/acc"]
+    assert record["accuracy"] == reported and reported > 0.4

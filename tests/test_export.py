@@ -90,3 +90,18 @@ def test_export_error_paths_are_one_line_and_exit_2(trained_run, tmp_path, capsy
         f"cnnbench export: error: run folder {tmp_path / 'nowhere'} does not exist"]
     assert main(["export", str(trained_run), "--format", "torchscript", "--checkpoint", "best"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_export_ships_the_ema_weights(ema_run, trained_run, tmp_path):
+    """conftest's ema_run: trained weights in the EMA, untrained raw ones; the exported network computes
+    the trained network's logits."""
+    from cnnbench.inference import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(ema_run, run)
+    assert main(["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
+    exported = torch.jit.load(str(tmp_path / "m.pt"))
+    trained = load_run(trained_run, device="cpu").model
+    x = torch.rand(4, 1, 28, 28)  # (B, C, H, W)
+    with torch.no_grad():
+        assert torch.allclose(exported(x), trained(x), atol=1e-5)

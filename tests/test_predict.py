@@ -121,3 +121,18 @@ def test_predict_error_paths_are_one_line_and_exit_2(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "nowhere"), "x.png"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"cnnbench predict: error: run folder {tmp_path / 'nowhere'} does not exist"]
+
+
+def test_predict_answers_with_the_ema_weights(ema_run, trained_run, tmp_path, capsys):
+    """conftest's ema_run: trained weights in the EMA, untrained raw ones; predict gives the trained
+    network's classes and probabilities."""
+    images, classes = confident_test_images(trained_run, 3)
+    files = []
+    for i, image in enumerate(images.numpy()):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(image).save(files[-1])
+    assert main(["predict", str(ema_run), *map(str, files), "--json", "--device", "cpu"]) == 0
+    answers = json.loads(capsys.readouterr().out)
+    names = load_run(trained_run).contract.classes
+    assert [a["predictions"][0]["class"] for a in answers] == [names[c] for c in classes]
+    assert len(set(classes)) == 3  # three classes: no constant answer of an untrained network matches them
