@@ -7,9 +7,17 @@ import math
 import pytest
 import torch
 
-from cnnbench.config import compose_config
+from cnnbench.config import compose_config, config_dir
 from cnnbench.errors import ConfigError
-from cnnbench.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler, cosine_factor, step_factor
+from cnnbench.optim import (
+    OPTIMIZERS,
+    SCHEDULES,
+    build_optimizer,
+    build_scheduler,
+    cosine_factor,
+    onecycle_factor,
+    step_factor,
+)
 
 
 def test_cosine_factor_warms_up_linearly_then_decays_to_the_floor():
@@ -45,13 +53,48 @@ def test_constant_rate_has_no_scheduler():
     assert build_scheduler(cfg.scheduler, opt, 10, 2) is None
 
 
-def test_every_optimizer_and_schedule_config_builds():
-    for name in ("sgd", "sgd_momentum", "adam", "adamw"):
-        cfg = compose_config([f"optimizer={name}"])
-        assert isinstance(build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))]), torch.optim.Optimizer)
-        assert cfg.optimizer.name in OPTIMIZERS
-    for name in ("none", "cosine", "step"):
-        assert compose_config([f"scheduler={name}"]).scheduler.name in SCHEDULES
+OPTIMIZER_CLASSES = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (config_dir() / "optimizer").glob("*.yaml")))
+def test_every_optimizer_config_builds_what_it_names(option):
+    """The class the file names, with every hyperparameter it sets on the parameter group; again with
+    each number changed to one no optimizer has as its default, so a dropped setting cannot hide behind
+    torch's default (AdamW's weight decay is 0.01 in both)."""
+    defaults = compose_config([f"optimizer={option}"]).optimizer
+    unusual = [f"optimizer.{key}={float(value) * 0.37 + 0.0123}" for key, value in defaults.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    for overrides in ([], unusual):
+        cfg = compose_config([f"optimizer={option}", *overrides]).optimizer
+        opt = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
+        assert type(opt) is OPTIMIZER_CLASSES[cfg.name]
+        group = opt.param_groups[0]
+        for key, value in cfg.items():
+            if key != "name":
+                assert group[key] == (tuple(value) if key == "betas" else value), f"{option}: {key}"
+    assert set(OPTIMIZERS) == set(OPTIMIZER_CLASSES)
+
+
+@pytest.mark.parametrize("option", ["cosine", "step", "onecycle"])
+def test_every_schedule_config_follows_its_formula(option):
+    """The rate at each of 16 steps (4 per epoch, 4 epochs) is the base rate times the schedule's
+    formula with the file's own parameters."""
+    cfg = compose_config([f"scheduler={option}"]).scheduler
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
+    sched = build_scheduler(cfg, opt, 4, 4)
+    formula = {
+        "cosine": lambda s: cosine_factor(s, int(cfg.warmup_epochs * 4), 16, cfg.eta_min / 0.4),
+        "step": lambda s: step_factor(s, int(cfg.step_epochs * 4), cfg.gamma),
+        "onecycle": lambda s: onecycle_factor(s, 16, cfg.pct_start, cfg.div_factor, cfg.final_div_factor, cfg.anneal),
+    }[option]
+    rates = []
+    for _ in range(16):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates == pytest.approx([0.4 * formula(s) for s in range(16)], rel=1e-12)
+    assert len(set(rates)) > 1  # it moves: a constant rate would not be this schedule
+    assert set(SCHEDULES) == {"none", "cosine", "step", "onecycle"}
 
 
 @pytest.mark.parametrize("key,value,message", [
