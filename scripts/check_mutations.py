@@ -649,6 +649,16 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("the step schedule uses its gamma", "cnnbench/optim.py",
              "    return lambda step: step_factor(step, period, cfg.gamma)", "    return lambda step: step_factor(step, period, 0.5)",
              ("tests/test_optim.py", "-k", "follows_its_formula")),
+    Mutation("the book's loader resizes the PIL image before ToTensor", "cnnbench/book.py",
+             "        trans.insert(0, transforms.Resize(resize))", "        trans.append(transforms.Resize(resize))",
+             ("tests/test_book.py", "-k", "loader_resize")),
+    Mutation("the book's loader scales pixels to [0, 1]", "cnnbench/book.py",
+             "    trans: list = [transforms.ToTensor()]", "    trans: list = [transforms.PILToTensor()]",
+             ("tests/test_book.py", "-k", "loader_native")),
+    Mutation("bench's steady speed-up is cnnbench over the book", "cnnbench/bench.py",
+             '        row["speedup/steady"] = row["cnnbench/examples_per_sec"] / row["book/examples_per_sec"]',
+             '        row["speedup/steady"] = row["cnnbench/e2e_examples_per_sec"] / row["book/examples_per_sec"]',
+             ("tests/test_speed.py", "-k", "bench_runs_both")),
 )
 
 

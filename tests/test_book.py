@@ -58,21 +58,38 @@ def _check_result(result: dict, epochs: int, examples: int) -> None:
     assert result["examples"] == examples
 
 
+def _test_images(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The tiny test split's (N, 28, 28) uint8 images and (N,) labels, read back from its IDX files."""
+    raw = root / "FashionMNIST" / "raw"
+    images = np.frombuffer((raw / "t10k-images-idx3-ubyte").read_bytes()[16:], dtype=np.uint8).reshape(-1, 28, 28)
+    labels = np.frombuffer((raw / "t10k-labels-idx1-ubyte").read_bytes()[8:], dtype=np.uint8)
+    return images, labels
+
+
 def test_loader_native_size(tiny_root: Path) -> None:
     train_iter, test_iter = book.load_data_fashion_mnist(16, root=tiny_root, num_workers=0)
     X, y = next(iter(train_iter))
     assert X.shape == (16, 1, 28, 28) and X.dtype == torch.float32
-    assert 0.0 <= float(X.min()) and float(X.max()) <= 1.0
     assert y.shape == (16,) and y.dtype == torch.int64
     assert len(train_iter.dataset) == N_TRAIN and len(test_iter.dataset) == N_TEST
+    images, labels = _test_images(tiny_root)
+    X, y = next(iter(test_iter))  # the test split is not shuffled: its first 16 images, as ToTensor scales them
+    assert torch.equal(X[:, 0], torch.from_numpy(images[:16]).float() / 255)
+    assert torch.equal(y, torch.from_numpy(labels[:16]).long())
 
 
 def test_loader_resize(tiny_root: Path) -> None:
+    from PIL import Image
+    from torchvision.transforms import functional
+
     train_iter, test_iter = book.load_data_fashion_mnist(8, resize=32, root=tiny_root, num_workers=0)
     X, _ = next(iter(train_iter))
     assert X.shape == (8, 1, 32, 32)
     X, _ = next(iter(test_iter))
-    assert X.shape == (8, 1, 32, 32)
+    images, _ = _test_images(tiny_root)
+    # the book's transform: PIL image -> Resize(32) (bilinear) -> ToTensor, one image at a time
+    expected = torch.stack([functional.to_tensor(functional.resize(Image.fromarray(im), 32)) for im in images[:8]])
+    assert X.shape == (8, 1, 32, 32) and torch.equal(X, expected)
 
 
 def test_train_ch6_lenet_one_epoch(tiny_root: Path) -> None:

@@ -187,6 +187,11 @@ def test_bench_runs_both_pipelines_on_generated_data(tmp_path, capsys):
     for key in ("cnnbench/examples_per_sec", "book/examples_per_sec", "speedup/steady", "speedup/e2e",
                 "cnnbench/tflops", "cnnbench/peak_fraction"):
         assert row[key] > 0, key
+    # each ratio is made of the figures printed beside it: a wrong or swapped ratio shows here
+    assert row["speedup/steady"] == pytest.approx(row["cnnbench/examples_per_sec"] / row["book/examples_per_sec"])
+    assert row["speedup/e2e"] == pytest.approx(row["cnnbench/e2e_examples_per_sec"] / row["book/e2e_examples_per_sec"])
+    assert row["cnnbench/tflops"] == pytest.approx(
+        3 * row["cnnbench/flops_per_image"] * row["cnnbench/examples_per_sec"] / 1e12)
     assert result["peaks"]["fp32"] > 1e9
     assert "| d2l_lenet | 28 | 256 |" in (out / "bench.md").read_text()
     assert "| d2l_lenet | 28 | 256 |" in capsys.readouterr().out
