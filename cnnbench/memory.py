@@ -40,6 +40,9 @@ FIT_MARGIN = 0.85  # a suggested batch keeps 15% of the available memory in rese
 IMAGE_BYTES = 28 * 28 + 8  # one uint8 28x28 image and its int64 label, as the loaders keep them
 DEFAULT_TEST_SIZE = 10_000  # test images of the MNIST-format datasets
 REAL_FORWARD_MAX_BYTES = 64 * 2**20  # float32 weights up to this: the estimate's forward runs on the CPU
+# ... and input values up to this (a 224-pixel colour image): ResNet-18 on one 4096x4096 image takes
+# 9-16 s on 2 cores, on the meta device about a second.
+REAL_FORWARD_MAX_VALUES = 3 * 224 * 224
 
 
 # device -> (bytes available, how measured) at the last check before training: after an allocation failed
@@ -89,8 +92,9 @@ def estimate_step_memory(cfg: DictConfig) -> StepMemory:
     # float32 bytes of every layer's output for one image. A small network runs one real image on the
     # CPU (milliseconds): the meta device's first forward imports torch's shape-checking and decomposition
     # machinery (torch._dynamo, sympy), 1.0-1.6 s of every LeNet command's start-up (measured). A big one
-    # (VGG's 128 M parameters would take seconds to initialize) runs on the meta device.
-    if 4 * params <= REAL_FORWARD_MAX_BYTES:
+    # (VGG's 128 M parameters would take seconds to initialize), or one on a huge input, runs on the meta
+    # device.
+    if 4 * params <= REAL_FORWARD_MAX_BYTES and channels * size * size <= REAL_FORWARD_MAX_VALUES:
         with torch.random.fork_rng(devices=[]):  # its initialization draws nothing from the run's generator
             model = model_from_config(cfg)
     with torch.device(next(model.parameters()).device):  # the image where the weights are
