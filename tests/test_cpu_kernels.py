@@ -145,7 +145,29 @@ def test_set_nhwc_weight_grads_swaps_exactly_the_named_layers_in_place():
     assert set_nhwc_weight_grads(model, []) == [] and type(model[0]) is nn.Conv2d
 
 
+def _fake_weight_grad_timer(model: nn.Module, seconds: dict[str, dict[str, float]]):
+    """A stand-in for the weight-gradient timing's clock (``cpu_kernels._time_call``): it still makes each
+    call (ATen's or the channels-last weight gradient, on the timing's own tensors) but returns the test's
+    seconds, ``seconds[layer][way]``, so the outcome does not depend on the machine's load. The layer is
+    read from the weight the timed call holds (the layer's own parameter), the way from its name
+    ("aten" or "nhwc"); ``calls`` lists (layer, way) of every timed call in order."""
+    layers = {m.weight.data_ptr(): name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+    def time_call(fn) -> float:
+        fn()
+        held = [cell.cell_contents for cell in fn.__closure__ or ()]
+        (layer,) = {layers[t.data_ptr()] for t in held if isinstance(t, torch.Tensor) and t.data_ptr() in layers}
+        time_call.calls.append((layer, fn.__name__))
+        return seconds[layer][fn.__name__]
+
+    time_call.calls = []
+    return time_call
+
+
 def test_the_weight_gradient_timing_covers_each_convolution_and_leaves_the_run_untouched(monkeypatch):
+    """Each convolution is timed, ATen's way against the channels-last one, the ratio is of their times, a
+    layer whose first ATen call takes over MAX_TUNED_CALL_S is left out, and the timing changes nothing of
+    the run (its random numbers, BatchNorm's statistics, the layers' classes)."""
     import cnnbench.cpu_kernels as kernels
 
     model = build_model("lenet_bn", in_channels=1, num_classes=10)
@@ -153,13 +175,22 @@ def test_the_weight_gradient_timing_covers_each_convolution_and_leaves_the_run_u
     state = {k: v.clone() for k, v in model.state_dict().items()}
     example = torch.randn(64, 1, 28, 28)
     rng = torch.random.get_rng_state()
+    assert 2 ** -6 < kernels.MAX_TUNED_CALL_S  # every time below is under the cut-off (powers of two: exact ratios)
+    timer = _fake_weight_grad_timer(model, {"0": {"aten": 2 ** -7, "nhwc": 2 ** -6},
+                                            "4": {"aten": 2 ** -7, "nhwc": 2 ** -8}})
+    monkeypatch.setattr(kernels, "_time_call", timer)
     ratios = time_conv_weight_grads(model, example, 64)
-    assert set(ratios) == {"0", "4"} and all(r > 0 for r in ratios.values())
+    assert ratios == {"0": 2.0, "4": 0.5}
+    assert set(timer.calls) == {("0", "aten"), ("0", "nhwc"), ("4", "aten"), ("4", "nhwc")}
     assert torch.equal(torch.random.get_rng_state(), rng)  # its random tensors come from its own generator
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # BatchNorm statistics too
     assert model.training and type(model[4]) is nn.Conv2d  # timing swaps nothing
-    monkeypatch.setattr(kernels, "MAX_TUNED_CALL_S", 0.0)  # every layer too slow to time: none is timed
-    assert time_conv_weight_grads(model, example, 64) == {}
+    # Layer 0's first ATen call takes longer than the cut-off: it is neither timed further nor in the result
+    slow = _fake_weight_grad_timer(model, {"0": {"aten": kernels.MAX_TUNED_CALL_S + 2 ** -10, "nhwc": 2 ** -8},
+                                           "4": {"aten": 2 ** -7, "nhwc": 2 ** -8}})
+    monkeypatch.setattr(kernels, "_time_call", slow)
+    assert time_conv_weight_grads(model, example, 64) == {"4": 0.5}
+    assert [way for layer, way in slow.calls if layer == "0"] == ["aten"]
     assert faster_in_nhwc({"0": 1.6, "4": 0.6, "9": NHWC_MARGIN, "12": 0.9}) == ["4", "9"]
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -13,13 +14,16 @@ import torch
 from cnnbench.train import train
 
 from .conftest import compose_fast, fast_overrides, stop_process
+from .test_reliability import HeldStep
 
 COMMON = ["trainer.batch_size=32", "trainer.deterministic=true", "trainer.epochs=2"]
 
 
-def torchrun(*args: str, nproc: int = 2) -> list[str]:
+def torchrun(*args: str, nproc: int = 2, program: tuple[str, ...] = ("-m", "cnnbench")) -> list[str]:
+    """``cnnbench train ARGS`` under torchrun; ``program``: what each worker runs instead of ``-m cnnbench``
+    (a script path taking cnnbench's command line)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "cnnbench", "train", *args]
+            *program, "train", *args]
 
 
 def test_two_processes_match_one_with_the_same_global_batch(fake_data, tmp_path):
@@ -77,19 +81,24 @@ def test_sync_batchnorm_on_cpus_is_refused_before_training(fake_data, tmp_path):
 
 
 def test_sigterm_to_one_rank_stops_both_with_one_checkpoint(fake_data, tmp_path):
+    """SIGTERM to rank 1 only (which writes nothing), inside a step of the second epoch: both ranks stop
+    after that step, and rank 0 writes one checkpoint."""
     run_dir = tmp_path / "run"
+    # Rank 1 holds inside the first step it starts after the first epoch's record (HeldStep); rank 0
+    # waits for it in the step's gradient all-reduce.
+    held = HeldStep(tmp_path / "gate", run_dir / "metrics.jsonl", '"kind": "epoch"', rank=1)
     # Its own process group, so that a failed assertion can kill the agent and both workers at once.
     proc = subprocess.Popen(torchrun(*fast_overrides(fake_data, "trainer.batch_size=16", "trainer.epochs=50",
-                                                     "model=lenet", f"hydra.run.dir={run_dir}")),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    metrics = run_dir / "metrics.jsonl"
+                                                     "model=lenet", f"hydra.run.dir={run_dir}"),
+                                     program=(str(held.script),)),
+                            env=held.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and '"kind": "epoch"' not in (metrics.read_text() if metrics.exists() else ""):
-            time.sleep(0.05)
+        rank1 = held.wait_held(proc)
         workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        assert len(workers) == 2
-        subprocess.run(["kill", "-TERM", sorted(workers, key=int)[-1]], check=True)  # one rank only
+        assert len(workers) == 2 and str(rank1) in workers
+        os.kill(rank1, signal.SIGTERM)  # one rank only
+        held.release()
         out, _ = proc.communicate(timeout=300)
     finally:
         stop_process(proc)

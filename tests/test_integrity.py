@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from cnnbench.runlock import holder_of, run_folder_lock
 from cnnbench.train import train
 
 from .conftest import cli, compose_fast, fast_overrides, stop_process
-from .test_reliability import assert_same_weights, final_weights, wait_for_record
+from .test_reliability import HeldStep, assert_same_weights, final_weights
 
 
 def cfg_for(data_root, *overrides):
@@ -52,15 +51,17 @@ def test_the_lock_is_reentrant_in_one_process_and_refuses_another(tmp_path):
 
 def test_second_process_on_a_run_folder_is_refused(fake_data, tmp_path):
     """Two `cnnbench train` on one folder: the second stops with one line naming the holder, exit 2,
-    touching nothing; the first goes on and its files stay one run's."""
+    touching nothing; the first goes on and its files stay one run's. The first holds inside a step of
+    its second epoch (HeldStep) while the second starts, so it is surely still running then."""
     run_dir = tmp_path / "run"
-    args = cli("train", *fast_overrides(fake_data, "trainer.batch_size=16", "trainer.epochs=200",
-                                        f"hydra.run.dir={run_dir}"))
-    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    overrides = fast_overrides(fake_data, "trainer.batch_size=16", "trainer.epochs=200", f"hydra.run.dir={run_dir}")
+    args = cli("train", *overrides)
+    held = HeldStep(tmp_path / "gate", run_dir / "metrics.jsonl", '"kind": "epoch"')
+    first = subprocess.Popen(held.argv("train", *overrides), env=held.env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for_record(run_dir / "metrics.jsonl", "epoch", first)
-        while not (run_dir / "last.pt").exists() and first.poll() is None:
-            time.sleep(0.02)
+        held.wait_held(first)
+        assert (run_dir / "last.pt").exists()  # the first epoch's checkpoint
         hydra_before = snapshot(run_dir / ".hydra")
         names = lambda: {p.name for p in run_dir.iterdir() if not p.name.endswith(".tmp")}  # noqa: E731
         names_before = names()
@@ -71,6 +72,7 @@ def test_second_process_on_a_run_folder_is_refused(fake_data, tmp_path):
         assert err.startswith(f"cnnbench train: error: run folder {run_dir} is in use by process {first.pid} on host ")
         assert snapshot(run_dir / ".hydra") == hydra_before and names() == names_before
         first.send_signal(signal.SIGTERM)
+        held.release()
         out, _ = first.communicate(timeout=120)
     finally:
         stop_process(first)
@@ -87,10 +89,11 @@ def test_second_process_on_a_run_folder_is_refused(fake_data, tmp_path):
 def test_a_killed_holder_leaves_no_lock(fake_data, tmp_path):
     run_dir = tmp_path / "run"
     overrides = fast_overrides(fake_data, "trainer.batch_size=16", "trainer.epochs=200", "trainer.deterministic=true")
-    holder = subprocess.Popen(cli("train", *overrides, f"hydra.run.dir={run_dir}"),
+    held = HeldStep(tmp_path / "gate", run_dir / "metrics.jsonl", '"kind": "epoch"')  # never released: killed
+    holder = subprocess.Popen(held.argv("train", *overrides, f"hydra.run.dir={run_dir}"), env=held.env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for_record(run_dir / "metrics.jsonl", "epoch", holder)
+        held.wait_held(holder)  # inside its second epoch: running, holding the lock
         assert holder_of(run_dir).startswith(f"process {holder.pid} on host ")
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=60)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -30,14 +32,77 @@ def cfg_for(data_root, *overrides):
     return compose_fast(data_root, "trainer.batch_size=32", "trainer.deterministic=true", *overrides)
 
 
-def wait_for_record(metrics: Path, kind: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Poll metrics.jsonl until a record of ``kind`` appears (the run is then inside its loop)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and f'"kind": "{kind}"' in metrics.read_text():
-            return
+def wait_until(condition: Callable[[], bool], what: str, procs: Sequence[subprocess.Popen] = (),
+               timeout: float = 300) -> None:
+    """Poll ``condition`` (a look at a file) until it holds. A deadline far beyond any normal wait and
+    the end of one of ``procs`` turn a condition that never comes into a failure naming ``what``, not a
+    hang; how long the wait takes decides nothing."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        ended = [p.returncode for p in procs if p.poll() is not None]
+        if ended or time.monotonic() > deadline:
+            if condition():  # it came just before the process ended
+                return
+            raise AssertionError(f"{what}: not seen ({f'exit codes {ended}' if ended else f'{timeout} s passed'})")
         time.sleep(0.02)
-    raise AssertionError(f"no {kind} record in {metrics} (exit code {proc.poll()})")
+
+
+def text_of(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+# A `cnnbench` command line (``python held_step.py ARGS``) whose training holds still inside one step
+# until the test lets it go: the first training forward pass of the first convolution (one input channel)
+# after $HOLD_WATCH contains $HOLD_MARK creates $HOLD_GATE/held-<pid>, then waits for $HOLD_GATE/release.
+# With $HOLD_RANK, only the worker of that global rank holds (torchrun). The wait ends by itself after
+# 300 s, so a test that died leaves no process waiting for ever.
+HELD_STEP = """
+import os, sys, time
+from pathlib import Path
+import torch
+gate, watch, mark = Path(os.environ["HOLD_GATE"]), Path(os.environ["HOLD_WATCH"]), os.environ["HOLD_MARK"]
+rank = os.environ.get("HOLD_RANK")
+held = False
+def hold(module, args):
+    global held
+    if held or not (isinstance(module, torch.nn.Conv2d) and module.in_channels == 1 and module.training):
+        return
+    if (rank is not None and os.environ.get("RANK") != rank) or not (watch.exists() and mark in watch.read_text()):
+        return
+    held = True
+    (gate / f"held-{os.getpid()}").touch()
+    deadline = time.monotonic() + 300
+    while not (gate / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+torch.nn.modules.module.register_module_forward_pre_hook(hold)
+from cnnbench.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+class HeldStep:
+    """A handshake on files with a training process, instead of a sleep that guesses where it is: the
+    process runs ``argv(...)`` with ``env`` (HELD_STEP), the test waits until it holds inside a step
+    (``wait_held``: its pid), signals it, then lets it go (``release``). A step holds once per process
+    (a sweep's jobs share one)."""
+
+    def __init__(self, gate: Path, watch: Path, mark: str, rank: int | None = None) -> None:
+        gate.mkdir(parents=True)
+        self.gate, self.script = gate, gate / "held_step.py"
+        self.script.write_text(HELD_STEP)
+        self.env = {**os.environ, "HOLD_GATE": str(gate), "HOLD_WATCH": str(watch), "HOLD_MARK": mark,
+                    **({"HOLD_RANK": str(rank)} if rank is not None else {})}
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, str(self.script), *args]
+
+    def wait_held(self, *procs: subprocess.Popen, timeout: float = 300) -> int:
+        wait_until(lambda: any(self.gate.glob("held-*")), "a training step held", procs, timeout)
+        (held,) = self.gate.glob("held-*")
+        return int(held.name.removeprefix("held-"))
+
+    def release(self) -> None:
+        (self.gate / "release").touch()
 
 
 def final_weights(run_dir: Path) -> dict:
@@ -54,23 +119,26 @@ def assert_same_weights(a: dict, b: dict, atol: float = 1e-6) -> None:
 
 
 def test_kill_and_resume_matches_an_uninterrupted_run(fake_data, tmp_path):
-    """SIGTERM after the first epoch, resume with trainer.resume=auto, compare with a run never stopped."""
+    """SIGTERM after the first epoch (inside the second epoch's first step), resume with
+    trainer.resume=auto, compare with a run never stopped."""
     overrides = fast_overrides(fake_data, "trainer.batch_size=16", "trainer.deterministic=true", "trainer.epochs=12",
                                "model=lenet_bn", *STATEFUL_OPTIMIZER, "scheduler=cosine", "scheduler.warmup_epochs=1")
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(cli("train", *overrides, f"hydra.run.dir={run_dir}"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = run_dir / "metrics.jsonl"
+    held = HeldStep(tmp_path / "gate", metrics, '"kind": "epoch"')
+    proc = subprocess.Popen(held.argv("train", *overrides, f"hydra.run.dir={run_dir}"), env=held.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for_record(metrics, "epoch", proc)
+        held.wait_held(proc)
         proc.send_signal(signal.SIGTERM)
+        held.release()
         out, _ = proc.communicate(timeout=120)
     finally:
         stop_process(proc)
     assert proc.returncode == 130, out
     stopped = json.loads((run_dir / "summary.json").read_text())
     assert stopped["status"] == "interrupted"
-    assert 1 <= stopped["epochs_completed"] < 12
+    assert stopped["epochs_completed"] == 1
     assert "checkpoint written" in out
 
     resumed = subprocess.run(cli("train", *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=auto"),
@@ -208,12 +276,14 @@ def test_kill_during_write_leaves_the_previous_checkpoint(tmp_path):
 def test_each_stop_signal_checkpoints_and_exits_130(fake_data, tmp_path, sig):
     """Ctrl-C, a scheduler's SIGTERM and SLURM's SIGUSR2 all finish the step, checkpoint and exit 130."""
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(cli("train", *fast_overrides(fake_data, "trainer.batch_size=16", "trainer.epochs=200",
-                                                         f"hydra.run.dir={run_dir}")),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    held = HeldStep(tmp_path / "gate", run_dir / "metrics.jsonl", '"kind": "train"')
+    proc = subprocess.Popen(held.argv("train", *fast_overrides(fake_data, "trainer.batch_size=16", "trainer.epochs=200",
+                                                               f"hydra.run.dir={run_dir}")),
+                            env=held.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for_record(run_dir / "metrics.jsonl", "train", proc)
+        held.wait_held(proc)  # inside a step: the signal arrives while it runs
         proc.send_signal(sig)
+        held.release()
         out, _ = proc.communicate(timeout=120)
     finally:
         stop_process(proc)
@@ -224,31 +294,25 @@ def test_each_stop_signal_checkpoints_and_exits_130(fake_data, tmp_path, sig):
     assert torch.load(run_dir / "last.pt", weights_only=True)["step"] == summary["steps"]
 
 
-# A training process whose every step takes a second (a sleep in the first conv's forward pass), so that a
-# second signal surely arrives while the first is still waiting for the step to end.
-SLOW_STEPS = """
-import sys, time
-import torch
-def slow(module, args):
-    if isinstance(module, torch.nn.Conv2d) and module.in_channels == 1 and module.training:
-        time.sleep(1.0)
-torch.nn.modules.module.register_module_forward_pre_hook(slow)
-from cnnbench.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def test_second_signal_during_training_stops_at_once(fake_data, tmp_path):
+    """The first SIGTERM comes inside a step (held there), the second while that step still runs: the
+    process ends by the signal at once, without finishing the step or writing a checkpoint."""
     run_dir = tmp_path / "run"
-    args = ["train", *fast_overrides(fake_data, "trainer.batch_size=16", "trainer.epochs=5",
-                                     "trainer.logs_per_epoch=16", f"hydra.run.dir={run_dir}")]
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_STEPS, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    held = HeldStep(tmp_path / "gate", run_dir / "metrics.jsonl", '"kind": "train"')
+    args = held.argv("train", *fast_overrides(fake_data, "trainer.batch_size=16", "trainer.epochs=5",
+                                              "trainer.logs_per_epoch=16", f"hydra.run.dir={run_dir}"))
+    proc = subprocess.Popen(args, env=held.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def received() -> int:  # first signals handled, as the run's log file tells
+        return text_of(run_dir / "train.log").count("SIGTERM received")
+
     try:
-        wait_for_record(run_dir / "metrics.jsonl", "train", proc)
+        held.wait_held(proc)
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)  # inside the next one-second step
-        proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: received() == 1, "the first SIGTERM handled (train.log)", [proc])
+        proc.send_signal(signal.SIGTERM)  # the step is still held: a signal apart from the first, not merged
+        wait_until(lambda: proc.poll() is not None or received() == 2, "the second SIGTERM handled")
+        held.release()  # a process the second signal did not end would now finish the step and checkpoint
         out, _ = proc.communicate(timeout=60)
     finally:
         stop_process(proc)

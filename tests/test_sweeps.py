@@ -22,6 +22,7 @@ from cnnbench.report import build_report, cmd_report
 from cnnbench.train import train
 
 from .conftest import cli, compose_fast, fast_overrides, stop_process
+from .test_reliability import HeldStep
 
 
 def sweep_args(data, out: Path | None, *overrides: str) -> list[str]:
@@ -108,21 +109,21 @@ def test_resumed_sweep_continues_an_interrupted_job_from_its_checkpoint(fake_dat
     job 0 from its checkpoint (not from scratch) to the weights of a run never stopped, and skips job 1."""
     fixed = ["trainer.batch_size=16", "trainer.deterministic=true", "trainer.epochs=4"]
     out = tmp_path / "sweep"
-    # The sweep's steps are slowed (SLOWED_STEPS), so job 0 is still running when the signal comes.
-    args = [sys.executable, "-c", SLOWED_STEPS, *sweep_args(fake_data, out, "optimizer.lr=0.3,0.5", *fixed)[3:]]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     job0 = out / "0_optimizer.lr=0.3"
+    # Job 0 holds inside the first step of its second epoch until the signal has come (HeldStep).
+    held = HeldStep(tmp_path / "gate", job0 / "metrics.jsonl", '"kind": "epoch"')
+    args = held.argv(*sweep_args(fake_data, out, "optimizer.lr=0.3,0.5", *fixed)[3:])
+    proc = subprocess.Popen(args, env=held.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and '"kind": "epoch"' not in _text(job0 / "metrics.jsonl"):
-            time.sleep(0.02)
+        held.wait_held(proc)
         proc.send_signal(signal.SIGTERM)
+        held.release()
         first_out, _ = proc.communicate(timeout=300)
     finally:
         stop_process(proc)
     assert proc.returncode == 1, first_out  # one job interrupted: the sweep did not complete
     stopped = json.loads((job0 / "summary.json").read_text())
-    assert stopped["status"] == "interrupted" and 1 <= stopped["epochs_completed"] < 4
+    assert stopped["status"] == "interrupted" and stopped["epochs_completed"] == 1
     assert summaries(out)["1_optimizer.lr=0.5"]["status"] == "completed"
 
     again = sweep(fake_data, out, "optimizer.lr=0.3,0.5", *fixed, "resume_sweep=true")
@@ -135,23 +136,6 @@ def test_resumed_sweep_continues_an_interrupted_job_from_its_checkpoint(fake_dat
     expected = torch.load(tmp_path / "reference" / "last.pt", weights_only=True)["model"]
     assert all(torch.allclose(resumed[k], expected[k], atol=1e-6, rtol=0) for k in expected)
     assert json.loads((job0 / "summary.json").read_text())["test/acc"] == reference["test/acc"]
-
-
-# `cnnbench ...` with every training step made 50 ms longer (a sleep before the first conv's forward pass).
-SLOWED_STEPS = """
-import sys, time
-import torch
-def slow(module, args):
-    if isinstance(module, torch.nn.Conv2d) and module.in_channels == 1 and module.training:
-        time.sleep(0.05)
-torch.nn.modules.module.register_module_forward_pre_hook(slow)
-from cnnbench.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def _text(path: Path) -> str:
-    return path.read_text() if path.exists() else ""
 
 
 def test_resume_sweep_without_an_earlier_sweep_is_refused(fake_data, tmp_path):
