@@ -102,6 +102,7 @@ def _cli_run(data, out, *extra) -> tuple[list[float], dict]:
     return [r["train/loss"] for r in records if r["kind"] == "train"], summary
 
 
+@pytest.mark.slow  # two commands (~8 s): malloc settings are process-wide
 def test_tuning_changes_no_result_and_the_switch_reaches_the_summary(fake_data, tmp_path):
     tuned, tuned_summary = _cli_run(fake_data, tmp_path / "tuned")
     plain, plain_summary = _cli_run(fake_data, tmp_path / "plain", "device.malloc_tuning=false")

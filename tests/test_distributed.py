@@ -16,6 +16,7 @@ from cnnbench.train import train
 from .conftest import compose_fast, fast_overrides, stop_process
 from .test_reliability import HeldStep
 
+pytestmark = pytest.mark.slow  # torchrun: three interpreters a test (5-8 s each on 2 cores)
 COMMON = ["trainer.batch_size=32", "trainer.deterministic=true", "trainer.epochs=2"]
 
 

@@ -49,6 +49,7 @@ def test_the_lock_is_reentrant_in_one_process_and_refuses_another(tmp_path):
     assert subprocess.run(child, capture_output=True, text=True, timeout=60).returncode == 0
 
 
+@pytest.mark.slow  # two commands (~8 s); one process's lock is in the fast suite
 def test_second_process_on_a_run_folder_is_refused(fake_data, tmp_path):
     """Two `cnnbench train` on one folder: the second stops with one line naming the holder, exit 2,
     touching nothing; the first goes on and its files stay one run's. The first holds inside a step of
@@ -86,6 +87,7 @@ def test_second_process_on_a_run_folder_is_refused(fake_data, tmp_path):
     assert torch.load(run_dir / "last.pt", weights_only=True)["step"] == summary["steps"] >= steps[-1]
 
 
+@pytest.mark.slow  # two processes (~5 s)
 def test_a_killed_holder_leaves_no_lock(fake_data, tmp_path):
     run_dir = tmp_path / "run"
     overrides = fast_overrides(fake_data, "trainer.batch_size=16", "trainer.epochs=200", "trainer.deterministic=true")
@@ -104,6 +106,7 @@ def test_a_killed_holder_leaves_no_lock(fake_data, tmp_path):
     assert train(compose_config(resumed), run_dir)["status"] == "completed"
 
 
+@pytest.mark.slow  # two processes (~5 s)
 def test_a_sweep_reports_a_job_folder_in_use_and_leaves_it_alone(fake_data, tmp_path):
     sweep_dir = tmp_path / "sweep"
     busy = sweep_dir / "0_optimizer.lr=0.5"

@@ -118,6 +118,7 @@ def assert_same_weights(a: dict, b: dict, atol: float = 1e-6) -> None:
 # --------------------------------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow  # a whole command, stopped and resumed (~12 s); in-process resume tests below
 def test_kill_and_resume_matches_an_uninterrupted_run(fake_data, tmp_path):
     """SIGTERM after the first epoch (inside the second epoch's first step), resume with
     trainer.resume=auto, compare with a run never stopped."""
@@ -273,8 +274,37 @@ def test_kill_during_write_leaves_the_previous_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR2], ids=lambda s: s.name)
+def test_each_stop_signal_finishes_the_step_and_checkpoints_in_process(fake_data, tmp_path, sig, monkeypatch):
+    """In ``train()`` itself: a stop signal delivered inside the third training step (from that step's
+    first forward call) ends the run after that step, interrupted, with a checkpoint of exactly it."""
+    calls = []
+
+    def signal_in_step_three(module, args):
+        if isinstance(module, torch.nn.Conv2d) and module.in_channels == 1 and module.training:
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), sig)
+
+    # A signal the run did not take lands here, not in pytest (whose SIGINT would end the session).
+    missed = []
+    previous = signal.signal(sig, lambda signum, frame: missed.append(signum))
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(signal_in_step_three)
+    try:
+        summary = train(cfg_for(fake_data, "trainer.batch_size=16", "trainer.epochs=5"), tmp_path)
+    finally:
+        handle.remove()
+        signal.signal(sig, previous)
+    assert not missed
+    assert summary["status"] == "interrupted" and summary["steps"] == 3 and len(calls) == 3
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 3
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM,
+                                 pytest.param(signal.SIGINT, marks=pytest.mark.slow),
+                                 pytest.param(signal.SIGUSR2, marks=pytest.mark.slow)], ids=lambda s: s.name)
 def test_each_stop_signal_checkpoints_and_exits_130(fake_data, tmp_path, sig):
-    """Ctrl-C, a scheduler's SIGTERM and SLURM's SIGUSR2 all finish the step, checkpoint and exit 130."""
+    """Ctrl-C, a scheduler's SIGTERM and SLURM's SIGUSR2 all finish the step, checkpoint and exit 130
+    (the command; the same three in-process are in the fast suite above)."""
     run_dir = tmp_path / "run"
     held = HeldStep(tmp_path / "gate", run_dir / "metrics.jsonl", '"kind": "train"')
     proc = subprocess.Popen(held.argv("train", *fast_overrides(fake_data, "trainer.batch_size=16", "trainer.epochs=200",

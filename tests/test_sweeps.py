@@ -84,6 +84,7 @@ def test_failing_job_does_not_stop_the_sweep(fake_data, tmp_path):
     assert report.runs[-1].status == "diverged"
 
 
+@pytest.mark.slow  # two sweeps, 4 jobs (~10 s)
 def test_resumed_sweep_skips_completed_jobs(fake_data, tmp_path):
     """Rerunning the same command with resume_sweep=true finds the sweep itself and redoes only the rest."""
     cmd = ["optimizer.lr=0.5,1e6", "trainer.logs_per_epoch=4"]
@@ -104,6 +105,7 @@ def test_resumed_sweep_skips_completed_jobs(fake_data, tmp_path):
     assert previous["status"] == "diverged" and "TrainingDiverged" in previous["error"]
 
 
+@pytest.mark.slow  # several processes (~10 s)
 def test_resumed_sweep_continues_an_interrupted_job_from_its_checkpoint(fake_data, tmp_path):
     """SIGTERM during job 0: it stops with last.pt, the sweep runs job 1; resume_sweep=true then continues
     job 0 from its checkpoint (not from scratch) to the weights of a run never stopped, and skips job 1."""
@@ -212,6 +214,7 @@ def test_plugin_configs_compose(option):
     assert target.startswith("hydra_plugins.")
 
 
+@pytest.mark.slow  # several processes (~10 s)
 def test_joblib_launcher_runs_jobs_in_parallel_processes(fake_data, tmp_path):
     out = tmp_path / "sweep"
     proc = sweep(fake_data, out, "hydra/launcher=parallel", "model=lenet,lenet_bn")
@@ -219,6 +222,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(fake_data, tmp_path):
     assert [s["status"] for s in summaries(out).values()] == ["completed", "completed"]
 
 
+@pytest.mark.slow  # several processes (~10 s)
 def test_joblib_sweep_reports_a_failure_from_another_process(fake_data, tmp_path):
     out = tmp_path / "sweep"
     proc = sweep(fake_data, out, "hydra/launcher=parallel", "optimizer.lr=0.5,1e6", "trainer.logs_per_epoch=4")
@@ -226,6 +230,7 @@ def test_joblib_sweep_reports_a_failure_from_another_process(fake_data, tmp_path
     assert "1 of 2 jobs completed" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # a sweep under the Optuna sweeper (~7 s)
 def test_optuna_sweeper_maximizes_validation_accuracy(fake_data, tmp_path):
     """lr_search optimizes what each job's selected checkpoint scores on held-out training images;
     the test set plays no part (here its accuracies are made to disagree with the validation's)."""

@@ -19,9 +19,10 @@ PROBE = ("import os, sys; from cnnbench import threads; threads.runnable_tasks =
 @pytest.mark.parametrize("given,load,expected", [
     ({}, 5000, "PASSIVE None"),   # more runnable tasks than any machine's cores: sleep at once
     ({}, 1, "None 20000"),        # only this process: a bounded spin (40% faster than PASSIVE alone)
-    ({"OMP_WAIT_POLICY": "ACTIVE"}, 5000, "ACTIVE None"),  # the user's values win
-    ({"OMP_WAIT_POLICY": "PASSIVE"}, 1, "PASSIVE None"),
-    ({"GOMP_SPINCOUNT": "300000"}, 1, "None 300000"),
+    # the user's values win (also in-process, fast, below)
+    pytest.param({"OMP_WAIT_POLICY": "ACTIVE"}, 5000, "ACTIVE None", marks=pytest.mark.slow),
+    pytest.param({"OMP_WAIT_POLICY": "PASSIVE"}, 1, "PASSIVE None", marks=pytest.mark.slow),
+    pytest.param({"GOMP_SPINCOUNT": "300000"}, 1, "None 300000", marks=pytest.mark.slow),
 ])
 def test_the_command_chooses_the_openmp_wait_before_torch_loads(given, load, expected):
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
@@ -65,3 +66,26 @@ def test_too_late_once_torch_is_loaded(monkeypatch):
         monkeypatch.setattr(threads, "machine_is_busy", lambda busy=busy: busy)
         assert threads.choose_omp_wait() is None
         assert "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+
+
+@pytest.mark.parametrize("given,load,expected", [
+    ({}, 5000, "PASSIVE"), ({}, 1, "spin 20000"),
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, 5000, "ACTIVE"), ({"OMP_WAIT_POLICY": "PASSIVE"}, 1, "PASSIVE"),
+    ({"GOMP_SPINCOUNT": "300000"}, 1, "spin 300000"), ({"GOMP_SPINCOUNT": "300000"}, 5000, "spin 300000"),
+])
+def test_the_choice_and_the_users_values_in_process(monkeypatch, given, load, expected):
+    """choose_omp_wait as the command's start sees it (torch not yet loaded): busy -> PASSIVE, quiet -> a
+    bounded spin, and a value the user set is left as it is."""
+    from cnnbench import threads
+
+    for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in given.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # restored after the test
+    monkeypatch.setattr(threads, "runnable_tasks", lambda: load)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    assert threads.choose_omp_wait() == expected
+    assert {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} == {
+        "OMP_WAIT_POLICY": {"PASSIVE": "PASSIVE", "ACTIVE": "ACTIVE"}.get(expected),
+        "GOMP_SPINCOUNT": expected.removeprefix("spin ") if expected.startswith("spin") else None}
