@@ -54,20 +54,6 @@ def fake_fashion_mnist(root: Path, n_train: int = 60_000, n_test: int = 10_000) 
     return root
 
 
-def book_readable_root(found: Path, scratch: Path) -> Path:
-    """A data root that torchvision's ``FashionMNIST`` (the book's reader) can open: the root above
-    ``found`` when it holds the four plain files in ``<root>/FashionMNIST/raw``, else a plain copy in
-    ``scratch`` (torchvision reads neither ``.gz`` files nor other layouts)."""
-    from .data.idx import IDX_FILES, idx_path, is_gzipped, write_plain_copy
-
-    plain = not any(is_gzipped(idx_path(found, name)) for pair in IDX_FILES.values() for name in pair)
-    if plain and found.name == "raw" and found.parent.name == "FashionMNIST":
-        return found.parent.parent
-    logger.info("writing plain copies of the IDX files in %s into %s for the book's reader", found, scratch)
-    write_plain_copy(found, scratch / "FashionMNIST" / "raw")
-    return scratch
-
-
 def cnnbench_steady(cfg, warmup: int, steps: int) -> dict:
     """Examples/sec of cnnbench's loop over ``steps`` steps after ``warmup`` steps."""
     from .build import build_run
@@ -191,6 +177,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_bench(argv: Sequence[str]) -> int:
     """Entry point of ``cnnbench bench``."""
+    from .bench_accuracy import book_readable_root
+    from .bench_accuracy import run as run_to_accuracy
     from .data.idx import find_data_root
     from .devices import bf16_supported, resolve_device
     from .speed import peak_matmul_flops
@@ -201,9 +189,7 @@ def cmd_bench(argv: Sequence[str]) -> int:
     out = Path(args.out or f"outputs/bench/{datetime.now():%Y-%m-%d_%H-%M-%S}")
     out.mkdir(parents=True, exist_ok=True)
     if args.to_accuracy is not None:
-        from .bench_accuracy import run
-
-        return run(args, args.recipes, device, out)
+        return run_to_accuracy(args, args.recipes, device, out)
     with tempfile.TemporaryDirectory() as tmp:
         found = None if args.fake_data else find_data_root("FashionMNIST", args.data)
         root = None if found is None else book_readable_root(found, Path(tmp) / "plain")

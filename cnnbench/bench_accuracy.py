@@ -86,7 +86,6 @@ def run(args: argparse.Namespace, recipes: list[str], device: torch.device, out:
         logger.info("%s: to test accuracy %g", recipe, args.to_accuracy)
         rows.append(cnnbench_to_accuracy(recipe, args.to_accuracy, root, args.device, list(args.override)))
     if not args.no_book:
-        from .bench import book_readable_root
 
         with tempfile.TemporaryDirectory() as tmp:
             plain = book_readable_root(found, Path(tmp) / "plain")
@@ -98,3 +97,17 @@ def run(args: argparse.Namespace, recipes: list[str], device: torch.device, out:
                                                          "args": vars(args)}, indent=2) + "\n")
     logger.info("wrote %s", out / "bench_accuracy.md")
     return 0
+
+
+def book_readable_root(found: Path, scratch: Path) -> Path:
+    """A data root that torchvision's ``FashionMNIST`` (the book's reader) can open: the root above
+    ``found`` when it holds the four plain files in ``<root>/FashionMNIST/raw``, else a plain copy in
+    ``scratch`` (torchvision reads neither ``.gz`` files nor other layouts)."""
+    from .data.idx import IDX_FILES, idx_path, is_gzipped, write_plain_copy
+
+    plain = not any(is_gzipped(idx_path(found, name)) for pair in IDX_FILES.values() for name in pair)
+    if plain and found.name == "raw" and found.parent.name == "FashionMNIST":
+        return found.parent.parent
+    logger.info("writing plain copies of the IDX files in %s into %s for the book's reader", found, scratch)
+    write_plain_copy(found, scratch / "FashionMNIST" / "raw")
+    return scratch

@@ -16,14 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from .allocator import tune_malloc
-from .checkpoint import RunState
+from .state import RunState
 from .compiling import compile_for_training
 from .cpu_kernels import set_nhwc_weight_grads
 from .data import DeviceLoader, load_splits
+from .data.loader import normalization
 from .data.augment import Augment
 from .data.split import split_train_val
 from .describe import count_parameters, forward_flops
@@ -32,7 +33,7 @@ from .distributed import DistContext, broadcast_object
 from .engine import Precision
 from .errors import ConfigError
 from .memory import check_step_fits
-from .models import build_model, input_side
+from .models.configured import image_size, model_from_config
 from .optim import build_optimizer, build_scheduler
 from .selection import Monitor
 from .speed import SpeedSettings, resolve_speed
@@ -68,22 +69,6 @@ class Run:
     @property
     def batches_per_epoch(self) -> int:
         return self.train_loader.batches_per_epoch(self.cfg.trainer.limit_train_batches)
-
-
-def image_size(cfg: DictConfig) -> int:
-    """The input side (pixels): ``dataset.resize``, or the model's book resolution when it is null."""
-    return input_side(cfg.model.name, cfg.dataset.resize)
-
-
-def model_kwargs(cfg: DictConfig) -> dict:
-    """The ``model`` group minus its name: the factory's keyword arguments."""
-    return {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
-
-
-def model_from_config(cfg: DictConfig) -> nn.Module:
-    """The configured network, sized for the dataset's channels, classes and the run's input side."""
-    return build_model(cfg.model.name, in_channels=cfg.dataset.in_channels, num_classes=cfg.dataset.num_classes,
-                       image_size=image_size(cfg), **model_kwargs(cfg))
 
 
 def init_weights(model: nn.Module, scheme: str) -> None:
@@ -174,11 +159,6 @@ def build_loaders(cfg: DictConfig, device: torch.device, size: int,
     eval_bs = int(cfg.trainer.eval_batch_size or cfg.trainer.batch_size)
     val_loader = None if val_split is None else DeviceLoader(val_split, eval_bs, shuffle=False, **common)
     return train_loader, val_loader, DeviceLoader(test_split, eval_bs, shuffle=False, **common)
-
-
-def normalization(cfg: DictConfig) -> tuple[float, float] | None:
-    """(mean, std) subtracted from and divided into inputs scaled to [0, 1], or None (the book's way)."""
-    return (float(cfg.dataset.mean), float(cfg.dataset.std)) if cfg.dataset.normalize else None
 
 
 def build_ema(model: nn.Module, cfg: DictConfig | None) -> torch.optim.swa_utils.AveragedModel | None:

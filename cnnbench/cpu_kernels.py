@@ -85,7 +85,7 @@ class AvgPool2x2(nn.AvgPool2d):
         return super().forward(x)
 
 
-def _eligible(m: nn.Module) -> bool:
+def pool_eligible(m: nn.Module) -> bool:
     def pair(v):
         return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
@@ -101,7 +101,7 @@ def use_fast_pooling(model: nn.Module) -> int:
     swapped = 0
     for parent in model.modules():
         for name, child in list(parent.named_children()):
-            if _eligible(child):
+            if pool_eligible(child):
                 fast = AvgPool2x2(2, 2)
                 fast.train(child.training)
                 setattr(parent, name, fast)

@@ -1,4 +1,4 @@
-"""The training loop: precision, one epoch of training, one evaluation.
+"""The training loop: one epoch of training, one evaluation.
 
 Metrics are summed in device tensors and read back (one host sync) only at the logging points, never
 per batch; the book's loop calls ``float()`` on every batch's accuracy, which stalls a GPU each step.
@@ -6,7 +6,6 @@ per batch; the book's loop calls ``float()`` on every batch's accuracy, which st
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,34 +17,8 @@ from torch import nn
 from .confusion import confusion_counts
 from .data import DeviceLoader
 from .distributed import DistContext, all_sum
-from .errors import ConfigError, TrainingDiverged
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-PRECISIONS = ("fp32", *AMP_DTYPES)
-
-
-@dataclass
-class Precision:
-    """Autocast settings and the fp16 gradient scaler."""
-
-    device: torch.device
-    name: str = "fp32"
-    scaler: torch.amp.GradScaler | None = None
-
-    @classmethod
-    def create(cls, name: str, device: torch.device) -> "Precision":
-        if name not in PRECISIONS:
-            raise ConfigError(f"unknown device.precision {name!r}; use fp32, bf16 or fp16")
-        if name == "fp16" and device.type != "cuda":
-            raise ConfigError("device.precision=fp16 needs CUDA; on the CPU use bf16 or fp32")
-        scaler = torch.amp.GradScaler("cuda") if name == "fp16" else None
-        return cls(device, name, scaler)
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.name == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=AMP_DTYPES[self.name])
-
+from .errors import TrainingDiverged
+from .precision import Precision
 
 @dataclass
 class EpochProgress:

@@ -45,8 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .compiling import cache_root
-from .cpu_kernels import AvgPool2x2
-from .cpu_kernels import _eligible as _pool_eligible
+from .cpu_kernels import AvgPool2x2, pool_eligible
 
 logger = logging.getLogger(__name__)
 
@@ -279,7 +278,7 @@ class Absorbed(nn.Module):
 
 
 def _is_pool(m: nn.Module) -> bool:
-    return type(m) is AvgPool2x2 or _pool_eligible(m)
+    return type(m) is AvgPool2x2 or pool_eligible(m)
 
 
 def use_fused_kernels(model: nn.Module) -> list[str]:

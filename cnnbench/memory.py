@@ -82,7 +82,7 @@ def optimizer_slots(cfg: DictConfig) -> int:
 
 def estimate_step_memory(cfg: DictConfig) -> StepMemory:
     """The memory of one training step of ``cfg`` on one device (this rank's share of the batch)."""
-    from .build import image_size, model_from_config
+    from .models.configured import image_size, model_from_config
     from .describe import activation_bytes, count_parameters
 
     size, channels = image_size(cfg), int(cfg.dataset.in_channels)
@@ -108,9 +108,9 @@ def estimate_step_memory(cfg: DictConfig) -> StepMemory:
 
 
 def _dataset_bytes(cfg: DictConfig) -> int:
-    from .validate import _train_size
+    from .data.idx import train_size
 
-    return ((_train_size(cfg) or 60_000) + DEFAULT_TEST_SIZE) * IMAGE_BYTES
+    return ((train_size(cfg.dataset) or 60_000) + DEFAULT_TEST_SIZE) * IMAGE_BYTES
 
 
 # ------------------------------------------------------------------------------------ what is there
@@ -250,7 +250,7 @@ def _per_rank_batch(cfg: DictConfig, world_size: int) -> int:
 
 
 def _what_runs(cfg: DictConfig, world_size: int) -> str:
-    from .build import image_size
+    from .models.configured import image_size
 
     size = image_size(cfg)
     per_rank = f" ({_per_rank_batch(cfg, world_size)} per process)" if world_size > 1 else ""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from .checkpoint import RunState
+from .state import RunState
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)

@@ -9,9 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
-import struct
 import tempfile
-import zlib
 from dataclasses import dataclass
 from numbers import Number
 from pathlib import Path
@@ -22,10 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from .errors import ConfigError, one_line
 from .models import get_model_spec, input_side
 from .models.registry import check_min_size, check_model_kwargs
-
-# dataset name -> training examples, for the batch-size check when the files are not at hand
-KNOWN_TRAIN_SIZES = {"fashion_mnist": 60_000, "mnist": 60_000, "kmnist": 60_000, "fashion_mnist_mini": 6_000}
-
+from .models.configured import model_kwargs
+from .data.idx import train_size
 
 def _positive(value: Any, key: str, integer: bool) -> None:
     kind = "a positive integer" if integer else "a positive number"
@@ -146,7 +142,7 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.init must be xavier or default, got {cfg.trainer.init!r}")
     _check_names(cfg)
     check_ranges(cfg)
-    check_model_kwargs(spec.name, _model_kwargs(cfg))
+    check_model_kwargs(spec.name, model_kwargs(cfg))
     _check_batch_fits(cfg)
     _check_selection(cfg)
 
@@ -160,7 +156,7 @@ def _check_selection(cfg: DictConfig) -> None:
         raise ConfigError(f"dataset.val_size must be a whole number of examples >= 0, got {val_size!r}")
     if not isinstance(cfg.dataset.get("val_seed", 0), int):
         raise ConfigError(f"dataset.val_seed must be an integer, got {cfg.dataset.get('val_seed')!r}")
-    n = _train_size(cfg)
+    n = train_size(cfg.dataset)
     if n is not None and val_size >= n:
         raise ConfigError(f"dataset.val_size={val_size} leaves no training examples ({n} examples of "
                           f"{cfg.dataset.name})")
@@ -174,12 +170,6 @@ def _check_selection(cfg: DictConfig) -> None:
     if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not 0 <= min_delta < float("inf"):
         raise ConfigError(f"trainer.early_stopping.min_delta must be a number >= 0, got {min_delta!r}")
     Monitor.from_config(cfg)  # an unknown monitor, val/* without a split, early stopping without a monitor
-
-
-def _model_kwargs(cfg: DictConfig) -> dict:
-    from .build import model_kwargs  # build imports this module
-
-    return model_kwargs(cfg)
 
 
 def _check_names(cfg: DictConfig) -> None:
@@ -197,22 +187,8 @@ def check_global_batch(batch_size: int, world_size: int) -> None:
                           f"evenly over the {world_size} processes")
 
 
-def _train_size(cfg: DictConfig) -> int | None:
-    from .data.idx import IDX_FILES, find_data_root, idx_path, open_idx
-
-    folder = find_data_root(str(cfg.dataset.folder), cfg.dataset.root) if cfg.dataset.name != "fashion_mnist_mini" else None
-    labels = None if folder is None else idx_path(folder, IDX_FILES["train"][1])  # plain or .gz
-    if labels is not None:
-        try:
-            with open_idx(labels) as f:
-                return struct.unpack(">II", f.read(8))[1]
-        except (OSError, EOFError, zlib.error, struct.error):  # a damaged .gz included
-            return None  # the data checks report a broken file with its own message
-    return KNOWN_TRAIN_SIZES.get(str(cfg.dataset.name))
-
-
 def _check_batch_fits(cfg: DictConfig) -> None:
-    n = _train_size(cfg)
+    n = train_size(cfg.dataset)
     if n is not None and cfg.trainer.batch_size > n:
         raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is larger than the training set "
                           f"({n} examples of {cfg.dataset.name})")

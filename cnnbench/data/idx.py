@@ -232,3 +232,21 @@ def load_splits(cfg: DictConfig) -> tuple[Split, Split]:
         raise DataError(_missing_message(cfg))
     logger.info("reading %s from %s", cfg.name, folder)
     return read_split(folder, "train", cfg.num_classes), read_split(folder, "test", cfg.num_classes)
+
+
+# dataset name -> training examples, for the batch-size checks when the files are not at hand
+KNOWN_TRAIN_SIZES = {"fashion_mnist": 60_000, "mnist": 60_000, "kmnist": 60_000, "fashion_mnist_mini": 6_000}
+
+
+def train_size(dataset: DictConfig) -> int | None:
+    """Training examples of the ``dataset`` group's data: the count in its label file's header when the
+    files are found, else the published size of a known dataset, else None. Cheap (reads 8 bytes)."""
+    folder = find_data_root(str(dataset.folder), dataset.root) if dataset.name != "fashion_mnist_mini" else None
+    labels = None if folder is None else idx_path(folder, IDX_FILES["train"][1])  # plain or .gz
+    if labels is not None:
+        try:
+            with open_idx(labels) as f:
+                return struct.unpack(">II", f.read(8))[1]
+        except (OSError, EOFError, zlib.error, struct.error):  # a damaged .gz included
+            return None  # the data checks report a broken file with its own message
+    return KNOWN_TRAIN_SIZES.get(str(dataset.name))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Iterator
 
+from omegaconf import DictConfig
+
 import torch
 from torch.nn import functional as F
 
@@ -107,3 +109,8 @@ class DeviceLoader:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+def normalization(cfg: DictConfig) -> tuple[float, float] | None:
+    """(mean, std) subtracted from and divided into inputs scaled to [0, 1], or None (the book's way)."""
+    return (float(cfg.dataset.mean), float(cfg.dataset.std)) if cfg.dataset.normalize else None

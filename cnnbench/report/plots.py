@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .runs import Report, RunResult, finite_number
-from .tables import outcome_line
+from .runs import Report, RunResult, finite_number, outcome_line
 
 INLINE_LABELS_MAX = 6  # beyond this many runs or groups, points get numbers and the legend moves below
 

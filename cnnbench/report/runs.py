@@ -328,3 +328,12 @@ def finite_number(value: Any) -> float | None:
 def _natural_key(text: str) -> list:
     """'10_model=x' after '2_model=y': Hydra job numbers are not zero-padded."""
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text)]
+
+
+def outcome_line(report: Report) -> str:
+    """'6 runs: 4 completed, 1 failed, 1 missing'."""
+    counts: dict[str, int] = {}
+    for r in report.runs:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return f"{len(report.runs)} run{'s' if len(report.runs) != 1 else ''}: {parts}"

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..fmt import human
-from .runs import SEED_KEY, Report, finite_number
+from .plots import plot_report
+from .runs import SEED_KEY, Report, finite_number, outcome_line
 
 ERROR_WIDTH = 60  # characters of an error's first line shown in the table
 REPORT_FILES = ("report.md", "report.csv", "report.png")
@@ -172,15 +173,6 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric
 # ----------------------------------------------------------------------------------------- report
 
 
-def outcome_line(report: Report) -> str:
-    """'6 runs: 4 completed, 1 failed, 1 missing'."""
-    counts: dict[str, int] = {}
-    for r in report.runs:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-    return f"{len(report.runs)} run{'s' if len(report.runs) != 1 else ''}: {parts}"
-
-
 def selection_line(report: Report) -> str | None:
     """'selected by validation accuracy: model=lenet_bn, optimizer.lr=0.3 (val acc 0.9123; test acc of
     that checkpoint 0.9050)', or None when no run held out a validation split."""
@@ -256,9 +248,6 @@ def write_report(report: Report, out_dir: Path | None = None, plot: bool = True)
     paths = {name.split(".")[1]: out_dir / name for name in REPORT_FILES}
     write_csv(report, paths["csv"])
     if plot:
-        # Imported here: plots.py uses this module's outcome_line for its title.
-        from .plots import plot_report
-
         plot_report(report, paths["png"])
     else:
         paths.pop("png")

@@ -1,0 +1,24 @@
+"""The configured network: the ``model`` group's name and keyword arguments, sized for the dataset."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from .registry import build_model, input_side
+
+
+def image_size(cfg: DictConfig) -> int:
+    """The input side (pixels): ``dataset.resize``, or the model's book resolution when it is null."""
+    return input_side(cfg.model.name, cfg.dataset.resize)
+
+
+def model_kwargs(cfg: DictConfig) -> dict:
+    """The ``model`` group minus its name: the factory's keyword arguments."""
+    return {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
+
+
+def model_from_config(cfg: DictConfig) -> nn.Module:
+    """The configured network, sized for the dataset's channels, classes and the run's input side."""
+    return build_model(cfg.model.name, in_channels=cfg.dataset.in_channels, num_classes=cfg.dataset.num_classes,
+                       image_size=image_size(cfg), **model_kwargs(cfg))
