@@ -10,13 +10,14 @@ import argparse
 import gc
 import logging
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from hydra.errors import HydraException
 
-from . import __version__, collector
+from . import __version__
 from .errors import CnnbenchError, one_line
-from .threads import choose_omp_wait
+from .speed import collector
+from .speed.threads import choose_omp_wait
 
 COMMANDS: dict[str, str] = {
     "train": "train a network (Hydra overrides; -m for a sweep)",
@@ -34,7 +35,7 @@ def _cmd_models(args: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="cnnbench models", description=COMMANDS["models"])
     parser.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'vgg*'")
     ns = parser.parse_args(args)
-    from .describe import models_table
+    from .models.stats import models_table
 
     print(models_table(ns.pattern))
     return 0
@@ -44,9 +45,9 @@ def _cmd_summary(args: Sequence[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print("usage: cnnbench summary [model=NAME] [dataset.resize=N] [other Hydra overrides]")
         return 0
-    from .build import image_size, model_from_config
     from .config import compose_config
-    from .describe import summary_text
+    from .models.configured import image_size, model_from_config
+    from .models.stats import summary_text
 
     cfg = compose_config(args)
     model, size = model_from_config(cfg), image_size(cfg)
@@ -56,7 +57,7 @@ def _cmd_summary(args: Sequence[str]) -> int:
 
 
 def _cmd_train(args: Sequence[str]) -> int:
-    from .launch import hydra_main
+    from .commands.launch import hydra_main
 
     return hydra_main(args)
 
@@ -68,25 +69,25 @@ def _cmd_report(args: Sequence[str]) -> int:
 
 
 def _cmd_bench(args: Sequence[str]) -> int:
-    from .bench import cmd_bench
+    from .commands.bench import cmd_bench
 
     return cmd_bench(args)
 
 
 def _cmd_eval(args: Sequence[str]) -> int:
-    from .evaluation import cmd_eval
+    from .evaluation.evaluate import cmd_eval
 
     return cmd_eval(args)
 
 
 def _cmd_predict(args: Sequence[str]) -> int:
-    from .predict import cmd_predict
+    from .evaluation.predict import cmd_predict
 
     return cmd_predict(args)
 
 
 def _cmd_export(args: Sequence[str]) -> int:
-    from .export import cmd_export
+    from .evaluation.export import cmd_export
 
     return cmd_export(args)
 
@@ -142,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run() -> None:
     """The ``cnnbench`` console script and ``python -m cnnbench``: :func:`main`, then exit with its code.
 
-    For ``train``, the garbage collector is paused while the command starts (:mod:`cnnbench.collector`);
+    For ``train``, the garbage collector is paused while the command starts (:mod:`cnnbench.speed.collector`);
     the first epoch resumes it. The other commands keep it as it is.
 
     Before the interpreter shuts down, every object alive is moved out of the garbage collector's reach

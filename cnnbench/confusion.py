@@ -9,7 +9,8 @@ everything else runs once, on the host, on the finished counts.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from omegaconf import DictConfig

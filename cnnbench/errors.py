@@ -22,7 +22,7 @@ class CheckpointError(CnnbenchError):
 
 
 class RunFolderInUse(CnnbenchError):
-    """Another live process holds the run folder's lock (:mod:`cnnbench.runlock`)."""
+    """Another live process holds the run folder's lock (:mod:`cnnbench.runfolder.lock`)."""
 
 
 class ResumeRefused(CnnbenchError):

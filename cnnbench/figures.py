@@ -10,8 +10,9 @@ inside the functions, so importing this module, and training without pictures, c
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

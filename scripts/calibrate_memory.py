@@ -5,8 +5,8 @@
 
 Each case (MODEL:RESIZE:BATCH[:PRECISION]) runs in a fresh process: ``train()`` of two steps and one
 evaluation batch on the packaged sample, CPU, no checkpoint. Measured = peak RSS (``ru_maxrss``) minus
-the RSS before the run; estimate = ``cnnbench.memory.estimate_step_memory``. The ratio is what
-``cnnbench/memory.py``'s factors were set from.
+the RSS before the run; estimate = ``cnnbench.run.memory.estimate_step_memory``. The ratio is what
+``cnnbench/run/memory.py``'s factors were set from.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ DEFAULT = ["resnet18:96:64", "resnet18:96:256", "resnet18:224:64", "resnet18:224
 CHILD = r"""
 import json, os, resource, sys
 from cnnbench.config import compose_config
-from cnnbench.memory import estimate_step_memory
-from cnnbench.train import train
+from cnnbench.run.memory import estimate_step_memory
+from cnnbench.run.train import train
 model, size, batch, precision, out = sys.argv[1:6]
 cfg = compose_config(["dataset=fashion_mnist_mini", f"model={model}", f"dataset.resize={size}",
                       f"trainer.batch_size={batch}", "trainer.epochs=1", "trainer.limit_train_batches=2",

@@ -146,7 +146,7 @@ install_project() {
         export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
     fi
     export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"  # this checkout, in every subprocess too
-    "$py" -c 'import hydra, omegaconf, cnnbench.train; print("hydra-core", hydra.__version__, "omegaconf", omegaconf.__version__)' \
+    "$py" -c 'import hydra, omegaconf, cnnbench.run.train; print("hydra-core", hydra.__version__, "omegaconf", omegaconf.__version__)' \
         | tee -a "$out/env.txt"
 }
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from torch.profiler import ProfilerActivity, profile
 
-import cnnbench.engine as engine
+import cnnbench.run.loop as engine
 from cnnbench.config import compose_config
-from cnnbench.engine import LoopHooks, log_points, train_one_epoch
-from cnnbench.build import build_run
+from cnnbench.run.build import build_run
+from cnnbench.run.loop import LoopHooks, log_points, train_one_epoch
 
 
 def epoch_seconds(run, points: set[int], epoch: int) -> float:

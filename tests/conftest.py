@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-# The fused CPU kernels (cnnbench.fused_cpu) are built into a folder of this test session, which the
+# The fused CPU kernels (cnnbench.speed.cpu.fused) are built into a folder of this test session, which the
 # commands the tests start inherit, not into the user's ~/.cache.
 os.environ.setdefault("CNNBENCH_KERNEL_CACHE", tempfile.mkdtemp(prefix="cnnbench-test-kernels-"))
 
@@ -152,7 +152,7 @@ def train_run_folder(run_dir: Path, *overrides: str) -> Path:
     this process on the packaged Fashion-MNIST sample: what eval, predict and export read."""
     from omegaconf import OmegaConf
 
-    from cnnbench.train import train
+    from cnnbench.run.train import train
 
     cfg = compose_fast("/nonexistent", "dataset=fashion_mnist_mini", *overrides)
     summary = train(cfg, run_dir)
@@ -180,9 +180,10 @@ def ema_run(trained_run, tmp_path_factory) -> Path:
     import shutil
 
     import torch
+    from cnnbench.evaluation.inference import read_run_config
 
-    from cnnbench.build import init_weights, model_from_config
-    from cnnbench.inference import read_run_config
+    from cnnbench.models.configured import model_from_config
+    from cnnbench.run.build import init_weights
 
     run = tmp_path_factory.mktemp("runs") / "lenet_bn_ema"
     shutil.copytree(trained_run, run)

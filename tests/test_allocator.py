@@ -1,4 +1,4 @@
-"""CPU memory reuse (cnnbench.allocator): glibc's mallopt, applied once per process, switchable, result-neutral."""
+"""CPU memory reuse (cnnbench.speed.allocator): glibc's mallopt, applied once per process, switchable, result-neutral."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import platform
 import subprocess
 import sys
 
+import cnnbench.speed.allocator as allocator
 import pytest
-
-import cnnbench.allocator as allocator
 
 from .conftest import cli, fast_overrides
 
@@ -66,15 +65,15 @@ def test_nothing_happens_off_glibc(monkeypatch, caplog):
     monkeypatch.setattr(allocator, "_applied", None)
     monkeypatch.setattr(allocator.sys, "platform", "darwin")
     assert allocator.glibc_mallopt() is None
-    with caplog.at_level(logging.DEBUG, logger="cnnbench.allocator"):
+    with caplog.at_level(logging.DEBUG, logger="cnnbench.speed.allocator"):
         assert allocator.tune_malloc() is False
     assert "not glibc" in caplog.text
 
 
 def test_a_run_tunes_malloc_before_reading_its_data(fake_data, tmp_path, monkeypatch):
     """train() in-process (tests, notebooks) applies the setting itself, before the dataset is read."""
-    import cnnbench.build as build
-    from cnnbench.train import train
+    import cnnbench.run.build as build
+    from cnnbench.run.train import train
 
     from .conftest import compose_fast
 
@@ -110,5 +109,5 @@ def test_tuning_changes_no_result_and_the_switch_reaches_the_summary(fake_data, 
     assert tuned == pytest.approx(plain, rel=1e-6, abs=1e-7)
     assert tuned_summary["speed"]["malloc_tuning"] is ON_GLIBC  # on by default wherever glibc is
     assert plain_summary["speed"]["malloc_tuning"] is False
-    # set by the command (cnnbench.threads): which one depends on how busy the machine is at the start
+    # set by the command (cnnbench.speed.threads): which one depends on how busy the machine is at the start
     assert tuned_summary["speed"]["omp_wait_policy"] in ("PASSIVE", "spin 20000")

@@ -7,17 +7,19 @@ import math
 
 import pytest
 import torch
+from cnnbench.speed.precision import Precision
 from torch import nn
 
-import cnnbench.train as train_module
-from cnnbench.build import build_run, init_weights, model_from_config, seed_everything
+import cnnbench.run.train as train_module
 from cnnbench.config import compose_config
 from cnnbench.data import DeviceLoader
 from cnnbench.data.augment import Augment, erase_boxes, random_crop
 from cnnbench.data.idx import Split
-from cnnbench.engine import EvalResult, Precision, evaluate
-from cnnbench.optim import onecycle_factor
-from cnnbench.train import train
+from cnnbench.models.configured import model_from_config
+from cnnbench.run.build import build_run, init_weights, seed_everything
+from cnnbench.run.loop import EvalResult, evaluate
+from cnnbench.run.optim import onecycle_factor
+from cnnbench.run.train import train
 
 from .conftest import compose_fast
 
@@ -148,7 +150,7 @@ def test_ema_is_the_hand_computed_average(fake_data, tmp_path):
 def test_ema_weights_are_what_is_evaluated(fake_data, tmp_path):
     """test/acc is the EMA's, raw/test/acc the trained weights': each recomputed here from last.pt, on a
     run that learns (LeNet-BN), so that the two really differ."""
-    from cnnbench.inference import reported_weights
+    from cnnbench.evaluation.inference import reported_weights
 
     cfg = compose_fast("/nonexistent", "dataset=fashion_mnist_mini", "model=lenet_bn", "trainer.batch_size=64",
                        "optimizer.lr=0.9", "trainer.epochs=2",
@@ -237,7 +239,7 @@ def test_new_options_compose():
 
 
 def test_bench_times_recipes_to_an_accuracy_beside_the_books_loop(fake_data, tmp_path):
-    from cnnbench.bench import cmd_bench
+    from cnnbench.commands.bench import cmd_bench
 
     out = tmp_path / "bench"
     assert cmd_bench(["d2l_lenet_bn", "--to-accuracy", "0.3", "--data", str(fake_data), "--device", "cpu",

@@ -1,4 +1,4 @@
-"""The book's reference pipeline (cnnbench.book) on a tiny Fashion-MNIST look-alike, on the CPU."""
+"""The book's reference pipeline (cnnbench.book.pipeline) on a tiny Fashion-MNIST look-alike, on the CPU."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnnbench import book
+from cnnbench.book import pipeline as book
 from cnnbench.models import build_model
 
 N_TRAIN, N_TEST = 64, 32
@@ -149,7 +149,7 @@ def test_cli_writes_json(tiny_root: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_peak_matmul_flops_positive() -> None:
-    from cnnbench.speed import peak_matmul_flops
+    from cnnbench.speed.settings import peak_matmul_flops
 
     flops = peak_matmul_flops(torch.device("cpu"), n=256, iters=2, repeats=2)
     assert flops > 0 and math.isfinite(flops)

@@ -90,8 +90,9 @@ def test_the_console_script_exits_with_mains_code_and_the_shutdown_skips_the_fin
     """``cnnbench`` (and ``python -m cnnbench``) run cli.run: main's exit code, and every live object frozen
     out of the garbage collector first (the interpreter's last collection costs a LeNet command 0.5 s)."""
     import gc
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     import cnnbench.cli as cli_module
 
@@ -110,12 +111,12 @@ def test_the_console_script_exits_with_mains_code_and_the_shutdown_skips_the_fin
 
 @pytest.mark.parametrize("command, paused", [("train", True), ("eval", False)])
 def test_the_console_script_pauses_the_collector_while_a_train_command_starts(monkeypatch, command, paused) -> None:
-    """cli.run turns the garbage collector off before main for ``train`` only (cnnbench.collector: the
+    """cli.run turns the garbage collector off before main for ``train`` only (cnnbench.speed.collector: the
     start's full collections walk every object torch's imports made)."""
     import gc
 
     import cnnbench.cli as cli_module
-    from cnnbench import collector
+    from cnnbench.speed import collector
 
     seen = {}
 
@@ -139,7 +140,7 @@ def test_resume_collects_the_starts_garbage_freezes_the_rest_and_turns_the_colle
     import gc
     import weakref
 
-    from cnnbench import collector
+    from cnnbench.speed import collector
 
     class Node:
         pass
@@ -168,8 +169,8 @@ def test_resume_collects_the_starts_garbage_freezes_the_rest_and_turns_the_colle
 def test_the_first_epoch_resumes_a_paused_collector(fake_data, tmp_path) -> None:
     import gc
 
-    from cnnbench import collector
-    from cnnbench.train import train
+    from cnnbench.run.train import train
+    from cnnbench.speed import collector
 
     from .conftest import compose_fast
 

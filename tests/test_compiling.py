@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import cnnbench.speed.compiling as compiling
 import torch
 from torch import nn
 
-import cnnbench.compiling as compiling
-from cnnbench.build import local_batch
-from cnnbench.distributed import DistContext
+from cnnbench.run.build import local_batch
+from cnnbench.run.distributed import DistContext
 
 
 def test_the_cache_folder_is_stable_and_the_users_choice_wins(monkeypatch, tmp_path):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from cnnbench.build import image_size
 from cnnbench.config import compose_config, config_dir
 from cnnbench.models import list_models
+from cnnbench.models.configured import image_size
 
 GROUPS = ["model", "dataset", "optimizer", "scheduler", "device", "augment", "experiment"]
 

@@ -6,10 +6,17 @@ import json
 
 import pytest
 import torch
+from cnnbench.speed.cpu.kernels import (
+    NHWC_MARGIN,
+    AvgPool2x2,
+    Conv2dNHWCWeightGrad,
+    faster_in_nhwc,
+    set_nhwc_weight_grads,
+    time_conv_weight_grads,
+    use_fast_pooling,
+)
 from torch import nn
 
-from cnnbench.cpu_kernels import (NHWC_MARGIN, AvgPool2x2, Conv2dNHWCWeightGrad, faster_in_nhwc, set_nhwc_weight_grads,
-                                  time_conv_weight_grads, use_fast_pooling)
 from cnnbench.models import build_model
 
 
@@ -61,8 +68,8 @@ def test_the_book_models_pool_the_same_after_the_swap():
 
 def test_the_run_uses_it_on_the_cpu_and_the_switch_turns_it_off(fake_data, tmp_path):
     """Same losses with and without it (bit for bit); the model trained really holds the fast pools."""
-    from cnnbench.build import build_run
-    from cnnbench.train import train
+    from cnnbench.run.build import build_run
+    from cnnbench.run.train import train
 
     from .conftest import compose_fast
 
@@ -168,7 +175,7 @@ def test_the_weight_gradient_timing_covers_each_convolution_and_leaves_the_run_u
     """Each convolution is timed, ATen's way against the channels-last one, the ratio is of their times, a
     layer whose first ATen call takes over MAX_TUNED_CALL_S is left out, and the timing changes nothing of
     the run (its random numbers, BatchNorm's statistics, the layers' classes)."""
-    import cnnbench.cpu_kernels as kernels
+    import cnnbench.speed.cpu.kernels as kernels
 
     model = build_model("lenet_bn", in_channels=1, num_classes=10)
     model.train()
@@ -201,8 +208,9 @@ def test_the_run_trains_with_the_layers_the_timing_chose(fake_data, tmp_path, mo
     """device.conv_weight_grad=auto times the layers (here a stand-in timer says: only layer 4 is faster in
     NHWC) and trains with exactly those swapped; native and deterministic runs time nothing; the losses
     stay ATen's up to rounding."""
-    import cnnbench.speed as speed
-    from cnnbench.train import train
+    import cnnbench.speed.settings as speed
+
+    from cnnbench.run.train import train
 
     from .conftest import compose_fast
 
@@ -231,7 +239,7 @@ def test_the_run_trains_with_the_layers_the_timing_chose(fake_data, tmp_path, mo
 
 
 def test_an_unknown_conv_weight_grad_setting_is_refused(fake_data, tmp_path):
-    from cnnbench.train import train
+    from cnnbench.run.train import train
 
     from .conftest import compose_fast
 

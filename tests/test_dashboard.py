@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cnnbench.runlog import hparams_of
-from cnnbench.train import train
+from cnnbench.run.train import train
+from cnnbench.runfolder.log import hparams_of
 
 from .conftest import compose_fast, stop_process
 from .test_sweeps import start_tensorboard

@@ -13,7 +13,7 @@ from cnnbench.config import compose_config
 from cnnbench.data import DeviceLoader, find_data_root, load_splits
 from cnnbench.data.idx import candidate_roots, load_mini, read_split
 from cnnbench.errors import ConfigError, DataError
-from cnnbench.validate import check_values
+from cnnbench.run.validate import check_values
 
 from .conftest import compose_fast, gzip_dataset, write_fake_dataset
 

@@ -1,4 +1,4 @@
-"""Exact forward FLOP counts of cnnbench.describe.forward_flops (the numerator of every TFLOP/s figure)."""
+"""Exact forward FLOP counts of cnnbench.models.stats.forward_flops (the numerator of every TFLOP/s figure)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnnbench.describe import forward_flops, reference_flops
 from cnnbench.models import build_model, get_model_spec, list_models
+from cnnbench.models.stats import forward_flops, reference_flops
 
 # torch.utils.flop_counter counts 2 FLOPs per multiply-add of a conv or linear layer, and nothing for
 # biases, pooling, activations or batch norm. Per image (batch 1):

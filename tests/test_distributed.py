@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from cnnbench.train import train
+from cnnbench.run.train import train
 
 from .conftest import compose_fast, fast_overrides, stop_process
 from .test_reliability import HeldStep

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cnnbench.speed.precision import Precision
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -17,8 +18,8 @@ from cnnbench.cli import main
 from cnnbench.confusion import confusion_counts, most_confused, per_class_stats
 from cnnbench.data import DeviceLoader, Split, load_splits
 from cnnbench.data.split import split_train_val
-from cnnbench.engine import Precision, evaluate
 from cnnbench.models import build_model
+from cnnbench.run.loop import evaluate
 
 from .conftest import compose_fast
 
@@ -202,7 +203,7 @@ def test_eval_error_paths_are_one_line_and_exit_2(trained_run, tmp_path, capsys)
 
 
 def test_a_relative_data_root_is_read_from_the_folder_the_run_started_in(trained_run, tmp_path):
-    from cnnbench.inference import read_run_config
+    from cnnbench.evaluation.inference import read_run_config
 
     run = tmp_path / "run"
     shutil.copytree(trained_run / ".hydra", run / ".hydra")
@@ -215,7 +216,7 @@ def test_a_relative_data_root_is_read_from_the_folder_the_run_started_in(trained
 
 def test_eval_uses_the_ema_weights_a_run_reported(fake_data, tmp_path):
     """A run with trainer.ema.decay reports its EMA's test accuracy: eval reproduces it, not the raw one's."""
-    from cnnbench.train import train
+    from cnnbench.run.train import train
 
 
     run = tmp_path / "ema"

@@ -9,9 +9,9 @@ import zipfile
 import pytest
 import torch
 
-from cnnbench import export
 from cnnbench.cli import main
 from cnnbench.errors import ExportError
+from cnnbench.evaluation import export
 from cnnbench.models import build_model, get_model_spec, list_models
 
 FAST = {"lenet", "lenet_bn"}  # the others take 3 to 20 s per format on 2 CPU cores: marked slow
@@ -95,7 +95,7 @@ def test_export_error_paths_are_one_line_and_exit_2(trained_run, tmp_path, capsy
 def test_export_ships_the_ema_weights(ema_run, trained_run, tmp_path):
     """conftest's ema_run: trained weights in the EMA, untrained raw ones; the exported network computes
     the trained network's logits."""
-    from cnnbench.inference import load_run
+    from cnnbench.evaluation.inference import load_run
 
     run = tmp_path / "run"
     shutil.copytree(ema_run, run)

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from cnnbench.speed.cpu import fused as fused_cpu
+from cnnbench.speed.cpu.fused import (
+    Absorbed,
+    BatchNormSigmoidPool2d,
+    SigmoidPool2x2,
+    load_library,
+    use_fused_kernels,
+)
+from cnnbench.speed.cpu.kernels import AvgPool2x2, use_fast_pooling
 from torch import nn
 
-from cnnbench import fused_cpu
-from cnnbench.cpu_kernels import AvgPool2x2, use_fast_pooling
-from cnnbench.fused_cpu import Absorbed, BatchNormSigmoidPool2d, SigmoidPool2x2, load_library, use_fused_kernels
 from cnnbench.models import build_model
 
 needs_kernels = pytest.mark.skipif(load_library() is None, reason="no C compiler or no GNU OpenMP here")
@@ -191,8 +196,8 @@ def test_the_lenets_train_the_same_with_the_kernels(name):
 def test_the_run_uses_them_on_the_cpu_and_the_switch_turns_them_off(fake_data, tmp_path):
     """Fused by default (on a machine with a C compiler), ATen's layers with device.fused_kernels=false;
     the first logged losses agree to float rounding."""
-    from cnnbench.build import build_run
-    from cnnbench.train import train
+    from cnnbench.run.build import build_run
+    from cnnbench.run.train import train
 
     from .conftest import compose_fast
 
@@ -246,7 +251,7 @@ def test_the_library_shares_torchs_openmp_runtime(fresh_cache, monkeypatch, capl
     assert len(runtimes) == 1 and "libgomp" in next(iter(runtimes))
     load_library.cache_clear()
     monkeypatch.setattr(fused_cpu, "openmp_runtimes", lambda: {"/torch/lib/libgomp-a34b3233.so.1", "/lib/libgomp.so.1"})
-    with caplog.at_level("WARNING", logger="cnnbench.fused_cpu"):
+    with caplog.at_level("WARNING", logger="cnnbench.speed.cpu.fused"):
         assert load_library() is None
     assert "two OpenMP runtimes" in caplog.text
 
@@ -261,7 +266,7 @@ def test_without_a_working_compiler_nothing_is_swapped(why, fresh_cache, monkeyp
         monkeypatch.setattr(fused_cpu, "library_path", lambda c: fresh_cache / "x.so")
     monkeypatch.setattr(fused_cpu, "_torch_uses_gnu_openmp", lambda: True)
     model = _swappable()
-    with caplog.at_level("INFO", logger="cnnbench.fused_cpu"):
+    with caplog.at_level("INFO", logger="cnnbench.speed.cpu.fused"):
         assert use_fused_kernels(model) == []
     assert "fused CPU kernels: off" in caplog.text
     assert type(model[1]) is nn.BatchNorm2d and type(model[2]) is nn.Sigmoid and type(model[3]) is nn.AvgPool2d
@@ -270,7 +275,7 @@ def test_without_a_working_compiler_nothing_is_swapped(why, fresh_cache, monkeyp
 
 def test_the_switch_takes_only_true_or_false(fake_data):
     from cnnbench.errors import ConfigError
-    from cnnbench.validate import validate_config
+    from cnnbench.run.validate import validate_config
 
     from .conftest import compose_fast
 
@@ -282,6 +287,6 @@ def test_the_switch_takes_only_true_or_false(fake_data):
 def test_not_with_another_openmp_runtime_than_gnus(fresh_cache, monkeypatch, caplog):
     """A torch on Intel's or LLVM's OpenMP: the library (linked to libgomp) would bring a second pool."""
     monkeypatch.setattr(fused_cpu, "openmp_runtimes", lambda: {"/opt/torch/lib/libiomp5.so"})
-    with caplog.at_level("INFO", logger="cnnbench.fused_cpu"):
+    with caplog.at_level("INFO", logger="cnnbench.speed.cpu.fused"):
         assert load_library() is None
     assert "does not use GNU OpenMP" in caplog.text

@@ -7,17 +7,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from cnnbench.build import build_run
 from cnnbench.config import compose_config
-from cnnbench.train import train
+from cnnbench.run.build import build_run
+from cnnbench.run.train import train
 
 from .conftest import stop_process
-from .test_speed import Probe, first_losses as cpu_first_losses
+from .test_speed import Probe
+from .test_speed import first_losses as cpu_first_losses
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -89,7 +89,7 @@ def test_data_stays_on_the_gpu(fake_data, tmp_path):
     a batch (the book's loader copies every batch)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from cnnbench.engine import LoopHooks, train_one_epoch
+    from cnnbench.run.loop import LoopHooks, train_one_epoch
 
     run = build_run(compose_config(cuda_overrides(fake_data, "trainer.batch_size=16")), tmp_path)
     assert run.train_loader.images.is_cuda and run.test_loader.images.is_cuda

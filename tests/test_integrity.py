@@ -17,10 +17,10 @@ import torch
 
 from cnnbench.cli import main
 from cnnbench.config import compose_config
-from cnnbench.errors import ResumeRefused, RunFolderInUse
-from cnnbench.memory import estimate_step_memory
-from cnnbench.runlock import holder_of, run_folder_lock
-from cnnbench.train import train
+from cnnbench.errors import ResumeRefused
+from cnnbench.run.memory import estimate_step_memory
+from cnnbench.run.train import train
+from cnnbench.runfolder.lock import holder_of, run_folder_lock
 
 from .conftest import cli, compose_fast, fast_overrides, stop_process
 from .test_reliability import HeldStep, assert_same_weights, final_weights
@@ -39,7 +39,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_the_lock_is_reentrant_in_one_process_and_refuses_another(tmp_path):
-    child = [sys.executable, "-c", "import sys\nfrom cnnbench.runlock import acquire\nfrom pathlib import Path\n"
+    child = [sys.executable, "-c", "import sys\nfrom cnnbench.runfolder.lock import acquire\nfrom pathlib import Path\n"
              "try:\n    acquire(Path(sys.argv[1]))\nexcept Exception as e:\n    print(e)\n    sys.exit(2)\n", str(tmp_path)]
     with run_folder_lock(tmp_path):
         with run_folder_lock(tmp_path):  # train() inside cnnbench train's lock: no waiting on itself
@@ -114,7 +114,7 @@ def test_a_sweep_reports_a_job_folder_in_use_and_leaves_it_alone(fake_data, tmp_
     (busy / ".hydra" / "config.yaml").write_text("the other run's config\n")
     (busy / "summary.json").write_text('{"status": "running"}\n')
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-                               "from cnnbench.runlock import acquire\nacquire(Path(sys.argv[1]))\nprint('held', flush=True)\n"
+                               "from cnnbench.runfolder.lock import acquire\nacquire(Path(sys.argv[1]))\nprint('held', flush=True)\n"
                                "time.sleep(600)\n", str(busy)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -318,7 +318,7 @@ def test_low_free_space_is_warned_about_early(fake_data, tmp_path, monkeypatch):
 
 
 def test_a_step_that_cannot_fit_is_refused_before_training(fake_data, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("cnnbench.memory._cpu_available", lambda: (600 * 2**20, "available RAM"))
+    monkeypatch.setattr("cnnbench.run.memory._cpu_available", lambda: (600 * 2**20, "available RAM"))
     overrides = fast_overrides(fake_data, "model=resnet18", "trainer.batch_size=256")
     assert main(["train", *overrides, f"hydra.run.dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err.strip()
@@ -334,7 +334,7 @@ def test_a_step_that_cannot_fit_is_refused_before_training(fake_data, tmp_path, 
 
 def test_out_of_memory_during_training_fails_with_one_line(fake_data, tmp_path, monkeypatch):
     """A real allocator failure (256 TiB asked of the CPU allocator) at the third training step."""
-    import cnnbench.build as build
+    import cnnbench.run.build as build
 
     real = build.model_from_config
     steps = []
@@ -377,7 +377,7 @@ def test_every_declared_model_argument_is_taken_by_its_factory():
 def test_a_run_folder_with_spaces_or_commas_reaches_hydra_quoted():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from cnnbench.launch import override_value
+    from cnnbench.commands.launch import override_value
 
     for path in ("outputs/2026-01-01/10-00-00-000001_lenet", "/tmp/my runs/a,b", "/tmp/it's [1]"):
         (parsed,) = OverridesParser.create().parse_overrides([f"hydra.run.dir={override_value(path)}"])
@@ -395,5 +395,5 @@ def test_the_memory_estimate_is_the_same_on_the_cpu_and_the_meta_device_and_draw
     after = torch.rand(3)
     torch.manual_seed(0)
     assert torch.equal(torch.rand(3), after)  # nothing drawn by the estimate
-    monkeypatch.setattr("cnnbench.memory.REAL_FORWARD_MAX_BYTES", 0)  # every network on the meta device
+    monkeypatch.setattr("cnnbench.run.memory.REAL_FORWARD_MAX_BYTES", 0)  # every network on the meta device
     assert estimate_step_memory(cfg) == on_cpu

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from cnnbench.describe import block_shapes, count_parameters
 from cnnbench.models import (
     InputTooSmallError,
     UnknownModelError,
@@ -18,6 +17,7 @@ from cnnbench.models import (
     list_models,
     register_model,
 )
+from cnnbench.models.stats import block_shapes, count_parameters
 
 BOOK_MODELS = ["lenet", "lenet_bn", "alexnet", "vgg11", "nin", "googlenet", "resnet18", "densenet"]
 

@@ -9,7 +9,7 @@ import torch
 
 from cnnbench.config import compose_config, config_dir
 from cnnbench.errors import ConfigError
-from cnnbench.optim import (
+from cnnbench.run.optim import (
     OPTIMIZERS,
     SCHEDULES,
     build_optimizer,

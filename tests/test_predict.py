@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cnnbench.evaluation.inference import load_run
+from cnnbench.evaluation.predict import to_dataset_style
 from PIL import Image
 
 from cnnbench.cli import main
 from cnnbench.data.idx import load_mini
-from cnnbench.inference import load_run
-from cnnbench.predict import to_dataset_style
 
 
 def network_on_originals(run_dir: Path, images: torch.Tensor) -> tuple[list[int], torch.Tensor]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cnnbench.train import train
+from cnnbench.run.train import train
 
 from .conftest import compose_fast, real_data_root
 

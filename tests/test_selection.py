@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-import cnnbench.train as train_module
-from cnnbench.build import build_run
+import cnnbench.run.train as train_module
 from cnnbench.cli import main
 from cnnbench.config import compose_config
 from cnnbench.data.idx import Split
 from cnnbench.data.split import class_quotas, split_train_val
-from cnnbench.engine import EvalResult
-from cnnbench.train import train
+from cnnbench.run.build import build_run
+from cnnbench.run.loop import EvalResult
+from cnnbench.run.train import train
 
 from .conftest import compose_fast, write_idx
 
@@ -205,7 +205,7 @@ def test_bad_selection_settings_are_refused_before_anything_runs(fake_data, tmp_
 
 
 def test_a_book_recipe_gets_the_books_figures_beside_it():
-    from cnnbench.book_results import book_comparison, published
+    from cnnbench.book.results import book_comparison, published
 
     cfg = compose_config(["experiment=d2l_lenet"])
     editions = published()["d2l_lenet"]["editions"]
@@ -228,8 +228,9 @@ def test_a_book_recipe_gets_the_books_figures_beside_it():
 
 
 def test_every_book_recipe_has_both_editions_and_sources():
-    from cnnbench.bench import book_recipes
-    from cnnbench.book_results import published
+    from cnnbench.book.results import published
+
+    from cnnbench.commands.bench import book_recipes
 
     assert sorted(published()) == sorted(book_recipes())
     for recipe, entry in published().items():

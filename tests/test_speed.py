@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from cnnbench.bench import cmd_bench
-from cnnbench.engine import log_points
-from cnnbench.train import train
+from cnnbench.commands.bench import cmd_bench
+from cnnbench.run.loop import log_points
+from cnnbench.run.train import train
 
 from .conftest import compose_fast, fast_overrides, gzip_dataset
 
@@ -152,7 +152,7 @@ def _fake_timer(seconds_per_step: dict[tuple[str, bool], float]):
 
 @pytest.mark.parametrize("fastest", [("bf16", True), ("fp32", False), ("bf16", False), ("fp32", True)])
 def test_autotune_uses_the_fastest_candidate(fake_data, tmp_path, plain, monkeypatch, fastest):
-    import cnnbench.speed as speed
+    import cnnbench.speed.settings as speed
 
     times = {(p, c): 1.0 for p in ("fp32", "bf16") for c in (False, True)}
     times[fastest] = 0.5
@@ -221,7 +221,7 @@ def test_bench_reads_gzipped_data_in_both_pipelines(fake_data, no_data_env, tmp_
 
 
 def test_bench_defaults_to_the_eight_book_recipes_in_chapter_order():
-    from cnnbench.bench import book_recipes
+    from cnnbench.commands.bench import book_recipes
 
     assert book_recipes() == ["d2l_lenet", "d2l_lenet_bn", "d2l_alexnet", "d2l_vgg11", "d2l_nin", "d2l_googlenet",
                               "d2l_resnet18", "d2l_densenet"]
@@ -240,7 +240,7 @@ def test_device_index_picks_a_gpu_modulo_the_gpu_count(monkeypatch):
 
 
 def test_device_index_reaches_the_device_choice(fake_data, tmp_path, monkeypatch):
-    import cnnbench.build as build_module
+    import cnnbench.run.build as build_module
 
     asked = []
     real = build_module.resolve_device
@@ -259,8 +259,9 @@ def test_device_index_reaches_the_device_choice(fake_data, tmp_path, monkeypatch
 def test_autotune_rounds_take_turns_and_the_median_decides(fake_data, tmp_path, monkeypatch):
     """With several rounds the candidates alternate, only the first round warms up, and one fast round
     does not outvote the rest (each candidate's median counts)."""
-    import cnnbench.speed as speed
-    from cnnbench.build import build_run
+    import cnnbench.speed.settings as speed
+
+    from cnnbench.run.build import build_run
 
     run = build_run(compose_fast(fake_data, "model=lenet_bn", "trainer.batch_size=32"), tmp_path)
     calls = []
@@ -286,7 +287,7 @@ def test_autotune_rounds_take_turns_and_the_median_decides(fake_data, tmp_path, 
 @pytest.mark.parametrize("model,closely", [("lenet_bn", True), ("resnet18", False)])
 def test_small_networks_are_autotuned_at_their_own_batch_in_rounds(fake_data, tmp_path, monkeypatch, model,
                                                                     closely):
-    import cnnbench.speed as speed
+    import cnnbench.speed.settings as speed
 
     seen = {}
 
@@ -296,7 +297,7 @@ def test_small_networks_are_autotuned_at_their_own_batch_in_rounds(fake_data, tm
 
     monkeypatch.setattr(speed, "autotune", fake_autotune)
     cfg = compose_fast(fake_data, f"model={model}", "device.channels_last=auto", "dataset.resize=32")
-    from cnnbench.build import build_run
+    from cnnbench.run.build import build_run
     build_run(cfg, tmp_path)
     assert seen == (dict(steps=2, rounds=5, batch=None) if closely else {})
 
@@ -305,8 +306,9 @@ def test_every_rank_trains_with_rank_0s_convolution_choice(fake_data, tmp_path, 
     """Under DDP the weight-gradient layers come from rank 0's timing, like the other speed settings."""
     import dataclasses
 
-    import cnnbench.build as build
-    from cnnbench.cpu_kernels import Conv2dNHWCWeightGrad
+    from cnnbench.speed.cpu.kernels import Conv2dNHWCWeightGrad
+
+    import cnnbench.run.build as build
 
     monkeypatch.setattr(build, "broadcast_object",
                         lambda obj, ctx: dataclasses.replace(obj, nhwc_weight_grads=["0"]))  # rank 0 chose conv 0
@@ -315,8 +317,9 @@ def test_every_rank_trains_with_rank_0s_convolution_choice(fake_data, tmp_path, 
 
 
 def test_autotune_stops_timing_a_candidate_far_behind(fake_data, tmp_path, monkeypatch):
-    import cnnbench.speed as speed
-    from cnnbench.build import build_run
+    import cnnbench.speed.settings as speed
+
+    from cnnbench.run.build import build_run
 
     run = build_run(compose_fast(fake_data, "model=lenet_bn", "trainer.batch_size=32"), tmp_path)
     calls = []

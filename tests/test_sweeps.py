@@ -19,7 +19,7 @@ import yaml
 
 from cnnbench.config import compose_config
 from cnnbench.report import build_report, cmd_report
-from cnnbench.train import train
+from cnnbench.run.train import train
 
 from .conftest import cli, compose_fast, fast_overrides, stop_process
 from .test_reliability import HeldStep
@@ -247,7 +247,7 @@ def test_optuna_sweeper_maximizes_validation_accuracy(fake_data, tmp_path):
 
 
 def test_sweep_objective_is_the_selected_checkpoints_validation_accuracy():
-    from cnnbench.launch import sweep_objective
+    from cnnbench.commands.launch import sweep_objective
 
     done = {"status": "completed", "best/val_acc": 0.91, "test/acc": 0.95, "best/test_acc": 0.93}
     assert sweep_objective(done) == 0.91  # never a test figure when there is a validation split

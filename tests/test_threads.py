@@ -11,7 +11,7 @@ import pytest
 
 # The probe fakes the kernel's count of runnable tasks (a busy or a quiet machine), then runs a command
 # that loads torch.
-PROBE = ("import os, sys; from cnnbench import threads; threads.runnable_tasks = lambda: {load}; "
+PROBE = ("import os, sys; from cnnbench.speed import threads; threads.runnable_tasks = lambda: {load}; "
          "from cnnbench.cli import main; main(['models', 'lenet_bn']); "
          "print('policy', os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)")
 
@@ -34,7 +34,7 @@ def test_the_command_chooses_the_openmp_wait_before_torch_loads(given, load, exp
 
 
 def test_busy_means_other_runnable_tasks_on_every_usable_core(monkeypatch):
-    from cnnbench import threads
+    from cnnbench.speed import threads
 
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
     for running, busy in ((1, False), (2, False), (3, True), (12, True), (None, False)):
@@ -44,7 +44,7 @@ def test_busy_means_other_runnable_tasks_on_every_usable_core(monkeypatch):
 
 def test_the_runnable_count_is_the_kernels(monkeypatch):
     """Read from /proc/loadavg's "R/total" field: this process at least, never more than all tasks."""
-    from cnnbench import threads
+    from cnnbench.speed import threads
 
     if not os.path.exists("/proc/loadavg"):
         pytest.skip("no /proc/loadavg (not Linux)")
@@ -58,7 +58,7 @@ def test_too_late_once_torch_is_loaded(monkeypatch):
     setting the variable then would only make the summary claim what is not in force."""
     import torch  # noqa: F401
 
-    from cnnbench import threads
+    from cnnbench.speed import threads
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
@@ -76,7 +76,7 @@ def test_too_late_once_torch_is_loaded(monkeypatch):
 def test_the_choice_and_the_users_values_in_process(monkeypatch, given, load, expected):
     """choose_omp_wait as the command's start sees it (torch not yet loaded): busy -> PASSIVE, quiet -> a
     bounded spin, and a value the user set is left as it is."""
-    from cnnbench import threads
+    from cnnbench.speed import threads
 
     for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
         monkeypatch.delenv(key, raising=False)

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cnnbench.models import build_model
-from cnnbench.train import train
+from cnnbench.run.train import train
 
 from .conftest import cli, compose_fast, fast_overrides
 
@@ -114,7 +114,7 @@ def test_cli_run_and_multirun(fake_data, tmp_path):
 def test_deterministic_kernels_are_set_both_ways_in_one_process() -> None:
     """seed_everything skips torch.use_deterministic_algorithms when nothing changes (the call imports
     torch._inductor); an in-process run after a deterministic one must still get the fast kernels back."""
-    from cnnbench.build import seed_everything
+    from cnnbench.run.build import seed_everything
 
     try:
         seed_everything(0, True)

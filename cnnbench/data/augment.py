@@ -37,7 +37,7 @@ class Draws:
     erase: torch.Tensor  # (B,) bool
     box: torch.Tensor  # (B, 4) int64: top, left, height, width of the erased rectangle
 
-    def __getitem__(self, index: torch.Tensor) -> "Draws":
+    def __getitem__(self, index: torch.Tensor) -> Draws:
         return Draws(self.flip[index], self.crop[index], self.erase[index], self.box[index])
 
 
@@ -53,7 +53,7 @@ class Augment:
     erase_value: float = 0.0  # the value written there (in [0, 1] pixel units)
 
     @classmethod
-    def from_config(cls, cfg: DictConfig | None) -> "Augment | None":
+    def from_config(cls, cfg: DictConfig | None) -> Augment | None:
         """None for ``augment=none`` (the book's way: batches exactly as without this module)."""
         if cfg is None or str(cfg.get("name", "none")) == "none":
             return None

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator
-
-from omegaconf import DictConfig
+from collections.abc import Iterator
 
 import torch
+from omegaconf import DictConfig
 from torch.nn import functional as F
 
 from .augment import Augment, Draws

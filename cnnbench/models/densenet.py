@@ -5,7 +5,7 @@ The head is the one the book's PyTorch chapter writes: BN, ReLU, adaptive *max* 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -12,7 +12,7 @@ full-resolution prep layer of Page's ResNet-9. Their native resolution is 28, re
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -7,7 +7,7 @@ steps, and these helpers turn that into the final side length and the smallest i
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 # One downsampling step: (kernel, stride, padding), as for nn.Conv2d / nn.MaxPool2d / nn.AvgPool2d.
 Step = tuple[int, int, int]

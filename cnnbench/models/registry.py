@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from numbers import Number
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from torch import nn
 

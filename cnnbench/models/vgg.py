@@ -7,7 +7,7 @@ with the same divisor as the book's ``vgg11``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .runs import build_report
 from .tables import report_text, write_report

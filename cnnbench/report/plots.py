@@ -8,9 +8,10 @@ Never imports torch.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .runs import Report, RunResult, finite_number, outcome_line
 

@@ -1,7 +1,7 @@
 """Reading run folders into a :class:`Report`: what ``cnnbench report`` knows about each run.
 
 A *run folder* is any folder holding ``summary.json`` or ``.hydra/overrides.yaml`` (names in
-:mod:`cnnbench.runfiles`). ``read_run`` reads one and never raises on a half-written file; a summary
+:mod:`cnnbench.runfolder.names`). ``read_run`` reads one and never raises on a half-written file; a summary
 that lacks numbers (a job still running) is completed from ``metrics.jsonl`` and ``.hydra/config.yaml``.
 ``build_report`` reads every run folder under a root, sorts them and finds the override keys that
 differ and the seed groups.
@@ -17,13 +17,14 @@ import math
 import os
 import re
 import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import yaml
 
-from ..runfiles import CONFIG, METRICS, OVERRIDES, SUMMARY
+from ..runfolder.names import CONFIG, METRICS, OVERRIDES, SUMMARY
 
 logger = logging.getLogger(__package__)  # "cnnbench.report", the one name its log lines show
 

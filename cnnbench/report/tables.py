@@ -9,8 +9,9 @@ Never imports torch.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..fmt import human
 from .plots import plot_report
@@ -68,7 +69,7 @@ def format_value(value: Any, kind: str) -> str:
 
 def book_cell(book: Any) -> str:
     """'yes (test above 0.776-0.779)' / 'no: train loss 0.520 vs 0.469-0.469' / '-' for runs that are not a
-    book recipe (``summary["book"]``, written by cnnbench.book_results)."""
+    book recipe (``summary["book"]``, written by cnnbench.book.results)."""
     if not isinstance(book, dict):
         return "-"
     test = book.get("test_acc") or {}

@@ -1,0 +1,216 @@
+"""``cnnbench bench``: cnnbench's trainer against a faithful copy of the book's pipeline, side by side.
+
+For each recipe both pipelines run in this process, on the same device and the same data:
+
+* steady state: examples/sec over ``--steps`` training steps after ``--warmup`` steps. For the book,
+  the figure its own loop prints (time inside its timer only, so data-loading stalls are left out:
+  flattering to the book, which makes the ratio conservative);
+* end to end: wall time of an epoch of ``--epoch-batches`` batches (all of them by default) plus an
+  evaluation of ``--eval-batches`` test batches, from reading the data and building the model to the
+  last accuracy, as a user waits for it.
+
+Achieved FLOP/s counts 3x the forward FLOPs per training example (forward + two backward matmuls) and
+is compared with the device's dense matmul peak measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+
+def book_recipes() -> list[str]:
+    """The ``experiment=d2l_<model>`` presets in conf/, in the book's chapter order (the registry's)."""
+    from ..config import config_dir
+    from ..models import list_models
+
+    return [f"d2l_{m}" for m in list_models() if (config_dir() / "experiment" / f"d2l_{m}.yaml").is_file()]
+
+
+def fake_fashion_mnist(root: Path, n_train: int = 60_000, n_test: int = 10_000) -> Path:
+    """Random IDX files of Fashion-MNIST's shape in torchvision's layout (for timing only)."""
+    rng = np.random.default_rng(0)
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        with (raw / f"{split}-images-idx3-ubyte").open("wb") as f:
+            f.write(np.array([0x803, n, 28, 28], dtype=">u4").tobytes())
+            f.write(rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8).tobytes())
+        with (raw / f"{split}-labels-idx1-ubyte").open("wb") as f:
+            f.write(np.array([0x801, n], dtype=">u4").tobytes())
+            f.write(rng.integers(0, 10, size=n, dtype=np.uint8).tobytes())
+    return root
+
+
+def cnnbench_steady(cfg, warmup: int, steps: int) -> dict:
+    """Examples/sec of cnnbench's loop over ``steps`` steps after ``warmup`` steps."""
+    from ..devices import synchronize
+    from ..run.build import build_run
+    from ..run.loop import LoopHooks, train_one_epoch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = build_run(cfg, Path(tmp))
+        hooks = LoopHooks(log_points=set())
+        common = dict(global_step=0, hooks=hooks)
+        train_one_epoch(run.model, run.train_loader, run.optimizer, None, run.precision, epoch=0,
+                        limit_batches=warmup, **common)
+        synchronize(run.device)
+        t0 = time.perf_counter()
+        out = train_one_epoch(run.model, run.train_loader, run.optimizer, None, run.precision, epoch=1,
+                              limit_batches=steps, **common)
+        seconds = time.perf_counter() - t0  # train_one_epoch ends with a host read: the device is done
+    return {"examples_per_sec": out.examples / seconds, "flops_per_image": run.flops,
+            "precision": run.speed.precision, "channels_last": run.speed.channels_last}
+
+
+def cnnbench_end_to_end(cfg) -> dict:
+    """Wall time of ``train()`` (data, model, one epoch, evaluation): what a user waits for."""
+    from ..run.train import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = train(cfg, Path(tmp))
+    if summary["status"] != "completed":
+        raise RuntimeError(f"cnnbench run did not complete: {summary['error']}")
+    examples = summary["steps"] * cfg.trainer.batch_size
+    return {"wall_time_s": summary["wall_time_s"], "examples": examples, "test/acc": summary["test/acc"]}
+
+
+def book_run(cfg, root: Path, device: torch.device, epoch_batches: int | None, eval_batches: int | None,
+             workers: int) -> dict:
+    """The book's pipeline for one epoch of ``epoch_batches`` batches, end to end."""
+    from ..book.pipeline import run_book
+    from ..models.configured import image_size
+
+    return run_book(cfg.model.name, 1, float(cfg.optimizer.lr), int(cfg.trainer.batch_size),
+                    resize=image_size(cfg), root=root, device=device, max_batches=epoch_batches,
+                    max_eval_batches=eval_batches, num_workers=workers)
+
+
+def measure_recipe(recipe: str, root: Path, device_option: str, args: argparse.Namespace,
+                   device: torch.device) -> dict:
+    """Both pipelines on one recipe; one row of the table."""
+    from ..config import compose_config
+    from ..models.configured import image_size
+
+    limits = [f"trainer.limit_train_batches={args.epoch_batches}"] if args.epoch_batches else []
+    limits += [f"trainer.limit_eval_batches={args.eval_batches}"] if args.eval_batches else []
+    cfg = compose_config([f"experiment={recipe}", f"dataset.root={root}", "dataset.download=false",
+                          f"device={device_option}", f"device.type={device.type}", "trainer.epochs=1",
+                          "trainer.checkpoint=false", "trainer.progress_bar=false", *limits, *args.override])
+    logger.info("%s: cnnbench (device=%s)", recipe, device_option)
+    steady = cnnbench_steady(cfg, args.warmup, args.steps)
+    e2e = cnnbench_end_to_end(cfg)
+    row = {"recipe": recipe, "model": cfg.model.name, "resize": image_size(cfg),
+           "batch_size": int(cfg.trainer.batch_size), **{f"cnnbench/{k}": v for k, v in steady.items()},
+           "cnnbench/e2e_wall_s": e2e["wall_time_s"],
+           "cnnbench/e2e_examples_per_sec": e2e["examples"] / e2e["wall_time_s"]}
+    if not args.no_book:
+        logger.info("%s: the book's pipeline", recipe)
+        book = book_run(cfg, root, device, args.epoch_batches, args.eval_batches, args.book_workers)
+        row.update({"book/examples_per_sec": book["examples_per_sec_book"], "book/e2e_wall_s": book["wall_time_s"],
+                    "book/e2e_examples_per_sec": book["examples"] / book["wall_time_s"]})
+        row["speedup/steady"] = row["cnnbench/examples_per_sec"] / row["book/examples_per_sec"]
+        row["speedup/e2e"] = row["cnnbench/e2e_examples_per_sec"] / row["book/e2e_examples_per_sec"]
+    return row
+
+
+def add_flop_rates(row: dict, peaks: dict[str, float]) -> None:
+    """Achieved training FLOP/s (3x forward) and its fraction of the measured matmul peak."""
+    achieved = 3 * row["cnnbench/flops_per_image"] * row["cnnbench/examples_per_sec"]
+    row["cnnbench/tflops"] = achieved / 1e12
+    row["cnnbench/peak_fraction"] = achieved / peaks[row["cnnbench/precision"] if row["cnnbench/precision"] in peaks else "fp32"]
+    if "book/examples_per_sec" in row:
+        row["book/peak_fraction"] = 3 * row["cnnbench/flops_per_image"] * row["book/examples_per_sec"] / peaks["fp32"]
+
+
+def table(rows: list[dict], peaks: dict[str, float], device_name: str) -> str:
+    """Markdown table of the rows."""
+    head = ["recipe", "res", "batch", "cnnbench ex/s", "book ex/s", "steady x", "cnnbench e2e s", "book e2e s",
+            "e2e x", "TFLOP/s", "% peak", "precision"]
+    lines = [f"device: {device_name}; matmul peak: " + ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in peaks.items()),
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        g = r.get
+        cells = [r["recipe"], r["resize"], r["batch_size"], f"{r['cnnbench/examples_per_sec']:,.0f}",
+                 f"{g('book/examples_per_sec', float('nan')):,.0f}", f"{g('speedup/steady', float('nan')):.2f}",
+                 f"{r['cnnbench/e2e_wall_s']:.1f}", f"{g('book/e2e_wall_s', float('nan')):.1f}",
+                 f"{g('speedup/e2e', float('nan')):.2f}", f"{r['cnnbench/tflops']:.3f}",
+                 f"{100 * r['cnnbench/peak_fraction']:.1f}",
+                 r["cnnbench/precision"] + ("+CL" if r["cnnbench/channels_last"] else "")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cnnbench bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipes", nargs="*", default=None, help="experiment names (default: the eight book recipes)")
+    p.add_argument("--device", default="fast", help="cnnbench's device config option (default: fast)")
+    p.add_argument("--on", default="auto", choices=["auto", "cpu", "cuda"], help="where both pipelines run")
+    p.add_argument("--data", default=None, help="Fashion-MNIST root (default: dataset search; else generated)")
+    p.add_argument("--fake-data", action="store_true", help="always use generated data of the same shape")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--epoch-batches", type=int, default=None, help="batches in the end-to-end epoch (default: all)")
+    p.add_argument("--eval-batches", type=int, default=None, help="test batches evaluated (default: all)")
+    p.add_argument("--book-workers", type=int, default=4, help="the book's DataLoader workers (4)")
+    p.add_argument("--no-book", action="store_true", help="measure cnnbench only")
+    p.add_argument("--out", default=None, help="folder for bench.md and bench.json (default: outputs/bench/TIME)")
+    p.add_argument("--override", action="append", default=[], help="extra Hydra override for cnnbench (repeatable)")
+    p.add_argument("--to-accuracy", type=float, default=None, metavar="A",
+                   help="instead: run each recipe until its test accuracy reaches A (trainer.target_acc) and "
+                        "tabulate the time, beside the book's LeNet-BN recipe through the book's loop")
+    return p
+
+
+def cmd_bench(argv: Sequence[str]) -> int:
+    """Entry point of ``cnnbench bench``."""
+    from ..data.idx import find_data_root
+    from ..devices import bf16_supported, resolve_device
+    from ..speed.settings import peak_matmul_flops
+    from .bench_accuracy import book_readable_root
+    from .bench_accuracy import run as run_to_accuracy
+
+    args = _parser().parse_args(argv)
+    args.recipes = args.recipes or (["fast_cpu"] if args.to_accuracy is not None else book_recipes())
+    device = resolve_device(args.on)
+    out = Path(args.out or f"outputs/bench/{datetime.now():%Y-%m-%d_%H-%M-%S}")
+    out.mkdir(parents=True, exist_ok=True)
+    if args.to_accuracy is not None:
+        return run_to_accuracy(args, args.recipes, device, out)
+    with tempfile.TemporaryDirectory() as tmp:
+        found = None if args.fake_data else find_data_root("FashionMNIST", args.data)
+        root = None if found is None else book_readable_root(found, Path(tmp) / "plain")
+        source = str(found)
+        if root is None:
+            logger.info("no Fashion-MNIST found: timing on generated data of the same shape")
+            root, source = fake_fashion_mnist(Path(tmp)), "generated"
+        peaks = {"fp32": peak_matmul_flops(device)}
+        if bf16_supported(device):
+            peaks["bf16"] = peak_matmul_flops(device, dtype=torch.bfloat16)
+        rows = []
+        for recipe in args.recipes:
+            row = measure_recipe(recipe, Path(root), args.device, args, device)
+            add_flop_rates(row, peaks)
+            rows.append(row)
+            logger.info("%s", json.dumps({k: v for k, v in row.items() if "speedup" in k or "examples" in k}))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    text = table(rows, peaks, name)
+    print(text)
+    (out / "bench.md").write_text(text + "\n")
+    (out / "bench.json").write_text(json.dumps({"device": name, "data": source, "peaks": peaks, "rows": rows,
+                                                "args": vars(args)}, indent=2) + "\n")
+    logger.info("wrote %s and %s", out / "bench.md", out / "bench.json")
+    return 0

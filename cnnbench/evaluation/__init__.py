@@ -1,0 +1,1 @@
+"""Using a finished run: loading it (inference), evaluating, predicting on images, exporting."""

@@ -1,0 +1,212 @@
+"""A finished run, loaded for use: its config, its network with trained weights, its input contract.
+
+``load_run(run_dir, checkpoint)`` reads the run's own ``.hydra/config.yaml``, rebuilds the network with
+:func:`cnnbench.models.configured.model_from_config`, loads the weights with ``torch.load(weights_only=True)`` and
+returns a :class:`LoadedRun`; ``cnnbench eval``, ``predict`` and ``export`` all start here, so nobody
+retypes a model, a resolution or a normalization. Every problem is one :class:`CnnbenchError` sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from ..confusion import class_names
+from ..data import DeviceLoader, Split, load_splits
+from ..data.loader import normalization
+from ..data.split import split_train_val
+from ..devices import resolve_device
+from ..errors import CheckpointError, ConfigError, RunFolderError
+from ..models.configured import image_size, model_from_config
+from ..run.checkpoint import load_checkpoint
+from ..runfolder.names import BEST_CHECKPOINT, CHECKPOINT, CONFIG, HYDRA_DIR, SUMMARY
+from ..speed.precision import Precision
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("test", "val")
+CHECKPOINT_NAMES = {"last": CHECKPOINT, "best": BEST_CHECKPOINT}
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """What the network expects: (channels, side, side) float images scaled to [0, 1], then optionally
+    standardized, light objects on a dark background as in the MNIST family; and what its outputs mean."""
+
+    channels: int
+    side: int  # pixels
+    normalize: tuple[float, float] | None  # (mean, std) applied after scaling to [0, 1]
+    classes: list[str]  # output index -> class name
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "input": f"float32 (batch, {self.channels}, {self.side}, {self.side})",
+            "scale": "uint8 pixels / 255 -> [0, 1]",
+            "normalize": None if self.normalize is None else {"mean": self.normalize[0], "std": self.normalize[1]},
+            "convention": "light object on a dark background (as the training images)",
+            "output": "logits (batch, classes); softmax gives probabilities",
+            "classes": self.classes,
+        }
+
+
+@dataclass
+class LoadedRun:
+    """A run folder's network, ready to evaluate (eval mode, on ``device``)."""
+
+    run_dir: Path
+    cfg: DictConfig
+    model: nn.Module
+    checkpoint: Path
+    step: int  # optimizer steps behind the loaded weights
+    device: torch.device
+    contract: InputContract
+    summary: dict[str, Any]  # the run's summary.json ({} when missing)
+
+    def loader(self, split: Split, batch_size: int | None = None) -> DeviceLoader:
+        """Batches of ``split`` prepared exactly as the run's own evaluation prepared them."""
+        bs = batch_size or int(self.cfg.trainer.eval_batch_size or self.cfg.trainer.batch_size)
+        return DeviceLoader(split, bs, self.device, resize=self.contract.side, shuffle=False,
+                            normalize=self.contract.normalize, channels_last=self.speed("channels_last", False))
+
+    def speed(self, key: str, default: Any) -> Any:
+        """A speed setting the run trained (and evaluated) with, from its summary."""
+        return (self.summary.get("speed") or {}).get(key, default)
+
+    def precision(self) -> Precision:
+        """The run's own precision (its test accuracy was measured with it), where this device has it."""
+        name = str(self.speed("precision", "fp32"))
+        if name == "fp16" and self.device.type != "cuda":
+            name = "fp32"
+        return Precision.create(name, self.device)
+
+
+def read_run_config(run_dir: Path) -> DictConfig:
+    """The composed config a run was trained with (Hydra's record in the run folder)."""
+    if not run_dir.exists():
+        raise RunFolderError(f"run folder {run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir} is a file, not a run folder")
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise RunFolderError(f"{run_dir} is not a cnnbench run folder: {CONFIG} is missing")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # YAML errors come in several types; all mean an unreadable record
+        raise RunFolderError(f"{path} cannot be read: {type(exc).__name__}") from None
+    if not isinstance(cfg, DictConfig) or "model" not in cfg or "dataset" not in cfg:
+        raise RunFolderError(f"{path} is not a cnnbench run config (no model or dataset)")
+    _anchor_data_root(cfg, run_dir)
+    return cfg
+
+
+def _anchor_data_root(cfg: DictConfig, run_dir: Path) -> None:
+    """A relative ``dataset.root`` (``../shared/data``) was relative to the folder the run was started
+    from, which Hydra records (``hydra.runtime.cwd``): make it absolute, so any folder can read the run."""
+    root = cfg.dataset.get("root")
+    if not root or Path(str(root)).is_absolute():
+        return
+    try:
+        cwd = OmegaConf.load(run_dir / HYDRA_DIR / "hydra.yaml").hydra.runtime.cwd
+    except Exception:  # no Hydra record (a run made by train() directly): the root stays as it is
+        return
+    cfg.dataset.root = str(Path(str(cwd)) / str(root))
+
+
+def is_run_folder(path: Path) -> bool:
+    return (path / CONFIG).is_file()
+
+
+def checkpoint_path(run_dir: Path, which: str) -> Path:
+    """``last`` (last.pt), ``best`` (best.pt, written only by runs with a validation split) or a path."""
+    if which not in CHECKPOINT_NAMES:
+        path = Path(which).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        return path
+    path = run_dir / CHECKPOINT_NAMES[which]
+    if path.is_file():
+        return path
+    if which == "best":
+        raise CheckpointError(f"{run_dir} has no {BEST_CHECKPOINT}: it is written only by runs with a validation "
+                              "split (dataset.val_size > 0); use --checkpoint last")
+    raise CheckpointError(f"{run_dir} has no {CHECKPOINT} (the run saved no checkpoint: trainer.checkpoint=false, "
+                          "or it failed before its first epoch ended)")
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def reported_weights(state: dict) -> dict:
+    """The weights a run evaluated and reported: the EMA's when the run kept one (trainer.ema.decay;
+    AveragedModel's ``module.*`` entries), else the trained weights."""
+    ema = state.get("ema")
+    if not ema:
+        return state["model"]
+    return {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+
+
+def load_weights(model: nn.Module, cfg: DictConfig, path: Path) -> int:
+    """Load a checkpoint's model weights into ``model`` (CPU); returns the checkpoint's step."""
+    state = load_checkpoint(path)  # weights_only; refuses corrupt and foreign files, naming them
+    saved = (state["config"].get("model") or {}).get("name")
+    if saved != cfg.model.name:
+        raise CheckpointError(f"checkpoint {path} holds a {saved!r} network, but the run trained {cfg.model.name!r}")
+    try:
+        model.load_state_dict(reported_weights(state))
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit this run's {cfg.model.name} network: "
+                              f"{str(exc).splitlines()[0]}") from None
+    return int(state["step"])
+
+
+def load_run(run_dir: Path | str, checkpoint: str = "last", device: str = "auto") -> LoadedRun:
+    """The run's network with the weights of ``checkpoint`` (``last``, ``best`` or a path), eval mode."""
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    path = checkpoint_path(run_dir, checkpoint)
+    model = model_from_config(cfg)
+    step = load_weights(model, cfg, path)
+    target = resolve_device(device)
+    contract = InputContract(int(cfg.dataset.in_channels), image_size(cfg), normalization(cfg), class_names(cfg))
+    summary = read_summary(run_dir)
+    if (summary.get("speed") or {}).get("channels_last"):
+        model.to(memory_format=torch.channels_last)
+    logger.info("loaded %s (%s, step %d) from %s", cfg.model.name, path.name, step, run_dir)
+    return LoadedRun(run_dir, cfg, model.to(target).eval(), path, step, target, contract, summary)
+
+
+def with_data_root(cfg: DictConfig, root: str | None) -> DictConfig:
+    """The config with ``dataset.root`` replaced (a run's recorded root may be relative to another
+    working folder) and downloads off, so evaluation never fetches data by surprise."""
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    if root is not None:
+        cfg.dataset.root = root
+    cfg.dataset.download = False
+    return cfg
+
+
+def eval_split(cfg: DictConfig, split: str) -> Split:
+    """The images a run is evaluated on: its test split, or its validation split rebuilt from the config
+    (``dataset.val_size`` examples held out of the training split, stratified, seeded by ``dataset.val_seed``)."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; use test or val")
+    train, test = load_splits(cfg.dataset)
+    if split == "test":
+        return test
+    val_size = cfg.dataset.get("val_size", 0)
+    if not val_size:
+        raise ConfigError(f"the run has no validation split (dataset.val_size is {val_size or 0}); "
+                          "evaluate it with --split test")
+    return split_train_val(train, val_size, int(cfg.dataset.get("val_seed", 0)))[1]

@@ -1,0 +1,193 @@
+"""Everything a run needs before its first step, built from the composed config.
+
+``build_run(cfg, run_dir)`` makes, in order: the device, the seeds, the model (with the book's weight
+initialization), the data loaders on the device, the speed settings (autotuned where ``auto``), the DDP
+wrapper under torchrun, the optimizer and the schedule. The result is a :class:`Run`, the live objects
+the loop in :mod:`cnnbench.run.train` works with.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from ..data import DeviceLoader, load_splits
+from ..data.augment import Augment
+from ..data.loader import normalization
+from ..data.split import split_train_val
+from ..devices import resolve_device
+from ..errors import ConfigError
+from ..models.configured import image_size, model_from_config
+from ..models.stats import count_parameters, forward_flops
+from ..speed.allocator import tune_malloc
+from ..speed.compiling import compile_for_training
+from ..speed.cpu.kernels import set_nhwc_weight_grads
+from ..speed.precision import Precision
+from ..speed.settings import SpeedSettings, resolve_speed
+from .distributed import DistContext, broadcast_object
+from .memory import check_step_fits
+from .optim import build_optimizer, build_scheduler
+from .selection import Monitor
+from .state import RunState
+from .validate import check_global_batch, validate_config
+
+INIT_SCHEMES = ("xavier", "default")
+
+
+@dataclass
+class Run:
+    """The live objects of one run."""
+
+    cfg: DictConfig
+    run_dir: Path
+    device: torch.device
+    model: nn.Module  # what is trained (maybe wrapped in DDP, maybe compiled)
+    raw_model: nn.Module  # the nn.Module whose state_dict is saved
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a LambdaLR, or None for a constant rate
+    precision: Precision
+    train_loader: DeviceLoader
+    val_loader: DeviceLoader | None  # None without a validation split (dataset.val_size=0, the book's way)
+    test_loader: DeviceLoader
+    monitor: Monitor | None  # the metric that selects best.pt and drives early stopping
+    ema: torch.optim.swa_utils.AveragedModel | None  # EMA of the weights (trainer.ema.decay), evaluated
+    params: int
+    flops: int  # forward FLOPs per image
+    speed: SpeedSettings
+    dist: DistContext = field(default_factory=DistContext)
+    state: RunState = field(default_factory=RunState)
+    clock_start: float = 0.0  # time.perf_counter() at the run's first start (earlier segments included)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.train_loader.batches_per_epoch(self.cfg.trainer.limit_train_batches)
+
+
+def init_weights(model: nn.Module, scheme: str) -> None:
+    """``xavier``: the book's init_weights (Xavier-uniform on every Linear and Conv2d weight);
+    ``default``: PyTorch's own initialization, left as it is."""
+    if scheme not in INIT_SCHEMES:
+        raise ConfigError(f"unknown trainer.init {scheme!r}; use xavier or default")
+    if scheme == "default":
+        return
+    for m in model.modules():
+        if type(m) in (nn.Linear, nn.Conv2d):  # exact types, as the book's type(m) == ... test
+            nn.init.xavier_uniform_(m.weight)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch; optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    # Process-wide, so set both ways for in-process runs; but only when it changes: the call imports
+    # torch._inductor's config (and with it torch._dynamo and sympy), 1.2 s of a LeNet run's start-up.
+    if (torch.are_deterministic_algorithms_enabled() != deterministic
+            or torch.is_deterministic_algorithms_warn_only_enabled()):
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = DistContext()) -> Run:
+    """Build device, data, model, optimizer and scheduler for ``cfg`` (this rank's share under DDP)."""
+    validate_config(cfg)
+    check_global_batch(int(cfg.trainer.batch_size), ctx.world_size)
+    tune_malloc(bool(cfg.device.get("malloc_tuning", True)))  # once per process, before the data is read
+    device = torch.device("cuda", ctx.local_rank) if ctx.backend == "nccl" else resolve_device(
+        cfg.device.type, cfg.device.get("index"))
+    if device.type == "cuda":  # with the GPU's free memory now (validation used its total, creating no context)
+        check_step_fits(cfg, device, ctx.world_size, live=True)
+    if cfg.device.num_threads:
+        torch.set_num_threads(int(cfg.device.num_threads))
+    seed_everything(int(cfg.trainer.seed), bool(cfg.trainer.deterministic))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(cfg.device.cudnn_benchmark) and not cfg.trainer.deterministic
+    size = image_size(cfg)
+    raw_model = model_from_config(cfg)
+    init_weights(raw_model, cfg.trainer.init)
+    params, flops = count_parameters(raw_model), forward_flops(raw_model, cfg.dataset.in_channels, size)
+    train_loader, val_loader, test_loader = build_loaders(cfg, device, size, ctx)
+    raw_model.to(device)
+    speed = resolve_speed(cfg.device, device, raw_model, train_loader, bool(cfg.trainer.deterministic), flops)
+    speed = broadcast_object(speed, ctx)  # every rank uses rank 0's choice
+    set_nhwc_weight_grads(raw_model, speed.nhwc_weight_grads)  # rank 0's layers (its own timing elsewhere)
+    if speed.channels_last:
+        raw_model.to(memory_format=torch.channels_last)
+        for loader in (train_loader, val_loader, test_loader):
+            if loader is not None:
+                loader.channels_last = True
+    model = wrap_ddp(raw_model, cfg, ctx, device)
+    raw_model = model.module if ctx.enabled else raw_model  # SyncBatchNorm conversion makes a new module
+    if speed.compile:
+        model = compile_for_training(model, local_batch(int(cfg.trainer.batch_size), ctx))
+    ema = build_ema(raw_model, cfg.trainer.get("ema"))
+    optimizer = build_optimizer(cfg.optimizer, raw_model.parameters(), fused=speed.fused_optimizer)
+    batches = train_loader.batches_per_epoch(cfg.trainer.limit_train_batches)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, batches, int(cfg.trainer.epochs))
+    precision = Precision.create(speed.precision, device)
+    return Run(cfg, run_dir, device, model, raw_model, optimizer, scheduler, precision,
+               train_loader, val_loader, test_loader, Monitor.from_config(cfg), ema, params, flops, speed, ctx)
+
+
+def local_batch(batch_size: int, ctx: DistContext) -> int:
+    """Examples of a full global batch that this rank trains on (the loader's tensor_split share)."""
+    return batch_size // ctx.world_size + (1 if ctx.rank < batch_size % ctx.world_size else 0)
+
+
+def build_loaders(cfg: DictConfig, device: torch.device, size: int,
+                  ctx: DistContext) -> tuple[DeviceLoader, DeviceLoader | None, DeviceLoader]:
+    """Train, validation (None without a split) and test loaders: each split once on the device,
+    this rank's share of every batch."""
+    train_split, test_split = load_splits(cfg.dataset)
+    val_split = None
+    val_size = int(cfg.dataset.get("val_size", 0) or 0)
+    if val_size:
+        train_split, val_split = split_train_val(train_split, val_size, int(cfg.dataset.get("val_seed", 0)))
+    common = dict(device=device, resize=size, normalize=normalization(cfg), rank=ctx.rank, world_size=ctx.world_size)
+    train_loader = DeviceLoader(train_split, int(cfg.trainer.batch_size), shuffle=True,
+                                seed=int(cfg.trainer.seed), augment=Augment.from_config(cfg.get("augment")), **common)
+    eval_bs = int(cfg.trainer.eval_batch_size or cfg.trainer.batch_size)
+    val_loader = None if val_split is None else DeviceLoader(val_split, eval_bs, shuffle=False, **common)
+    return train_loader, val_loader, DeviceLoader(test_split, eval_bs, shuffle=False, **common)
+
+
+def build_ema(model: nn.Module, cfg: DictConfig | None) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and BatchNorm statistics (torch's
+    AveragedModel), or None when ``trainer.ema.decay`` is null."""
+    decay = None if cfg is None else cfg.get("decay")
+    if decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    # use_buffers: the running BatchNorm statistics are averaged too, so the EMA model needs no
+    # extra pass over the data before it is evaluated.
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(decay)), use_buffers=True)
+
+
+def check_sync_batchnorm(cfg: DictConfig) -> None:
+    """PyTorch's SyncBatchNorm runs only on CUDA devices; say so before anything starts."""
+    if cfg.trainer.get("sync_batchnorm") and (str(cfg.device.type) == "cpu" or not torch.cuda.is_available()):
+        raise ConfigError("trainer.sync_batchnorm=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
+                          "implementation); on CPUs each process keeps its own BatchNorm statistics")
+
+
+def wrap_ddp(model: nn.Module, cfg: DictConfig, ctx: DistContext, device: torch.device) -> nn.Module:
+    """DistributedDataParallel around ``model`` (optionally with SyncBatchNorm) when under torchrun."""
+    if not ctx.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    check_sync_batchnorm(cfg)
+    if cfg.trainer.get("sync_batchnorm"):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

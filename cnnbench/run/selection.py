@@ -1,0 +1,85 @@
+"""Model selection: which metric a run monitors, when it improved (best.pt), when to stop early.
+
+The book has no validation split, so its recipes select nothing: the summary reports the final epoch.
+With ``dataset.val_size > 0`` the default monitor is ``val/acc``; monitoring a test metric is allowed
+but warned about, since a choice made on the test set overstates the test accuracy it then reports.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+
+from ..errors import ConfigError
+from .state import RunState
+
+logger = logging.getLogger(__name__)
+
+MONITORS = ("val/acc", "val/loss", "test/acc", "test/loss")
+TEST_SET_WARNING = ("trainer.monitor={name} selects the checkpoint on the test set, so the test accuracy "
+                    "reported for it is optimistic; hold out a validation split instead (dataset.val_size=5000)")
+
+
+def monitor_name(cfg: DictConfig) -> str | None:
+    """The monitored metric: ``trainer.monitor``, with ``auto`` meaning val/acc when a validation split
+    exists and nothing otherwise."""
+    name = cfg.trainer.get("monitor", "auto")
+    has_val = int(cfg.dataset.get("val_size", 0) or 0) > 0
+    if name is None or str(name) in ("none", "null"):
+        return None
+    if str(name) == "auto":
+        return "val/acc" if has_val else None
+    if name not in MONITORS:
+        raise ConfigError(f"trainer.monitor must be auto, null or one of {', '.join(MONITORS)}, got {name!r}")
+    if name.startswith("val/") and not has_val:
+        raise ConfigError(f"trainer.monitor={name} needs a validation split: set dataset.val_size (e.g. 5000)")
+    return str(name)
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """How a run judges its evaluations."""
+
+    name: str  # e.g. "val/acc"
+    min_delta: float = 0.0  # improvement below this does not reset early stopping's count
+    patience: int | None = None  # evaluations without such an improvement before stopping
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.name.endswith("/acc")
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> Monitor | None:
+        name = monitor_name(cfg)
+        stopping = cfg.trainer.get("early_stopping") or {}
+        patience = stopping.get("patience")
+        if name is None:
+            if patience is not None:
+                raise ConfigError("trainer.early_stopping needs a monitored metric: hold out a validation "
+                                  "split (dataset.val_size=5000) or set trainer.monitor")
+            return None
+        return cls(name, float(stopping.get("min_delta", 0.0) or 0.0), None if patience is None else int(patience))
+
+    def gain(self, value: float, best: float | None) -> float:
+        """How much better ``value`` is than ``best`` (positive: better), in the metric's own units."""
+        if best is None:
+            return float("inf")
+        return value - best if self.higher_is_better else best - value
+
+    def update(self, state: RunState, evaluation: dict[str, float], epoch: int) -> bool:
+        """Record an evaluation; True when it is the best so far (write best.pt). Sets
+        ``state.stop_reason`` when early stopping's patience has run out."""
+        value = evaluation[self.name]
+        gain = self.gain(value, state.best_value)
+        improved = gain > 0
+        if improved:
+            state.best_epoch, state.best_value, state.best_eval = epoch, value, dict(evaluation)
+        state.evals_since_best = 0 if gain > self.min_delta else state.evals_since_best + 1
+        if self.patience is not None and state.evals_since_best >= self.patience:
+            state.stop_reason = (
+                f"early stopping: {self.name} did not improve by more than {self.min_delta:g} in "
+                f"{self.patience} evaluation{'s' if self.patience != 1 else ''}; best {state.best_value:.4f} "
+                f"at epoch {state.best_epoch}")
+        return improved

@@ -1,0 +1,136 @@
+"""A run's ``summary.json``: what it reached or why it stopped, and the lines the console ends with.
+
+(The ``cnnbench summary`` command, which prints a network's layer shapes, is :mod:`cnnbench.models.stats`.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from .. import __version__
+from ..book.results import book_comparison
+from ..confusion import class_names, per_class_accuracy
+from ..devices import device_name
+from ..errors import TrainingDiverged
+from ..models.configured import image_size
+from ..runfolder.names import BEST_CHECKPOINT
+from .build import Run
+from .state import RunState
+
+logger = logging.getLogger("cnnbench.run.train")  # the closing lines belong to the train command's log
+
+
+def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall: float,
+              overrides: list[str], error: BaseException | None = None) -> dict[str, Any]:
+    """The summary.json content for any outcome (``run`` is None when set-up itself failed)."""
+    s = run.state if run is not None else RunState()
+    summary: dict[str, Any] = {
+        "status": status,
+        "error": None if error is None else f"{type(error).__name__}: {error}",
+        "traceback": None if error is None or isinstance(error, TrainingDiverged)
+        else "".join(traceback.format_exception(error)),
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "resize": _safe(lambda: image_size(cfg)),
+        "epochs": int(cfg.trainer.epochs),
+        "epochs_completed": s.epoch,
+        "steps": s.step,
+        "train/loss": s.last_train.get("train/loss"),
+        "train/acc": s.last_train.get("train/acc"),
+        "val/acc": s.last_eval.get("val/acc"),
+        "val/loss": s.last_eval.get("val/loss"),
+        "test/acc": s.last_eval.get("test/acc"),
+        "test/loss": s.last_eval.get("test/loss"),
+        # The checkpoint chosen by the monitored metric (best.pt), and that same checkpoint's test
+        # accuracy; None without a monitor: then nothing was chosen and the final epoch is the result.
+        "monitor": run.monitor.name if run and run.monitor else None,
+        "best/epoch": s.best_epoch,
+        "best/val_acc": s.best_eval.get("val/acc"),
+        "best/val_loss": s.best_eval.get("val/loss"),
+        "best/test_acc": s.best_eval.get("test/acc"),
+        "best/test_loss": s.best_eval.get("test/loss"),
+        "stopped_early": s.stop_reason is not None,
+        "stop_reason": s.stop_reason,
+        "test/per_class_acc": _safe(lambda: per_class_accuracy(s.test_confusion, class_names(cfg)))
+        if s.test_confusion else None,
+        "time_to_target_s": s.time_to_target_s,
+        "wall_time_s": wall,
+        "train_time_s": s.train_time_s,
+        "examples_per_sec": s.train_examples / s.train_time_s if s.train_time_s else None,
+        "params": run.params if run else None,
+        "flops_per_image": run.flops if run else None,
+        "device": device_name(run.device) if run else str(cfg.device.type),
+        "precision": run.speed.precision if run else cfg.device.precision,
+        "speed": dataclasses.asdict(run.speed) if run else None,
+        "seed": int(cfg.trainer.seed),
+        "deterministic": bool(cfg.trainer.deterministic),
+        "warnings": s.warnings,
+        "resumes": s.resumes,  # one record per resume: time, overrides, changed settings, forced or not
+        "overrides": overrides,
+        "run_dir": str(run_dir),
+        "world_size": run.dist.world_size if run else 1,
+        "backend": run.dist.backend if run else None,
+        "torch_version": torch.__version__,
+        "cnnbench_version": __version__,
+        "python_version": platform.python_version(),
+    }
+    if isinstance(error, TrainingDiverged):
+        summary.update({"diverged_at_step": error.step, "diverged_loss": error.loss,
+                        "last_finite_loss": error.last_finite_loss})
+    summary["book"] = _safe(lambda: book_comparison(cfg, summary))  # a d2l_* recipe: the book beside it
+    return summary
+
+
+def book_line(book: dict[str, Any]) -> str:
+    """'the book (D2L 6.6, two editions): train loss 0.473 (0.469-0.472), train acc 0.822 (0.823-0.826),
+    test acc 0.819 (0.779-0.791, above): reproduced'."""
+    parts = []
+    for key, label in (("train_loss", "train loss"), ("train_acc", "train acc"), ("test_acc", "test acc")):
+        item = book[key]
+        low, high = item["book"]
+        where = item.get("position") or ("ok" if item["ok"] else "off")
+        parts.append(f"{label} {item['value']:.3f} ({low:.3f}-{high:.3f}, {where})")
+    verdict = "reproduced" if book["reproduced"] else "not reproduced"
+    return f"the book (D2L {book.get('section')}, {len(book['editions'])} editions): {', '.join(parts)}: {verdict}"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _safe(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception:  # the summary of a failed run must never fail itself
+        return None
+
+
+def closing_lines(summary: dict[str, Any]) -> None:
+    """The book's two closing lines (loss and accuracies; examples/sec), then where everything went."""
+    if summary["status"] == "completed":
+        logger.info("loss %.3f, train acc %.3f, test acc %.3f",
+                    summary["train/loss"], summary["train/acc"], summary["test/acc"])
+        logger.info("%.1f examples/sec on %s", summary["examples_per_sec"] or 0.0, summary["device"])
+        if summary["best/epoch"] is not None:
+            logger.info("best checkpoint by %s: epoch %d, val acc %s, test acc %s (%s)", summary["monitor"],
+                        summary["best/epoch"], _fmt(summary["best/val_acc"]), _fmt(summary["best/test_acc"]),
+                        BEST_CHECKPOINT)
+        if summary["stop_reason"]:
+            logger.info("%s", summary["stop_reason"])
+        if summary.get("book"):
+            logger.info("%s", book_line(summary["book"]))
+    else:
+        logger.error("run %s: %s", summary["status"], summary["error"] or "")
+    if summary.get("resume_command"):  # a failed write (full disk): the checkpoint before it is kept
+        logger.error("the run can be resumed from epoch %d once the disk has room: %s",
+                     summary["resumable_from_epoch"], summary["resume_command"])
+    logger.info("run folder: %s", summary["run_dir"])

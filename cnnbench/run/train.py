@@ -1,0 +1,405 @@
+"""``cnnbench train``: one run, from a composed config to a complete run folder.
+
+``train(cfg, run_dir)`` is the plain function (tests call it after ``compose``); the command line's
+``@hydra.main`` wrapper is :func:`cnnbench.commands.launch.hydra_main`. A run reads top to bottom:
+
+0. ``check_resume`` (:mod:`cnnbench.run.resume`) and the run folder's lock (:mod:`cnnbench.runfolder.lock`);
+1. ``build_run`` (:mod:`cnnbench.run.build`): device, data, model, optimizer, schedule;
+2. ``restore`` (:mod:`cnnbench.run.checkpoint`) when resuming;
+3. ``run_epochs``: ``train_one_epoch`` then ``finish_epoch`` (evaluate, select, log, checkpoint) per
+   epoch, until the last epoch or early stopping;
+4. ``summarize`` (:mod:`cnnbench.run.summary`): summary.json and the closing lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from ..confusion import class_names
+from ..errors import CnnbenchError, RunFileWriteError, TrainingDiverged
+from ..runfolder.disk import DISK_ERRNOS, low_space_warning, os_error_in, resume_fields, writing
+from ..runfolder.lock import run_folder_lock
+from ..runfolder.log import TB_CONFUSION, RunLogger, hparams_of, trim_metrics, write_json_atomic
+from ..runfolder.names import BEST_CHECKPOINT, CHECKPOINT, HYDRA_DIR, SUMMARY
+from ..speed import collector
+from .build import Run, build_run
+from .checkpoint import checkpoint_state, resolve_resume, save_checkpoint
+from .distributed import DistContext, any_rank, init_from_env
+from .loop import EpochProgress, EpochResult, LoopHooks, evaluate, log_points, sums_over_ranks, train_one_epoch
+from .memory import explain_oom
+from .resume import ResumePlan, check_resume, resume_run, write_hydra_record
+from .selection import TEST_SET_WARNING
+from .signals import GracefulStop
+from .summary import closing_lines, summarize
+
+logger = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict:
+    """Train the configured network; write the run folder; return the summary.
+
+    Two refusals come before anything in the folder is touched, as exceptions: another live process
+    writes the folder (:class:`RunFolderInUse`), or the checkpoint to resume was written with settings
+    that change what its epochs mean (:class:`ResumeRefused`). After that, runtime failures (divergence,
+    exceptions, a full disk, out of memory, signals) never escape: they are recorded in the returned
+    summary and in ``summary.json`` with their status, so a sweep can go on with the next job.
+    """
+    ctx = init_from_env(str(cfg.device.type))  # a single process unless started by torchrun
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    resume_from = resolve_resume(cfg, run_dir)
+    plan = check_resume(cfg, resume_from)
+    with run_folder_lock(run_dir, enabled=ctx.is_main):  # only rank 0 writes the run folder
+        return _train(cfg, run_dir, ctx, resume_from, plan)
+
+
+def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path | None,
+           plan: ResumePlan | None) -> dict:
+    """``train`` inside the run folder's lock."""
+    main = ctx.is_main  # only rank 0 writes the run folder
+    overrides = job_overrides()
+    start = time.perf_counter()
+    run: Run | None = None
+    rlog: RunLogger | None = None
+    status, error = "failed", None
+    with GracefulStop() as stop, thread_count_kept():
+        try:
+            record_dir = _start_records(cfg, run_dir) if main else None
+            run = build_run(cfg, run_dir, ctx)
+            _warn_low_space(run)
+            if resume_from is not None:
+                resume_run(run, plan or resume_from, overrides, record_dir)
+                if main:
+                    trim_metrics(run_dir, run.state.step)
+            # The run's clock: wall seconds since it first started, earlier segments of a resumed run included.
+            run.clock_start = time.perf_counter() - run.state.wall_time_s
+            rlog = RunLogger(run_dir, enabled=main, purge_step=run.state.step + 1 if resume_from else None)
+            if resume_from is None:
+                rlog.log_config(cfg)
+            warn_test_set_selection(run)
+            status = run_epochs(run, rlog, stop)
+            if run.state.test_confusion:
+                rlog.log_confusion(TB_CONFUSION, torch.tensor(run.state.test_confusion), class_names(cfg),
+                                   run.state.step)
+            if status == "interrupted":
+                checkpoint_on_interrupt(run)
+        except TrainingDiverged as exc:  # reported by the closing lines
+            status, error = "diverged", exc
+        except CnnbenchError as exc:  # a problem the user can fix: its one sentence, in the closing lines
+            status, error = "failed", exc
+        except Exception as exc:  # any failure of this job is recorded, not raised (sweeps go on)
+            status, error = "failed", _user_error(exc, cfg, run) or exc
+            if error is exc:
+                logger.error("run failed: %s: %s", type(exc).__name__, exc, exc_info=True)
+    summary = summarize(run, cfg, run_dir, status, time.perf_counter() - start, overrides, error)
+    if rlog is not None:
+        error = _close_log(rlog, cfg, overrides, summary) or error
+    return _finish(summary, run_dir, main, overrides, error)
+
+
+def _start_records(cfg: DictConfig, run_dir: Path) -> str | None:
+    """Hydra's record of this start and a first summary.json; the record's folder (relative)."""
+    with writing(run_dir / HYDRA_DIR):
+        record_dir = write_hydra_record(run_dir, cfg)
+    write_json_atomic(run_dir / SUMMARY, {"status": "running", "model": cfg.model.name})
+    return record_dir
+
+
+def _warn_low_space(run: Run) -> None:
+    """Warn at the start when the disk holds fewer than a few checkpoints (weights + optimizer state)."""
+    if run.cfg.trainer.checkpoint and run.dist.is_main:
+        param_bytes = sum(t.numel() * t.element_size() for t in run.raw_model.state_dict().values())
+        warning = low_space_warning(run.run_dir, 3 * param_bytes)  # weights and up to two optimizer moments
+        if warning:
+            run.state.warnings.append(warning)
+
+
+def _user_error(exc: Exception, cfg: DictConfig, run: Run | None) -> CnnbenchError | None:
+    """One sentence for the failures a user can act on: out of memory, a failed write."""
+    memory = explain_oom(exc, cfg, run.device if run else None, run.dist.world_size if run else 1)
+    if memory is not None:
+        return memory
+    os_error = os_error_in(exc)  # a write that no writer named (the writers raise RunFileWriteError)
+    if os_error is not None and os_error.errno in DISK_ERRNOS and os_error.filename:
+        return RunFileWriteError(Path(os.fsdecode(os_error.filename)), os_error)
+    return None
+
+
+def _close_log(rlog: RunLogger, cfg: DictConfig, overrides: list[str], summary: dict) -> CnnbenchError | None:
+    """HParams for a completed run, then close the event files; a failed write is returned, not raised."""
+    try:
+        if summary["status"] == "completed":
+            rlog.log_hparams(hparams_of(cfg, overrides))
+        rlog.close()
+    except RunFileWriteError as exc:
+        summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        return exc
+    return None
+
+
+def _finish(summary: dict, run_dir: Path, main: bool, overrides: list[str], error: BaseException | None) -> dict:
+    """Write summary.json and the closing lines; a run stopped by a failed write says how to resume."""
+    if not main:
+        return summary
+    if isinstance(error, RunFileWriteError):
+        summary.update(resume_fields(run_dir, overrides))
+    try:
+        write_json_atomic(run_dir / SUMMARY, summary)
+    except RunFileWriteError as exc:
+        if not isinstance(error, RunFileWriteError):
+            summary.update(status="failed", error=f"{type(exc).__name__}: {exc}", **resume_fields(run_dir, overrides))
+        logger.error("%s", exc)
+    closing_lines(summary)
+    return summary
+
+
+@contextlib.contextmanager
+def thread_count_kept() -> Iterator[None]:
+    """device.num_threads is process-wide: give the caller (a test, a notebook) its setting back."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def default_run_dir(cfg: DictConfig) -> Path:
+    """The Hydra job's output folder, or a fresh timestamped folder when called outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    stamp = datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
+    return Path("outputs") / f"{stamp}_{cfg.model.name}"
+
+
+def job_overrides() -> list[str]:
+    """The command line's overrides of this job (empty outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+# ------------------------------------------------------------------------------------------ the loop
+
+
+def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop) -> str:
+    """Train epoch after epoch; returns "completed" or "interrupted"."""
+    from tqdm.auto import tqdm
+
+    cfg = run.cfg
+    epochs = int(cfg.trainer.epochs)
+    n_batches = run.batches_per_epoch
+    collector.resume()  # the command's start is over: collect once, freeze what lives on (cnnbench.speed.collector)
+    show_bar = _progress_enabled(cfg.trainer.progress_bar)
+    while run.state.epoch < epochs and not run.state.stop_reason:  # a stopped run stays stopped on resume
+        epoch = run.state.epoch
+        partial = _restore_partial(run)
+        bar = tqdm(total=n_batches, initial=partial.batches if partial else 0, desc=f"epoch {epoch + 1}/{epochs}",
+                   leave=False, disable=not show_bar)
+        hooks = LoopHooks(
+            on_log=lambda m: rlog.log("train", m),
+            should_stop=stop_poll(stop, run),
+            after_step=(lambda: run.ema.update_parameters(run.raw_model)) if run.ema is not None else None,
+            bar=bar,
+            log_points=log_points(n_batches, int(cfg.trainer.logs_per_epoch)),
+            divergence_loss=cfg.trainer.divergence_loss,
+        )
+        t0 = time.perf_counter()
+        out = train_one_epoch(
+            run.model, run.train_loader, run.optimizer, run.scheduler, run.precision,
+            epoch=epoch, global_step=run.state.step, hooks=hooks, progress=partial,
+            limit_batches=cfg.trainer.limit_train_batches, grad_clip_norm=cfg.trainer.grad_clip_norm,
+            label_smoothing=float(cfg.trainer.get("label_smoothing", 0.0)), dist_ctx=run.dist,
+        )
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        run.state.step = out.step
+        run.state.train_time_s += elapsed
+        run.state.train_examples += out.examples - (partial.count if partial else 0)
+        if not out.complete:
+            run.state.partial = _partial_as_checkpoint_data(out.progress, run.dist)
+            return "interrupted"
+        run.state.partial = None
+        finish_epoch(run, rlog, out, elapsed)
+        if run.state.stop_reason:  # early stopping: the same decision on every rank (same global sums)
+            logger.info("%s", run.state.stop_reason)
+            return "completed"
+        if any_rank(stop.requested, run.dist, run.device):  # all ranks leave after the same epoch
+            return "interrupted"
+    return "completed"
+
+
+def finish_epoch(run: Run, rlog: RunLogger, out: EpochResult, elapsed: float) -> None:
+    """Evaluate (when due) and select (best.pt, early stopping), log the epoch record, check for
+    chance level, checkpoint."""
+    cfg = run.cfg
+    run.state.epoch += 1
+    epoch = run.state.epoch
+    record: dict[str, Any] = {
+        "step": run.state.step, "epoch": epoch, **out.metrics(),
+        "throughput/examples_per_sec": out.examples / max(elapsed, 1e-9),
+        "time/epoch_s": elapsed,
+    }
+    run.state.last_train = out.metrics()
+    run.state.wall_time_s = time.perf_counter() - run.clock_start
+    if _evaluation_due(cfg, epoch):
+        run.state.last_eval = evaluate_splits(run)
+        run.state.wall_time_s = time.perf_counter() - run.clock_start  # evaluation included
+        record.update(run.state.last_eval)
+        if run.monitor is not None and run.monitor.update(run.state, run.state.last_eval, epoch):
+            _save(run, BEST_CHECKPOINT)
+        check_target(run, epoch)
+    rlog.log("epoch", record)
+    logger.info(
+        "epoch %d/%d: loss %.3f, train acc %.3f%s%s, %.0f examples/sec", epoch, int(cfg.trainer.epochs),
+        out.loss, out.acc, f", val acc {record['val/acc']:.3f}" if "val/acc" in record else "",
+        f", test acc {record['test/acc']:.3f}" if "test/acc" in record else "", record["throughput/examples_per_sec"],
+    )
+    _chance_check(run, out)
+    if cfg.trainer.checkpoint:
+        _save(run, CHECKPOINT)
+
+
+def evaluate_splits(run: Run) -> dict[str, float]:
+    """val/acc, val/loss (with a validation split), test/acc, test/loss: each split evaluated on the
+    device, summed over ranks. With an EMA of the weights these are the EMA's (the model the run
+    reports and selects), and the trained weights' own figures are ``raw/val/acc``, ``raw/test/acc``..."""
+    metrics = _evaluate_model(run, run.ema if run.ema is not None else run.model, prefix="")
+    if run.ema is not None:
+        metrics.update(_evaluate_model(run, run.model, prefix="raw/"))
+    return metrics
+
+
+def _evaluate_model(run: Run, model: torch.nn.Module, prefix: str) -> dict[str, float]:
+    limit, tta = run.cfg.trainer.limit_eval_batches, bool(run.cfg.trainer.get("tta", False))
+    metrics: dict[str, float] = {}
+    for split, loader in (("val", run.val_loader), ("test", run.test_loader)):
+        if loader is None:
+            continue
+        # The reported model's test evaluation also counts a confusion matrix (one bincount per batch on
+        # the device, read with the sums): the summary's per-class accuracy and TensorBoard's picture
+        # come from the last one.
+        counted = split == "test" and not prefix
+        result = evaluate(model, loader, run.precision, limit, run.dist, tta=tta,
+                          num_classes=int(run.cfg.dataset.num_classes) if counted else None)
+        if counted and result.confusion is not None:
+            run.state.test_confusion = result.confusion.tolist()
+        metrics.update({f"{prefix}{k}": v for k, v in result.metrics(split).items()})
+    return metrics
+
+
+def check_target(run: Run, epoch: int) -> None:
+    """``trainer.target_acc``: stop once the monitored accuracy (test/acc without a monitor) reaches it,
+    recording the wall time it took from the start, evaluations included."""
+    target = run.cfg.trainer.get("target_acc")
+    if target is None or run.state.time_to_target_s is not None:
+        return
+    metric = run.monitor.name if run.monitor is not None and run.monitor.higher_is_better else "test/acc"
+    value = run.state.last_eval.get(metric)
+    if value is not None and value >= float(target):
+        run.state.time_to_target_s = run.state.wall_time_s
+        run.state.stop_reason = (f"reached trainer.target_acc={float(target):g}: {metric} {value:.4f} at epoch "
+                                 f"{epoch}, {run.state.wall_time_s:.1f} s from the start")
+
+
+def _save(run: Run, name: str) -> None:
+    """Write a checkpoint of the run as it is now (rank 0 only; atomically)."""
+    if run.dist.is_main:
+        save_checkpoint(run.run_dir / name, checkpoint_state(run))
+
+
+def warn_test_set_selection(run: Run) -> None:
+    """Once per run (a resumed run keeps the warning it already has): selecting on test data."""
+    if run.monitor is None or not run.monitor.name.startswith("test/"):
+        return
+    message = TEST_SET_WARNING.format(name=run.monitor.name)
+    if message not in run.state.warnings:
+        logger.warning("%s", message)
+        run.state.warnings.append(message)
+
+
+def checkpoint_on_interrupt(run: Run) -> None:
+    """A stopped run writes its checkpoint (mid-epoch sums included) and says how to continue."""
+    if not (run.cfg.trainer.checkpoint and run.dist.is_main):
+        return
+    path = run.run_dir / CHECKPOINT
+    save_checkpoint(path, checkpoint_state(run))
+    logger.warning("interrupted: checkpoint written to %s; resume with trainer.resume=auto "
+                   "and hydra.run.dir=%s", path, run.run_dir)
+
+
+def _evaluation_due(cfg: DictConfig, epoch: int) -> bool:
+    """Every ``trainer.eval_every`` epochs, and always after the last one."""
+    every = int(cfg.trainer.eval_every)
+    return (every > 0 and epoch % every == 0) or epoch == int(cfg.trainer.epochs)
+
+
+def stop_poll(stop: GracefulStop, run: Run) -> Callable[[], bool]:
+    """``should_stop`` for the loop. Under DDP the ranks agree through an all-reduce, which waits for
+    the device: every step on gloo (CPU, cheap), every 20th step on NCCL so GPUs keep queueing work."""
+    if not run.dist.enabled:
+        return lambda: stop.requested
+    every = 20 if run.dist.backend == "nccl" else 1
+    calls = 0
+    agreed = False
+
+    def poll() -> bool:
+        nonlocal calls, agreed
+        calls += 1
+        if not agreed and calls % every == 0:
+            agreed = any_rank(stop.requested, run.dist, run.device)
+        return agreed
+
+    return poll
+
+
+def _progress_enabled(setting: Any) -> bool:
+    if str(setting) == "auto":
+        return sys.stderr.isatty()
+    return bool(setting)
+
+
+def _chance_check(run: Run, out: EpochResult) -> None:
+    """Warn when the loss stays at (or above) a uniform guess's, ln(classes), with chance accuracy."""
+    classes = int(run.cfg.dataset.num_classes)
+    at_chance = out.loss > math.log(classes) - 0.1 and out.acc < 2 / classes
+    run.state.chance_epochs = run.state.chance_epochs + 1 if at_chance else 0
+    patience = int(run.cfg.trainer.chance_patience)
+    if patience and run.state.chance_epochs == patience:
+        msg = (f"train loss has stayed at chance level (~ln {classes} = {math.log(classes):.3f}, accuracy "
+               f"~{1 / classes:.2f}) for {patience} epochs: the network is not learning; try another "
+               "learning rate (optimizer.lr=...)")
+        logger.warning(msg)
+        run.state.warnings.append(msg)
+
+
+def _restore_partial(run: Run) -> EpochProgress | None:
+    """The sums of an epoch stopped part-way; under DDP they are global, so rank 0 alone carries them."""
+    p = run.state.partial
+    if not p:
+        return None
+    fresh = EpochProgress.zeros(run.device)
+    fresh.batches = int(p["batches"])
+    if run.dist.is_main:
+        fresh.loss_sum += p["loss_sum"].to(run.device)
+        fresh.correct += p["correct"].to(run.device)
+        fresh.count = int(p["count"])
+    return fresh
+
+
+def _partial_as_checkpoint_data(p: EpochProgress, ctx: DistContext) -> dict:
+    """Sums over all ranks of an epoch stopped part-way, as tensors and numbers a checkpoint holds."""
+    loss_sum, correct, count = sums_over_ranks(p.loss_sum, p.correct, p.count, ctx).cpu()
+    return {"loss_sum": loss_sum.float(), "correct": correct.long(), "count": int(count), "batches": p.batches}

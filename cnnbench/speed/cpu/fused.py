@@ -1,0 +1,315 @@
+"""BatchNorm2d + sigmoid + 2x2 average pooling as one CPU kernel (and sigmoid + pooling), for the LeNets.
+
+In LeNet-BN's first stage (256 x 6 x 24 x 24 floats, 3.5 MB) ATen's BatchNorm, sigmoid and pooling are
+separate memory-bound passes, about half of a CPU training step. The C kernels in ``fused_cpu.c``
+do the three at once: forward and backward on 2 cores, 4.5 ms -> 1.2 ms for that stage and 1.1 -> 0.5 ms
+for the second (256 x 16 x 8 x 8); a whole LeNet-BN step 7.8 -> 6.3 ms (0.81; in-process A/B, see the
+README's Speed section). The math is the same (batch statistics, biased variance to normalize and
+unbiased for the running variance, as ATen); sums run in another order, so results match ATen's to float
+rounding, not bit for bit.
+
+How it is built: at first use, with the machine's C compiler (``$CC``, else ``cc``/``gcc``), ``-O3
+-march=native -fopenmp``, into ``~/.cache/cnnbench/kernels`` (``$CNNBENCH_KERNEL_CACHE`` overrides),
+named by a hash of the source, the flags, the compiler's version and the CPU's feature flags: about
+0.3 s once per machine, then a file load. The library links the OpenMP runtime torch has already loaded
+(libgomp), so its loops use torch's threads (``torch.get_num_threads()``). Where any of this is missing
+(no compiler, not Linux, torch without GNU OpenMP, or a second OpenMP runtime once the library is loaded)
+nothing is swapped and ATen's layers train as before.
+
+How it is used: :func:`use_fused_kernels` changes, inside ``nn.Sequential`` containers only (where the
+order of the children is the order of the computation), the class of every ``BatchNorm2d`` followed by
+``Sigmoid`` and a 2x2/stride-2 average pool to :class:`BatchNormSigmoidPool2d` (and of a ``Sigmoid``
+followed by such a pool, without BatchNorm, to :class:`SigmoidPool2x2`); the sigmoid and pool that follow
+become :class:`Absorbed` pass-throughs. Same module objects, same parameters and buffers: optimizers,
+state dicts and checkpoints are unchanged. Inputs the kernel does not take (not float32, not contiguous
+NCHW, an odd side, double backward, BatchNorm in eval mode with gradients) go through ATen's layers.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..compiling import cache_root
+from .kernels import AvgPool2x2, pool_eligible
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("fused_cpu.c")
+CACHE_ENV = "CNNBENCH_KERNEL_CACHE"
+# -march=native: the library is built on the machine that runs it (the CPU's flags are in its name).
+# -fno-math-errno -fno-trapping-math let the loops vectorize; no -ffast-math (its start-up code would
+# change the whole process's floating-point mode).
+CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fno-math-errno",
+          "-fno-trapping-math", "-fPIC", "-shared"]
+_P, _I, _D, _N = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
+SIGNATURES = {
+    "bsp_batch_stats": [_P, _I, _I, _I, _P, _P, _D, _D, _P, _P, _P, _P, _P, _P, _N],
+    "bsp_forward": [_P, _I, _I, _I, _I, _P, _P, _P, _N],
+    "bsp_backward": [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _N],
+    "sp_backward": [_P, _P, _I, _I, _I, _I, _P, _N],
+}
+
+
+# ----------------------------------------------------------------------------- building and loading
+
+def kernel_cache_dir() -> Path:
+    """Where built libraries are kept: ``$CNNBENCH_KERNEL_CACHE``, else ``~/.cache/cnnbench/kernels``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return cache_root() / "kernels"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def openmp_runtimes() -> set[str]:
+    """Files of the OpenMP runtimes mapped into this process (GNU libgomp, Intel's libiomp5, LLVM's libomp)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return set()
+    files = {line.split()[-1] for line in lines if len(line.split()) >= 6}
+    return {f for f in files if any(name in Path(f).name for name in ("libgomp", "libiomp", "libomp"))}
+
+
+def _torch_uses_gnu_openmp() -> bool:
+    """The library links libgomp: only where torch's own OpenMP runtime is libgomp (one thread pool)."""
+    if not sys.platform.startswith("linux") or "OpenMP" not in torch.__config__.parallel_info():
+        return False
+    runtimes = openmp_runtimes()
+    return bool(runtimes) and all("libgomp" in Path(f).name for f in runtimes)
+
+
+def library_path(compiler: str) -> Path:
+    """The cached library's path: a hash of what the build depends on."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = "\n".join([SOURCE.read_text(), " ".join(CFLAGS), version, _cpu_flags(), platform.machine()])
+    return kernel_cache_dir() / f"fused_cpu-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+
+
+def build_library(compiler: str, target: Path) -> None:
+    """Compile ``fused_cpu.c`` into ``target``; written under a temporary name, then renamed, so
+    concurrent runs (a sweep's jobs) never load a half-written file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True,
+                       timeout=300)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@lru_cache(maxsize=1)
+def load_library() -> ctypes.CDLL | None:
+    """The fused kernels (built on first use, then from the cache), or None where they cannot be had."""
+    if not _torch_uses_gnu_openmp():
+        logger.info("fused CPU kernels: off (torch does not use GNU OpenMP on this system)")
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        logger.info("fused CPU kernels: off (no C compiler: set CC, or install gcc)")
+        return None
+    try:
+        path = library_path(compiler)
+        if not path.exists():
+            logger.info("fused CPU kernels: building %s", path)
+            build_library(compiler, path)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError) as exc:
+        lines = (getattr(exc, "stderr", None) or str(exc)).strip().splitlines()
+        logger.warning("fused CPU kernels: off (the build failed: %s)", lines[-1] if lines else type(exc).__name__)
+        return None
+    # The library's libgomp.so.1 must be the one torch loaded (a wheel that ships it under another name would
+    # leave two runtimes, two thread pools spinning against each other): then the kernels stay unused.
+    if len(runtimes := openmp_runtimes()) != 1:
+        logger.warning("fused CPU kernels: off (two OpenMP runtimes would run: %s)", ", ".join(sorted(runtimes)))
+        return None
+    for name, argtypes in SIGNATURES.items():
+        getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, None
+    return lib
+
+
+# ----------------------------------------------------------------------------- autograd functions
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _fits(x: torch.Tensor) -> bool:
+    """The kernels' inputs: contiguous NCHW float32 on the CPU, even sides, outside torch.compile."""
+    return (x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous()
+            and x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0 and x.numel() > 0
+            and not torch.compiler.is_compiling() and load_library() is not None)
+
+
+class _BatchNormSigmoidPool(torch.autograd.Function):
+    """(B, C, H, W) -> (B, C, H/2, W/2): avgpool2x2(sigmoid(batch_norm(z))) with the batch's statistics."""
+
+    @staticmethod
+    def forward(ctx, z, weight, bias, bn: nn.BatchNorm2d, momentum: float):
+        lib, threads = load_library(), torch.get_num_threads()
+        n, c, h, w = z.shape
+        mean, invstd, scale, shift = torch.empty(4, c).unbind(0)  # (C,) each
+        update = bn.training and bn.track_running_stats
+        weight_, bias_ = (t.detach().contiguous() if t is not None else None for t in (weight, bias))
+        lib.bsp_batch_stats(_ptr(z), n, c, h * w, _ptr(weight_), _ptr(bias_), bn.eps, momentum,
+                            _ptr(bn.running_mean) if update else None, _ptr(bn.running_var) if update else None,
+                            _ptr(mean), _ptr(invstd), _ptr(scale), _ptr(shift), threads)
+        out = torch.empty(n, c, h // 2, w // 2)  # (B, C, H/2, W/2)
+        lib.bsp_forward(_ptr(z), n, c, h, w, _ptr(scale), _ptr(shift), _ptr(out), threads)
+        ctx.save_for_backward(z, scale, shift, mean, invstd, weight_)
+        ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        z, scale, shift, mean, invstd, weight = ctx.saved_tensors
+        n, c, h, w = z.shape
+        grad = grad.contiguous()  # (B, C, H/2, W/2)
+        dz = torch.empty_like(z) if ctx.needs_input_grad[0] else None
+        dweight, dbias = torch.empty(2, c).unbind(0)
+        load_library().bsp_backward(_ptr(grad), _ptr(z), n, c, h, w, _ptr(scale), _ptr(shift), _ptr(mean),
+                                    _ptr(invstd), _ptr(weight), _ptr(dz), _ptr(dweight), _ptr(dbias),
+                                    torch.get_num_threads())
+        return dz, dweight if ctx.has_weight else None, dbias if ctx.has_bias else None, None, None
+
+
+class _SigmoidPool(torch.autograd.Function):
+    """(B, C, H, W) -> (B, C, H/2, W/2): avgpool2x2(sigmoid(z))."""
+
+    @staticmethod
+    def forward(ctx, z):
+        n, c, h, w = z.shape
+        out = torch.empty(n, c, h // 2, w // 2)  # (B, C, H/2, W/2)
+        load_library().bsp_forward(_ptr(z), n, c, h, w, None, None, _ptr(out), torch.get_num_threads())
+        ctx.save_for_backward(z)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (z,) = ctx.saved_tensors
+        n, c, h, w = z.shape
+        dz = torch.empty_like(z)
+        load_library().sp_backward(_ptr(grad.contiguous()), _ptr(z), n, c, h, w, _ptr(dz), torch.get_num_threads())
+        return dz
+
+
+def _pool(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What the absorbed pool computed: a copy of it as it was (AvgPool2x2's fast pooling or ATen's)."""
+    pool = head.__dict__.get("_absorbed_pool")
+    return pool(x) if pool is not None else F.avg_pool2d(x, 2, 2)
+
+
+# ----------------------------------------------------------------------------- modules and the swap
+
+class BatchNormSigmoidPool2d(nn.BatchNorm2d):
+    """A ``BatchNorm2d`` that also applies the ``Sigmoid`` and 2x2 average pool that follow it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch_stats = self.training or not self.track_running_stats
+        if _fits(x) and batch_stats:
+            momentum = self.momentum
+            if self.training and self.track_running_stats:
+                self.num_batches_tracked.add_(1)
+                if momentum is None:  # a cumulative average, as nn.BatchNorm2d
+                    momentum = 1.0 / float(self.num_batches_tracked)
+            return _BatchNormSigmoidPool.apply(x, self.weight, self.bias, self, momentum or 0.0)
+        if _fits(x) and not torch.is_grad_enabled():  # evaluation: the running statistics, an affine map
+            scale = torch.rsqrt(self.running_var + self.eps)
+            scale = scale * self.weight if self.weight is not None else scale
+            shift = -self.running_mean * scale + (self.bias if self.bias is not None else 0.0)
+            out = torch.empty(x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2)
+            load_library().bsp_forward(_ptr(x), *x.shape, _ptr(scale), _ptr(shift), _ptr(out), torch.get_num_threads())
+            return out
+        return _pool(self, torch.sigmoid(super().forward(x)))
+
+
+class SigmoidPool2x2(nn.Sigmoid):
+    """A ``Sigmoid`` that also applies the 2x2 average pool that follows it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fits(x):
+            return _SigmoidPool.apply(x)
+        return _pool(self, torch.sigmoid(x))
+
+
+class Absorbed(nn.Module):
+    """A layer whose work the layer before it now does (the class of a swapped ``Sigmoid`` or pool)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return "computed by the previous layer"
+
+
+def _is_pool(m: nn.Module) -> bool:
+    return type(m) is AvgPool2x2 or pool_eligible(m)
+
+
+def use_fused_kernels(model: nn.Module) -> list[str]:
+    """Swap BatchNorm2d + Sigmoid + 2x2 pool (and Sigmoid + 2x2 pool) runs inside ``nn.Sequential``
+    containers for the fused kernels; returns the names of the layers that now do the work (none where
+    the kernels cannot be built)."""
+    candidates = []
+    for prefix, parent in model.named_modules():
+        if not isinstance(parent, nn.Sequential) or type(parent).forward is not nn.Sequential.forward:
+            continue
+        kids = list(parent.named_children())
+        i = 0
+        while i < len(kids):
+            window = [m for _, m in kids[i:i + 3]]
+            name = f"{prefix}.{kids[i][0]}" if prefix else kids[i][0]
+            if (len(window) == 3 and type(window[0]) is nn.BatchNorm2d and type(window[1]) is nn.Sigmoid
+                    and _is_pool(window[2])):
+                candidates.append((name, window[0], BatchNormSigmoidPool2d, window[1:]))
+                i += 3
+            elif len(window) >= 2 and type(window[0]) is nn.Sigmoid and _is_pool(window[1]):
+                candidates.append((name, window[0], SigmoidPool2x2, window[1:2]))
+                i += 2
+            else:
+                i += 1
+    if not candidates or load_library() is None:
+        return []
+    for _, head, cls, followers in candidates:
+        # The fallback path's pool: a copy of the pool before its swap (pools hold no parameters or
+        # buffers; kept out of the registered children, so state dicts keep their keys).
+        head.__dict__["_absorbed_pool"] = copy.copy(followers[-1])
+        head.__class__ = cls
+        for m in followers:
+            m.__class__ = Absorbed
+    return [name for name, *_ in candidates]

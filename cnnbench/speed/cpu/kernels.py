@@ -1,0 +1,262 @@
+"""Faster CPU versions of layers whose ATen kernels dominate the small networks' steps.
+
+Average pooling
+---------------
+2x2 average pooling with stride 2 (LeNet's two pools, DenseNet's transitions): ATen's CPU kernel takes
+2.2 ms forward and about 6 ms backward for LeNet's first pool (256 x 6 x 28 x 28, one thread) -- a
+quarter of the whole training step. As four strided adds forward and four strided copies backward it
+takes 0.5 ms and 0.5 ms, with the same result bit for bit (the same additions in the same order, and a
+multiplication by 0.25 is exactly a division by 4).
+
+``use_fast_pooling(model)`` swaps every eligible ``nn.AvgPool2d`` in place for :class:`AvgPool2x2`
+(no parameters or buffers, so state dicts and checkpoints are unchanged). cnnbench's build does it on
+the CPU (``device.fast_pooling``); the book's pipeline (``cnnbench.book.pipeline``) keeps ATen's kernel.
+
+Convolution weight gradients
+----------------------------
+A convolution's backward pass computes two things, the input gradient and the weight (and bias)
+gradient, and oneDNN's fastest layout is not the same for both. On LeNet-BN's second convolution
+(6 -> 16 channels, 5x5, 12x12 inputs, batch 256, 2 cores) ATen's backward on NCHW tensors takes 1.7-1.9 ms,
+of which the weight gradient 0.9-1.0 ms; the same weight gradient from channels-last copies of the input
+and the output gradient takes 0.5-0.6 ms, conversions included, while the input gradient is fastest in
+NCHW (0.7-0.9 ms; 1.2-1.4 ms in channels-last). For most other layers channels-last is the slower way
+(the first convolutions, with 1 or 3 input channels: 1.7-3x slower; 3x3 and 5x5 convolutions with 64-192
+channels: 1.0-1.4x).
+
+:class:`Conv2dNHWCWeightGrad` is an ``nn.Conv2d`` whose backward takes the input gradient as ATen
+computes it and the weight gradient from channels-last copies. Which layers get it is measured, not
+guessed: :func:`time_conv_weight_grads` times each convolution's weight gradient both ways on the run's
+own shapes, and :func:`set_nhwc_weight_grads` swaps the layers where channels-last is clearly faster
+(cnnbench's build does it on the CPU for small networks: ``device.conv_weight_grad``). The weights are the same objects
+(the swap changes the module's class), so optimizers, state dicts and checkpoints are unchanged; the
+weight gradient differs from ATen's only in the order of its sums (float rounding).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch import nn
+
+FAST_DTYPES = (torch.float32, torch.float64)  # bf16/fp16 inputs keep ATen's kernel (it accumulates in fp32)
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+class _AvgPool2x2(torch.autograd.Function):
+    """(B, C, H, W) -> (B, C, H // 2, W // 2): the mean of each 2x2 block (a trailing odd row/column is
+    dropped, as ``nn.AvgPool2d(2, 2)`` drops it)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+        ctx.shape, ctx.layout = x.shape, _layout(x)
+        x = x[..., :h, :w]
+        out = x[..., 0::2, 0::2] + x[..., 0::2, 1::2]
+        return out.add_(x[..., 1::2, 0::2]).add_(x[..., 1::2, 1::2]).mul_(0.25)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        shape = ctx.shape
+        h, w = shape[-2] // 2 * 2, shape[-1] // 2 * 2
+        odd = (h, w) != tuple(shape[-2:])
+        out = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.layout)
+        if odd:
+            out.zero_()  # a dropped row/column gets no gradient
+        quarter = grad * 0.25
+        for i in (0, 1):
+            for j in (0, 1):
+                out[..., i:h:2, j:w:2] = quarter
+        return out
+
+
+class AvgPool2x2(nn.AvgPool2d):
+    """``nn.AvgPool2d(2, 2)`` with the fast kernel for 4-d float32/float64 inputs; ATen's otherwise."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and x.dtype in FAST_DTYPES:
+            return _AvgPool2x2.apply(x)
+        return super().forward(x)
+
+
+def pool_eligible(m: nn.Module) -> bool:
+    def pair(v):
+        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+    if type(m) is not nn.AvgPool2d:
+        return False
+    stride = m.stride if m.stride is not None else m.kernel_size
+    return (pair(m.kernel_size) == (2, 2) and pair(stride) == (2, 2)
+            and pair(m.padding) == (0, 0) and not m.ceil_mode and m.divisor_override is None)
+
+
+def use_fast_pooling(model: nn.Module) -> int:
+    """Replace every 2x2/stride-2 ``nn.AvgPool2d`` in ``model`` by :class:`AvgPool2x2`; returns how many."""
+    swapped = 0
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if pool_eligible(child):
+                fast = AvgPool2x2(2, 2)
+                fast.train(child.training)
+                setattr(parent, name, fast)
+                swapped += 1
+    return swapped
+
+
+# ----------------------------------------------------------------------------- convolution weight gradients
+
+NHWC_MARGIN = 0.85  # swap a layer when its channels-last weight gradient takes at most this share of ATen's
+MAX_TUNED_CALL_S = 0.02  # a layer whose weight gradient takes longer than this is not timed (nor swapped)
+TUNING_REPEATS = 5  # timed calls of each way, alternating; the medians are compared
+
+
+def _conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, conv: tuple, has_bias: bool,
+                   mask: tuple[bool, bool, bool]):
+    """ATen's convolution backward for the parts in ``mask`` (input, weight, bias)."""
+    stride, padding, dilation, groups = conv
+    bias_sizes = [weight.shape[0]] if has_bias else None
+    return torch.ops.aten.convolution_backward(grad, x, weight, bias_sizes, stride, padding, dilation,
+                                               False, [0, 0], groups, mask)
+
+
+def _nhwc_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, conv: tuple, has_bias: bool):
+    """(weight gradient, bias gradient or None) computed from channels-last copies of ``grad`` (B, O, H', W')
+    and ``x`` (B, C, H, W); the weight gradient comes back in ``weight``'s own layout."""
+    cl = torch.channels_last
+    _, grad_w, grad_b = _conv_backward(grad.contiguous(memory_format=cl), x.contiguous(memory_format=cl), weight,
+                                       conv, has_bias, (False, True, has_bias))
+    return grad_w.contiguous(), grad_b
+
+
+class _Conv2dNHWCWeightGrad(torch.autograd.Function):
+    """conv2d forward as ATen does it; backward: input gradient by ATen on the NCHW tensors, weight and
+    bias gradients from channels-last copies."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, dilation, groups)
+        ctx.has_bias = bias is not None
+        return nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()  # (B, O, H', W')
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _conv_backward(grad, x, weight, ctx.conv, ctx.has_bias, (True, False, False))[0]
+        grad_w, grad_b = _nhwc_weight_grad(grad, x, weight, ctx.conv, ctx.has_bias)
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+class Conv2dNHWCWeightGrad(nn.Conv2d):
+    """``nn.Conv2d`` whose weight gradient is computed from channels-last copies when it trains on NCHW
+    float32/float64 input; ATen's path for anything else (channels-last input, autocast, no gradient)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._uses_nhwc_weight_grad(x):
+            return _Conv2dNHWCWeightGrad.apply(x, self.weight, self.bias, self.stride, self.padding,
+                                               self.dilation, self.groups)
+        return super().forward(x)
+
+    def _uses_nhwc_weight_grad(self, x: torch.Tensor) -> bool:
+        return (torch.is_grad_enabled() and self.weight.requires_grad and x.dim() == 4
+                and x.dtype in FAST_DTYPES and x.is_contiguous() and self.weight.is_contiguous()
+                and not torch.is_autocast_enabled(x.device.type))
+
+
+def _tunable(m: nn.Module) -> bool:
+    return (type(m) is nn.Conv2d and m.padding_mode == "zeros" and not isinstance(m.padding, str)
+            and m.weight.requires_grad)
+
+
+def _conv_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[nn.Conv2d, torch.Size, torch.Size]]:
+    """name -> (layer, input shape, output shape) of every tunable convolution, for ``example`` (B, C, H, W)."""
+    seen: dict[str, tuple[nn.Conv2d, torch.Size, torch.Size]] = {}
+
+    def record(name: str):
+        def hook(m: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+            seen.setdefault(name, (m, inputs[0].shape, out.shape))
+        return hook
+
+    hooks = [m.register_forward_hook(record(name)) for name, m in model.named_modules() if _tunable(m)]
+    was_training = model.training
+    try:
+        model.eval()  # shapes only: BatchNorm's running statistics stay untouched
+        with torch.no_grad():
+            model(example)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _time_call(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _weight_grad_ratio(conv: nn.Conv2d, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> float | None:
+    """Median time of the channels-last weight gradient over ATen's on NCHW tensors of these shapes (random
+    values: the time does not depend on them); None when one ATen call takes over MAX_TUNED_CALL_S."""
+    gen = torch.Generator().manual_seed(0)  # its own generator: the run's random numbers stay as they are
+    x = torch.randn(x_shape, generator=gen)  # (B, C, H, W)
+    grad = torch.randn(out_shape, generator=gen)  # (B, O, H', W')
+    weight, has_bias = conv.weight.detach(), conv.bias is not None
+    geometry = (conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    def aten() -> None:
+        _conv_backward(grad, x, weight, geometry, has_bias, (False, True, has_bias))
+
+    def nhwc() -> None:
+        _nhwc_weight_grad(grad, x, weight, geometry, has_bias)
+
+    if _time_call(aten) > MAX_TUNED_CALL_S:  # the first call also warms oneDNN's primitive cache
+        return None
+    nhwc()
+    aten_s, nhwc_s = [], []
+    for _ in range(TUNING_REPEATS):  # alternating, so a slow moment of the machine hits both
+        aten_s.append(_time_call(aten))
+        nhwc_s.append(_time_call(nhwc))
+    return statistics.median(nhwc_s) / statistics.median(aten_s)
+
+
+def time_conv_weight_grads(model: nn.Module, example: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """{layer name: channels-last time / ATen time} of every tunable ``nn.Conv2d`` weight gradient in
+    ``model``, timed at ``batch_size`` examples shaped like ``example`` ((B, C, H, W) on the CPU; only its
+    first two images go through the model, to learn each layer's shapes). Layers too slow to time are left out."""
+    ratios: dict[str, float] = {}
+    for name, (conv, x_shape, out_shape) in _conv_inputs(model, example[:2]).items():
+        ratio = _weight_grad_ratio(conv, (batch_size, *x_shape[1:]), (batch_size, *out_shape[1:]))
+        if ratio is not None:
+            ratios[name] = ratio
+    return ratios
+
+
+def faster_in_nhwc(ratios: dict[str, float]) -> list[str]:
+    """The layers of :func:`time_conv_weight_grads`'s result whose channels-last weight gradient is clearly
+    faster (at most NHWC_MARGIN of ATen's time)."""
+    return [name for name, ratio in ratios.items() if ratio <= NHWC_MARGIN]
+
+
+def set_nhwc_weight_grads(model: nn.Module, names: list[str]) -> list[str]:
+    """Make exactly the convolutions ``names`` of ``model`` :class:`Conv2dNHWCWeightGrad` (in place: the
+    same objects, parameters and hooks, another backward) and any other one a plain ``nn.Conv2d`` again;
+    returns the names swapped."""
+    wanted, swapped = set(names), []
+    for name, m in model.named_modules():
+        if name in wanted and _tunable(m):
+            m.__class__ = Conv2dNHWCWeightGrad
+        elif name not in wanted and type(m) is Conv2dNHWCWeightGrad:
+            m.__class__ = nn.Conv2d
+        if type(m) is Conv2dNHWCWeightGrad:
+            swapped.append(name)
+    return swapped
