@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,10 @@ _BLUES = ((0.0, (247, 251, 255)), (0.25, (198, 219, 239)), (0.5, (107, 174, 214)
 def _blue(share: float) -> tuple[int, int, int]:
     """The colour of a share in [0, 1], linear between the stops."""
     share = min(max(float(share), 0.0), 1.0)
-    for (s0, c0), (s1, c1) in zip(_BLUES, _BLUES[1:]):
+    for (s0, c0), (s1, c1) in pairwise(_BLUES):
         if share <= s1:
             t = (share - s0) / (s1 - s0)
-            return tuple(round(a + (b - a) * t) for a, b in zip(c0, c1))  # type: ignore[return-value]
+            return tuple(round(a + (b - a) * t) for a, b in zip(c0, c1, strict=True))  # type: ignore[return-value]
     return _BLUES[-1][1]
 
 

@@ -180,8 +180,8 @@ def ema_run(trained_run, tmp_path_factory) -> Path:
     import shutil
 
     import torch
-    from cnnbench.evaluation.inference import read_run_config
 
+    from cnnbench.evaluation.inference import read_run_config
     from cnnbench.models.configured import model_from_config
     from cnnbench.run.build import init_weights
 

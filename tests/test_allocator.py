@@ -1,4 +1,5 @@
-"""CPU memory reuse (cnnbench.speed.allocator): glibc's mallopt, applied once per process, switchable, result-neutral."""
+"""CPU memory reuse (cnnbench.speed.allocator): glibc's mallopt, applied once per process, switchable,
+result-neutral."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import platform
 import subprocess
 import sys
 
-import cnnbench.speed.allocator as allocator
 import pytest
+
+import cnnbench.speed.allocator as allocator
 
 from .conftest import cli, fast_overrides
 
@@ -79,7 +81,8 @@ def test_a_run_tunes_malloc_before_reading_its_data(fake_data, tmp_path, monkeyp
 
     order = []
     real_tune, real_load = build.tune_malloc, build.load_splits
-    monkeypatch.setattr(build, "tune_malloc", lambda enabled=True: order.append(("tune", enabled)) or real_tune(enabled))
+    monkeypatch.setattr(build, "tune_malloc",
+                        lambda enabled=True: order.append(("tune", enabled)) or real_tune(enabled))
     monkeypatch.setattr(build, "load_splits", lambda *a, **k: order.append(("load",)) or real_load(*a, **k))
     summary = train(compose_fast(fake_data, "trainer.epochs=1", "trainer.limit_train_batches=1",
                                  "trainer.limit_eval_batches=1", "trainer.checkpoint=false"), tmp_path)

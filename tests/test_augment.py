@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from cnnbench.speed.precision import Precision
 from torch import nn
 
 import cnnbench.run.train as train_module
@@ -20,6 +19,7 @@ from cnnbench.run.build import build_run, init_weights, seed_everything
 from cnnbench.run.loop import EvalResult, evaluate
 from cnnbench.run.optim import onecycle_factor
 from cnnbench.run.train import train
+from cnnbench.speed.precision import Precision
 
 from .conftest import compose_fast
 
@@ -78,7 +78,7 @@ def test_none_leaves_batches_exactly_as_before(fake_data, tmp_path):
     run = build_run(compose_fast(fake_data, "augment=none", "trainer.batch_size=32"), tmp_path)
     assert run.train_loader.augment is None
     plain = DeviceLoader(Split(run.train_loader.images, run.train_loader.labels), 32, torch.device("cpu"), seed=0)
-    for (x, y), (px, py) in zip(run.train_loader.batches(1), plain.batches(1)):
+    for (x, y), (px, py) in zip(run.train_loader.batches(1), plain.batches(1), strict=True):
         assert torch.equal(x, px) and torch.equal(y, py)
 
 

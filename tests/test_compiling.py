@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import cnnbench.speed.compiling as compiling
 import torch
 from torch import nn
 
+import cnnbench.speed.compiling as compiling
 from cnnbench.run.build import local_batch
 from cnnbench.run.distributed import DistContext
 

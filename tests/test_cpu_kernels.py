@@ -6,6 +6,9 @@ import json
 
 import pytest
 import torch
+from torch import nn
+
+from cnnbench.models import build_model
 from cnnbench.speed.cpu.kernels import (
     NHWC_MARGIN,
     AvgPool2x2,
@@ -15,9 +18,6 @@ from cnnbench.speed.cpu.kernels import (
     time_conv_weight_grads,
     use_fast_pooling,
 )
-from torch import nn
-
-from cnnbench.models import build_model
 
 
 @pytest.mark.parametrize("shape,layout,dtype", [
@@ -209,7 +209,6 @@ def test_the_run_trains_with_the_layers_the_timing_chose(fake_data, tmp_path, mo
     NHWC) and trains with exactly those swapped; native and deterministic runs time nothing; the losses
     stay ATen's up to rounding."""
     import cnnbench.speed.settings as speed
-
     from cnnbench.run.train import train
 
     from .conftest import compose_fast
@@ -224,8 +223,7 @@ def test_the_run_trains_with_the_layers_the_timing_chose(fake_data, tmp_path, mo
     try:
         summary = train(compose_fast(fake_data, *common, f"device.conv_weight_grad={setting}",
                                      f"trainer.deterministic={str(deterministic).lower()}"), tmp_path / "run")
-        reference = train(compose_fast(fake_data, *common, f"trainer.deterministic={str(deterministic).lower()}"),
-                          tmp_path / "ref")
+        train(compose_fast(fake_data, *common, f"trainer.deterministic={str(deterministic).lower()}"), tmp_path / "ref")
     finally:
         hook.remove()
     assert summary["status"] == "completed", summary["error"]

@@ -143,7 +143,7 @@ def _raw_files(root: Path) -> list[str]:
 def test_gzipped_copy_reads_identically(fake_data, no_data_env, tmp_path):
     gz = gzip_dataset(fake_data, tmp_path / "gz")
     assert all(name.endswith("-ubyte.gz") for name in _raw_files(gz)) and len(_raw_files(gz)) == 4
-    for plain, zipped in zip(load_splits(dataset_cfg(fake_data)), load_splits(dataset_cfg(gz))):
+    for plain, zipped in zip(load_splits(dataset_cfg(fake_data)), load_splits(dataset_cfg(gz)), strict=True):
         assert zipped.images.dtype == plain.images.dtype and zipped.labels.dtype == plain.labels.dtype
         assert torch.equal(zipped.images, plain.images) and torch.equal(zipped.labels, plain.labels)
 
@@ -154,7 +154,8 @@ def test_search_finds_a_folder_with_only_gzipped_files(fake_data, no_data_env, m
     monkeypatch.setenv("CNNBENCH_DATA", str(gz))
     assert find_data_root("FashionMNIST", None) == gz / "FashionMNIST" / "raw"
     # each file on its own: two plain and two gzipped make a data set too
-    mixed = gzip_dataset(fake_data, tmp_path / "mixed", keep_plain=("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+    mixed = gzip_dataset(fake_data, tmp_path / "mixed",
+                         keep_plain=("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
     assert find_data_root("FashionMNIST", str(mixed)) == mixed / "FashionMNIST" / "raw"
     assert torch.equal(load_splits(dataset_cfg(mixed))[0].images, load_splits(dataset_cfg(fake_data))[0].images)
     # but all four must be there, in one form or the other

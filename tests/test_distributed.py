@@ -113,7 +113,8 @@ def test_sigterm_to_one_rank_stops_both_with_one_checkpoint(fake_data, tmp_path)
 
 
 def test_indivisible_global_batch_is_refused(fake_data, tmp_path):
-    proc = subprocess.run(torchrun(*fast_overrides(fake_data, "trainer.batch_size=33", f"hydra.run.dir={tmp_path / 'x'}")),
+    overrides = fast_overrides(fake_data, "trainer.batch_size=33", f"hydra.run.dir={tmp_path / 'x'}")
+    proc = subprocess.run(torchrun(*overrides),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert "trainer.batch_size=33 is the global batch and must divide evenly over the 2 processes" in proc.stderr

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cnnbench.speed.precision import Precision
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -20,6 +19,7 @@ from cnnbench.data import DeviceLoader, Split, load_splits
 from cnnbench.data.split import split_train_val
 from cnnbench.models import build_model
 from cnnbench.run.loop import evaluate
+from cnnbench.speed.precision import Precision
 
 from .conftest import compose_fast
 
@@ -37,7 +37,8 @@ def test_confusion_matrix_sums_to_the_test_set_and_its_diagonal_is_the_accuracy(
     assert int(m.sum()) == len(test) == result.examples
     assert m.trace().item() / m.sum().item() == pytest.approx(result.acc, abs=1e-12)
     assert m.sum(dim=1).tolist() == torch.bincount(test.labels, minlength=10).tolist()  # rows: true classes
-    assert evaluate(build_model("lenet_bn").eval(), loader, Precision.create("fp32", torch.device("cpu"))).confusion is None
+    fp32 = Precision.create("fp32", torch.device("cpu"))
+    assert evaluate(build_model("lenet_bn").eval(), loader, fp32).confusion is None
 
 
 def test_per_class_figures_match_a_hand_count():

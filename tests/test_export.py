@@ -80,7 +80,8 @@ def test_an_export_that_does_not_reproduce_pytorch_fails_and_leaves_no_file(tmp_
     monkeypatch.setitem(export.WRITERS, "torchscript", (write, lambda path, x: run(path, x) + 2e-4))
     path = tmp_path / "m.pt"
     with pytest.raises(ExportError, match=r"does not reproduce PyTorch: largest \|logit difference\| 0.0002 > 0.0001"):
-        export.export_model(build_model("lenet").eval(), "torchscript", path, torch.rand(4, 1, 28, 28), {"model": "lenet"})
+        export.export_model(build_model("lenet").eval(), "torchscript", path, torch.rand(4, 1, 28, 28),
+                            {"model": "lenet"})
     assert not path.exists()
 
 

@@ -8,6 +8,9 @@ import json
 
 import pytest
 import torch
+from torch import nn
+
+from cnnbench.models import build_model
 from cnnbench.speed.cpu import fused as fused_cpu
 from cnnbench.speed.cpu.fused import (
     Absorbed,
@@ -17,9 +20,6 @@ from cnnbench.speed.cpu.fused import (
     use_fused_kernels,
 )
 from cnnbench.speed.cpu.kernels import AvgPool2x2, use_fast_pooling
-from torch import nn
-
-from cnnbench.models import build_model
 
 needs_kernels = pytest.mark.skipif(load_library() is None, reason="no C compiler or no GNU OpenMP here")
 TOL = dict(rtol=1e-5, atol=1e-6)
@@ -66,7 +66,7 @@ def test_fused_training_step_matches_aten(shape, bn_kwargs):
         for name in p1:
             torch.testing.assert_close(p2[name], p1[name], **TOL)
         ref.zero_grad(), fused.zero_grad()
-    for (name, a), (_, b) in zip(ref.named_buffers(), fused.named_buffers()):
+    for (name, a), (_, b) in zip(ref.named_buffers(), fused.named_buffers(), strict=True):
         torch.testing.assert_close(b, a, **TOL, msg=name)
     assert [n for n, _ in ref.state_dict().items()] == [n for n, _ in fused.state_dict().items()]
 
@@ -80,7 +80,7 @@ def test_fused_evaluation_uses_the_running_statistics():
     ref.eval(), fused.eval()
     with torch.no_grad():
         torch.testing.assert_close(fused(z), ref(z), **TOL)
-    for (name, a), (_, b) in zip(ref.named_buffers(), fused.named_buffers()):
+    for (name, a), (_, b) in zip(ref.named_buffers(), fused.named_buffers(), strict=True):
         torch.testing.assert_close(b, a, **TOL, msg=name)
 
 

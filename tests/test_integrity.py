@@ -40,7 +40,8 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def test_the_lock_is_reentrant_in_one_process_and_refuses_another(tmp_path):
     child = [sys.executable, "-c", "import sys\nfrom cnnbench.runfolder.lock import acquire\nfrom pathlib import Path\n"
-             "try:\n    acquire(Path(sys.argv[1]))\nexcept Exception as e:\n    print(e)\n    sys.exit(2)\n", str(tmp_path)]
+             "try:\n    acquire(Path(sys.argv[1]))\nexcept Exception as e:\n    print(e)\n    sys.exit(2)\n",
+             str(tmp_path)]
     with run_folder_lock(tmp_path):
         with run_folder_lock(tmp_path):  # train() inside cnnbench train's lock: no waiting on itself
             pass
@@ -102,7 +103,8 @@ def test_a_killed_holder_leaves_no_lock(fake_data, tmp_path):
     finally:
         stop_process(holder)
     assert holder_of(run_dir) is None  # the kernel dropped the lock with the process
-    resumed = [o for o in overrides if not o.startswith("trainer.epochs=")] + ["trainer.epochs=2", "trainer.resume=auto"]
+    resumed = [o for o in overrides if not o.startswith("trainer.epochs=")]
+    resumed += ["trainer.epochs=2", "trainer.resume=auto"]
     assert train(compose_config(resumed), run_dir)["status"] == "completed"
 
 
@@ -114,12 +116,14 @@ def test_a_sweep_reports_a_job_folder_in_use_and_leaves_it_alone(fake_data, tmp_
     (busy / ".hydra" / "config.yaml").write_text("the other run's config\n")
     (busy / "summary.json").write_text('{"status": "running"}\n')
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-                               "from cnnbench.runfolder.lock import acquire\nacquire(Path(sys.argv[1]))\nprint('held', flush=True)\n"
+                               "from cnnbench.runfolder.lock import acquire\nacquire(Path(sys.argv[1]))\n"
+                               "print('held', flush=True)\n"
                                "time.sleep(600)\n", str(busy)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         before = snapshot(busy)
-        proc = subprocess.run(cli("train", "-m", *fast_overrides(fake_data, "trainer.batch_size=64", "trainer.epochs=1"),
+        overrides = fast_overrides(fake_data, "trainer.batch_size=64", "trainer.epochs=1")
+        proc = subprocess.run(cli("train", "-m", *overrides,
                                   "optimizer.lr=0.5,0.9", f"hydra.sweep.dir={sweep_dir}"),
                               capture_output=True, text=True, timeout=600)
     finally:
@@ -127,7 +131,8 @@ def test_a_sweep_reports_a_job_folder_in_use_and_leaves_it_alone(fake_data, tmp_
     log = proc.stdout + proc.stderr
     assert proc.returncode == 1, log
     assert "1 of 2 jobs completed" in log
-    assert f"job did not complete: {busy}: in use: RunFolderInUse: run folder {busy} is in use by process {holder.pid}" in log
+    assert (f"job did not complete: {busy}: in use: RunFolderInUse: run folder {busy} is in use by process "
+            f"{holder.pid}") in log
     after = snapshot(busy)
     assert {k: v for k, v in after.items() if k != "train.log"} == before  # Hydra only appends to its log
     assert json.loads((sweep_dir / "1_optimizer.lr=0.9" / "summary.json").read_text())["status"] == "completed"
@@ -289,7 +294,8 @@ def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(fake_data, tmp
     assert summary["resumable_from_epoch"] == epochs_kept
     assert summary["resume_command"].endswith(f"trainer.resume=auto hydra.run.dir={tmp_path}")
     assert f"the run can be resumed from epoch {epochs_kept} once the disk has room: cnnbench train" in caplog.text
-    assert f"run failed: RunFileWriteError: cannot write {tmp_path / failed_file}" in caplog.text or target == "summary.json"
+    failed = f"run failed: RunFileWriteError: cannot write {tmp_path / failed_file}"
+    assert failed in caplog.text or target == "summary.json"
     assert "Traceback" not in caplog.text  # one line, not a chained traceback
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cnnbench.evaluation.inference import load_run
-from cnnbench.evaluation.predict import to_dataset_style
 from PIL import Image
 
 from cnnbench.cli import main
 from cnnbench.data.idx import load_mini
+from cnnbench.evaluation.inference import load_run
+from cnnbench.evaluation.predict import to_dataset_style
 
 
 def network_on_originals(run_dir: Path, images: torch.Tensor) -> tuple[list[int], torch.Tensor]:
@@ -32,7 +32,7 @@ def confident_test_images(run_dir: Path, n: int) -> tuple[torch.Tensor, list[int
     test = load_mini()[1]
     preds, probs = network_on_originals(run_dir, test.images)
     chosen: dict[int, int] = {}
-    for i, (c, p) in enumerate(zip(preds, probs.max(dim=1).values.tolist())):
+    for i, (c, p) in enumerate(zip(preds, probs.max(dim=1).values.tolist(), strict=True)):
         if p > 0.9 and c not in chosen:
             chosen[c] = i
     index = list(chosen.values())[:n]

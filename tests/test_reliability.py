@@ -414,7 +414,8 @@ def test_no_sys_exit_inside_a_job():
     """sys.exit inside a job would end a whole sweep: only the command-line entry points may call it."""
     package = Path(__file__).resolve().parents[1] / "cnnbench"
     offenders = [p.name for p in package.rglob("*.py")
-                 if "sys.exit(" in p.read_text() and p.relative_to(package).as_posix() not in ("cli.py", "__main__.py", "book/pipeline.py")]
+                 if "sys.exit(" in p.read_text()
+                 and p.relative_to(package).as_posix() not in ("cli.py", "__main__.py", "book/pipeline.py")]
     assert offenders == []
 
 
@@ -455,7 +456,8 @@ BAD_VALUES = [
     (["model=vgg11", "model.width_div=0"], "model.width_div must be a positive integer dividing 64 for vgg11, got 0"),
     (["model=vgg11", "model.width_div=3"], "model.width_div must be a positive integer dividing 64 for vgg11, got 3"),
     (["model=alexnet", "model.dropout=1.0"], "model.dropout must be a number in [0, 1) for alexnet, got 1.0"),
-    (["model=lenet", "+model.dropout=0.5"], "model lenet takes no keyword argument 'dropout' (model.dropout); it takes none"),
+    (["model=lenet", "+model.dropout=0.5"], "model lenet takes no keyword argument 'dropout' (model.dropout); it "
+                                            "takes none"),
     (["model=vgg11", "+model.widht_div=2"], "model vgg11 takes no keyword argument 'widht_div' (model.widht_div); it "
                                             "takes width_div, dropout"),
     (["model=resnet18", "dataset.resize=4096"], "a training step of resnet18 at batch size 256, 4096x4096 inputs, fp32 "
@@ -547,8 +549,9 @@ def test_deterministic_runs_are_identical(fake_data, tmp_path):
     train(cfg_for(fake_data, "trainer.epochs=2", "model=lenet_bn", "trainer.seed=7"), tmp_path / "b")
     assert a["seed"] == 7 and a["deterministic"] is True
     assert_same_weights(final_weights(tmp_path / "a"), final_weights(tmp_path / "b"), atol=0)
-    strip = lambda p: [{k: v for k, v in json.loads(line).items() if "throughput" not in k and "time" not in k}
-                       for line in (p / "metrics.jsonl").read_text().splitlines()]
+    def strip(p: Path) -> list[dict]:  # the records without their timings
+        return [{k: v for k, v in json.loads(line).items() if "throughput" not in k and "time" not in k}
+                for line in (p / "metrics.jsonl").read_text().splitlines()]
     assert strip(tmp_path / "a") == strip(tmp_path / "b")
     c = train(cfg_for(fake_data, "trainer.epochs=2", "model=lenet_bn", "trainer.seed=8"), tmp_path / "c")
     assert c["train/loss"] != a["train/loss"]

@@ -118,7 +118,7 @@ def test_seed_groups_mean_and_sample_std(tmp_path: Path, capsys: pytest.CaptureF
             job += 1
     report = build_report(tmp_path)
     assert len(report.groups) == 2
-    for group, lr in zip(report.groups, ("0.1", "0.5")):  # best mean first
+    for group, lr in zip(report.groups, ("0.1", "0.5"), strict=True):  # best mean first
         assert group.settings == {"optimizer.lr": lr}
         assert len(group.finished) == 3
         assert group.mean == pytest.approx(statistics.mean(accs[lr]))

@@ -125,14 +125,16 @@ def test_torch_compile_matches_the_plain_path_and_the_next_run_reuses_it(fake_da
     runs = []
     for name in ("first", "next"):
         args = fast_overrides(fake_data, "model=lenet_bn", "trainer.batch_size=32", "trainer.epochs=1",
-                              "trainer.limit_train_batches=4", "trainer.logs_per_epoch=4", "trainer.limit_eval_batches=1",
+                              "trainer.limit_train_batches=4", "trainer.logs_per_epoch=4",
+                              "trainer.limit_eval_batches=1",
                               "trainer.checkpoint=false", "device.compile=true", f"hydra.run.dir={tmp_path / name}")
         out = subprocess.run([sys.executable, "-c", probe, "train", *args], capture_output=True, text=True, timeout=900)
         assert out.returncode == 0, out.stderr[-2000:]
         records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         assert summary["speed"]["compile"] is True
-        runs.append(([r["train/loss"] for r in records if r["kind"] == "train"], json.loads(out.stdout.splitlines()[-1])))
+        losses = [r["train/loss"] for r in records if r["kind"] == "train"]
+        runs.append((losses, json.loads(out.stdout.splitlines()[-1])))
     (first, cold), (again, warm) = runs
     assert first == pytest.approx(plain.losses, rel=1e-4, abs=1e-4) and again == first
     assert cold["inductor"].get("fxgraph_cache_miss", 0) > 0  # built, and written to the folder
@@ -260,7 +262,6 @@ def test_autotune_rounds_take_turns_and_the_median_decides(fake_data, tmp_path, 
     """With several rounds the candidates alternate, only the first round warms up, and one fast round
     does not outvote the rest (each candidate's median counts)."""
     import cnnbench.speed.settings as speed
-
     from cnnbench.run.build import build_run
 
     run = build_run(compose_fast(fake_data, "model=lenet_bn", "trainer.batch_size=32"), tmp_path)
@@ -306,9 +307,8 @@ def test_every_rank_trains_with_rank_0s_convolution_choice(fake_data, tmp_path, 
     """Under DDP the weight-gradient layers come from rank 0's timing, like the other speed settings."""
     import dataclasses
 
-    from cnnbench.speed.cpu.kernels import Conv2dNHWCWeightGrad
-
     import cnnbench.run.build as build
+    from cnnbench.speed.cpu.kernels import Conv2dNHWCWeightGrad
 
     monkeypatch.setattr(build, "broadcast_object",
                         lambda obj, ctx: dataclasses.replace(obj, nhwc_weight_grads=["0"]))  # rank 0 chose conv 0
@@ -318,7 +318,6 @@ def test_every_rank_trains_with_rank_0s_convolution_choice(fake_data, tmp_path, 
 
 def test_autotune_stops_timing_a_candidate_far_behind(fake_data, tmp_path, monkeypatch):
     import cnnbench.speed.settings as speed
-
     from cnnbench.run.build import build_run
 
     run = build_run(compose_fast(fake_data, "model=lenet_bn", "trainer.batch_size=32"), tmp_path)

@@ -58,7 +58,8 @@ def compare(recipe: str, summary: dict[str, Any]) -> dict[str, Any]:
     book = {key: _range([e[key] for e in editions.values() if e.get(key) is not None])
             for key in ("train_loss", "train_acc", "test_acc")}
     out: dict[str, Any] = {"recipe": recipe, "section": published()[recipe].get("section"), "editions": editions}
-    for key, summary_key, tol in (("train_loss", "train/loss", LOSS_TOLERANCE), ("train_acc", "train/acc", ACC_TOLERANCE)):
+    checked = (("train_loss", "train/loss", LOSS_TOLERANCE), ("train_acc", "train/acc", ACC_TOLERANCE))
+    for key, summary_key, tol in checked:
         value, (low, high) = summary[summary_key], book[key]
         out[key] = {"value": value, "book": [low, high], "ok": low - tol <= value <= high + tol}
     test, (low, high) = summary["test/acc"], book["test_acc"]

@@ -130,7 +130,8 @@ def add_flop_rates(row: dict, peaks: dict[str, float]) -> None:
     """Achieved training FLOP/s (3x forward) and its fraction of the measured matmul peak."""
     achieved = 3 * row["cnnbench/flops_per_image"] * row["cnnbench/examples_per_sec"]
     row["cnnbench/tflops"] = achieved / 1e12
-    row["cnnbench/peak_fraction"] = achieved / peaks[row["cnnbench/precision"] if row["cnnbench/precision"] in peaks else "fp32"]
+    peak = peaks[row["cnnbench/precision"] if row["cnnbench/precision"] in peaks else "fp32"]
+    row["cnnbench/peak_fraction"] = achieved / peak
     if "book/examples_per_sec" in row:
         row["book/peak_fraction"] = 3 * row["cnnbench/flops_per_image"] * row["book/examples_per_sec"] / peaks["fp32"]
 
@@ -139,7 +140,8 @@ def table(rows: list[dict], peaks: dict[str, float], device_name: str) -> str:
     """Markdown table of the rows."""
     head = ["recipe", "res", "batch", "cnnbench ex/s", "book ex/s", "steady x", "cnnbench e2e s", "book e2e s",
             "e2e x", "TFLOP/s", "% peak", "precision"]
-    lines = [f"device: {device_name}; matmul peak: " + ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in peaks.items()),
+    peak_text = ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in peaks.items())
+    lines = [f"device: {device_name}; matmul peak: {peak_text}",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         g = r.get

@@ -133,7 +133,8 @@ def _open_checked(path: Path, magic: int, ndim: int) -> _IdxFile:
     found, *dims = struct.unpack(f">{ndim + 1}I", head)
     if found != magic:
         compressed = data is None and found >> 16 == GZIP_MAGIC
-        hint = f"; it is gzip-compressed: name it {path.name}{GZIP_SUFFIX}" if compressed else "; not an IDX file of this kind"
+        hint = (f"; it is gzip-compressed: name it {path.name}{GZIP_SUFFIX}" if compressed
+                else "; not an IDX file of this kind")
         raise DataError(f"{path}: wrong magic number 0x{found:08x} (expected 0x{magic:08x}){hint}")
     expected = header + int(np.prod(dims))
     if size != expected:

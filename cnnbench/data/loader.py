@@ -70,7 +70,8 @@ class DeviceLoader:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(n, generator=gen).to(self.device, non_blocking=True)
 
-    def batches(self, epoch: int, start: int = 0, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, epoch: int, start: int = 0,
+                limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start`` .. ``limit`` (exclusive) of ``epoch``: x (B, 1, S, S) float, y (B,) int64."""
         order = self.permutation(epoch)
         stop = self.batches_per_epoch(limit)

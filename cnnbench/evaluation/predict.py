@@ -128,8 +128,8 @@ def classify(run: LoadedRun, pictures: list[Picture], topk: int) -> None:
     k = min(topk, probs.shape[1])
     values, indices = probs.topk(k, dim=1)
     names = run.contract.classes
-    for p, vs, ix in zip(good, values.tolist(), indices.tolist()):
-        p.top = [(names[i], v) for v, i in zip(vs, ix)]
+    for p, vs, ix in zip(good, values.tolist(), indices.tolist(), strict=True):
+        p.top = [(names[i], v) for v, i in zip(vs, ix, strict=True)]
 
 
 def line(p: Picture) -> str:

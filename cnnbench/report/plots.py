@@ -78,7 +78,7 @@ def short_label(report: Report, run: RunResult) -> str:
         return report.color_key(run)
     tails = [k.split(".")[-1] for k in keys]
     parts = []
-    for key, tail in zip(keys, tails):
+    for key, tail in zip(keys, tails, strict=True):
         value = run.overrides.get(key, "-")
         name = tail if tails.count(tail) == 1 else key
         parts.append(value if key == "model" else f"{name}={value}")
@@ -111,7 +111,7 @@ def _plot_curves(report: Report, ax: Any, series: dict[str, _Series], numbered: 
         # A seed group gets one legend entry; with many runs the figure's legend replaces this one.
         label = None if key in drawn or numbered else _legend_label(report, key, s, False)
         drawn.add(key)
-        xs, ys = zip(*r.curve)
+        xs, ys = zip(*r.curve, strict=True)
         ax.plot(xs, ys, marker=s.marker, markersize=3.5, linewidth=1.6, color=s.color, label=label,
                 alpha=0.75 if report.groups else 1.0)
     ax.set_title("test accuracy per epoch")

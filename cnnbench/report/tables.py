@@ -164,10 +164,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric
     widths = [max(3, *(len(r[i]) for r in cells)) for i in range(len(header))]
 
     def line(row: Sequence[str]) -> str:
-        padded = (c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric))
+        padded = (c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric, strict=True))
         return "| " + " | ".join(padded) + " |"
 
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
+    dashes = (("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric, strict=True))
+    rule = "|" + "|".join(dashes) + "|"
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
 
 

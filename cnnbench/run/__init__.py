@@ -1,1 +1,2 @@
-"""One training run: settings checked (validate), built (build), trained (train, loop), checkpointed and resumed, selected, summarized."""
+"""One training run: settings checked (validate), built (build), trained (train, loop), checkpointed and
+resumed, selected, summarized."""

@@ -32,7 +32,7 @@ from ..speed.compiling import compile_for_training
 from ..speed.cpu.kernels import set_nhwc_weight_grads
 from ..speed.precision import Precision
 from ..speed.settings import SpeedSettings, resolve_speed
-from .distributed import DistContext, broadcast_object
+from .distributed import SINGLE_PROCESS, DistContext, broadcast_object
 from .memory import check_step_fits
 from .optim import build_optimizer, build_scheduler
 from .selection import Monitor
@@ -98,7 +98,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(deterministic)
 
 
-def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = DistContext()) -> Run:
+def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS) -> Run:
     """Build device, data, model, optimizer and scheduler for ``cfg`` (this rank's share under DDP)."""
     validate_config(cfg)
     check_global_batch(int(cfg.trainer.batch_size), ctx.world_size)

@@ -31,6 +31,9 @@ class DistContext:
         return self.rank == 0
 
 
+SINGLE_PROCESS = DistContext()  # not under torchrun (frozen: safe as a default argument)
+
+
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 

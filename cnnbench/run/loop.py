@@ -19,7 +19,7 @@ from ..confusion import confusion_counts
 from ..data import DeviceLoader
 from ..errors import TrainingDiverged
 from ..speed.precision import Precision
-from .distributed import DistContext, all_sum
+from .distributed import SINGLE_PROCESS, DistContext, all_sum
 
 
 @dataclass
@@ -100,7 +100,7 @@ def train_one_epoch(
     limit_batches: int | None = None,
     grad_clip_norm: float | None = None,
     label_smoothing: float = 0.0,
-    dist_ctx: DistContext = DistContext(),
+    dist_ctx: DistContext = SINGLE_PROCESS,
 ) -> EpochResult:
     """Train for one epoch (or what remains of it, from ``progress``).
 
@@ -225,7 +225,7 @@ def backward_and_step(loss, model, optimizer, precision: Precision, grad_clip_no
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: DeviceLoader, precision: Precision, limit_batches: int | None = None,
-    dist_ctx: DistContext = DistContext(), num_classes: int | None = None, tta: bool = False,
+    dist_ctx: DistContext = SINGLE_PROCESS, num_classes: int | None = None, tta: bool = False,
 ) -> EvalResult:
     """Accuracy and mean loss on ``loader`` (read back once, at the end; summed over ranks). With
     ``num_classes``, also the confusion matrix: one bincount per batch, summed on the device.

@@ -2,8 +2,9 @@
 
 ``estimate_step_memory(cfg)`` runs one image through the configured network (on PyTorch's *meta* device,
 shapes only, for the big networks; on the CPU for the small ones, see there) and adds up what one
-training step holds: weights, gradients, optimizer state, the dataset kept on the device, and per example the forward activations the backward
-pass needs (``cnnbench summary``'s activation memory, :func:`cnnbench.models.stats.activation_bytes`).
+training step holds: weights, gradients, optimizer state, the dataset kept on the device, and per example the
+forward activations the backward pass needs (``cnnbench summary``'s activation memory,
+:func:`cnnbench.models.stats.activation_bytes`).
 ``check_step_fits`` refuses a step whose estimate is clearly above the memory available, naming a batch
 that fits; ``explain_oom`` turns an allocator failure during training into one sentence with the largest
 batch that fits.

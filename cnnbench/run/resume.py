@@ -191,18 +191,18 @@ def _keep_fresh_settings(run: Run, fresh: list[dict], hyperparameters: bool) -> 
     """Put back what the new optimizer was built with: always its implementation flags; with
     ``hyperparameters`` (a forced resume) also lr, momentum, betas, weight decay and the schedule's base."""
     groups = run.optimizer.param_groups
-    for group, new in zip(groups, fresh):
+    for group, new in zip(groups, fresh, strict=True):
         keep = [k for k in new if k in IMPLEMENTATION_FLAGS or (hyperparameters and k not in ("lr", "initial_lr"))]
         group.update({k: new[k] for k in keep})
     if not hyperparameters:
         return
     if run.scheduler is None:
-        for group, new in zip(groups, fresh):
+        for group, new in zip(groups, fresh, strict=True):
             group["lr"] = new["lr"]
         return
     base = [new.get("initial_lr", new["lr"]) for new in fresh]
     run.scheduler.base_lrs = base
-    for group, base_lr, factor in zip(groups, base, run.scheduler.lr_lambdas):
+    for group, base_lr, factor in zip(groups, base, run.scheduler.lr_lambdas, strict=True):
         group["initial_lr"] = base_lr
         group["lr"] = base_lr * factor(run.scheduler.last_epoch)
 

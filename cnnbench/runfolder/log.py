@@ -120,7 +120,8 @@ class RunLogger:
         step = int(record["step"])
         with writing(self._events_file()):
             for key, value in record.items():
-                if key in ("step", "epoch", "examples") or not isinstance(value, (int, float)) or isinstance(value, bool):
+                if (key in ("step", "epoch", "examples") or not isinstance(value, (int, float))
+                        or isinstance(value, bool)):
                     continue
                 self._tb.add_scalar(tb_tag(key), value, step)
             if kind == "epoch":

@@ -1,1 +1,2 @@
-"""Speed settings: precision, autotune, torch.compile, the process's threads, allocator and garbage collector, and CPU kernels (speed.cpu)."""
+"""Speed settings: precision, autotune, torch.compile, the process's threads, allocator and garbage collector,
+and CPU kernels (speed.cpu)."""
