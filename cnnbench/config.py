@@ -17,6 +17,19 @@ from omegaconf import DictConfig, open_dict
 PRIMARY_CONFIG = "train"
 
 
+def split_override(item: str) -> tuple[str, str | None]:
+    """A command-line override's key and value, as Hydra's grammar writes them: ``optimizer.lr=0.1``,
+    ``+key=v`` and ``++key=v`` (add), ``~key`` or ``~key=v`` (delete), ``group@package=option``. The key
+    comes without its prefix and package; the value is None for a deletion without one."""
+    key, sep, value = item.partition("=")
+    return key.lstrip("+~").split("@", 1)[0], value if sep else None
+
+
+def override_key(item: str) -> str:
+    """``split_override``'s key alone: ``+trainer.ema.decay=0.99`` -> ``trainer.ema.decay``."""
+    return split_override(item)[0]
+
+
 def config_dir() -> Path:
     """Absolute path of the config tree (the folder holding ``train.yaml``)."""
     checkout = Path(__file__).resolve().parent.parent / "conf"

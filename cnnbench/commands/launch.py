@@ -20,6 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
+from ..config import override_key, split_override
 from ..errors import ConfigError, ResumeRefused, RunFolderInUse
 from ..run.distributed import broadcast_object, current, init_from_env, launched_by_torchrun, shutdown
 from ..run.resume import check_resume
@@ -56,8 +57,9 @@ def override_value(text: str) -> str:
 def _given(args: Sequence[str], key: str) -> str | None:
     """The value of ``key=value`` on the command line, if present."""
     for a in overrides_only(args):
-        if a.split("=", 1)[0].lstrip("+~") == key:
-            return a.split("=", 1)[1] if "=" in a else ""
+        given, value = split_override(a)
+        if given == key:
+            return value or ""
     return None
 
 
@@ -126,7 +128,7 @@ def _sweeper_fixed_params(cfg: DictConfig, job: Sequence[str]) -> list[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = cfg.hydra.sweeper.get("params") or {}
-    given = {o.split("=", 1)[0].lstrip("+~") for o in job}
+    given = {override_key(o) for o in job}
     entries = [f"{k}={v}" for k, v in params.items() if k not in given]
     parsed = OverridesParser.create().parse_overrides(entries)
     return [p.input_line for p in parsed if not p.is_sweep_override()]

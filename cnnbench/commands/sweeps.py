@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ..config import override_key
 from ..errors import ConfigError, ResumeRefused, RunFolderInUse
 from ..runfolder.lock import holder_of
 from ..runfolder.names import CHECKPOINT, HYDRA_DIR, METRICS, SUMMARY
@@ -54,7 +55,7 @@ def sweep_naming_overrides(args: Sequence[str]) -> list[str]:
 
 
 def _comparable(overrides: Sequence[str]) -> list[str]:
-    return sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != RESUME_SWEEP_KEY)
+    return sorted(o for o in overrides if override_key(o) != RESUME_SWEEP_KEY)
 
 
 def find_sweep_to_resume(args: Sequence[str], base: Path = Path("outputs/multirun")) -> Path:

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from ..config import split_override
 from ..runfolder.names import CONFIG, METRICS, OVERRIDES, SUMMARY
 
 logger = logging.getLogger(__package__)  # "cnnbench.report", the one name its log lines show
@@ -221,9 +222,8 @@ def parse_overrides(items: Iterable[Any]) -> dict[str, str]:
     """``["model=lenet", "+x=1", "~y"]`` -> ``{"model": "lenet", "x": "1"}``; hydra's own keys dropped."""
     out: dict[str, str] = {}
     for item in items:
-        key, sep, value = str(item).partition("=")
-        key = key.lstrip("+")
-        if not sep or key.startswith("~") or key.split("/")[0].split(".")[0] == "hydra":
+        key, value = split_override(str(item))
+        if value is None or str(item).startswith("~") or key.split("/")[0].split(".")[0] == "hydra":
             continue  # deletions have no value; hydra.* settings (launcher, dirs) are not the experiment
         out[key] = value
     return out

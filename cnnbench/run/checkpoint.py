@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import __version__
 from ..errors import CheckpointError
-from ..runfolder.disk import low_space_warning, writing
+from ..runfolder.disk import atomic_write, low_space_warning
 from ..runfolder.names import CHECKPOINT
 from .state import RunState
 
@@ -132,18 +132,10 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     failed write (a full disk) raises :class:`RunFileWriteError` naming ``path``; the previous file stays.
     """
     state = {"format_version": FORMAT_VERSION, **state}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     if path.exists():
         low_space_warning(path.parent, path.stat().st_size)
-    try:
-        with writing(path):
-            with tmp.open("wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
     _fsync_dir(path.parent)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..config import override_key
 from ..data.idx import train_size
 from ..errors import ConfigError, one_line
 from ..models import get_model_spec, input_side
@@ -282,7 +283,7 @@ def check_added_keys(overrides: Iterable[str], base: DictConfig, group_names: se
     for item in overrides:
         if not item.startswith("+"):
             continue
-        key = item.lstrip("+").split("=", 1)[0].split("@", 1)[0]
+        key = override_key(item)
         if key.startswith("hydra") or key in known or key in group_names or key.startswith("model."):
             continue  # model.* arguments: checked against what the model family declares
         raise ConfigError(f"unknown config key {key!r} (added with '+'): cnnbench does not read it"

@@ -12,11 +12,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import shlex
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
+from ..config import override_key
 from ..errors import RunFileWriteError
 from ..fmt import human
 from .names import CHECKPOINT
@@ -50,6 +53,25 @@ def writing(path: Path) -> Iterator[None]:
         if os_error is None:
             raise
         raise RunFileWriteError(path, os_error) from exc
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, mode: str = "w") -> Iterator[IO]:
+    """A file to write ``path``'s new content into: a temporary file beside it (``.NAME.PID.tmp``: hidden,
+    never mistaken for the real one, one per process) that, when the block ends without an error, is
+    flushed, fsynced and renamed over ``path``. A kill at any moment leaves the old file or the new one,
+    never a torn one; a failed write (a full disk) raises :class:`RunFileWriteError` naming ``path`` and
+    leaves the old file; the temporary file never stays."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with writing(path):
+            with tmp.open(mode) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def low_space_warning(folder: Path, checkpoint_bytes: int) -> str | None:
@@ -88,7 +110,7 @@ def checkpoint_epoch(run_dir: Path) -> int | None:
 def resume_command(run_dir: Path, overrides: Sequence[str]) -> str:
     """The command line that resumes this run in its own folder."""
     dropped = ("trainer.resume", "hydra.run.dir", "trainer.resume_force")
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in dropped]
+    kept = [o for o in overrides if override_key(o) not in dropped]
     return shlex.join(["cnnbench", "train", *kept, "trainer.resume=auto", f"hydra.run.dir={run_dir}"])
 
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..config import split_override
 from ..models import input_side
-from .disk import writing
+from .disk import atomic_write, writing
 from .names import METRICS
 
 logger = logging.getLogger(__name__)
@@ -28,17 +28,9 @@ def _jsonable(value: Any) -> Any:
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with writing(path):  # a full disk: one RunFileWriteError naming the file; the old one stays
-            with tmp.open("w") as f:
-                json.dump({k: _jsonable(v) for k, v in data.items()}, f, indent=2, sort_keys=False)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as f:  # a full disk: one RunFileWriteError naming the file; the old one stays
+        json.dump({k: _jsonable(v) for k, v in data.items()}, f, indent=2, sort_keys=False)
+        f.write("\n")
 
 
 # metrics.jsonl key -> TensorBoard tag, for the keys whose tag differs. TensorBoard's Time Series page
@@ -78,7 +70,7 @@ def hparams_of(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         "precision": cfg.device.precision,
     }
     for item in overrides:
-        key, _, value = item.lstrip("+~").partition("=")
+        key, value = split_override(item)
         if key.startswith("hydra") or HPARAM_ALIASES.get(key, key) in hp:
             continue
         hp[key] = value
@@ -188,10 +180,5 @@ def trim_metrics(run_dir: Path, step: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a kill
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with writing(path):  # atomic: a full disk must not cut the records before the checkpoint
-            tmp.write_text("".join(k + "\n" for k in kept))
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as f:  # a full disk must not cut the records before the checkpoint
+        f.write("".join(k + "\n" for k in kept))
