@@ -7,7 +7,6 @@ rest; after any launcher has run the jobs, ``sweep_outcomes`` reads every job's 
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ..config import override_key
 from ..errors import ConfigError, ResumeRefused, RunFolderInUse
 from ..runfolder.lock import holder_of
-from ..runfolder.names import CHECKPOINT, HYDRA_DIR, METRICS, SUMMARY
+from ..runfolder.names import CHECKPOINT, METRICS, SUMMARY, is_run_folder, read_summary
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +83,9 @@ def prepare_resumed_job(cfg: DictConfig, run_dir: Path) -> dict | None:
     earlier summary kept as ``summary.previous.json`` and its log file appended to.
     """
     summary_path = run_dir / SUMMARY
-    if not summary_path.exists():
+    previous, problem = read_summary(run_dir)
+    if problem == "no summary":
         return None
-    try:
-        previous = json.loads(summary_path.read_text())
-    except json.JSONDecodeError:
-        previous = {"status": "unreadable"}
     if previous.get("status") == "completed":
         logger.info("%s=true: %s already completed, skipping it", RESUME_SWEEP_KEY, run_dir)
         return previous
@@ -106,15 +102,14 @@ def prepare_resumed_job(cfg: DictConfig, run_dir: Path) -> dict | None:
 def sweep_outcomes(sweep_dir: Path) -> list[dict]:
     """status, error and folder of every job of a sweep, read from their summary.json files."""
     outcomes = []
-    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / HYDRA_DIR).is_dir()):
+    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and is_run_folder(p)):
         holder = holder_of(job)
         if holder is not None:  # another process still writes it: its summary is not this sweep's
             s = {"status": "in use", "error": f"the job folder is in use by {holder}"}
         else:
-            try:
-                s = json.loads((job / SUMMARY).read_text())
-            except (OSError, json.JSONDecodeError):
-                s = {"status": "failed", "error": f"no readable {SUMMARY} (the job died before finishing)"}
+            s, problem = read_summary(job)
+            if problem:
+                s = {"status": "failed", "error": f"no readable {SUMMARY} (the job died before finishing): {problem}"}
         outcomes.append({"status": s.get("status"), "error": s.get("error"), "run_dir": str(job)})
     return outcomes
 

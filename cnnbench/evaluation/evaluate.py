@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +27,9 @@ from ..confusion import confusion_counts, most_confused, per_class_stats
 from ..data import DeviceLoader
 from ..errors import CnnbenchError, RunFolderError
 from ..runfolder.log import write_json_atomic
-from ..runfolder.names import EVAL_DIR
+from ..runfolder.names import EVAL_DIR, find_run_folders
 from ..speed.precision import Precision
-from .inference import SPLITS, LoadedRun, eval_split, is_run_folder, load_run, with_data_root
+from .inference import SPLITS, LoadedRun, eval_split, load_run, with_data_root
 
 logger = logging.getLogger(__name__)
 
@@ -151,16 +150,9 @@ def evaluate_run(run_dir: Path, checkpoint: str, split: str, device: str, data_r
 
 def find_runs(root: Path) -> list[Path]:
     """``root`` itself when it is a run folder, else every run folder below it (a sweep's jobs)."""
-    if is_run_folder(root):
-        return [root]
     if not root.is_dir():
         return [root]  # load_run names the problem
-    found = []
-    for dirpath, dirnames, _ in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # .hydra, caches
-        if is_run_folder(Path(dirpath)):
-            found.append(Path(dirpath))
-            dirnames[:] = []
+    found = find_run_folders(root)
     if not found:
         raise RunFolderError(f"{root} is not a cnnbench run folder (no .hydra/config.yaml) and holds none")
     return found

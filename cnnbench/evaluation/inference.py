@@ -8,7 +8,6 @@ retypes a model, a resolution or a normalization. Every problem is one :class:`C
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, RunFolderError
 from ..models.configured import image_size, model_from_config
 from ..run.checkpoint import load_checkpoint
-from ..runfolder.names import BEST_CHECKPOINT, CHECKPOINT, CONFIG, HYDRA_DIR, SUMMARY
+from ..runfolder.names import BEST_CHECKPOINT, CHECKPOINT, CONFIG, HYDRA_DIR, read_summary
 from ..speed.precision import Precision
 
 logger = logging.getLogger(__name__)
@@ -119,10 +118,6 @@ def _anchor_data_root(cfg: DictConfig, run_dir: Path) -> None:
     cfg.dataset.root = str(Path(str(cwd)) / str(root))
 
 
-def is_run_folder(path: Path) -> bool:
-    return (path / CONFIG).is_file()
-
-
 def checkpoint_path(run_dir: Path, which: str) -> Path:
     """``last`` (last.pt), ``best`` (best.pt, written only by runs with a validation split) or a path."""
     if which not in CHECKPOINT_NAMES:
@@ -138,13 +133,6 @@ def checkpoint_path(run_dir: Path, which: str) -> Path:
                               "split (dataset.val_size > 0); use --checkpoint last")
     raise CheckpointError(f"{run_dir} has no {CHECKPOINT} (the run saved no checkpoint: trainer.checkpoint=false, "
                           "or it failed before its first epoch ended)")
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / SUMMARY).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def reported_weights(state: dict) -> dict:
@@ -179,7 +167,7 @@ def load_run(run_dir: Path | str, checkpoint: str = "last", device: str = "auto"
     step = load_weights(model, cfg, path)
     target = resolve_device(device)
     contract = InputContract(int(cfg.dataset.in_channels), image_size(cfg), normalization(cfg), class_names(cfg))
-    summary = read_summary(run_dir)
+    summary, _ = read_summary(run_dir)  # {} when missing or unreadable
     if (summary.get("speed") or {}).get("channels_last"):
         model.to(memory_format=torch.channels_last)
     logger.info("loaded %s (%s, step %d) from %s", cfg.model.name, path.name, step, run_dir)

@@ -3,7 +3,7 @@
 A *run folder* is any folder holding ``summary.json`` or ``.hydra/overrides.yaml``; a Hydra sweep folder,
 a single run folder or any tree of them works. The package, one concern per module:
 
-- :mod:`.runs`: reading run folders (``find_run_dirs``, ``read_run``, ``read_metrics``,
+- :mod:`.runs`: reading run folders (``read_run``, ``read_metrics``,
   ``parse_overrides``, ``accuracy_curve``), the ``RunResult``/``SeedGroup``/``Report`` data and
   ``build_report``, which reads, sorts and groups them;
 - :mod:`.tables`: table cells, markdown tables, the printed text, report.md and report.csv, and
@@ -23,7 +23,6 @@ from .runs import (
     accuracy_curve,
     build_report,
     differing_keys,
-    find_run_dirs,
     parse_overrides,
     read_metrics,
     read_run,
@@ -34,6 +33,6 @@ from .tables import csv_rows, markdown_table, report_markdown, report_text, writ
 
 __all__ = [
     "Report", "RunResult", "SeedGroup", "accuracy_curve", "build_report", "cmd_report", "csv_rows",
-    "differing_keys", "find_run_dirs", "markdown_table", "parse_overrides", "plot_report", "read_metrics",
+    "differing_keys", "markdown_table", "parse_overrides", "plot_report", "read_metrics",
     "read_run", "report_markdown", "report_text", "seed_groups", "sort_runs", "write_csv", "write_report",
 ]

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import re
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +23,7 @@ from typing import Any
 import yaml
 
 from ..config import split_override
-from ..runfolder.names import CONFIG, METRICS, OVERRIDES, SUMMARY
+from ..runfolder.names import CONFIG, METRICS, OVERRIDES, SUMMARY, find_run_folders, natural_key, read_summary
 
 logger = logging.getLogger(__package__)  # "cnnbench.report", the one name its log lines show
 
@@ -151,21 +149,9 @@ class Report:
 # ---------------------------------------------------------------------------------------- reading
 
 
-def find_run_dirs(root: Path) -> list[Path]:
-    """Every folder under ``root`` (itself included) holding summary.json or .hydra/overrides.yaml."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        if SUMMARY in filenames or (here / OVERRIDES).is_file():
-            found.append(here)
-        # Hidden folders (.hydra, .git, caches) never hold runs; pruning them keeps the walk short.
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-    return sorted(found, key=lambda p: _natural_key(str(p)))
-
-
 def read_run(path: Path, root: Path) -> RunResult:
     """Read one run folder; never raises on a half-written or corrupt file."""
-    summary, problem = _read_summary(path / SUMMARY)
+    summary, problem = read_summary(path)
     records = read_metrics(path / METRICS)
     config = _read_yaml(path / CONFIG)
     overrides_list = summary.get("overrides")
@@ -177,19 +163,6 @@ def read_run(path: Path, root: Path) -> RunResult:
     name = str(path.relative_to(root)) if path != root else path.resolve().name
     return RunResult(path=path, name=name, overrides=parse_overrides(overrides_list),
                      summary=merged, curve=accuracy_curve(records))
-
-
-def _read_summary(path: Path) -> tuple[dict[str, Any], str | None]:
-    """The summary and, when it cannot be used, why."""
-    if not path.is_file():
-        return {}, "no summary"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        return {}, f"unreadable {SUMMARY}: {exc}"
-    if not isinstance(data, dict):
-        return {}, f"{SUMMARY} is not a JSON object"
-    return data, None
 
 
 def _read_yaml(path: Path) -> Any:
@@ -268,9 +241,9 @@ def build_report(root: Path) -> Report:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory")
-    dirs = find_run_dirs(root)
+    dirs = find_run_folders(root)
     if not dirs:
-        raise FileNotFoundError(f"no run folders (with {SUMMARY} or {OVERRIDES}) under {root}")
+        raise FileNotFoundError(f"no run folders (with {SUMMARY} or {CONFIG}) under {root}")
     runs = sort_runs([read_run(d, root) for d in dirs])
     columns = differing_keys(runs)
     labels = [tuple(r.overrides.get(k) for k in columns) for r in runs]
@@ -296,7 +269,7 @@ def sort_runs(runs: Iterable[RunResult]) -> list[RunResult]:
 
     def key(r: RunResult) -> tuple:
         acc = r.val_acc if by_val else r.test_acc
-        return (not r.ok, acc is None, -(acc or 0.0), _natural_key(r.name))
+        return (not r.ok, acc is None, -(acc or 0.0), natural_key(r.name))
 
     return sorted(runs, key=key)
 
@@ -324,11 +297,6 @@ def finite_number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
-
-
-def _natural_key(text: str) -> list:
-    """'10_model=x' after '2_model=y': Hydra job numbers are not zero-padded."""
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text)]
 
 
 def outcome_line(report: Report) -> str:

@@ -1,4 +1,5 @@
-"""Names of the files in a run folder: one place for the writers (train, launch) and the readers (report).
+"""Names of the files in a run folder, what makes a folder one and reading its summary: one place for the
+writers (train, launch) and the readers (eval, report, sweeps).
 
 A run folder holds:
 
@@ -18,7 +19,11 @@ Never imports torch: the report reads these files without it.
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from pathlib import Path
+from typing import Any
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
@@ -30,3 +35,42 @@ OVERRIDES = Path(HYDRA_DIR) / "overrides.yaml"
 EVAL_DIR = "eval"
 LOCK = ".lock"
 RESUMES_DIR = Path(HYDRA_DIR) / "resumes"
+
+
+def is_run_folder(path: Path) -> bool:
+    """A folder that ``cnnbench train`` wrote: Hydra's copy of its config (written first) or its summary."""
+    return (path / CONFIG).is_file() or (path / SUMMARY).is_file()
+
+
+def find_run_folders(root: Path) -> list[Path]:
+    """``root`` when it is a run folder, else every run folder below it (a sweep's jobs, a tree of runs),
+    in natural order ('10_...' after '2_...': Hydra's job numbers are not zero-padded)."""
+    if is_run_folder(root):
+        return [root]
+    found = []
+    for dirpath, dirnames, _ in os.walk(root):
+        if is_run_folder(Path(dirpath)):
+            found.append(Path(dirpath))
+            dirnames[:] = []  # a run folder holds no other run
+        else:
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # .hydra, .git, caches
+    return sorted(found, key=lambda p: natural_key(str(p)))
+
+
+def natural_key(text: str) -> list:
+    """A sort key that orders the numbers in ``text`` by value: '10_model=x' after '2_model=y'."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text)]
+
+
+def read_summary(run_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """The run's summary.json and, when it cannot be used, why ("no summary", unreadable, not an object)."""
+    path = run_dir / SUMMARY
+    if not path.is_file():
+        return {}, "no summary"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return {}, f"unreadable {SUMMARY}: {exc}"
+    if not isinstance(data, dict):
+        return {}, f"{SUMMARY} is not a JSON object"
+    return data, None
