@@ -1,4 +1,4 @@
-"""Where the Hydra config tree lives, and composing it outside ``@hydra.main``.
+"""Where the Hydra config tree lives, composing it outside ``@hydra.main``, the override syntax, the cache root.
 
 The tree is the top-level ``conf/`` of the repository. A source checkout or an editable install reads
 it in place; a wheel (``pip install .``) ships the same files as the package ``cnnbench.conf``.
@@ -7,6 +7,7 @@ it in place; a wheel (``pip install .``) ships the same files as the package ``c
 from __future__ import annotations
 
 import copy
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from importlib import resources
@@ -15,6 +16,12 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 PRIMARY_CONFIG = "train"
+
+
+def cache_root() -> Path:
+    """cnnbench's folder for what outlives a run (the dataset it downloads, compiled graphs, built kernels):
+    ``~/.cache/cnnbench``, under ``$XDG_CACHE_HOME`` when set."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnbench"
 
 
 def split_override(item: str) -> tuple[str, str | None]:

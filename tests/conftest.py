@@ -182,8 +182,7 @@ def ema_run(trained_run, tmp_path_factory) -> Path:
     import torch
 
     from cnnbench.evaluation.inference import read_run_config
-    from cnnbench.models.configured import model_from_config
-    from cnnbench.run.build import init_weights
+    from cnnbench.models.configured import init_weights, model_from_config
 
     run = tmp_path_factory.mktemp("runs") / "lenet_bn_ema"
     shutil.copytree(trained_run, run)

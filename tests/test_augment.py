@@ -14,8 +14,8 @@ from cnnbench.config import compose_config
 from cnnbench.data import DeviceLoader
 from cnnbench.data.augment import Augment, erase_boxes, random_crop
 from cnnbench.data.idx import Split
-from cnnbench.models.configured import model_from_config
-from cnnbench.run.build import build_run, init_weights, seed_everything
+from cnnbench.models.configured import init_weights, model_from_config
+from cnnbench.run.build import build_run, seed_everything
 from cnnbench.run.loop import EvalResult, evaluate
 from cnnbench.run.optim import onecycle_factor
 from cnnbench.run.train import train

@@ -57,7 +57,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BOOK_NUM_WORKERS = 4  # d2l.get_dataloader_workers()
-NATIVE_SIDE = 28  # pixels; Fashion-MNIST images are 28x28
 
 
 def default_root() -> str:
@@ -274,6 +273,7 @@ def run_book(
     loader is given a resize only when the side differs from 28, as the book passes ``resize=None`` for
     LeNet. Adds ``model``, ``image_size``, ``batch_size`` and ``lr`` to :func:`train_ch6`'s dict.
     """
+    from ..data.loader import NATIVE_SIDE
     from ..models import build_model, input_side
 
     t0 = time.perf_counter()

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from ..config import cache_root
 from ..errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class Split:
 
 def candidate_roots(root: str | None) -> list[Path]:
     """Folders searched for the data, in order: dataset.root, $CNNBENCH_DATA, ./data, the user cache."""
-    found = [root, os.environ.get("CNNBENCH_DATA"), "data", Path.home() / ".cache" / "cnnbench" / "data"]
+    found = [root, os.environ.get("CNNBENCH_DATA"), "data", cache_root() / "data"]
     return [Path(p).expanduser() for p in found if p]
 
 

@@ -24,7 +24,7 @@ from ..data.split import split_train_val
 from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, RunFolderError
 from ..models.configured import image_size, model_from_config
-from ..run.checkpoint import load_checkpoint
+from ..run.checkpoint import check_model_name, load_checkpoint
 from ..runfolder.names import BEST_CHECKPOINT, CHECKPOINT, CONFIG, HYDRA_DIR, read_summary
 from ..speed.precision import Precision
 
@@ -147,9 +147,7 @@ def reported_weights(state: dict) -> dict:
 def load_weights(model: nn.Module, cfg: DictConfig, path: Path) -> int:
     """Load a checkpoint's model weights into ``model`` (CPU); returns the checkpoint's step."""
     state = load_checkpoint(path)  # weights_only; refuses corrupt and foreign files, naming them
-    saved = (state["config"].get("model") or {}).get("name")
-    if saved != cfg.model.name:
-        raise CheckpointError(f"checkpoint {path} holds a {saved!r} network, but the run trained {cfg.model.name!r}")
+    check_model_name(state, path, str(cfg.model.name))
     try:
         model.load_state_dict(reported_weights(state))
     except (RuntimeError, KeyError) as exc:

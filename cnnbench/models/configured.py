@@ -1,11 +1,15 @@
-"""The configured network: the ``model`` group's name and keyword arguments, sized for the dataset."""
+"""The configured network: the ``model`` group's name and keyword arguments, sized for the dataset, and its
+initialization (``trainer.init``)."""
 
 from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from ..errors import ConfigError
 from .registry import build_model, input_side
+
+INIT_SCHEMES = ("xavier", "default")  # trainer.init
 
 
 def image_size(cfg: DictConfig) -> int:
@@ -22,3 +26,15 @@ def model_from_config(cfg: DictConfig) -> nn.Module:
     """The configured network, sized for the dataset's channels, classes and the run's input side."""
     return build_model(cfg.model.name, in_channels=cfg.dataset.in_channels, num_classes=cfg.dataset.num_classes,
                        image_size=image_size(cfg), **model_kwargs(cfg))
+
+
+def init_weights(model: nn.Module, scheme: str) -> None:
+    """``xavier``: the book's init_weights (Xavier-uniform on every Linear and Conv2d weight);
+    ``default``: PyTorch's own initialization, left as it is."""
+    if scheme not in INIT_SCHEMES:
+        raise ConfigError(f"unknown trainer.init {scheme!r}; use xavier or default")
+    if scheme == "default":
+        return
+    for m in model.modules():
+        if type(m) in (nn.Linear, nn.Conv2d):  # exact types, as the book's type(m) == ... test
+            nn.init.xavier_uniform_(m.weight)

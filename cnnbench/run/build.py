@@ -25,7 +25,7 @@ from ..data.loader import normalization
 from ..data.split import split_train_val
 from ..devices import resolve_device
 from ..errors import ConfigError
-from ..models.configured import image_size, model_from_config
+from ..models.configured import image_size, init_weights, model_from_config
 from ..models.stats import count_parameters, forward_flops
 from ..speed.allocator import tune_malloc
 from ..speed.compiling import compile_for_training
@@ -38,8 +38,6 @@ from .optim import build_optimizer, build_scheduler
 from .selection import Monitor
 from .state import RunState
 from .validate import check_global_batch, validate_config
-
-INIT_SCHEMES = ("xavier", "default")
 
 
 @dataclass
@@ -69,18 +67,6 @@ class Run:
     @property
     def batches_per_epoch(self) -> int:
         return self.train_loader.batches_per_epoch(self.cfg.trainer.limit_train_batches)
-
-
-def init_weights(model: nn.Module, scheme: str) -> None:
-    """``xavier``: the book's init_weights (Xavier-uniform on every Linear and Conv2d weight);
-    ``default``: PyTorch's own initialization, left as it is."""
-    if scheme not in INIT_SCHEMES:
-        raise ConfigError(f"unknown trainer.init {scheme!r}; use xavier or default")
-    if scheme == "default":
-        return
-    for m in model.modules():
-        if type(m) in (nn.Linear, nn.Conv2d):  # exact types, as the book's type(m) == ... test
-            nn.init.xavier_uniform_(m.weight)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

@@ -66,14 +66,17 @@ def resolve_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
     return Path(str(resume)).expanduser()
 
 
+def check_model_name(state: dict[str, Any], path: Path, name: str) -> None:
+    """Refuse a checkpoint written for another network than ``name``, naming both."""
+    saved = (state["config"].get("model") or {}).get("name")
+    if saved != name:
+        raise CheckpointError(f"checkpoint {path} holds a {saved!r} network, but the run trains {name!r}")
+
+
 def restore(run: Run, path: Path) -> None:
     """Load model, optimizer, scheduler, scaler, progress and RNG states from ``path`` into ``run``."""
     state = load_checkpoint(path)
-    saved_model = state["config"].get("model", {}).get("name")
-    if saved_model != run.cfg.model.name:
-        raise CheckpointError(
-            f"checkpoint {path} was written for model {saved_model!r}, not {run.cfg.model.name!r}"
-        )
+    check_model_name(state, path, str(run.cfg.model.name))
     try:
         run.raw_model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])

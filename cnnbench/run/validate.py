@@ -22,7 +22,7 @@ from ..config import override_key
 from ..data.idx import train_size
 from ..errors import ConfigError, one_line
 from ..models import get_model_spec, input_side
-from ..models.configured import model_kwargs
+from ..models.configured import INIT_SCHEMES, model_kwargs
 from ..models.registry import check_min_size, check_model_kwargs
 
 
@@ -141,8 +141,8 @@ def check_values(cfg: DictConfig) -> None:
     if cfg.dataset.resize is not None:
         _positive(cfg.dataset.resize, "dataset.resize", integer=True)
     check_min_size(spec.name, input_side(spec.name, cfg.dataset.resize), spec.min_resolution)
-    if cfg.trainer.init not in ("xavier", "default"):
-        raise ConfigError(f"trainer.init must be xavier or default, got {cfg.trainer.init!r}")
+    if cfg.trainer.init not in INIT_SCHEMES:
+        raise ConfigError(f"trainer.init must be {' or '.join(INIT_SCHEMES)}, got {cfg.trainer.init!r}")
     _check_names(cfg)
     check_ranges(cfg)
     check_model_kwargs(spec.name, model_kwargs(cfg))

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import cache_root
 from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -50,12 +51,6 @@ def compile_cache_dir() -> Path:
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
     return cache_root() / "inductor"
-
-
-def cache_root() -> Path:
-    """cnnbench's folder for what outlives a run (compiled graphs, built kernels): ``~/.cache/cnnbench``,
-    under ``$XDG_CACHE_HOME`` when set."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnbench"
 
 
 def use_compile_cache() -> Path:

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..compiling import cache_root
+from ...config import cache_root
 from .kernels import AvgPool2x2, pool_eligible
 
 logger = logging.getLogger(__name__)
