@@ -10,14 +10,16 @@ import os
 import signal
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
+from cnnbench import runlock
 from cnnbench.cli import main
 from cnnbench.config import compose_config
-from cnnbench.errors import ResumeRefused, RunFolderInUse
+from cnnbench.errors import ResumeRefused
 from cnnbench.memory import estimate_step_memory
 from cnnbench.runlock import holder_of, run_folder_lock
 from cnnbench.train import train
@@ -40,13 +42,105 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def test_the_lock_is_reentrant_in_one_process_and_refuses_another(tmp_path):
     child = [sys.executable, "-c", "import sys\nfrom cnnbench.runlock import acquire\nfrom pathlib import Path\n"
-             "try:\n    acquire(Path(sys.argv[1]))\nexcept Exception as e:\n    print(e)\n    sys.exit(2)\n", str(tmp_path)]
+             "try:\n    acquire(Path(sys.argv[1]))\nexcept Exception as e:\n    print(e)\n    sys.exit(2)\n",
+             str(tmp_path)]
     with run_folder_lock(tmp_path):
         with run_folder_lock(tmp_path):  # train() inside cnnbench train's lock: no waiting on itself
             pass
         refused = subprocess.run(child, capture_output=True, text=True, timeout=60)
         assert refused.returncode == 2 and f"in use by process {os.getpid()}" in refused.stdout
     assert subprocess.run(child, capture_output=True, text=True, timeout=60).returncode == 0
+
+
+def test_the_train_command_imports_without_fcntl():
+    """Windows has no fcntl: the modules ``cnnbench train`` loads import without it (simulated: ``import
+    fcntl`` fails). The child prints the ImportError in one line, no traceback: a failed promise, not a crash."""
+    code = ("import sys\nsys.modules['fcntl'] = None\n"
+            "try:\n    import cnnbench.cli, cnnbench.launch, cnnbench.train, cnnbench.runlock, cnnbench.sweeps\n"
+            "except ImportError as e:\n    print('cannot import:', e)\nelse:\n    print('imported')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "imported"
+
+
+# Windows simulated on this machine: msvcrt.locking over POSIX record locks (fcntl.lockf) of the same bytes,
+# refused with EACCES as Windows' C runtime refuses; Windows locks are mandatory, so a read of bytes that
+# another process locked fails (ReadFile's lock violation); fcntl itself is unimportable for cnnbench.
+SIMULATED_WINDOWS = """
+import errno, os, stat, sys, time, types
+from pathlib import Path
+import fcntl as posix
+sys.modules["fcntl"] = None
+
+def locking(fd, mode, nbytes):
+    start = os.lseek(fd, 0, os.SEEK_CUR)
+    if mode == 0:  # LK_UNLCK
+        posix.lockf(fd, posix.LOCK_UN, nbytes, start)
+        return
+    kind = posix.LOCK_SH if posix.fcntl(fd, posix.F_GETFL) & os.O_ACCMODE == os.O_RDONLY else posix.LOCK_EX
+    try:
+        posix.lockf(fd, kind | posix.LOCK_NB, nbytes, start)
+    except OSError:
+        raise OSError(errno.EACCES, "Permission denied") from None
+
+def read(fd, n, real_read=os.read):
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        start = os.lseek(fd, 0, os.SEEK_CUR)
+        try:
+            posix.lockf(fd, posix.LOCK_SH | posix.LOCK_NB, n, start)
+        except OSError:
+            raise PermissionError(errno.EACCES, "locked by another process") from None
+        posix.lockf(fd, posix.LOCK_UN, n, start)
+    return real_read(fd, n)
+
+os.read = read
+sys.modules["msvcrt"] = types.SimpleNamespace(LK_UNLCK=0, LK_NBLCK=2, locking=locking)
+from cnnbench import runlock
+from cnnbench.errors import RunFolderInUse
+runlock._WINDOWS = True
+folder = Path(sys.argv[1])
+"""
+
+
+def test_the_windows_lock_refuses_another_process_and_names_it(tmp_path):
+    """Through the msvcrt code path (simulated, above): a second process is refused with the holder's pid,
+    read past the holder's mandatory lock, and sees it in holder_of; a killed holder leaves no lock."""
+    child = SIMULATED_WINDOWS + ("try:\n    runlock.acquire(folder)\nexcept RunFolderInUse as e:\n    print(e)\n"
+                                 "    print(runlock.holder_of(folder))\nelse:\n    print('taken')\n")
+    holder = subprocess.Popen([sys.executable, "-c", SIMULATED_WINDOWS + "runlock.acquire(folder)\n"
+                               "print('held', flush=True)\ntime.sleep(600)\n", str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refused = subprocess.run([sys.executable, "-c", child, str(tmp_path)], capture_output=True, text=True,
+                                 timeout=60)
+        lines = refused.stdout.splitlines()
+        assert len(lines) == 2, refused.stdout
+        assert lines[0].startswith(f"run folder {tmp_path} is in use by process {holder.pid} on host ")
+        assert lines[1].startswith(f"process {holder.pid} on host ")
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    finally:
+        stop_process(holder)
+    taken = subprocess.run([sys.executable, "-c", child, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert taken.stdout.strip() == "taken"
+
+
+def test_the_windows_lock_leaves_the_note_readable_and_is_unlocked_before_closing(monkeypatch, tmp_path):
+    """msvcrt locks from the file position: the locked byte lies past the note; release unlocks it (Windows
+    frees a closed file's locks only when "system resources allow")."""
+    calls = []
+
+    def locking(fd: int, mode: int, nbytes: int) -> None:
+        calls.append((mode, os.lseek(fd, 0, os.SEEK_CUR), nbytes))
+
+    monkeypatch.setitem(sys.modules, "msvcrt", types.SimpleNamespace(LK_UNLCK=0, LK_NBLCK=2, locking=locking))
+    monkeypatch.setattr(runlock, "_WINDOWS", True)
+    with run_folder_lock(tmp_path):
+        note = (tmp_path / ".lock").read_bytes()
+        assert json.loads(note)["pid"] == os.getpid()
+        assert calls == [(2, runlock.WINDOWS_LOCK_OFFSET, 1)]
+        assert runlock.WINDOWS_LOCK_OFFSET >= runlock.NOTE_BYTES > len(note)
+    assert calls[1:] == [(0, runlock.WINDOWS_LOCK_OFFSET, 1)]
 
 
 @pytest.mark.slow  # two commands (~8 s); one process's lock is in the fast suite
@@ -102,7 +196,8 @@ def test_a_killed_holder_leaves_no_lock(fake_data, tmp_path):
     finally:
         stop_process(holder)
     assert holder_of(run_dir) is None  # the kernel dropped the lock with the process
-    resumed = [o for o in overrides if not o.startswith("trainer.epochs=")] + ["trainer.epochs=2", "trainer.resume=auto"]
+    resumed = [o for o in overrides if not o.startswith("trainer.epochs=")]
+    resumed += ["trainer.epochs=2", "trainer.resume=auto"]
     assert train(compose_config(resumed), run_dir)["status"] == "completed"
 
 
@@ -114,20 +209,22 @@ def test_a_sweep_reports_a_job_folder_in_use_and_leaves_it_alone(fake_data, tmp_
     (busy / ".hydra" / "config.yaml").write_text("the other run's config\n")
     (busy / "summary.json").write_text('{"status": "running"}\n')
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-                               "from cnnbench.runlock import acquire\nacquire(Path(sys.argv[1]))\nprint('held', flush=True)\n"
-                               "time.sleep(600)\n", str(busy)], stdout=subprocess.PIPE, text=True)
+                               "from cnnbench.runlock import acquire\nacquire(Path(sys.argv[1]))\n"
+                               "print('held', flush=True)\ntime.sleep(600)\n", str(busy)],
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         before = snapshot(busy)
-        proc = subprocess.run(cli("train", "-m", *fast_overrides(fake_data, "trainer.batch_size=64", "trainer.epochs=1"),
-                                  "optimizer.lr=0.5,0.9", f"hydra.sweep.dir={sweep_dir}"),
+        overrides = fast_overrides(fake_data, "trainer.batch_size=64", "trainer.epochs=1")
+        proc = subprocess.run(cli("train", "-m", *overrides, "optimizer.lr=0.5,0.9", f"hydra.sweep.dir={sweep_dir}"),
                               capture_output=True, text=True, timeout=600)
     finally:
         stop_process(holder)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 1, log
     assert "1 of 2 jobs completed" in log
-    assert f"job did not complete: {busy}: in use: RunFolderInUse: run folder {busy} is in use by process {holder.pid}" in log
+    assert (f"job did not complete: {busy}: in use: RunFolderInUse: run folder {busy} is in use by process "
+            f"{holder.pid}") in log
     after = snapshot(busy)
     assert {k: v for k, v in after.items() if k != "train.log"} == before  # Hydra only appends to its log
     assert json.loads((sweep_dir / "1_optimizer.lr=0.9" / "summary.json").read_text())["status"] == "completed"
@@ -289,7 +386,8 @@ def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(fake_data, tmp
     assert summary["resumable_from_epoch"] == epochs_kept
     assert summary["resume_command"].endswith(f"trainer.resume=auto hydra.run.dir={tmp_path}")
     assert f"the run can be resumed from epoch {epochs_kept} once the disk has room: cnnbench train" in caplog.text
-    assert f"run failed: RunFileWriteError: cannot write {tmp_path / failed_file}" in caplog.text or target == "summary.json"
+    assert (f"run failed: RunFileWriteError: cannot write {tmp_path / failed_file}" in caplog.text
+            or target == "summary.json")
     assert "Traceback" not in caplog.text  # one line, not a chained traceback
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
