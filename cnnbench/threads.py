@@ -1,6 +1,6 @@
 """How OpenMP threads wait between kernels: sleep at once on a busy machine, a bounded spin otherwise.
 
-PyTorch's CPU kernels run on an OpenMP team (GNU libgomp in the PyPI wheels). By default a thread that
+PyTorch's CPU kernels run on an OpenMP team (GNU libgomp in the PyPI wheels for Linux). By default a thread that
 finishes its share of a parallel loop spins, waiting for the next loop, for up to about 300,000
 iterations before it sleeps. Measured on a 2-core machine (LeNet-BN, 3 epochs of the book's recipe):
 
