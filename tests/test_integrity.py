@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from cnnbench.config import compose_config
 from cnnbench.errors import ResumeRefused
 from cnnbench.run.memory import estimate_step_memory
 from cnnbench.run.train import train
+from cnnbench.runfolder import lock as runlock
 from cnnbench.runfolder.lock import holder_of, run_folder_lock
 
 from .conftest import cli, compose_fast, fast_overrides, stop_process
@@ -48,6 +50,98 @@ def test_the_lock_is_reentrant_in_one_process_and_refuses_another(tmp_path):
         refused = subprocess.run(child, capture_output=True, text=True, timeout=60)
         assert refused.returncode == 2 and f"in use by process {os.getpid()}" in refused.stdout
     assert subprocess.run(child, capture_output=True, text=True, timeout=60).returncode == 0
+
+
+def test_the_train_command_imports_without_fcntl():
+    """Windows has no fcntl: the modules ``cnnbench train`` loads import without it (simulated: ``import
+    fcntl`` fails). The child prints the ImportError in one line, no traceback: a failed promise, not a crash."""
+    code = ("import sys\nsys.modules['fcntl'] = None\n"
+            "try:\n    import cnnbench.cli, cnnbench.commands.launch, cnnbench.commands.sweeps\n"
+            "    import cnnbench.run.train, cnnbench.runfolder.lock\n"
+            "except ImportError as e:\n    print('cannot import:', e)\nelse:\n    print('imported')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "imported"
+
+
+# Windows simulated on this machine: msvcrt.locking over POSIX record locks (fcntl.lockf) of the same bytes,
+# refused with EACCES as Windows' C runtime refuses; Windows locks are mandatory, so a read of bytes that
+# another process locked fails (ReadFile's lock violation); fcntl itself is unimportable for cnnbench.
+SIMULATED_WINDOWS = """
+import errno, os, stat, sys, time, types
+from pathlib import Path
+import fcntl as posix
+sys.modules["fcntl"] = None
+
+def locking(fd, mode, nbytes):
+    start = os.lseek(fd, 0, os.SEEK_CUR)
+    if mode == 0:  # LK_UNLCK
+        posix.lockf(fd, posix.LOCK_UN, nbytes, start)
+        return
+    kind = posix.LOCK_SH if posix.fcntl(fd, posix.F_GETFL) & os.O_ACCMODE == os.O_RDONLY else posix.LOCK_EX
+    try:
+        posix.lockf(fd, kind | posix.LOCK_NB, nbytes, start)
+    except OSError:
+        raise OSError(errno.EACCES, "Permission denied") from None
+
+def read(fd, n, real_read=os.read):
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        start = os.lseek(fd, 0, os.SEEK_CUR)
+        try:
+            posix.lockf(fd, posix.LOCK_SH | posix.LOCK_NB, n, start)
+        except OSError:
+            raise PermissionError(errno.EACCES, "locked by another process") from None
+        posix.lockf(fd, posix.LOCK_UN, n, start)
+    return real_read(fd, n)
+
+os.read = read
+sys.modules["msvcrt"] = types.SimpleNamespace(LK_UNLCK=0, LK_NBLCK=2, locking=locking)
+from cnnbench.runfolder import lock as runlock
+from cnnbench.errors import RunFolderInUse
+runlock._WINDOWS = True
+folder = Path(sys.argv[1])
+"""
+
+
+def test_the_windows_lock_refuses_another_process_and_names_it(tmp_path):
+    """Through the msvcrt code path (simulated, above): a second process is refused with the holder's pid,
+    read past the holder's mandatory lock, and sees it in holder_of; a killed holder leaves no lock."""
+    child = SIMULATED_WINDOWS + ("try:\n    runlock.acquire(folder)\nexcept RunFolderInUse as e:\n    print(e)\n"
+                                 "    print(runlock.holder_of(folder))\nelse:\n    print('taken')\n")
+    holder = subprocess.Popen([sys.executable, "-c", SIMULATED_WINDOWS + "runlock.acquire(folder)\n"
+                               "print('held', flush=True)\ntime.sleep(600)\n", str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refused = subprocess.run([sys.executable, "-c", child, str(tmp_path)], capture_output=True, text=True,
+                                 timeout=60)
+        lines = refused.stdout.splitlines()
+        assert len(lines) == 2, refused.stdout
+        assert lines[0].startswith(f"run folder {tmp_path} is in use by process {holder.pid} on host ")
+        assert lines[1].startswith(f"process {holder.pid} on host ")
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    finally:
+        stop_process(holder)
+    taken = subprocess.run([sys.executable, "-c", child, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert taken.stdout.strip() == "taken"
+
+
+def test_the_windows_lock_leaves_the_note_readable_and_is_unlocked_before_closing(monkeypatch, tmp_path):
+    """msvcrt locks from the file position: the locked byte lies past the note; release unlocks it (Windows
+    frees a closed file's locks only when "system resources allow")."""
+    calls = []
+
+    def locking(fd: int, mode: int, nbytes: int) -> None:
+        calls.append((mode, os.lseek(fd, 0, os.SEEK_CUR), nbytes))
+
+    monkeypatch.setitem(sys.modules, "msvcrt", types.SimpleNamespace(LK_UNLCK=0, LK_NBLCK=2, locking=locking))
+    monkeypatch.setattr(runlock, "_WINDOWS", True)
+    with run_folder_lock(tmp_path):
+        note = (tmp_path / ".lock").read_bytes()
+        assert json.loads(note)["pid"] == os.getpid()
+        assert calls == [(2, runlock.WINDOWS_LOCK_OFFSET, 1)]
+        assert runlock.WINDOWS_LOCK_OFFSET >= runlock.NOTE_BYTES > len(note)
+    assert calls[1:] == [(0, runlock.WINDOWS_LOCK_OFFSET, 1)]
 
 
 @pytest.mark.slow  # two commands (~8 s); one process's lock is in the fast suite
@@ -117,14 +211,13 @@ def test_a_sweep_reports_a_job_folder_in_use_and_leaves_it_alone(fake_data, tmp_
     (busy / "summary.json").write_text('{"status": "running"}\n')
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
                                "from cnnbench.runfolder.lock import acquire\nacquire(Path(sys.argv[1]))\n"
-                               "print('held', flush=True)\n"
-                               "time.sleep(600)\n", str(busy)], stdout=subprocess.PIPE, text=True)
+                               "print('held', flush=True)\ntime.sleep(600)\n", str(busy)],
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         before = snapshot(busy)
         overrides = fast_overrides(fake_data, "trainer.batch_size=64", "trainer.epochs=1")
-        proc = subprocess.run(cli("train", "-m", *overrides,
-                                  "optimizer.lr=0.5,0.9", f"hydra.sweep.dir={sweep_dir}"),
+        proc = subprocess.run(cli("train", "-m", *overrides, "optimizer.lr=0.5,0.9", f"hydra.sweep.dir={sweep_dir}"),
                               capture_output=True, text=True, timeout=600)
     finally:
         stop_process(holder)
@@ -294,8 +387,8 @@ def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(fake_data, tmp
     assert summary["resumable_from_epoch"] == epochs_kept
     assert summary["resume_command"].endswith(f"trainer.resume=auto hydra.run.dir={tmp_path}")
     assert f"the run can be resumed from epoch {epochs_kept} once the disk has room: cnnbench train" in caplog.text
-    failed = f"run failed: RunFileWriteError: cannot write {tmp_path / failed_file}"
-    assert failed in caplog.text or target == "summary.json"
+    assert (f"run failed: RunFileWriteError: cannot write {tmp_path / failed_file}" in caplog.text
+            or target == "summary.json")
     assert "Traceback" not in caplog.text  # one line, not a chained traceback
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 

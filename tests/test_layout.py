@@ -1,12 +1,10 @@
 """The package's shape: imports go one way (no circle, counting imports inside functions and TYPE_CHECKING
-blocks), few modules flat at the top, no private name imported from another module, nothing
-platform-specific imported when the package is."""
+blocks), few modules flat at the top, no private name imported from another module. (That the commands
+import without POSIX-only modules is tests/test_integrity.py's.)"""
 
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,12 +115,3 @@ def test_no_private_name_is_imported_from_another_module():
              for module, imported in imports_of(name, path, known)
              if imported.startswith("_") and not imported.startswith("__")]
     assert taken == []
-
-
-def test_the_package_imports_without_posix_only_modules():
-    """``fcntl`` and ``resource`` do not exist on Windows: importing the commands must not need them."""
-    code = ("import sys\nsys.modules['fcntl'] = None\nsys.modules['resource'] = None\n"
-            "import cnnbench.cli, cnnbench.commands.launch, cnnbench.run.train, cnnbench.runfolder.lock\n"
-            "print('imported')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "imported", out.stderr[-2000:]

@@ -25,7 +25,11 @@ PROBE = ("import os, sys; from cnnbench.speed import threads; threads.runnable_t
     pytest.param({"GOMP_SPINCOUNT": "300000"}, 1, "None 300000", marks=pytest.mark.slow),
 ])
 def test_the_command_chooses_the_openmp_wait_before_torch_loads(given, load, expected):
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    from cnnbench.speed import threads
+
+    if expected == "None 20000" and threads.openmp_runtime() != threads.GNU:
+        expected = "None None"  # the spin bound is libgomp's: nothing to set for another runtime
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
     env.update(given)
     out = subprocess.run([sys.executable, "-c", PROBE.format(load=load)], capture_output=True, text=True,
                          timeout=300, env=env)
@@ -83,9 +87,110 @@ def test_the_choice_and_the_users_values_in_process(monkeypatch, given, load, ex
     for key, value in given.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delitem(sys.modules, "torch", raising=False)  # restored after the test
+    monkeypatch.setattr(threads, "openmp_runtime", lambda: threads.GNU)  # as in the PyPI wheels for Linux
     monkeypatch.setattr(threads, "runnable_tasks", lambda: load)
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
     assert threads.choose_omp_wait() == expected
     assert {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} == {
         "OMP_WAIT_POLICY": {"PASSIVE": "PASSIVE", "ACTIVE": "ACTIVE"}.get(expected),
         "GOMP_SPINCOUNT": expected.removeprefix("spin ") if expected.startswith("spin") else None}
+
+
+# --------------------------------------------------------------------- which OpenMP runtime torch loads
+
+LIB_FOLDERS = {  # torch's lib folder in each kind of build (the files that tell; others left out)
+    "pypi-linux": ["libc10.so", "libgomp.so.1", "libtorch_cpu.so"],
+    "auditwheel": ["libc10.so", "libgomp-a34b3233.so.1", "libtorch_cpu.so"],
+    "pypi-macos": ["libc10.dylib", "libomp.dylib", "libtorch_cpu.dylib"],
+    "pypi-windows": ["c10.dll", "libiomp5md.dll", "torch_cpu.dll"],
+    "intel": ["libc10.so", "libiomp5.so", "libtorch_cpu.so"],
+    "none": ["libc10.dylib", "libtorch_cpu.dylib"],
+}
+
+
+def fake_torch_lib(monkeypatch, tmp_path, build: str):
+    from cnnbench.speed import threads
+
+    lib = tmp_path / "torch" / "lib"
+    lib.mkdir(parents=True)
+    for name in LIB_FOLDERS[build]:
+        (lib / name).write_bytes(b"")
+    monkeypatch.setattr(threads, "torch_lib_dir", lambda: lib)
+    return lib
+
+
+@pytest.mark.parametrize("build,runtime", [
+    ("pypi-linux", "libgomp"), ("auditwheel", "libgomp"), ("pypi-macos", "libomp"), ("pypi-windows", "libiomp5"),
+    ("intel", "libiomp5"), ("none", None),
+])
+def test_the_runtime_is_the_one_bundled_in_torchs_lib_folder(monkeypatch, tmp_path, build, runtime):
+    from cnnbench.speed import threads
+
+    fake_torch_lib(monkeypatch, tmp_path, build)
+    assert threads.openmp_runtime() == runtime
+    monkeypatch.setattr(threads, "torch_lib_dir", lambda: None)  # torch not installed
+    assert threads.openmp_runtime() is None
+
+
+def test_a_build_without_a_bundled_runtime_is_told_by_what_libtorch_cpu_needs(monkeypatch, tmp_path):
+    """conda builds link the environment's runtime: libtorch_cpu.so's DT_NEEDED entries name it."""
+    from cnnbench.speed import threads
+
+    lib = fake_torch_lib(monkeypatch, tmp_path, "none")
+    (lib / "libtorch_cpu.so").write_bytes(b"not an ELF file")
+    assert threads.openmp_runtime() is None
+    read = []
+    needed = ["libc10.so", "libomp.so", "libc.so.6"]
+    monkeypatch.setattr(threads, "elf_needed", lambda path: read.append(path) or needed)
+    assert threads.openmp_runtime() == threads.LLVM and read == [lib / "libtorch_cpu.so"]
+
+
+def test_elf_needed_reads_the_installed_libtorch_cpu():
+    """On the real library: torch's own libc10 is needed, and so is the runtime bundled beside it."""
+    from cnnbench.speed import threads
+
+    lib = threads.torch_lib_dir()
+    if lib is None or not (lib / "libtorch_cpu.so").exists():
+        pytest.skip("no libtorch_cpu.so (not an ELF build of torch)")
+    needed = threads.elf_needed(lib / "libtorch_cpu.so")
+    assert "libc10.so" in needed
+    bundled = threads.runtime_named([p.name for p in lib.iterdir()])
+    assert bundled is None or threads.runtime_named(needed) == bundled
+    assert threads.elf_needed(lib.parent / "__init__.py") == []
+
+
+@pytest.mark.parametrize("build,given,busy,expected_env,recorded", [
+    ("pypi-linux", {}, False, {"GOMP_SPINCOUNT": "20000"}, "spin 20000"),
+    ("pypi-linux", {}, True, {"OMP_WAIT_POLICY": "PASSIVE"}, "PASSIVE"),
+    # another runtime: OMP_WAIT_POLICY (standard OpenMP) on a busy machine, no libgomp variable ever
+    ("pypi-macos", {}, False, {}, None),
+    ("pypi-macos", {}, True, {"OMP_WAIT_POLICY": "PASSIVE"}, "PASSIVE"),
+    ("pypi-windows", {}, False, {}, None),
+    ("intel", {}, True, {"OMP_WAIT_POLICY": "PASSIVE"}, "PASSIVE"),
+    ("none", {}, False, {}, None),
+    ("none", {}, True, {"OMP_WAIT_POLICY": "PASSIVE"}, "PASSIVE"),
+    # the user's values: the runtime's own spin variable wins and is recorded; another runtime's is neither
+    ("pypi-macos", {"KMP_BLOCKTIME": "0"}, True, {"KMP_BLOCKTIME": "0"}, "blocktime 0 ms"),
+    ("intel", {"KMP_BLOCKTIME": "50"}, False, {"KMP_BLOCKTIME": "50"}, "blocktime 50 ms"),
+    ("pypi-macos", {"GOMP_SPINCOUNT": "300000"}, True, {"GOMP_SPINCOUNT": "300000", "OMP_WAIT_POLICY": "PASSIVE"},
+     "PASSIVE"),
+    ("pypi-macos", {"GOMP_SPINCOUNT": "300000"}, False, {"GOMP_SPINCOUNT": "300000"}, None),
+    ("none", {"GOMP_SPINCOUNT": "300000"}, False, {"GOMP_SPINCOUNT": "300000"}, None),  # not known to be read
+    ("pypi-linux", {"KMP_BLOCKTIME": "0"}, False, {"KMP_BLOCKTIME": "0", "GOMP_SPINCOUNT": "20000"}, "spin 20000"),
+    ("pypi-linux", {"GOMP_SPINCOUNT": "300000"}, True, {"GOMP_SPINCOUNT": "300000"}, "spin 300000"),
+])
+def test_each_runtime_gets_only_its_own_variables(monkeypatch, tmp_path, build, given, busy, expected_env, recorded):
+    """A fake torch lib folder per build: what choose_omp_wait sets, and what is recorded as in force."""
+    from cnnbench.speed import threads
+
+    fake_torch_lib(monkeypatch, tmp_path, build)
+    keys = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+    for key in keys:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in given.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # restored after the test
+    monkeypatch.setattr(threads, "machine_is_busy", lambda: busy)
+    assert threads.choose_omp_wait() == recorded
+    assert {k: os.environ[k] for k in keys if k in os.environ} == expected_env
+    assert threads.omp_wait_policy() == recorded  # what the run's summary records later

@@ -54,7 +54,9 @@ class SpeedSettings:
     # every timed layer's channels-last / ATen time
     nhwc_weight_grads: list[str] = field(default_factory=list)
     conv_weight_grad_ratios: dict[str, float] = field(default_factory=dict)
-    omp_wait_policy: str | None = None  # OMP_WAIT_POLICY as torch's OpenMP read it (cnnbench.speed.threads)
+    # the OpenMP wait torch's runtime read (cnnbench.speed.threads): OMP_WAIT_POLICY, "spin N" (libgomp's
+    # GOMP_SPINCOUNT), "blocktime N ms" (KMP_BLOCKTIME, Intel's or LLVM's runtime), None: its default
+    omp_wait_policy: str | None = None
     malloc_tuning: bool = False  # glibc malloc keeps freed buffers for reuse (cnnbench.speed.allocator), process-wide
     tuning: dict = field(default_factory=dict)  # examples/sec of every candidate that autotune timed
 

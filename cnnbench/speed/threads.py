@@ -1,6 +1,6 @@
 """How OpenMP threads wait between kernels: sleep at once on a busy machine, a bounded spin otherwise.
 
-PyTorch's CPU kernels run on an OpenMP team (GNU libgomp in the PyPI wheels). By default a thread that
+PyTorch's CPU kernels run on an OpenMP team (GNU libgomp in the PyPI wheels for Linux). By default a thread that
 finishes its share of a parallel loop spins, waiting for the next loop, for up to about 300,000
 iterations before it sleeps. Measured on a 2-core machine (LeNet-BN, 3 epochs of the book's recipe):
 
@@ -30,16 +30,31 @@ run another third, at 4% of every run alone). libgomp reads both variables once,
 so this runs at the top of the ``cnnbench`` command (:func:`cnnbench.cli.main`) before anything imports
 torch. A value the user set for either wins: ``OMP_WAIT_POLICY=PASSIVE`` or ``ACTIVE``, or
 ``GOMP_SPINCOUNT=N cnnbench train ...``.
+
+``GOMP_SPINCOUNT`` is libgomp's own variable: it is set only where torch loads libgomp, which
+:func:`openmp_runtime` tells before torch loads, from the runtime bundled in torch's lib folder (PyPI:
+libgomp on Linux, LLVM's libomp on macOS, Intel's libiomp5 on Windows), else from the runtime that
+``libtorch_cpu.so`` names as needed (conda builds link the environment's). Intel's and LLVM's runtimes
+spin ``KMP_BLOCKTIME`` milliseconds (200 by default) instead; a bound for them was never measured, so
+there only the standard ``OMP_WAIT_POLICY=PASSIVE`` is set, on a busy machine, and a ``KMP_BLOCKTIME`` the
+user set counts as their choice. What is recorded (:func:`omp_wait_policy`) is what the runtime reads.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import struct
 import sys
 import time
+from pathlib import Path
 
 WAIT_POLICY = "PASSIVE"  # on a busy machine
 SPIN_COUNT = "20000"  # on a quiet one: libgomp spins this many iterations, then sleeps
+
+GNU, INTEL, LLVM = "libgomp", "libiomp5", "libomp"  # the OpenMP runtimes torch builds use, by file name
+# Each runtime's own bound on a waiting thread's spin: iterations for libgomp, milliseconds for the others.
+SPIN_VARIABLE = {GNU: "GOMP_SPINCOUNT", INTEL: "KMP_BLOCKTIME", LLVM: "KMP_BLOCKTIME"}
 
 
 def usable_cores() -> int:
@@ -71,24 +86,97 @@ def machine_is_busy() -> bool:
     return running is not None and running - 1 >= usable_cores()
 
 
+def torch_lib_dir() -> Path | None:
+    """The installed torch package's ``lib`` folder, found without importing torch; None without torch."""
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    return Path(spec.origin).parent / "lib"
+
+
+def runtime_named(names: list[str]) -> str | None:
+    """The one OpenMP runtime among these library file names (libgomp.so.1, libgomp-a34b3233.so.1,
+    libiomp5md.dll, libomp.dylib, ...); None when there is none, or more than one."""
+    found = {rt for name in names for rt in (GNU, INTEL, LLVM) if name.startswith(rt)}
+    return found.pop() if len(found) == 1 else None
+
+
+def openmp_runtime() -> str | None:
+    """The OpenMP runtime torch loads (:data:`GNU`, :data:`INTEL` or :data:`LLVM`), told without loading
+    torch: the one bundled in its lib folder, else the one ``libtorch_cpu.so`` needs; None where neither
+    says (torch missing, or an unknown layout)."""
+    lib = torch_lib_dir()
+    try:
+        names = [p.name for p in lib.iterdir()] if lib is not None else []
+    except OSError:
+        names = []
+    runtime = runtime_named(names)
+    if runtime is None and "libtorch_cpu.so" in names:
+        runtime = runtime_named(elf_needed(lib / "libtorch_cpu.so"))
+    return runtime
+
+
+def elf_needed(path: Path) -> list[str]:
+    """The libraries an ELF shared library names as needed (its DT_NEEDED entries), read from its section
+    headers (a few kilobytes of the file); [] for a file that is not ELF or cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            ident = f.read(16)
+            if len(ident) < 16 or ident[:4] != b"\x7fELF" or ident[4] not in (1, 2):
+                return []
+            wide, end = ident[4] == 2, "<" if ident[5] == 1 else ">"
+            f.seek(0x28 if wide else 0x20)  # e_shoff: where the section headers are
+            (shoff,) = struct.unpack(end + ("Q" if wide else "I"), f.read(8 if wide else 4))
+            f.seek(0x3A if wide else 0x2E)
+            shentsize, shnum = struct.unpack(end + "HH", f.read(4))
+            f.seek(shoff)
+            table = f.read(shentsize * shnum)
+            # (sh_type, sh_offset, sh_size, sh_link) of each section header
+            layout = end + ("IIQQQQI" if wide else "IIIIIII")
+            sections = [struct.unpack_from(layout, table, i * shentsize) for i in range(shnum)]
+            sections = [(sh[1], sh[4], sh[5], sh[6]) for sh in sections]
+            for kind, offset, size, link in sections:
+                if kind != 6 or link >= len(sections):  # SHT_DYNAMIC, naming its string table
+                    continue
+                f.seek(offset)
+                dynamic = f.read(size)
+                f.seek(sections[link][1])
+                strings = f.read(sections[link][2])
+                entries = struct.iter_unpack(end + ("qQ" if wide else "iI"), dynamic)  # (d_tag, d_val)
+                # DT_NEEDED (1): d_val is the name's offset in the string table
+                return [strings[val:strings.index(b"\0", val)].decode() for tag, val in entries if tag == 1]
+    except (OSError, struct.error, ValueError, IndexError):
+        pass
+    return []
+
+
 def choose_omp_wait() -> str | None:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` on a busy machine, else ``GOMP_SPINCOUNT=20000``, unless the user
-    set either or torch is already loaded (then it is too late to matter); returns the setting in force
-    (:func:`omp_wait_policy`)."""
-    user_set = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` on a busy machine, else ``GOMP_SPINCOUNT=20000`` where torch's
+    runtime is libgomp, unless the user set either (or the runtime's own spin variable) or torch is
+    already loaded (then it is too late to matter); returns the setting in force (:func:`omp_wait_policy`)."""
+    runtime = openmp_runtime()
+    spin_variable = SPIN_VARIABLE.get(runtime)  # another runtime's variable is no choice of the user's here
+    user_set = "OMP_WAIT_POLICY" in os.environ or (spin_variable is not None and spin_variable in os.environ)
     if not user_set and "torch" not in sys.modules:
         if machine_is_busy():
             os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
-        else:
+        elif runtime == GNU:  # the spin bound was measured with libgomp only
             os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
     return omp_wait_policy()
 
 
 def omp_wait_policy() -> str | None:
-    """The OpenMP wait in this process's environment: ``OMP_WAIT_POLICY``'s value, or "spin N" for a
-    bounded spin (``GOMP_SPINCOUNT``), or None (libgomp's default: spin 300,000 iterations, then sleep)."""
+    """The OpenMP wait torch's runtime reads from this process's environment: ``OMP_WAIT_POLICY``'s value,
+    else the runtime's own spin bound ("spin N" for libgomp's ``GOMP_SPINCOUNT`` iterations, "blocktime N
+    ms" for Intel's or LLVM's ``KMP_BLOCKTIME``), else None: the runtime's default (libgomp: spin 300,000
+    iterations, then sleep; the others: 200 ms). Another runtime's variable is not in force: not recorded."""
     if os.environ.get("OMP_WAIT_POLICY"):
         return os.environ["OMP_WAIT_POLICY"]
-    if os.environ.get("GOMP_SPINCOUNT"):
-        return f"spin {os.environ['GOMP_SPINCOUNT']}"
+    runtime = openmp_runtime()
+    variable = SPIN_VARIABLE.get(runtime)
+    if variable and os.environ.get(variable):
+        return f"spin {os.environ[variable]}" if runtime == GNU else f"blocktime {os.environ[variable]} ms"
     return None
