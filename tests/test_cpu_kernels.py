@@ -242,4 +242,4 @@ def test_an_unknown_conv_weight_grad_setting_is_refused(fake_data, tmp_path):
     from .conftest import compose_fast
 
     summary = train(compose_fast(fake_data, "device.conv_weight_grad=nhwc"), tmp_path)
-    assert summary["status"] == "failed" and "device.conv_weight_grad must be auto or native" in summary["error"]
+    assert summary["status"] == "failed" and "device.conv_weight_grad must be one of auto, native" in summary["error"]

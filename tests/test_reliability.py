@@ -242,7 +242,8 @@ def test_incompatible_checkpoint_is_refused(fake_data, tmp_path):
     assert not (tmp_path / "bn").exists()
     summary = train(cfg_for(fake_data, "model=lenet_bn", "trainer.resume_force=true",
                             f"trainer.resume={tmp_path / 'lenet' / 'last.pt'}"), tmp_path / "bn")
-    assert summary["status"] == "failed" and "written for model 'lenet', not 'lenet_bn'" in summary["error"]
+    assert summary["status"] == "failed"
+    assert "holds a 'lenet' network, but the run trains 'lenet_bn'" in summary["error"]
     torch.save({"just": "weights"}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not a cnnbench checkpoint: missing"):
         load_checkpoint(tmp_path / "foreign.pt")
@@ -422,6 +423,18 @@ def test_no_sys_exit_inside_a_job():
 # ------------------------------------------------------------------------------- validation (CLI)
 
 BAD_VALUES = [
+    # every device.* option is checked before a folder exists (speed.settings.check_device_options)
+    (["device.compile=maybe"], "device.compile must be one of true, false, auto, got 'maybe'"),
+    (["device.fused_optimizer=maybe"], "device.fused_optimizer must be one of true, false, auto, got 'maybe'"),
+    (["device.channels_last=maybe"], "device.channels_last must be one of true, false, auto, got 'maybe'"),
+    (["device.precision=fp8"], "device.precision must be one of fp32, bf16, fp16, auto, got 'fp8'"),
+    (["device.fast_pooling=maybe"], "device.fast_pooling must be one of true, false, got 'maybe'"),
+    (["device.fused_kernels=1"], "device.fused_kernels must be one of true, false, got 1"),
+    (["device.malloc_tuning=maybe"], "device.malloc_tuning must be one of true, false, got 'maybe'"),
+    (["device.cudnn_benchmark=maybe"], "device.cudnn_benchmark must be one of true, false, got 'maybe'"),
+    (["device.conv_weight_grad=nhwc"], "device.conv_weight_grad must be one of auto, native, got 'nhwc'"),
+    (["device.num_threads=0"], "device.num_threads must be a positive integer or null, got 0"),
+    (["device.precision=fp16", "device.type=cpu"], "device.precision=fp16 needs CUDA"),
     (["model=resnt"], "Could not find 'model/resnt'. Available options in 'model': alexnet"),
     (["optimizer=sgdd"], "Could not find 'optimizer/sgdd'. Available options in 'optimizer': adam, adamw, sgd"),
     (["dataset.resize=0"], "dataset.resize must be a positive integer, got 0"),

@@ -217,26 +217,16 @@ def check_output_dir(path: str | Path) -> None:
     os.rmdir(probe)
 
 
-CONV_WEIGHT_GRAD_CHOICES = ("auto", "native")
-
-
 def check_device(cfg: DictConfig) -> None:
+    """The device exists here and every ``device.*`` value is one it can run (speed.settings' checks)."""
     from ..devices import resolve_device
-    from ..speed.precision import Precision
+    from ..speed.settings import check_device_options
 
     try:
         index = cfg.device.get("index")
     except Exception:  # e.g. '${hydra:job.num}', known only inside a sweep job
         index = None
-    device = resolve_device(str(cfg.device.type), index)
-    if str(cfg.device.precision) != "auto":
-        Precision.create(str(cfg.device.precision), device)
-    if str(cfg.device.channels_last) not in ("True", "False", "auto"):
-        raise ConfigError(f"device.channels_last must be true, false or auto, got {cfg.device.channels_last!r}")
-    if str(cfg.device.get("conv_weight_grad", "auto")) not in CONV_WEIGHT_GRAD_CHOICES:
-        raise ConfigError(f"device.conv_weight_grad must be auto or native, got {cfg.device.conv_weight_grad!r}")
-    if not isinstance(cfg.device.get("fused_kernels", True), bool):
-        raise ConfigError(f"device.fused_kernels must be true or false, got {cfg.device.fused_kernels!r}")
+    check_device_options(cfg.device, resolve_device(str(cfg.device.type), index))
 
 
 def validate_config(cfg: DictConfig) -> None:

@@ -46,17 +46,12 @@ CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 AUTO_MIN_FLOPS = 50e6
 
 
-def wants_compile(option, device: torch.device, flops_per_image: int) -> bool:
-    """``device.compile``: true, false, or auto (the measured rule above); on the CPU, only with a C++
-    compiler (true without one: :class:`ConfigError`)."""
-    if str(option) not in ("True", "False", "auto"):
-        raise ConfigError(f"device.compile must be true, false or auto, got {option!r}")
-    if str(option) == "False":
+def wants_compile(option: bool | str, device: torch.device, flops_per_image: int) -> bool:
+    """``device.compile`` (checked before the run: :func:`check_compiler`): true, false, or auto (the
+    measured rule above, and on the CPU only with a C++ compiler)."""
+    if option is False:
         return False
-    if str(option) == "True":
-        if device.type == "cpu" and cpp_compiler() is None:
-            raise ConfigError(f"device.compile=true needs a working C++ compiler on the CPU ({_compiler_wanted()}"
-                              " did not run): install one, set CXX to one, or use device.compile=false")
+    if option is True:
         return True
     if device.type != "cpu" or flops_per_image < AUTO_MIN_FLOPS:
         return False
@@ -64,6 +59,13 @@ def wants_compile(option, device: torch.device, flops_per_image: int) -> bool:
         _say_auto_stays_off()
         return False
     return True
+
+
+def check_compiler(device: torch.device) -> None:
+    """``device.compile=true`` on the CPU needs Inductor's C++ compiler: refuse it before the run without one."""
+    if device.type == "cpu" and cpp_compiler() is None:
+        raise ConfigError(f"device.compile=true needs a working C++ compiler on the CPU ({_compiler_wanted()}"
+                          " did not run): install one, set CXX to one, or use device.compile=false")
 
 
 def _compiler_wanted() -> str:
