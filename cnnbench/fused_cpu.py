@@ -58,12 +58,13 @@ CACHE_ENV = "CNNBENCH_KERNEL_CACHE"
 CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fno-math-errno",
           "-fno-trapping-math", "-fPIC", "-shared"]
 _P, _I, _D, _N = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
-SIGNATURES = {
-    "bsp_batch_stats": [_P, _I, _I, _I, _P, _P, _D, _D, _P, _P, _P, _P, _P, _P, _N],
-    "bsp_forward": [_P, _I, _I, _I, _I, _P, _P, _P, _N],
-    "bsp_backward": [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _N],
+SIGNATURES = {  # every kernel returns a status (an int): 0, or STATUS_NO_MEMORY
+    "bsp_batch_stats": [_P, _I, _I, _I, _P, _P, _D, _D, _P, _P, _P, _P, _P, _P, _P, _N],
+    "bsp_forward": [_P, _I, _I, _I, _I, _P, _P, _P, _P, _N],
+    "bsp_backward": [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _N],
     "sp_backward": [_P, _P, _I, _I, _I, _I, _P, _N],
 }
+STATUS_NO_MEMORY = 1  # csrc/fused_cpu.c's BSP_NO_MEMORY: a work buffer's malloc failed, nothing written
 
 
 # ----------------------------------------------------------------------------- building and loading
@@ -158,8 +159,21 @@ def load_library() -> ctypes.CDLL | None:
         logger.warning("fused CPU kernels: off (two OpenMP runtimes would run: %s)", ", ".join(sorted(runtimes)))
         return None
     for name, argtypes in SIGNATURES.items():
-        getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, None
+        getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, ctypes.c_int
     return lib
+
+
+def check_status(kernel: str, status: int) -> None:
+    """Raise for a kernel's nonzero status: MemoryError for a failed allocation, RuntimeError otherwise."""
+    if status == STATUS_NO_MEMORY:
+        raise MemoryError(f"fused CPU kernel {kernel}: could not allocate its work buffers")
+    if status != 0:
+        raise RuntimeError(f"fused CPU kernel {kernel} failed (status {status})")
+
+
+def call_kernel(kernel: str, *args: object) -> None:
+    """Run one of the library's kernels (``SIGNATURES`` gives the arguments) and check its status."""
+    check_status(kernel, getattr(load_library(), kernel)(*args))
 
 
 # ----------------------------------------------------------------------------- autograd functions
@@ -180,31 +194,33 @@ class _BatchNormSigmoidPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, weight, bias, bn: nn.BatchNorm2d, momentum: float):
-        lib, threads = load_library(), torch.get_num_threads()
+        threads = torch.get_num_threads()
         n, c, h, w = z.shape
-        mean, invstd, scale, shift = torch.empty(4, c).unbind(0)  # (C,) each
+        # (C,) each: a value of each channel (the center), the batch mean relative to it, 1/std, the
+        # affine map y = scale * (z - center) + shift
+        center, mean, invstd, scale, shift = torch.empty(5, c).unbind(0)
         update = bn.training and bn.track_running_stats
         weight_, bias_ = (t.detach().contiguous() if t is not None else None for t in (weight, bias))
-        lib.bsp_batch_stats(_ptr(z), n, c, h * w, _ptr(weight_), _ptr(bias_), bn.eps, momentum,
-                            _ptr(bn.running_mean) if update else None, _ptr(bn.running_var) if update else None,
-                            _ptr(mean), _ptr(invstd), _ptr(scale), _ptr(shift), threads)
+        call_kernel("bsp_batch_stats", _ptr(z), n, c, h * w, _ptr(weight_), _ptr(bias_), bn.eps, momentum,
+                    _ptr(bn.running_mean) if update else None, _ptr(bn.running_var) if update else None,
+                    _ptr(center), _ptr(mean), _ptr(invstd), _ptr(scale), _ptr(shift), threads)
         out = torch.empty(n, c, h // 2, w // 2)  # (B, C, H/2, W/2)
-        lib.bsp_forward(_ptr(z), n, c, h, w, _ptr(scale), _ptr(shift), _ptr(out), threads)
-        ctx.save_for_backward(z, scale, shift, mean, invstd, weight_)
+        call_kernel("bsp_forward", _ptr(z), n, c, h, w, _ptr(center), _ptr(scale), _ptr(shift), _ptr(out), threads)
+        ctx.save_for_backward(z, center, scale, shift, mean, invstd, weight_)
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        z, scale, shift, mean, invstd, weight = ctx.saved_tensors
+        z, center, scale, shift, mean, invstd, weight = ctx.saved_tensors
         n, c, h, w = z.shape
         grad = grad.contiguous()  # (B, C, H/2, W/2)
         dz = torch.empty_like(z) if ctx.needs_input_grad[0] else None
         dweight, dbias = torch.empty(2, c).unbind(0)
-        load_library().bsp_backward(_ptr(grad), _ptr(z), n, c, h, w, _ptr(scale), _ptr(shift), _ptr(mean),
-                                    _ptr(invstd), _ptr(weight), _ptr(dz), _ptr(dweight), _ptr(dbias),
-                                    torch.get_num_threads())
+        call_kernel("bsp_backward", _ptr(grad), _ptr(z), n, c, h, w, _ptr(center), _ptr(scale), _ptr(shift),
+                    _ptr(mean), _ptr(invstd), _ptr(weight), _ptr(dz), _ptr(dweight), _ptr(dbias),
+                    torch.get_num_threads())
         return dz, dweight if ctx.has_weight else None, dbias if ctx.has_bias else None, None, None
 
 
@@ -215,7 +231,7 @@ class _SigmoidPool(torch.autograd.Function):
     def forward(ctx, z):
         n, c, h, w = z.shape
         out = torch.empty(n, c, h // 2, w // 2)  # (B, C, H/2, W/2)
-        load_library().bsp_forward(_ptr(z), n, c, h, w, None, None, _ptr(out), torch.get_num_threads())
+        call_kernel("bsp_forward", _ptr(z), n, c, h, w, None, None, None, _ptr(out), torch.get_num_threads())
         ctx.save_for_backward(z)
         return out
 
@@ -225,7 +241,7 @@ class _SigmoidPool(torch.autograd.Function):
         (z,) = ctx.saved_tensors
         n, c, h, w = z.shape
         dz = torch.empty_like(z)
-        load_library().sp_backward(_ptr(grad.contiguous()), _ptr(z), n, c, h, w, _ptr(dz), torch.get_num_threads())
+        call_kernel("sp_backward", _ptr(grad.contiguous()), _ptr(z), n, c, h, w, _ptr(dz), torch.get_num_threads())
         return dz
 
 
@@ -252,9 +268,12 @@ class BatchNormSigmoidPool2d(nn.BatchNorm2d):
         if _fits(x) and not torch.is_grad_enabled():  # evaluation: the running statistics, an affine map
             scale = torch.rsqrt(self.running_var + self.eps)
             scale = scale * self.weight if self.weight is not None else scale
-            shift = -self.running_mean * scale + (self.bias if self.bias is not None else 0.0)
+            # y = scale * (x - running_mean) + bias, around the running mean: scale * x - running_mean * scale
+            # would cancel in float where the mean is large against the spread
+            center, shift = self.running_mean, self.bias if self.bias is not None else torch.zeros_like(scale)
             out = torch.empty(x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2)
-            load_library().bsp_forward(_ptr(x), *x.shape, _ptr(scale), _ptr(shift), _ptr(out), torch.get_num_threads())
+            call_kernel("bsp_forward", _ptr(x), *x.shape, _ptr(center), _ptr(scale), _ptr(shift), _ptr(out),
+                        torch.get_num_threads())
             return out
         return _pool(self, torch.sigmoid(super().forward(x)))
 

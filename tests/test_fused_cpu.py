@@ -61,9 +61,52 @@ def test_fused_training_step_matches_aten(shape, bn_kwargs):
         for name in p1:
             torch.testing.assert_close(p2[name], p1[name], **TOL)
         ref.zero_grad(), fused.zero_grad()
-    for (name, a), (_, b) in zip(ref.named_buffers(), fused.named_buffers()):
+    for (name, a), (_, b) in zip(ref.named_buffers(), fused.named_buffers(), strict=True):
         torch.testing.assert_close(b, a, **TOL, msg=name)
     assert [n for n, _ in ref.state_dict().items()] == [n for n, _ in fused.state_dict().items()]
+
+
+def _max_rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| over max |expected|: an error in units of the tensor's own scale."""
+    return ((actual.double() - expected).abs().max() / expected.abs().max()).item()
+
+
+# A channel mean far from 0 against its spread (1e5 spreads away): E[z^2] - mean^2 in float loses every
+# digit of the variance there. Measured (in units of each tensor's largest entry): at most 2.5e-7 with the
+# shifted sums; 0.2 to 2.4 (outputs, gradients) and 66 to 560 (running variance) with E[z^2] - mean^2.
+LARGE_MEAN_REL = 1e-5
+
+
+@needs_kernels
+@pytest.mark.parametrize("mean", [1e3, -1e3])
+@pytest.mark.parametrize("bn_kwargs", [{}, {"momentum": None}])
+def test_a_large_channel_mean_against_its_spread_matches_aten_in_double(mean, bn_kwargs):
+    """Inputs of mean +-1e3 and standard deviation 1e-2: output, input and parameter gradients, running
+    statistics (two steps) and the evaluation output match ATen's layers computed in float64 on the same
+    float32 inputs, to LARGE_MEAN_REL of each tensor's largest entry."""
+    std, shape = 1e-2, (8, 6, 24, 24)
+    ref, fused = _pair(bn_kwargs, shape[1])
+    exact = ref.double()  # ATen's layers in float64
+    with torch.no_grad():  # running statistics near the data's, so that evaluation normalizes sensibly
+        for model in (exact, fused):
+            model[0].running_mean.fill_(mean), model[0].running_var.fill_(std ** 2)
+    gen = torch.Generator().manual_seed(3)
+    errors = {}
+    for step in range(2):
+        z = (torch.randn(shape, generator=gen, dtype=torch.float64) * std + mean).float()
+        grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=gen)
+        (o1, g1, p1), (o2, g2, p2) = _run(exact, z.double(), grad.double()), _run(fused, z, grad)
+        errors |= {f"output {step}": _max_rel_error(o2, o1), f"input grad {step}": _max_rel_error(g2, g1)}
+        errors |= {f"{name} grad {step}": _max_rel_error(p2[name], p1[name]) for name in p1}
+        exact.zero_grad(), fused.zero_grad()
+    for (name, a), (_, b) in zip(exact.named_buffers(), fused.named_buffers(), strict=True):
+        if a.is_floating_point():
+            errors[name] = _max_rel_error(b, a)
+    exact.eval(), fused.eval()
+    with torch.no_grad():  # evaluation on the same running statistics (float32's, a running mean within 3e-5)
+        exact[0].running_mean.copy_(fused[0].running_mean), exact[0].running_var.copy_(fused[0].running_var)
+        errors["evaluation output"] = _max_rel_error(fused(z), exact(z.double()))
+    assert max(errors.values()) <= LARGE_MEAN_REL, ", ".join(f"{k}: {v:.1e}" for k, v in errors.items())
 
 
 @needs_kernels
@@ -75,7 +118,7 @@ def test_fused_evaluation_uses_the_running_statistics():
     ref.eval(), fused.eval()
     with torch.no_grad():
         torch.testing.assert_close(fused(z), ref(z), **TOL)
-    for (name, a), (_, b) in zip(ref.named_buffers(), fused.named_buffers()):
+    for (name, a), (_, b) in zip(ref.named_buffers(), fused.named_buffers(), strict=True):
         torch.testing.assert_close(b, a, **TOL, msg=name)
 
 
@@ -126,6 +169,70 @@ def test_inputs_the_kernel_does_not_take_go_through_atens_layers_exactly(case, f
     assert torch.equal(o1, o2) and torch.equal(g1, g2)
     assert all(torch.equal(p1[k], p2[k]) for k in p1)
     assert len(pools) == (3 if fast_pool else 0)  # ref twice (shape, run), fused once: its own fast pool
+
+
+# ----------------------------------------------------------------------------- allocation failures
+
+# Sizes no malloc can give, passed to the real kernels: each returns BSP_NO_MEMORY before it reads or writes
+# any tensor (the small ones below only stand in for the pointers). 2^24 x 2^24 floats per plane: 4 PiB per
+# thread's buffer, over the 128 TiB address space (whatever the kernel's overcommit policy); 2^31 x 2^31:
+# a byte count over 2^64, refused before malloc (its product would wrap around).
+HUGE_SIDE, OVERFLOWING_SIDE = 2 ** 24, 2 ** 31
+
+
+@needs_kernels
+@pytest.mark.parametrize("kernel, shape", [
+    ("bsp_forward", (1, 1, HUGE_SIDE, HUGE_SIDE)), ("bsp_forward", (1, 1, OVERFLOWING_SIDE, OVERFLOWING_SIDE)),
+    ("bsp_backward", (1, 1, HUGE_SIDE, HUGE_SIDE)), ("bsp_backward", (HUGE_SIDE, HUGE_SIDE, 2, 2)),
+    ("sp_backward", (1, 1, HUGE_SIDE, HUGE_SIDE))])
+def test_a_failed_allocation_in_a_kernel_raises_memory_error(kernel, shape):
+    """The real library: its malloc fails, the kernel returns BSP_NO_MEMORY, call_kernel raises."""
+    stand_in = torch.zeros(16)
+    p = stand_in.data_ptr()
+    args = {"bsp_forward": (p, *shape, p, p, p, p, 1),
+            "bsp_backward": (p, p, *shape, p, p, p, p, p, p, p, p, p, 1),
+            "sp_backward": (p, p, *shape, p, 1)}[kernel]
+    with pytest.raises(MemoryError, match=f"fused CPU kernel {kernel}: could not allocate"):
+        fused_cpu.call_kernel(kernel, *args)
+    assert torch.equal(stand_in, torch.zeros(16))  # nothing written
+
+
+class _FailingLibrary:
+    """A stand-in for the built library: each kernel returns 0, except ``failing`` which returns ``status``."""
+
+    def __init__(self, failing: str, status: int):
+        self.failing, self.status, self.calls = failing, status, []
+
+    def __getattr__(self, kernel: str):
+        return lambda *args: (self.calls.append(kernel), self.status if kernel == self.failing else 0)[1]
+
+
+@pytest.mark.parametrize("layer, failing", [
+    ("batch norm", "bsp_batch_stats"), ("batch norm", "bsp_forward"), ("batch norm", "bsp_backward"),
+    ("batch norm, evaluation", "bsp_forward"), ("sigmoid", "bsp_forward"), ("sigmoid", "sp_backward")])
+@pytest.mark.parametrize("status, error", [(fused_cpu.STATUS_NO_MEMORY, MemoryError), (7, RuntimeError)])
+def test_a_kernels_nonzero_status_raises_in_the_layer(layer, failing, status, error, monkeypatch):
+    """Each call of a kernel in the fused layers (training forward and backward, evaluation) checks its
+    status: a failed allocation is a MemoryError, any other nonzero status a RuntimeError, both naming the
+    kernel. A stand-in library returns the status (no compiler needed)."""
+    lib = _FailingLibrary(failing, status)
+    monkeypatch.setattr(fused_cpu, "load_library", lambda: lib)
+    _, fused = _pair(None if layer == "sigmoid" else {}, 2)
+    evaluation = layer.endswith("evaluation")
+    fused.train(not evaluation)
+    z = torch.randn(2, 2, 4, 4, requires_grad=not evaluation)
+
+    def step():
+        with torch.set_grad_enabled(not evaluation):  # evaluation: no_grad, the running statistics' map
+            out = fused(z)
+            if not evaluation:
+                out.backward(torch.ones(2, 2, 2, 2))
+
+    with pytest.raises(error, match=f"fused CPU kernel {failing}"):
+        step()
+    assert lib.calls[-1] == failing
+    lib.status = 0  # the same calls with a zero status raise nothing
+    step()
 
 
 def _swappable():
