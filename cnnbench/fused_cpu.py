@@ -6,15 +6,19 @@ do the three at once: forward and backward on 2 cores, 4.5 ms -> 1.2 ms for that
 for the second (256 x 16 x 8 x 8); a whole LeNet-BN step 7.8 -> 6.3 ms (0.81; in-process A/B, see the
 README's Speed section). The math is the same (batch statistics, biased variance to normalize and
 unbiased for the running variance, as ATen); sums run in another order, so results match ATen's to float
-rounding, not bit for bit.
+rounding, not bit for bit. Each channel is normalized around one of its own values, so a channel whose
+mean is large against its spread (mean 1e3, std 1e-2) keeps its digits.
 
 How it is built: at first use, with the machine's C compiler (``$CC``, else ``cc``/``gcc``), ``-O3
--march=native -fopenmp``, into ``~/.cache/cnnbench/kernels`` (``$CNNBENCH_KERNEL_CACHE`` overrides),
-named by a hash of the source, the flags, the compiler's version and the CPU's feature flags: about
-0.3 s once per machine, then a file load. The library links the OpenMP runtime torch has already loaded
-(libgomp), so its loops use torch's threads (``torch.get_num_threads()``). Where any of this is missing
-(no compiler, not Linux, torch without GNU OpenMP, or a second OpenMP runtime once the library is loaded)
-nothing is swapped and ATen's layers train as before.
+-fopenmp`` and the architecture's native tuning (:func:`compiler_flags`), into ``~/.cache/cnnbench/kernels``
+(``$CNNBENCH_KERNEL_CACHE`` overrides), named by a hash of the source, the flags, the compiler and the
+CPU's features: about 0.3 s once per machine, then a file load. A failed build is remembered there under
+the same hash (a ``.failed`` file holding the compiler's error): later processes log it and do not retry
+until the source, the flags, the compiler or the CPU change (or the file is deleted). The library links
+the OpenMP runtime torch has already loaded (libgomp), so its loops use torch's threads
+(``torch.get_num_threads()``). Where any of this is missing (no compiler, not Linux, torch without GNU
+OpenMP, or a second OpenMP runtime once the library is loaded) nothing is swapped and ATen's layers train
+as before. A kernel that cannot allocate its work buffers returns a status that raises ``MemoryError``.
 
 How it is used: :func:`use_fused_kernels` changes, inside ``nn.Sequential`` containers only (where the
 order of the children is the order of the computation), the class of every ``BatchNorm2d`` followed by
@@ -52,11 +56,15 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "fused_cpu.c"
 CACHE_ENV = "CNNBENCH_KERNEL_CACHE"
-# -march=native: the library is built on the machine that runs it (the CPU's flags are in its name).
+CPUINFO = Path("/proc/cpuinfo")
 # -fno-math-errno -fno-trapping-math let the loops vectorize; no -ffast-math (its start-up code would
 # change the whole process's floating-point mode).
-CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fno-math-errno",
-          "-fno-trapping-math", "-fPIC", "-shared"]
+COMMON_FLAGS = ["-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
+# Native tuning: the library is built on the machine that runs it (the CPU's features are in its name).
+# x86: also 512-bit vectors where the CPU has them (gcc stops at 256 by default); an aarch64 gcc rejects
+# that flag, and spells the native CPU -mcpu=native. Other architectures: the compiler's defaults.
+X86_MACHINES = {"x86_64", "amd64", "i386", "i686"}
+ARM_MACHINES = {"aarch64", "arm64"}
 _P, _I, _D, _N = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
 SIGNATURES = {  # every kernel returns a status (an int): 0, or STATUS_NO_MEMORY
     "bsp_batch_stats": [_P, _I, _I, _I, _P, _P, _D, _D, _P, _P, _P, _P, _P, _P, _P, _N],
@@ -83,10 +91,24 @@ def _compiler() -> str | None:
     return None
 
 
-def _cpu_flags() -> str:
+def compiler_flags(machine: str | None = None) -> list[str]:
+    """The compiler's flags for an architecture (``platform.machine()``'s name; this machine's by default)."""
+    machine = (machine if machine is not None else platform.machine()).lower()
+    if machine in X86_MACHINES:
+        native = ["-march=native", "-mprefer-vector-width=512"]
+    elif machine in ARM_MACHINES:
+        native = ["-mcpu=native"]
+    else:
+        native = []
+    return ["-O3", *native, *COMMON_FLAGS]
+
+
+def _cpu_features() -> str:
+    """The CPU's feature list: /proc/cpuinfo's first ``flags`` line (x86) or ``Features`` line (aarch64),
+    else ``platform.processor()``."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
+        for line in CPUINFO.read_text().splitlines():
+            if line.startswith(("flags", "Features")):
                 return line
     except OSError:
         pass
@@ -112,25 +134,53 @@ def _torch_uses_gnu_openmp() -> bool:
 
 
 def library_path(compiler: str) -> Path:
-    """The cached library's path: a hash of what the build depends on."""
+    """The cached library's path: a hash of what the build depends on (source, flags, the compiler's path
+    and version, the CPU's features, the architecture)."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = "\n".join([SOURCE.read_text(), " ".join(CFLAGS), version, _cpu_flags(), platform.machine()])
+    key = "\n".join([SOURCE.read_text(), " ".join(compiler_flags()), compiler, version, _cpu_features(),
+                     platform.machine()])
     return kernel_cache_dir() / f"fused_cpu-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+
+
+def failure_marker(target: Path) -> Path:
+    """Where a failed build of ``target`` is remembered: its name (the same hash) with ``.failed``."""
+    return target.with_suffix(".failed")
+
+
+def _remember_failure(marker: Path, error: str) -> None:
+    """Write the compiler's error to ``marker`` (whole or not at all: a temporary file, then renamed)."""
+    tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(error)
+        os.replace(tmp, marker)
+    except OSError as exc:  # an unwritable cache: the next process tries again, no harm
+        logger.debug("fused CPU kernels: cannot remember the failed build in %s: %s", marker, exc)
+        tmp.unlink(missing_ok=True)
 
 
 def build_library(compiler: str, target: Path) -> None:
     """Compile ``csrc/fused_cpu.c`` into ``target``; written under a temporary name, then renamed, so
-    concurrent runs (a sweep's jobs) never load a half-written file."""
+    concurrent runs (a sweep's jobs) never load a half-written file. Where the compiler fails, its error
+    is kept in :func:`failure_marker` (then the error is raised); a timeout is not remembered (a loaded
+    machine may build next time)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True,
-                       timeout=300)
+        subprocess.run([compiler, *compiler_flags(), str(SOURCE), "-o", tmp], check=True, capture_output=True,
+                       text=True, timeout=300)
         os.replace(tmp, target)
+    except subprocess.CalledProcessError as exc:
+        _remember_failure(failure_marker(target), exc.stderr or str(exc))
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 @lru_cache(maxsize=1)
@@ -145,13 +195,18 @@ def load_library() -> ctypes.CDLL | None:
         return None
     try:
         path = library_path(compiler)
+        marker = failure_marker(path)
+        if marker.exists() and not path.exists():  # a build of this source, flags and compiler failed before
+            logger.warning("fused CPU kernels: off (their build failed before: %s; delete %s to try again)",
+                           _last_line(marker.read_text(errors="replace")) or "no message", marker)
+            return None
         if not path.exists():
             logger.info("fused CPU kernels: building %s", path)
             build_library(compiler, path)
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as exc:
-        lines = (getattr(exc, "stderr", None) or str(exc)).strip().splitlines()
-        logger.warning("fused CPU kernels: off (the build failed: %s)", lines[-1] if lines else type(exc).__name__)
+        message = _last_line(getattr(exc, "stderr", None) or str(exc)) or type(exc).__name__
+        logger.warning("fused CPU kernels: off (the build failed: %s)", message)
         return None
     # The library's libgomp.so.1 must be the one torch loaded (a wheel that ships it under another name would
     # leave two runtimes, two thread pools spinning against each other): then the kernels stay unused.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -372,7 +373,8 @@ def test_without_a_working_compiler_nothing_is_swapped(why, fresh_cache, monkeyp
         assert use_fused_kernels(model) == []
     assert "fused CPU kernels: off" in caplog.text
     assert type(model[1]) is nn.BatchNorm2d and type(model[2]) is nn.Sigmoid and type(model[3]) is nn.AvgPool2d
-    assert not fresh_cache.exists() or not any(fresh_cache.iterdir())  # a failed build leaves no file
+    left = sorted(p.name for p in fresh_cache.iterdir()) if fresh_cache.exists() else []
+    assert left == ([] if why == "no compiler" else ["x.failed"])  # no library, no temporary file: the marker
 
 
 def test_the_switch_takes_only_true_or_false(fake_data):
@@ -392,3 +394,77 @@ def test_not_with_another_openmp_runtime_than_gnus(fresh_cache, monkeypatch, cap
     with caplog.at_level("INFO", logger="cnnbench.fused_cpu"):
         assert load_library() is None
     assert "does not use GNU OpenMP" in caplog.text
+
+
+X86_NATIVE = ["-march=native", "-mprefer-vector-width=512"]
+
+
+@pytest.mark.parametrize("machine, native", [
+    ("x86_64", X86_NATIVE), ("AMD64", X86_NATIVE), ("aarch64", ["-mcpu=native"]), ("arm64", ["-mcpu=native"]),
+    ("riscv64", []), ("ppc64le", [])])
+def test_the_compiler_flags_follow_the_architecture(machine, native, monkeypatch):
+    """-mprefer-vector-width=512 only on x86 (an aarch64 gcc rejects it), -mcpu=native on ARM; the common
+    flags everywhere, and the library's name changes with them."""
+    host_machine, host_path = platform.machine(), fused_cpu.library_path("true")  # `true`: a stand-in compiler
+    monkeypatch.setattr(fused_cpu.platform, "machine", lambda: machine)
+    flags = fused_cpu.compiler_flags()
+    assert flags == ["-O3", *native, *fused_cpu.COMMON_FLAGS]
+    assert "-fopenmp" in flags and "-shared" in flags
+    assert (fused_cpu.library_path("true") == host_path) is (machine == host_machine)
+
+
+def _fake_compiler(folder: Path, log: Path, exit_code: int = 1) -> str:
+    """A C compiler that appends its arguments to ``log`` and exits ``exit_code`` with an error message."""
+    script = folder / "fake-cc"
+    script.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\necho "fake-cc: error: unrecognized option" >&2\n'
+                      f"exit {exit_code}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_a_failed_build_is_remembered_and_not_retried(fresh_cache, tmp_path, monkeypatch, caplog):
+    """A compiler that fails: one build, its error kept in a .failed file named by the same hash; the next
+    process (here: a cleared cache) logs it and does not run the compiler again; a changed source (a new
+    hash) is built afresh."""
+    log = tmp_path / "compiler-calls"
+    monkeypatch.setenv("CC", _fake_compiler(tmp_path, log))
+    monkeypatch.setattr(fused_cpu, "_torch_uses_gnu_openmp", lambda: True)
+
+    def builds() -> int:  # the compiler's runs that build (its --version runs compute the hash)
+        return sum("-o" in line.split() for line in log.read_text().splitlines())
+
+    with caplog.at_level("INFO", logger="cnnbench.fused_cpu"):
+        assert load_library() is None
+    assert builds() == 1 and "the build failed: fake-cc: error: unrecognized option" in caplog.text
+    (marker,) = fresh_cache.iterdir()
+    assert marker.name.endswith(".failed") and "unrecognized option" in marker.read_text()
+    assert marker == fused_cpu.failure_marker(fused_cpu.library_path(fused_cpu._compiler()))
+    caplog.clear()
+    load_library.cache_clear()
+    with caplog.at_level("INFO", logger="cnnbench.fused_cpu"):
+        assert load_library() is None
+    assert builds() == 1  # not retried
+    assert "build failed before: fake-cc: error: unrecognized option" in caplog.text and str(marker) in caplog.text
+    assert "building" not in caplog.text
+    source = tmp_path / "fused_cpu.c"
+    source.write_text(fused_cpu.SOURCE.read_text() + "/* changed */\n")
+    monkeypatch.setattr(fused_cpu, "SOURCE", source)
+    load_library.cache_clear()
+    assert load_library() is None
+    assert builds() == 2 and len(list(fresh_cache.glob("*.failed"))) == 2  # a new hash: built again
+
+
+@pytest.mark.parametrize("arch", ["x86", "aarch64"])
+def test_the_cache_key_reads_the_cpus_features(arch, tmp_path, monkeypatch):
+    """/proc/cpuinfo's feature list, x86's ``flags`` line or aarch64's ``Features`` line, is part of the
+    library's name: another feature, another library."""
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(fused_cpu, "CPUINFO", cpuinfo)
+    line = {"x86": "flags\t\t: fpu sse2 avx2", "aarch64": "Features\t: fp asimd evtstrm"}[arch]
+    other = {"x86": "BogoMIPS\t: 4000.00", "aarch64": "BogoMIPS\t: 50.00\nCPU implementer\t: 0x41"}[arch]
+    names = []
+    for extra in ("", " sve2", " avx512f"):
+        cpuinfo.write_text(f"processor\t: 0\n{other}\n{line}{extra}\n\nprocessor\t: 1\n{line}\n")
+        assert fused_cpu._cpu_features() == line + extra  # the first CPU's line
+        names.append(fused_cpu.library_path("true").name)
+    assert len(set(names)) == 3
