@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+import platform
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,6 +73,49 @@ def test_fused_training_step_matches_aten(shape, bn_kwargs):
     assert [n for n, _ in ref.state_dict().items()] == [n for n, _ in fused.state_dict().items()]
 
 
+def _max_rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| over max |expected|: an error in units of the tensor's own scale."""
+    return ((actual.double() - expected).abs().max() / expected.abs().max()).item()
+
+
+# A channel mean far from 0 against its spread (1e5 spreads away): E[z^2] - mean^2 in float loses every
+# digit of the variance there. Measured (in units of each tensor's largest entry): at most 2.5e-7 with the
+# shifted sums; 0.2 to 2.4 (outputs, gradients) and 66 to 560 (running variance) with E[z^2] - mean^2.
+LARGE_MEAN_REL = 1e-5
+
+
+@needs_kernels
+@pytest.mark.parametrize("mean", [1e3, -1e3])
+@pytest.mark.parametrize("bn_kwargs", [{}, {"momentum": None}])
+def test_a_large_channel_mean_against_its_spread_matches_aten_in_double(mean, bn_kwargs):
+    """Inputs of mean +-1e3 and standard deviation 1e-2: output, input and parameter gradients, running
+    statistics (two steps) and the evaluation output match ATen's layers computed in float64 on the same
+    float32 inputs, to LARGE_MEAN_REL of each tensor's largest entry."""
+    std, shape = 1e-2, (8, 6, 24, 24)
+    ref, fused = _pair(bn_kwargs, shape[1])
+    exact = ref.double()  # ATen's layers in float64
+    with torch.no_grad():  # running statistics near the data's, so that evaluation normalizes sensibly
+        for model in (exact, fused):
+            model[0].running_mean.fill_(mean), model[0].running_var.fill_(std ** 2)
+    gen = torch.Generator().manual_seed(3)
+    errors = {}
+    for step in range(2):
+        z = (torch.randn(shape, generator=gen, dtype=torch.float64) * std + mean).float()
+        grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=gen)
+        (o1, g1, p1), (o2, g2, p2) = _run(exact, z.double(), grad.double()), _run(fused, z, grad)
+        errors |= {f"output {step}": _max_rel_error(o2, o1), f"input grad {step}": _max_rel_error(g2, g1)}
+        errors |= {f"{name} grad {step}": _max_rel_error(p2[name], p1[name]) for name in p1}
+        exact.zero_grad(), fused.zero_grad()
+    for (name, a), (_, b) in zip(exact.named_buffers(), fused.named_buffers(), strict=True):
+        if a.is_floating_point():
+            errors[name] = _max_rel_error(b, a)
+    exact.eval(), fused.eval()
+    with torch.no_grad():  # evaluation on the same running statistics (float32's, a running mean within 3e-5)
+        exact[0].running_mean.copy_(fused[0].running_mean), exact[0].running_var.copy_(fused[0].running_var)
+        errors["evaluation output"] = _max_rel_error(fused(z), exact(z.double()))
+    assert max(errors.values()) <= LARGE_MEAN_REL, ", ".join(f"{k}: {v:.1e}" for k, v in errors.items())
+
+
 @needs_kernels
 def test_fused_evaluation_uses_the_running_statistics():
     ref, fused = _pair({}, 6)
@@ -131,6 +176,70 @@ def test_inputs_the_kernel_does_not_take_go_through_atens_layers_exactly(case, f
     assert torch.equal(o1, o2) and torch.equal(g1, g2)
     assert all(torch.equal(p1[k], p2[k]) for k in p1)
     assert len(pools) == (3 if fast_pool else 0)  # ref twice (shape, run), fused once: its own fast pool
+
+
+# ----------------------------------------------------------------------------- allocation failures
+
+# Sizes no malloc can give, passed to the real kernels: each returns BSP_NO_MEMORY before it reads or writes
+# any tensor (the small ones below only stand in for the pointers). 2^24 x 2^24 floats per plane: 4 PiB per
+# thread's buffer, over the 128 TiB address space (whatever the kernel's overcommit policy); 2^31 x 2^31:
+# a byte count over 2^64, refused before malloc (its product would wrap around).
+HUGE_SIDE, OVERFLOWING_SIDE = 2 ** 24, 2 ** 31
+
+
+@needs_kernels
+@pytest.mark.parametrize("kernel, shape", [
+    ("bsp_forward", (1, 1, HUGE_SIDE, HUGE_SIDE)), ("bsp_forward", (1, 1, OVERFLOWING_SIDE, OVERFLOWING_SIDE)),
+    ("bsp_backward", (1, 1, HUGE_SIDE, HUGE_SIDE)), ("bsp_backward", (HUGE_SIDE, HUGE_SIDE, 2, 2)),
+    ("sp_backward", (1, 1, HUGE_SIDE, HUGE_SIDE))])
+def test_a_failed_allocation_in_a_kernel_raises_memory_error(kernel, shape):
+    """The real library: its malloc fails, the kernel returns BSP_NO_MEMORY, call_kernel raises."""
+    stand_in = torch.zeros(16)
+    p = stand_in.data_ptr()
+    args = {"bsp_forward": (p, *shape, p, p, p, p, 1),
+            "bsp_backward": (p, p, *shape, p, p, p, p, p, p, p, p, p, 1),
+            "sp_backward": (p, p, *shape, p, 1)}[kernel]
+    with pytest.raises(MemoryError, match=f"fused CPU kernel {kernel}: could not allocate"):
+        fused_cpu.call_kernel(kernel, *args)
+    assert torch.equal(stand_in, torch.zeros(16))  # nothing written
+
+
+class _FailingLibrary:
+    """A stand-in for the built library: each kernel returns 0, except ``failing`` which returns ``status``."""
+
+    def __init__(self, failing: str, status: int):
+        self.failing, self.status, self.calls = failing, status, []
+
+    def __getattr__(self, kernel: str):
+        return lambda *args: (self.calls.append(kernel), self.status if kernel == self.failing else 0)[1]
+
+
+@pytest.mark.parametrize("layer, failing", [
+    ("batch norm", "bsp_batch_stats"), ("batch norm", "bsp_forward"), ("batch norm", "bsp_backward"),
+    ("batch norm, evaluation", "bsp_forward"), ("sigmoid", "bsp_forward"), ("sigmoid", "sp_backward")])
+@pytest.mark.parametrize("status, error", [(fused_cpu.STATUS_NO_MEMORY, MemoryError), (7, RuntimeError)])
+def test_a_kernels_nonzero_status_raises_in_the_layer(layer, failing, status, error, monkeypatch):
+    """Each call of a kernel in the fused layers (training forward and backward, evaluation) checks its
+    status: a failed allocation is a MemoryError, any other nonzero status a RuntimeError, both naming the
+    kernel. A stand-in library returns the status (no compiler needed)."""
+    lib = _FailingLibrary(failing, status)
+    monkeypatch.setattr(fused_cpu, "load_library", lambda: lib)
+    _, fused = _pair(None if layer == "sigmoid" else {}, 2)
+    evaluation = layer.endswith("evaluation")
+    fused.train(not evaluation)
+    z = torch.randn(2, 2, 4, 4, requires_grad=not evaluation)
+
+    def step():
+        with torch.set_grad_enabled(not evaluation):  # evaluation: no_grad, the running statistics' map
+            out = fused(z)
+            if not evaluation:
+                out.backward(torch.ones(2, 2, 2, 2))
+
+    with pytest.raises(error, match=f"fused CPU kernel {failing}"):
+        step()
+    assert lib.calls[-1] == failing
+    lib.status = 0  # the same calls with a zero status raise nothing
+    step()
 
 
 def _swappable():
@@ -270,7 +379,8 @@ def test_without_a_working_compiler_nothing_is_swapped(why, fresh_cache, monkeyp
         assert use_fused_kernels(model) == []
     assert "fused CPU kernels: off" in caplog.text
     assert type(model[1]) is nn.BatchNorm2d and type(model[2]) is nn.Sigmoid and type(model[3]) is nn.AvgPool2d
-    assert not fresh_cache.exists() or not any(fresh_cache.iterdir())  # a failed build leaves no file
+    left = sorted(p.name for p in fresh_cache.iterdir()) if fresh_cache.exists() else []
+    assert left == ([] if why == "no compiler" else ["x.failed"])  # no library, no temporary file: the marker
 
 
 def test_the_switch_takes_only_true_or_false(fake_data):
@@ -280,7 +390,7 @@ def test_the_switch_takes_only_true_or_false(fake_data):
     from .conftest import compose_fast
 
     validate_config(compose_fast(fake_data, "device.fused_kernels=false"))
-    with pytest.raises(ConfigError, match="device.fused_kernels must be true or false"):
+    with pytest.raises(ConfigError, match="device.fused_kernels must be one of true, false"):
         validate_config(compose_fast(fake_data, "device.fused_kernels=auto"))
 
 
@@ -290,3 +400,77 @@ def test_not_with_another_openmp_runtime_than_gnus(fresh_cache, monkeypatch, cap
     with caplog.at_level("INFO", logger="cnnbench.speed.cpu.fused"):
         assert load_library() is None
     assert "does not use GNU OpenMP" in caplog.text
+
+
+X86_NATIVE = ["-march=native", "-mprefer-vector-width=512"]
+
+
+@pytest.mark.parametrize("machine, native", [
+    ("x86_64", X86_NATIVE), ("AMD64", X86_NATIVE), ("aarch64", ["-mcpu=native"]), ("arm64", ["-mcpu=native"]),
+    ("riscv64", []), ("ppc64le", [])])
+def test_the_compiler_flags_follow_the_architecture(machine, native, monkeypatch):
+    """-mprefer-vector-width=512 only on x86 (an aarch64 gcc rejects it), -mcpu=native on ARM; the common
+    flags everywhere, and the library's name changes with them."""
+    host_machine, host_path = platform.machine(), fused_cpu.library_path("true")  # `true`: a stand-in compiler
+    monkeypatch.setattr(fused_cpu.platform, "machine", lambda: machine)
+    flags = fused_cpu.compiler_flags()
+    assert flags == ["-O3", *native, *fused_cpu.COMMON_FLAGS]
+    assert "-fopenmp" in flags and "-shared" in flags
+    assert (fused_cpu.library_path("true") == host_path) is (machine == host_machine)
+
+
+def _fake_compiler(folder: Path, log: Path, exit_code: int = 1) -> str:
+    """A C compiler that appends its arguments to ``log`` and exits ``exit_code`` with an error message."""
+    script = folder / "fake-cc"
+    script.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\necho "fake-cc: error: unrecognized option" >&2\n'
+                      f"exit {exit_code}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_a_failed_build_is_remembered_and_not_retried(fresh_cache, tmp_path, monkeypatch, caplog):
+    """A compiler that fails: one build, its error kept in a .failed file named by the same hash; the next
+    process (here: a cleared cache) logs it and does not run the compiler again; a changed source (a new
+    hash) is built afresh."""
+    log = tmp_path / "compiler-calls"
+    monkeypatch.setenv("CC", _fake_compiler(tmp_path, log))
+    monkeypatch.setattr(fused_cpu, "_torch_uses_gnu_openmp", lambda: True)
+
+    def builds() -> int:  # the compiler's runs that build (its --version runs compute the hash)
+        return sum("-o" in line.split() for line in log.read_text().splitlines())
+
+    with caplog.at_level("INFO", logger="cnnbench.speed.cpu.fused"):
+        assert load_library() is None
+    assert builds() == 1 and "the build failed: fake-cc: error: unrecognized option" in caplog.text
+    (marker,) = fresh_cache.iterdir()
+    assert marker.name.endswith(".failed") and "unrecognized option" in marker.read_text()
+    assert marker == fused_cpu.failure_marker(fused_cpu.library_path(fused_cpu._compiler()))
+    caplog.clear()
+    load_library.cache_clear()
+    with caplog.at_level("INFO", logger="cnnbench.speed.cpu.fused"):
+        assert load_library() is None
+    assert builds() == 1  # not retried
+    assert "build failed before: fake-cc: error: unrecognized option" in caplog.text and str(marker) in caplog.text
+    assert "building" not in caplog.text
+    source = tmp_path / "fused_cpu.c"
+    source.write_text(fused_cpu.SOURCE.read_text() + "/* changed */\n")
+    monkeypatch.setattr(fused_cpu, "SOURCE", source)
+    load_library.cache_clear()
+    assert load_library() is None
+    assert builds() == 2 and len(list(fresh_cache.glob("*.failed"))) == 2  # a new hash: built again
+
+
+@pytest.mark.parametrize("arch", ["x86", "aarch64"])
+def test_the_cache_key_reads_the_cpus_features(arch, tmp_path, monkeypatch):
+    """/proc/cpuinfo's feature list, x86's ``flags`` line or aarch64's ``Features`` line, is part of the
+    library's name: another feature, another library."""
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(fused_cpu, "CPUINFO", cpuinfo)
+    line = {"x86": "flags\t\t: fpu sse2 avx2", "aarch64": "Features\t: fp asimd evtstrm"}[arch]
+    other = {"x86": "BogoMIPS\t: 4000.00", "aarch64": "BogoMIPS\t: 50.00\nCPU implementer\t: 0x41"}[arch]
+    names = []
+    for extra in ("", " sve2", " avx512f"):
+        cpuinfo.write_text(f"processor\t: 0\n{other}\n{line}{extra}\n\nprocessor\t: 1\n{line}\n")
+        assert fused_cpu._cpu_features() == line + extra  # the first CPU's line
+        names.append(fused_cpu.library_path("true").name)
+    assert len(set(names)) == 3

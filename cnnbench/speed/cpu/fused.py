@@ -6,15 +6,19 @@ do the three at once: forward and backward on 2 cores, 4.5 ms -> 1.2 ms for that
 for the second (256 x 16 x 8 x 8); a whole LeNet-BN step 7.8 -> 6.3 ms (0.81; in-process A/B, see the
 README's Speed section). The math is the same (batch statistics, biased variance to normalize and
 unbiased for the running variance, as ATen); sums run in another order, so results match ATen's to float
-rounding, not bit for bit.
+rounding, not bit for bit. Each channel is normalized around one of its own values, so a channel whose
+mean is large against its spread (mean 1e3, std 1e-2) keeps its digits.
 
 How it is built: at first use, with the machine's C compiler (``$CC``, else ``cc``/``gcc``), ``-O3
--march=native -fopenmp``, into ``~/.cache/cnnbench/kernels`` (``$CNNBENCH_KERNEL_CACHE`` overrides),
-named by a hash of the source, the flags, the compiler's version and the CPU's feature flags: about
-0.3 s once per machine, then a file load. The library links the OpenMP runtime torch has already loaded
-(libgomp), so its loops use torch's threads (``torch.get_num_threads()``). Where any of this is missing
-(no compiler, not Linux, torch without GNU OpenMP, or a second OpenMP runtime once the library is loaded)
-nothing is swapped and ATen's layers train as before.
+-fopenmp`` and the architecture's native tuning (:func:`compiler_flags`), into ``~/.cache/cnnbench/kernels``
+(``$CNNBENCH_KERNEL_CACHE`` overrides), named by a hash of the source, the flags, the compiler and the
+CPU's features: about 0.3 s once per machine, then a file load. A failed build is remembered there under
+the same hash (a ``.failed`` file holding the compiler's error): later processes log it and do not retry
+until the source, the flags, the compiler or the CPU change (or the file is deleted). The library links
+the OpenMP runtime torch has already loaded (libgomp), so its loops use torch's threads
+(``torch.get_num_threads()``). Where any of this is missing (no compiler, not Linux, torch without GNU
+OpenMP, or a second OpenMP runtime once the library is loaded) nothing is swapped and ATen's layers train
+as before. A kernel that cannot allocate its work buffers returns a status that raises ``MemoryError``.
 
 How it is used: :func:`use_fused_kernels` changes, inside ``nn.Sequential`` containers only (where the
 order of the children is the order of the computation), the class of every ``BatchNorm2d`` followed by
@@ -51,18 +55,23 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("fused_cpu.c")
 CACHE_ENV = "CNNBENCH_KERNEL_CACHE"
-# -march=native: the library is built on the machine that runs it (the CPU's flags are in its name).
+CPUINFO = Path("/proc/cpuinfo")
 # -fno-math-errno -fno-trapping-math let the loops vectorize; no -ffast-math (its start-up code would
 # change the whole process's floating-point mode).
-CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fno-math-errno",
-          "-fno-trapping-math", "-fPIC", "-shared"]
+COMMON_FLAGS = ["-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
+# Native tuning: the library is built on the machine that runs it (the CPU's features are in its name).
+# x86: also 512-bit vectors where the CPU has them (gcc stops at 256 by default); an aarch64 gcc rejects
+# that flag, and spells the native CPU -mcpu=native. Other architectures: the compiler's defaults.
+X86_MACHINES = {"x86_64", "amd64", "i386", "i686"}
+ARM_MACHINES = {"aarch64", "arm64"}
 _P, _I, _D, _N = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
-SIGNATURES = {
-    "bsp_batch_stats": [_P, _I, _I, _I, _P, _P, _D, _D, _P, _P, _P, _P, _P, _P, _N],
-    "bsp_forward": [_P, _I, _I, _I, _I, _P, _P, _P, _N],
-    "bsp_backward": [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _N],
+SIGNATURES = {  # every kernel returns a status (an int): 0, or STATUS_NO_MEMORY
+    "bsp_batch_stats": [_P, _I, _I, _I, _P, _P, _D, _D, _P, _P, _P, _P, _P, _P, _P, _N],
+    "bsp_forward": [_P, _I, _I, _I, _I, _P, _P, _P, _P, _N],
+    "bsp_backward": [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _N],
     "sp_backward": [_P, _P, _I, _I, _I, _I, _P, _N],
 }
+STATUS_NO_MEMORY = 1  # fused_cpu.c's BSP_NO_MEMORY: a work buffer's malloc failed, nothing written
 
 
 # ----------------------------------------------------------------------------- building and loading
@@ -81,10 +90,24 @@ def _compiler() -> str | None:
     return None
 
 
-def _cpu_flags() -> str:
+def compiler_flags(machine: str | None = None) -> list[str]:
+    """The compiler's flags for an architecture (``platform.machine()``'s name; this machine's by default)."""
+    machine = (machine if machine is not None else platform.machine()).lower()
+    if machine in X86_MACHINES:
+        native = ["-march=native", "-mprefer-vector-width=512"]
+    elif machine in ARM_MACHINES:
+        native = ["-mcpu=native"]
+    else:
+        native = []
+    return ["-O3", *native, *COMMON_FLAGS]
+
+
+def _cpu_features() -> str:
+    """The CPU's feature list: /proc/cpuinfo's first ``flags`` line (x86) or ``Features`` line (aarch64),
+    else ``platform.processor()``."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
+        for line in CPUINFO.read_text().splitlines():
+            if line.startswith(("flags", "Features")):
                 return line
     except OSError:
         pass
@@ -110,25 +133,53 @@ def _torch_uses_gnu_openmp() -> bool:
 
 
 def library_path(compiler: str) -> Path:
-    """The cached library's path: a hash of what the build depends on."""
+    """The cached library's path: a hash of what the build depends on (source, flags, the compiler's path
+    and version, the CPU's features, the architecture)."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = "\n".join([SOURCE.read_text(), " ".join(CFLAGS), version, _cpu_flags(), platform.machine()])
+    key = "\n".join([SOURCE.read_text(), " ".join(compiler_flags()), compiler, version, _cpu_features(),
+                     platform.machine()])
     return kernel_cache_dir() / f"fused_cpu-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+
+
+def failure_marker(target: Path) -> Path:
+    """Where a failed build of ``target`` is remembered: its name (the same hash) with ``.failed``."""
+    return target.with_suffix(".failed")
+
+
+def _remember_failure(marker: Path, error: str) -> None:
+    """Write the compiler's error to ``marker`` (whole or not at all: a temporary file, then renamed)."""
+    tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(error)
+        os.replace(tmp, marker)
+    except OSError as exc:  # an unwritable cache: the next process tries again, no harm
+        logger.debug("fused CPU kernels: cannot remember the failed build in %s: %s", marker, exc)
+        tmp.unlink(missing_ok=True)
 
 
 def build_library(compiler: str, target: Path) -> None:
     """Compile ``fused_cpu.c`` into ``target``; written under a temporary name, then renamed, so
-    concurrent runs (a sweep's jobs) never load a half-written file."""
+    concurrent runs (a sweep's jobs) never load a half-written file. Where the compiler fails, its error
+    is kept in :func:`failure_marker` (then the error is raised); a timeout is not remembered (a loaded
+    machine may build next time)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True,
-                       timeout=300)
+        subprocess.run([compiler, *compiler_flags(), str(SOURCE), "-o", tmp], check=True, capture_output=True,
+                       text=True, timeout=300)
         os.replace(tmp, target)
+    except subprocess.CalledProcessError as exc:
+        _remember_failure(failure_marker(target), exc.stderr or str(exc))
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 @lru_cache(maxsize=1)
@@ -143,13 +194,18 @@ def load_library() -> ctypes.CDLL | None:
         return None
     try:
         path = library_path(compiler)
+        marker = failure_marker(path)
+        if marker.exists() and not path.exists():  # a build of this source, flags and compiler failed before
+            logger.warning("fused CPU kernels: off (their build failed before: %s; delete %s to try again)",
+                           _last_line(marker.read_text(errors="replace")) or "no message", marker)
+            return None
         if not path.exists():
             logger.info("fused CPU kernels: building %s", path)
             build_library(compiler, path)
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as exc:
-        lines = (getattr(exc, "stderr", None) or str(exc)).strip().splitlines()
-        logger.warning("fused CPU kernels: off (the build failed: %s)", lines[-1] if lines else type(exc).__name__)
+        message = _last_line(getattr(exc, "stderr", None) or str(exc)) or type(exc).__name__
+        logger.warning("fused CPU kernels: off (the build failed: %s)", message)
         return None
     # The library's libgomp.so.1 must be the one torch loaded (a wheel that ships it under another name would
     # leave two runtimes, two thread pools spinning against each other): then the kernels stay unused.
@@ -157,8 +213,21 @@ def load_library() -> ctypes.CDLL | None:
         logger.warning("fused CPU kernels: off (two OpenMP runtimes would run: %s)", ", ".join(sorted(runtimes)))
         return None
     for name, argtypes in SIGNATURES.items():
-        getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, None
+        getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, ctypes.c_int
     return lib
+
+
+def check_status(kernel: str, status: int) -> None:
+    """Raise for a kernel's nonzero status: MemoryError for a failed allocation, RuntimeError otherwise."""
+    if status == STATUS_NO_MEMORY:
+        raise MemoryError(f"fused CPU kernel {kernel}: could not allocate its work buffers")
+    if status != 0:
+        raise RuntimeError(f"fused CPU kernel {kernel} failed (status {status})")
+
+
+def call_kernel(kernel: str, *args: object) -> None:
+    """Run one of the library's kernels (``SIGNATURES`` gives the arguments) and check its status."""
+    check_status(kernel, getattr(load_library(), kernel)(*args))
 
 
 # ----------------------------------------------------------------------------- autograd functions
@@ -179,31 +248,33 @@ class _BatchNormSigmoidPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, weight, bias, bn: nn.BatchNorm2d, momentum: float):
-        lib, threads = load_library(), torch.get_num_threads()
+        threads = torch.get_num_threads()
         n, c, h, w = z.shape
-        mean, invstd, scale, shift = torch.empty(4, c).unbind(0)  # (C,) each
+        # (C,) each: a value of each channel (the center), the batch mean relative to it, 1/std, the
+        # affine map y = scale * (z - center) + shift
+        center, mean, invstd, scale, shift = torch.empty(5, c).unbind(0)
         update = bn.training and bn.track_running_stats
         weight_, bias_ = (t.detach().contiguous() if t is not None else None for t in (weight, bias))
-        lib.bsp_batch_stats(_ptr(z), n, c, h * w, _ptr(weight_), _ptr(bias_), bn.eps, momentum,
-                            _ptr(bn.running_mean) if update else None, _ptr(bn.running_var) if update else None,
-                            _ptr(mean), _ptr(invstd), _ptr(scale), _ptr(shift), threads)
+        call_kernel("bsp_batch_stats", _ptr(z), n, c, h * w, _ptr(weight_), _ptr(bias_), bn.eps, momentum,
+                    _ptr(bn.running_mean) if update else None, _ptr(bn.running_var) if update else None,
+                    _ptr(center), _ptr(mean), _ptr(invstd), _ptr(scale), _ptr(shift), threads)
         out = torch.empty(n, c, h // 2, w // 2)  # (B, C, H/2, W/2)
-        lib.bsp_forward(_ptr(z), n, c, h, w, _ptr(scale), _ptr(shift), _ptr(out), threads)
-        ctx.save_for_backward(z, scale, shift, mean, invstd, weight_)
+        call_kernel("bsp_forward", _ptr(z), n, c, h, w, _ptr(center), _ptr(scale), _ptr(shift), _ptr(out), threads)
+        ctx.save_for_backward(z, center, scale, shift, mean, invstd, weight_)
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        z, scale, shift, mean, invstd, weight = ctx.saved_tensors
+        z, center, scale, shift, mean, invstd, weight = ctx.saved_tensors
         n, c, h, w = z.shape
         grad = grad.contiguous()  # (B, C, H/2, W/2)
         dz = torch.empty_like(z) if ctx.needs_input_grad[0] else None
         dweight, dbias = torch.empty(2, c).unbind(0)
-        load_library().bsp_backward(_ptr(grad), _ptr(z), n, c, h, w, _ptr(scale), _ptr(shift), _ptr(mean),
-                                    _ptr(invstd), _ptr(weight), _ptr(dz), _ptr(dweight), _ptr(dbias),
-                                    torch.get_num_threads())
+        call_kernel("bsp_backward", _ptr(grad), _ptr(z), n, c, h, w, _ptr(center), _ptr(scale), _ptr(shift),
+                    _ptr(mean), _ptr(invstd), _ptr(weight), _ptr(dz), _ptr(dweight), _ptr(dbias),
+                    torch.get_num_threads())
         return dz, dweight if ctx.has_weight else None, dbias if ctx.has_bias else None, None, None
 
 
@@ -214,7 +285,7 @@ class _SigmoidPool(torch.autograd.Function):
     def forward(ctx, z):
         n, c, h, w = z.shape
         out = torch.empty(n, c, h // 2, w // 2)  # (B, C, H/2, W/2)
-        load_library().bsp_forward(_ptr(z), n, c, h, w, None, None, _ptr(out), torch.get_num_threads())
+        call_kernel("bsp_forward", _ptr(z), n, c, h, w, None, None, None, _ptr(out), torch.get_num_threads())
         ctx.save_for_backward(z)
         return out
 
@@ -224,7 +295,7 @@ class _SigmoidPool(torch.autograd.Function):
         (z,) = ctx.saved_tensors
         n, c, h, w = z.shape
         dz = torch.empty_like(z)
-        load_library().sp_backward(_ptr(grad.contiguous()), _ptr(z), n, c, h, w, _ptr(dz), torch.get_num_threads())
+        call_kernel("sp_backward", _ptr(grad.contiguous()), _ptr(z), n, c, h, w, _ptr(dz), torch.get_num_threads())
         return dz
 
 
@@ -251,9 +322,12 @@ class BatchNormSigmoidPool2d(nn.BatchNorm2d):
         if _fits(x) and not torch.is_grad_enabled():  # evaluation: the running statistics, an affine map
             scale = torch.rsqrt(self.running_var + self.eps)
             scale = scale * self.weight if self.weight is not None else scale
-            shift = -self.running_mean * scale + (self.bias if self.bias is not None else 0.0)
+            # y = scale * (x - running_mean) + bias, around the running mean: scale * x - running_mean * scale
+            # would cancel in float where the mean is large against the spread
+            center, shift = self.running_mean, self.bias if self.bias is not None else torch.zeros_like(scale)
             out = torch.empty(x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2)
-            load_library().bsp_forward(_ptr(x), *x.shape, _ptr(scale), _ptr(shift), _ptr(out), torch.get_num_threads())
+            call_kernel("bsp_forward", _ptr(x), *x.shape, _ptr(center), _ptr(scale), _ptr(shift), _ptr(out),
+                        torch.get_num_threads())
             return out
         return _pool(self, torch.sigmoid(super().forward(x)))
 

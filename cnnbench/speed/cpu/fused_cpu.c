@@ -11,10 +11,30 @@
  * kept in a cache folder; linked against the OpenMP runtime that torch has already loaded (libgomp), so
  * these loops share torch's thread pool. Every reduction is summed per (image, channel) plane in float,
  * then per channel in double, in a fixed order: the results do not depend on the number of threads.
+ *
+ * Values are normalized around a per-channel center taken from the data (the channel's first value): in
+ * float, z - center is small where z - 0 is not, so a channel whose mean is large against its spread
+ * (mean 1e3, std 1e-2) keeps its digits. Every kernel returns a status: BSP_OK, or BSP_NO_MEMORY where a
+ * work buffer could not be allocated (nothing written then; cnnbench.fused_cpu raises MemoryError).
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
+
+#define BSP_OK 0
+#define BSP_NO_MEMORY 1
+
+/* malloc(a * b * size) (a, b >= 0), NULL where it fails or where the byte count overflows size_t. */
+static void* alloc_array(int64_t a, int64_t b, size_t size) {
+  if (a < 0 || b < 0 || (a > 0 && (uint64_t)b > SIZE_MAX / size / (uint64_t)a)) return NULL;
+  const size_t bytes = (size_t)a * (size_t)b * size;
+  return malloc(bytes ? bytes : 1); /* malloc(0) may return NULL: not a failure */
+}
+
+/* Floats per thread for one (image, channel) plane's buffer: HW rounded up to 64 bytes, so that two
+ * threads' buffers in one allocation never share a cache line. */
+static inline int64_t plane_stride(int64_t HW) { return (HW + 15) & ~(int64_t)15; }
 
 /* exp(x) for float32, written so that the compiler vectorizes the loops that call it (a libm call would
  * keep them scalar): Cody-Waite range reduction by ln 2 and Cephes' degree-6 polynomial for exp on
@@ -39,56 +59,72 @@ static inline float fast_exp(float x) {
 
 static inline float sigmoid(float y) { return 1.0f / (1.0f + fast_exp(-y)); }
 
-/* Batch statistics of z (N, C, HW) per channel, the affine map the forward applies
- * (scale = gamma * invstd, shift = beta - mean * scale; gamma/beta may be NULL: 1 and 0), and the running
- * statistics' update (running_mean/var may be NULL; running_var takes the unbiased variance, as ATen). */
-void bsp_batch_stats(const float* z, int64_t N, int64_t C, int64_t HW, const float* gamma, const float* beta,
-                     double eps, double momentum, float* running_mean, float* running_var, float* mean,
-                     float* invstd, float* scale, float* shift, int nthreads) {
+/* Batch statistics of z (N, C, HW) per channel, the affine map the forward applies around a center
+ * (y = scale * (z - center) + shift, scale = gamma * invstd, shift = beta - (mean - center) * scale;
+ * gamma/beta may be NULL: 1 and 0), and the running statistics' update (running_mean/var may be NULL;
+ * running_var takes the unbiased variance, as ATen). mean[c] is stored relative to center[c]: the
+ * backward's xhat = ((z - center) - mean) * invstd needs no large float that cancels.
+ *
+ * The variance is the shifted one-pass formula: with d = z - k, k = the channel's first value,
+ * var = E[d^2] - E[d]^2. Its cancellation grows with ((mean - k) / std)^2, a few units for a k drawn from
+ * the channel itself; around 0 (E[z^2] - mean^2) it grows with (mean / std)^2, 1e10 for mean 1e3 and
+ * std 1e-2: every digit lost. Always returns BSP_OK (nothing to allocate). */
+int bsp_batch_stats(const float* z, int64_t N, int64_t C, int64_t HW, const float* gamma, const float* beta,
+                    double eps, double momentum, float* running_mean, float* running_var, float* center,
+                    float* mean, float* invstd, float* scale, float* shift, int nthreads) {
   const double M = (double)N * (double)HW;
 #pragma omp parallel for num_threads(nthreads) schedule(static)
   for (int64_t c = 0; c < C; c++) {
+    const float k0 = z[c * HW]; /* image 0's first value of channel c: the shift */
     double sum = 0.0, sumsq = 0.0;
     for (int64_t n = 0; n < N; n++) {
       const float* p = z + (n * C + c) * HW;
       float s = 0.0f, ss = 0.0f;
 #pragma omp simd reduction(+ : s, ss)
       for (int64_t k = 0; k < HW; k++) {
-        s += p[k];
-        ss += p[k] * p[k];
+        const float d = p[k] - k0;
+        s += d;
+        ss += d * d;
       }
       sum += s;
       sumsq += ss;
     }
-    double mu = sum / M;
+    double mu = sum / M; /* the mean of d = z - k0 */
     double var = sumsq / M - mu * mu;
     var = var > 0.0 ? var : 0.0;
+    const double mean_z = k0 + mu;
     double is = 1.0 / sqrt(var + eps);
     double g = gamma ? gamma[c] : 1.0, b = beta ? beta[c] : 0.0;
+    center[c] = k0;
     mean[c] = (float)mu;
     invstd[c] = (float)is;
     scale[c] = (float)(g * is);
     shift[c] = (float)(b - mu * g * is);
-    if (running_mean) running_mean[c] = (float)((1.0 - momentum) * running_mean[c] + momentum * mu);
+    if (running_mean) running_mean[c] = (float)((1.0 - momentum) * running_mean[c] + momentum * mean_z);
     if (running_var) running_var[c] = (float)((1.0 - momentum) * running_var[c] + momentum * var * M / (M > 1.0 ? M - 1.0 : 1.0));
   }
+  return BSP_OK;
 }
 
-/* out (N, C, H/2, W/2) = avgpool2x2(sigmoid(scale[c] * z + shift[c])); scale/shift NULL: sigmoid(z). */
-void bsp_forward(const float* z, int64_t N, int64_t C, int64_t H, int64_t W, const float* scale,
-                 const float* shift, float* out, int nthreads) {
-  const int64_t H2 = H / 2, W2 = W / 2, HW = H * W;
+/* out (N, C, H/2, W/2) = avgpool2x2(sigmoid(scale[c] * (z - center[c]) + shift[c])); center NULL: 0;
+ * scale/shift NULL: sigmoid(z). BSP_NO_MEMORY: no buffer for the sigmoids (out untouched). */
+int bsp_forward(const float* z, int64_t N, int64_t C, int64_t H, int64_t W, const float* center,
+                const float* scale, const float* shift, float* out, int nthreads) {
+  const int64_t H2 = H / 2, W2 = W / 2, HW = H * W, stride = plane_stride(HW);
+  float* planes = (float*)alloc_array(nthreads, stride, sizeof(float)); /* per thread: one plane's sigmoids */
+  if (!planes) return BSP_NO_MEMORY;
 #pragma omp parallel num_threads(nthreads)
   {
-    float* s = (float*)malloc(sizeof(float) * HW); /* one plane's sigmoids, in L1/L2 */
+    float* s = planes + omp_get_thread_num() * stride; /* in L1/L2 */
 #pragma omp for schedule(static)
     for (int64_t nc = 0; nc < N * C; nc++) {
       const int64_t c = nc % C;
+      const float o = center ? center[c] : 0.0f;
       const float a = scale ? scale[c] : 1.0f, b = shift ? shift[c] : 0.0f;
       const float* zp = z + nc * HW;
       float* op = out + nc * H2 * W2;
 #pragma omp simd
-      for (int64_t k = 0; k < HW; k++) s[k] = sigmoid(a * zp[k] + b);
+      for (int64_t k = 0; k < HW; k++) s[k] = sigmoid(a * (zp[k] - o) + b);
       for (int64_t i = 0; i < H2; i++) {
         const float* r0 = s + 2 * i * W;
         const float* r1 = r0 + W;
@@ -96,8 +132,9 @@ void bsp_forward(const float* z, int64_t N, int64_t C, int64_t H, int64_t W, con
           op[i * W2 + j] = 0.25f * ((r0[2 * j] + r0[2 * j + 1]) + (r1[2 * j] + r1[2 * j + 1]));
       }
     }
-    free(s);
   }
+  free(planes);
+  return BSP_OK;
 }
 
 /* One plane of the pool's backward: every pixel of a 2x2 block gets a quarter of the block's gradient. */
@@ -115,34 +152,43 @@ static inline void spread_quarters(const float* g, int64_t H2, int64_t W2, int64
   }
 }
 
-/* Backward of bsp: g (N, C, H/2, W/2) is the gradient at the pool's output. With dy the gradient at the
- * BatchNorm's output and xhat = (z - mean) * invstd: dbeta = sum(dy), dgamma = sum(dy * xhat) (pass 1,
+/* Backward of bsp: g (N, C, H/2, W/2) is the gradient at the pool's output; center, scale, shift, mean
+ * (relative to center) and invstd are bsp_batch_stats' outputs. With dy the gradient at the BatchNorm's
+ * output and xhat = ((z - center) - mean) * invstd: dbeta = sum(dy), dgamma = sum(dy * xhat) (pass 1,
  * per plane, then per channel), dz = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)) (pass 2;
- * skipped when dz is NULL). gamma may be NULL (1). */
-void bsp_backward(const float* g, const float* z, int64_t N, int64_t C, int64_t H, int64_t W,
-                  const float* scale, const float* shift, const float* mean, const float* invstd,
-                  const float* gamma, float* dz, float* dgamma, float* dbeta, int nthreads) {
-  const int64_t H2 = H / 2, W2 = W / 2, HW = H * W;
+ * skipped when dz is NULL). gamma may be NULL (1). BSP_NO_MEMORY: no buffers (nothing written). */
+int bsp_backward(const float* g, const float* z, int64_t N, int64_t C, int64_t H, int64_t W,
+                 const float* center, const float* scale, const float* shift, const float* mean,
+                 const float* invstd, const float* gamma, float* dz, float* dgamma, float* dbeta, int nthreads) {
+  const int64_t H2 = H / 2, W2 = W / 2, HW = H * W, stride = plane_stride(HW);
   const double M = (double)N * (double)HW;
-  double* part = (double*)malloc(sizeof(double) * 2 * N * C); /* per plane: sum(dy), sum(dy * xhat) */
-  double* sum_dy = (double*)malloc(sizeof(double) * C);
-  double* sum_dyx = (double*)malloc(sizeof(double) * C);
+  /* per plane: sum(dy), sum(dy * xhat) (2 N C); then per channel: sum(dy) (C), sum(dy * xhat) (C) */
+  double* sums = (double*)alloc_array(2 * (N + 1), C, sizeof(double));
+  float* spread = (float*)alloc_array(nthreads, stride, sizeof(float)); /* per thread: one plane's dy */
+  if (!sums || !spread) {
+    free(sums);
+    free(spread);
+    return BSP_NO_MEMORY;
+  }
+  double* part = sums;
+  double* sum_dy = sums + 2 * N * C;
+  double* sum_dyx = sum_dy + C;
 #pragma omp parallel num_threads(nthreads)
   {
-    float* gq = (float*)malloc(sizeof(float) * HW);
+    float* gq = spread + omp_get_thread_num() * stride;
 #pragma omp for schedule(static)
     for (int64_t nc = 0; nc < N * C; nc++) {
       const int64_t c = nc % C;
-      const float a = scale[c], b = shift[c], m = mean[c], is = invstd[c];
+      const float o = center[c], a = scale[c], b = shift[c], m = mean[c], is = invstd[c];
       const float* zp = z + nc * HW;
       spread_quarters(g + nc * H2 * W2, H2, W2, W, gq);
       float s1 = 0.0f, s2 = 0.0f;
 #pragma omp simd reduction(+ : s1, s2)
       for (int64_t k = 0; k < HW; k++) {
-        const float s = sigmoid(a * zp[k] + b);
+        const float s = sigmoid(a * (zp[k] - o) + b);
         const float dy = gq[k] * s * (1.0f - s);
         s1 += dy;
-        s2 += dy * (zp[k] - m) * is;
+        s2 += dy * ((zp[k] - o) - m) * is;
       }
       part[2 * nc] = s1;
       part[2 * nc + 1] = s2;
@@ -163,7 +209,7 @@ void bsp_backward(const float* g, const float* z, int64_t N, int64_t C, int64_t 
 #pragma omp for schedule(static)
       for (int64_t nc = 0; nc < N * C; nc++) {
         const int64_t c = nc % C;
-        const float a = scale[c], b = shift[c], m = mean[c], is = invstd[c];
+        const float o = center[c], a = scale[c], b = shift[c], m = mean[c], is = invstd[c];
         const float k1 = (gamma ? gamma[c] : 1.0f) * is;
         const float mdy = (float)(sum_dy[c] / M), mdyx = (float)(sum_dyx[c] / M);
         const float* zp = z + nc * HW;
@@ -171,26 +217,29 @@ void bsp_backward(const float* g, const float* z, int64_t N, int64_t C, int64_t 
         spread_quarters(g + nc * H2 * W2, H2, W2, W, gq);
 #pragma omp simd
         for (int64_t k = 0; k < HW; k++) {
-          const float s = sigmoid(a * zp[k] + b);
+          const float s = sigmoid(a * (zp[k] - o) + b);
           const float dy = gq[k] * s * (1.0f - s);
-          dp[k] = k1 * (dy - mdy - (zp[k] - m) * is * mdyx);
+          const float xhat = ((zp[k] - o) - m) * is;
+          dp[k] = k1 * (dy - mdy - xhat * mdyx);
         }
       }
     }
-    free(gq);
   }
-  free(part);
-  free(sum_dy);
-  free(sum_dyx);
+  free(sums);
+  free(spread);
+  return BSP_OK;
 }
 
-/* Backward of sigmoid + pool: dz = quarter(g) * s * (1 - s), s = sigmoid(z) recomputed. */
-void sp_backward(const float* g, const float* z, int64_t N, int64_t C, int64_t H, int64_t W, float* dz,
-                 int nthreads) {
-  const int64_t H2 = H / 2, W2 = W / 2, HW = H * W;
+/* Backward of sigmoid + pool: dz = quarter(g) * s * (1 - s), s = sigmoid(z) recomputed. BSP_NO_MEMORY:
+ * no buffer for the spread gradient (dz untouched). */
+int sp_backward(const float* g, const float* z, int64_t N, int64_t C, int64_t H, int64_t W, float* dz,
+                int nthreads) {
+  const int64_t H2 = H / 2, W2 = W / 2, HW = H * W, stride = plane_stride(HW);
+  float* quarters = (float*)alloc_array(nthreads, stride, sizeof(float)); /* per thread: one plane */
+  if (!quarters) return BSP_NO_MEMORY;
 #pragma omp parallel num_threads(nthreads)
   {
-    float* gq = (float*)malloc(sizeof(float) * HW);
+    float* gq = quarters + omp_get_thread_num() * stride;
 #pragma omp for schedule(static)
     for (int64_t nc = 0; nc < N * C; nc++) {
       const float* zp = z + nc * HW;
@@ -202,6 +251,7 @@ void sp_backward(const float* g, const float* z, int64_t N, int64_t C, int64_t H
         dp[k] = gq[k] * s * (1.0f - s);
       }
     }
-    free(gq);
   }
+  free(quarters);
+  return BSP_OK;
 }
