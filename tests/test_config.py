@@ -129,3 +129,18 @@ def test_a_list_of_overrides_is_composed_once_and_every_caller_gets_its_own_copy
     assert len(config._COMPOSED) == config.COMPOSED_KEPT
     compose_config(["optimizer.lr=0.3"])
     assert len(calls) == 3 + config.COMPOSED_KEPT  # composed again: it had been dropped
+
+
+@pytest.mark.parametrize("item,expected", [
+    ("optimizer.lr=0.1", ("optimizer.lr", "0.1")),
+    ("+trainer.ema.decay=0.99", ("trainer.ema.decay", "0.99")),
+    ("++trainer.seed=3", ("trainer.seed", "3")),
+    ("~trainer.grad_clip_norm", ("trainer.grad_clip_norm", None)),
+    ("~trainer.seed=0", ("trainer.seed", "0")),
+    ("model@pkg=lenet", ("model", "lenet")),
+    ("hydra.run.dir=a=b", ("hydra.run.dir", "a=b")),  # only the first '=' separates
+])
+def test_an_override_splits_into_its_key_and_value(item, expected):
+    from cnnbench.config import override_key, split_override
+
+    assert split_override(item) == expected and override_key(item) == expected[0]

@@ -378,6 +378,7 @@ def test_without_a_working_compiler_nothing_is_swapped(why, fresh_cache, monkeyp
     with caplog.at_level("INFO", logger="cnnbench.speed.cpu.fused"):
         assert use_fused_kernels(model) == []
     assert "fused CPU kernels: off" in caplog.text
+    assert ("off (no C compiler: set CC" in caplog.text) is (why == "no compiler")  # why it is off, said
     assert type(model[1]) is nn.BatchNorm2d and type(model[2]) is nn.Sigmoid and type(model[3]) is nn.AvgPool2d
     left = sorted(p.name for p in fresh_cache.iterdir()) if fresh_cache.exists() else []
     assert left == ([] if why == "no compiler" else ["x.failed"])  # no library, no temporary file: the marker

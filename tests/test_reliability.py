@@ -271,6 +271,29 @@ def test_kill_during_write_leaves_the_previous_checkpoint(tmp_path):
     assert strays and all(name.startswith(".") and name.endswith(".tmp") for name in strays)
 
 
+def test_an_atomic_write_replaces_the_file_whole_or_not_at_all(tmp_path):
+    """runfolder.disk's atomic writes (checkpoints, summary.json, the kernel library): the new content
+    replaces the old one only when the block ends; an exception or a full disk leaves the old file and no
+    temporary file; the full disk is one RunFileWriteError naming the file."""
+    from cnnbench.errors import RunFileWriteError
+    from cnnbench.runfolder.disk import atomic_path, atomic_write
+
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+    with atomic_write(target) as f:
+        f.write("new")
+        assert target.read_text() == "old"  # not yet: the rename comes when the block ends
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+    with pytest.raises(ValueError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise ValueError("the writer failed")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+    with pytest.raises(RunFileWriteError, match=f"cannot write {target}"), atomic_write(target) as f:
+        f.write("more")
+        raise OSError(28, "No space left on device")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
 # --------------------------------------------------------------------------------------------- signals
 
 

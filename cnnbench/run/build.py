@@ -29,9 +29,8 @@ from ..models.configured import image_size, init_weights, model_from_config
 from ..models.stats import count_parameters, forward_flops
 from ..speed.allocator import tune_malloc
 from ..speed.compiling import compile_for_training
-from ..speed.cpu.kernels import set_nhwc_weight_grads
 from ..speed.precision import Precision
-from ..speed.settings import SpeedSettings, resolve_speed
+from ..speed.settings import SpeedSettings, prepare_speed
 from .distributed import SINGLE_PROCESS, DistContext, broadcast_object
 from .memory import check_step_fits
 from .optim import build_optimizer, build_scheduler
@@ -104,17 +103,11 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS)
     params, flops = count_parameters(raw_model), forward_flops(raw_model, cfg.dataset.in_channels, size)
     train_loader, val_loader, test_loader = build_loaders(cfg, device, size, ctx)
     raw_model.to(device)
-    speed = resolve_speed(cfg.device, device, raw_model, train_loader, bool(cfg.trainer.deterministic), flops)
-    speed = broadcast_object(speed, ctx)  # every rank uses rank 0's choice
-    set_nhwc_weight_grads(raw_model, speed.nhwc_weight_grads)  # rank 0's layers (its own timing elsewhere)
-    if speed.channels_last:
-        raw_model.to(memory_format=torch.channels_last)
-        for loader in (train_loader, val_loader, test_loader):
-            if loader is not None:
-                loader.channels_last = True
+    speed = prepare_speed(cfg.device, device, raw_model, (train_loader, val_loader, test_loader),
+                          bool(cfg.trainer.deterministic), flops, agree=lambda s: broadcast_object(s, ctx))
     model = wrap_ddp(raw_model, cfg, ctx, device)
     raw_model = model.module if ctx.enabled else raw_model  # SyncBatchNorm conversion makes a new module
-    if speed.compile:
+    if speed.compile:  # around DDP's wrapper, so compiled graphs see its gradient hooks
         model = compile_for_training(model, local_batch(int(cfg.trainer.batch_size), ctx))
     ema = build_ema(raw_model, cfg.trainer.get("ema"))
     optimizer = build_optimizer(cfg.optimizer, raw_model.parameters(), fused=speed.fused_optimizer)

@@ -56,22 +56,28 @@ def writing(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_write(path: Path, mode: str = "w") -> Iterator[IO]:
-    """A file to write ``path``'s new content into: a temporary file beside it (``.NAME.PID.tmp``: hidden,
-    never mistaken for the real one, one per process) that, when the block ends without an error, is
-    flushed, fsynced and renamed over ``path``. A kill at any moment leaves the old file or the new one,
-    never a torn one; a failed write (a full disk) raises :class:`RunFileWriteError` naming ``path`` and
-    leaves the old file; the temporary file never stays."""
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` (``.NAME.PID.tmp``: hidden, never mistaken for the real file, one per
+    process) for a writer that makes a whole file (a compiler, a serializer); renamed over ``path`` when
+    the block ends without an error, so readers see the old file or the new one, never a torn one; removed
+    in every case."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with writing(path):
-            with tmp.open(mode) as f:
-                yield f
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+        yield tmp
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, mode: str = "w") -> Iterator[IO]:
+    """A file to write ``path``'s new content into (:func:`atomic_path`'s temporary file, flushed and
+    fsynced before the rename): a kill at any moment leaves the old file or the new one; a failed write (a
+    full disk) raises :class:`RunFileWriteError` naming ``path`` and leaves the old file."""
+    with writing(path), atomic_path(path) as tmp, tmp.open(mode) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def low_space_warning(folder: Path, checkpoint_bytes: int) -> str | None:

@@ -12,6 +12,7 @@ import copy
 import logging
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -210,6 +211,23 @@ def resolve_speed(cfg: DictConfig, device: torch.device, model: nn.Module, loade
         logger.info("autotune picked %s (examples/sec: %s)", candidate_name(precision, bool(channels_last)),
                     ", ".join(f"{k} {v:.0f}" for k, v in settings.tuning.items()))
     settings.precision, settings.channels_last = precision, bool(channels_last)
+    return settings
+
+
+def prepare_speed(cfg: DictConfig, device: torch.device, model: nn.Module, loaders: Sequence[DeviceLoader | None],
+                  deterministic: bool, flops_per_image: int,
+                  agree: Callable[[SpeedSettings], SpeedSettings] = lambda s: s) -> SpeedSettings:
+    """The run's speed settings, decided (:func:`resolve_speed`, timing what is ``auto`` on the training
+    loader, ``loaders[0]``) and applied to ``model`` and every loader (None: no such split). ``agree``
+    makes the settings every rank uses (under torchrun, rank 0's): each rank timed its own, so each
+    adopts the agreed layers and layout here."""
+    settings = agree(resolve_speed(cfg, device, model, loaders[0], deterministic, flops_per_image))
+    set_nhwc_weight_grads(model, settings.nhwc_weight_grads)
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+        for loader in loaders:
+            if loader is not None:
+                loader.channels_last = True
     return settings
 
 

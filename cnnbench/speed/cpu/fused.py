@@ -40,7 +40,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -49,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import cache_root
+from ...runfolder.disk import atomic_path
 from .kernels import AvgPool2x2, pool_eligible
 
 logger = logging.getLogger(__name__)
@@ -148,13 +148,11 @@ def failure_marker(target: Path) -> Path:
 
 def _remember_failure(marker: Path, error: str) -> None:
     """Write the compiler's error to ``marker`` (whole or not at all: a temporary file, then renamed)."""
-    tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(error)
-        os.replace(tmp, marker)
+        with atomic_path(marker) as tmp:
+            tmp.write_text(error)
     except OSError as exc:  # an unwritable cache: the next process tries again, no harm
         logger.debug("fused CPU kernels: cannot remember the failed build in %s: %s", marker, exc)
-        tmp.unlink(missing_ok=True)
 
 
 def build_library(compiler: str, target: Path) -> None:
@@ -163,18 +161,13 @@ def build_library(compiler: str, target: Path) -> None:
     is kept in :func:`failure_marker` (then the error is raised); a timeout is not remembered (a loaded
     machine may build next time)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=target.parent)
-    os.close(fd)
-    try:
-        subprocess.run([compiler, *compiler_flags(), str(SOURCE), "-o", tmp], check=True, capture_output=True,
-                       text=True, timeout=300)
-        os.replace(tmp, target)
-    except subprocess.CalledProcessError as exc:
-        _remember_failure(failure_marker(target), exc.stderr or str(exc))
-        raise
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(target) as tmp:
+        try:
+            subprocess.run([compiler, *compiler_flags(), str(SOURCE), "-o", str(tmp)], check=True,
+                           capture_output=True, text=True, timeout=300)
+        except subprocess.CalledProcessError as exc:
+            _remember_failure(failure_marker(target), exc.stderr or str(exc))
+            raise
 
 
 def _last_line(text: str) -> str:
