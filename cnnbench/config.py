@@ -83,6 +83,9 @@ def _compose(overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from .schema import register_schemas
+
+    register_schemas()  # conf/'s files name their schemas (cnnbench.schema)
     if GlobalHydra.instance().is_initialized():
         return compose(config_name=PRIMARY_CONFIG, overrides=overrides, return_hydra_config=True)
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):

@@ -127,6 +127,7 @@ def test_resume_with_augmentation_and_ema_equals_an_uninterrupted_run(fake_data,
     whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
     parts = torch.load(tmp_path / "parts" / "last.pt", weights_only=True)
     for part in ("model", "ema"):
+        assert whole[part] is not None and parts[part] is not None, f"no {part} in the checkpoint"
         assert all(torch.equal(whole[part][k], parts[part][k]) for k in whole[part]), part
 
 

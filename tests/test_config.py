@@ -37,6 +37,8 @@ def expected_values(group: str, option: str) -> dict[str, object]:
     for entry in node.get("defaults", []):
         if entry == "_self_" or not isinstance(entry, (str, DictConfig)):
             continue
+        if isinstance(entry, str) and entry.startswith("/schema/"):  # its schema: types, no values
+            continue
         if isinstance(entry, str):  # another option of the same group, e.g. device/fast's "auto"
             expected.update(expected_values(group, entry))
             continue
@@ -144,3 +146,17 @@ def test_an_override_splits_into_its_key_and_value(item, expected):
     from cnnbench.config import override_key, split_override
 
     assert split_override(item) == expected and override_key(item) == expected[0]
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS if g not in ("model", "experiment")
+                                          for o in options(g)])
+def test_every_group_option_is_typed_by_its_schema(group, option):
+    """Each option of a typed group composes to its schema's dataclass (cnnbench.schema), so a value of
+    the wrong type or a key the schema lacks is refused when composed; the model group stays open (each
+    family declares its own arguments)."""
+    from cnnbench.schema import GROUP_SCHEMAS, TrainerConfig
+
+    cfg = compose_config([f"{group}={option}"])
+    assert OmegaConf.get_type(cfg[group]) in GROUP_SCHEMAS[group].values()
+    assert OmegaConf.get_type(cfg.trainer) is TrainerConfig
+    assert OmegaConf.get_type(cfg.model) is dict

@@ -63,6 +63,7 @@ def test_per_class_figures_match_a_hand_count():
 def test_a_run_ends_with_per_class_accuracy_and_a_confusion_image(trained_run):
     summary = json.loads((trained_run / "summary.json").read_text())
     per_class = summary["test/per_class_acc"]
+    assert per_class is not None, "the summary has no per-class accuracy"
     assert list(per_class) == FASHION
     # the mini sample's test split has 100 images per class: the per-class mean is the accuracy
     assert np.mean(list(per_class.values())) == pytest.approx(summary["test/acc"], abs=1e-9)
@@ -191,7 +192,7 @@ def test_eval_error_paths_are_one_line_and_exit_2(trained_run, tmp_path, capsys)
     torch.save(other, tmp_path / "resnet18.pt")
     assert main(["eval", str(trained_run), "--checkpoint", str(tmp_path / "resnet18.pt")]) == 2
     assert error_line(capsys).endswith(f"checkpoint {tmp_path / 'resnet18.pt'} holds a 'resnet18' network, "
-                                       "but the run trained 'lenet_bn'")
+                                       "but the run trains 'lenet_bn'")
 
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
     assert main(["eval", str(trained_run), "--checkpoint", str(tmp_path / "garbage.pt")]) == 2

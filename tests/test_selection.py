@@ -184,13 +184,13 @@ def test_monitoring_the_test_set_warns_once(fake_data, tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["dataset.val_size=-5"], "dataset.val_size must be a whole number of examples >= 0, got -5"),
+    (["dataset.val_size=-5"], "dataset.val_size must be an integer >= 0, got -5"),
     (["dataset.val_size=256"], "dataset.val_size=256 leaves no training examples (256 examples"),
     (["trainer.monitor=val/acc"], "trainer.monitor=val/acc needs a validation split: set dataset.val_size"),
     (["trainer.monitor=train/acc"], "trainer.monitor must be auto, null or one of val/acc, val/loss"),
     (["trainer.early_stopping.patience=3"], "trainer.early_stopping needs a monitored metric"),
     (["dataset.val_size=10", "trainer.early_stopping.patience=0"],
-     "trainer.early_stopping.patience must be an integer >= 1, got 0"),
+     "trainer.early_stopping.patience must be a positive integer, got 0"),
 ])
 def test_bad_selection_settings_are_refused_before_anything_runs(fake_data, tmp_path, capsys, overrides, message):
     out = tmp_path / "run"

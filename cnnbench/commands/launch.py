@@ -108,7 +108,7 @@ def preflight(args: Sequence[str]) -> str | None:
                 job = [*fixed, *job]
                 cfg = compose_config(job, return_hydra_config=True)
         except HydraException as exc:
-            raise ConfigError(explain_override_error(str(exc), flat_keys(compose_config([])))) from None
+            raise ConfigError(explain_override_error(exc, flat_keys(compose_config([])))) from None
         if multirun:
             _check_optimizing_sweep(cfg)
         if added:
@@ -256,7 +256,9 @@ def _run_hydra(argv: list[str], task) -> int:
     import hydra
 
     from ..config import PRIMARY_CONFIG, config_dir
+    from ..schema import register_schemas
 
+    register_schemas()  # conf/'s files name their schemas
     saved = sys.argv
     sys.argv = ["cnnbench train", *argv]
     try:

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 
 def _sgd(cfg: DictConfig, params: Iterable, extra: dict) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           nesterov=cfg.get("nesterov", False), **extra)
+                           dampening=cfg.get("dampening", 0.0), nesterov=cfg.get("nesterov", False), **extra)
 
 
 def _adam(cls: type[torch.optim.Optimizer]) -> Callable[[DictConfig, Iterable, dict], torch.optim.Optimizer]:

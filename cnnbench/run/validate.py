@@ -11,8 +11,6 @@ import math
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from numbers import Number
 from pathlib import Path
 from typing import Any
 
@@ -22,67 +20,9 @@ from ..config import override_key
 from ..data.idx import train_size
 from ..errors import ConfigError, one_line
 from ..models import get_model_spec, input_side
-from ..models.configured import INIT_SCHEMES, model_kwargs
+from ..models.configured import model_kwargs
 from ..models.registry import check_min_size, check_model_kwargs
-
-
-def _positive(value: Any, key: str, integer: bool) -> None:
-    kind = "a positive integer" if integer else "a positive number"
-    if isinstance(value, bool) or not isinstance(value, Number) or (integer and not float(value).is_integer()):
-        raise ConfigError(f"{key} must be {kind}, got {value!r}")
-    if value <= 0:
-        raise ConfigError(f"{key} must be {kind}, got {value}")
-
-
-@dataclass(frozen=True)
-class Range:
-    """Allowed values of a number: ``low`` to ``high``, each end open or closed."""
-
-    low: float = 0.0
-    high: float = math.inf
-    low_open: bool = False
-    high_open: bool = True
-    integer: bool = False
-
-    def contains(self, v: Any) -> bool:
-        if isinstance(v, bool) or not isinstance(v, Number) or (self.integer and not float(v).is_integer()):
-            return False
-        above = v > self.low if self.low_open else v >= self.low
-        below = v < self.high if self.high_open else v <= self.high
-        return above and below
-
-    def words(self) -> str:
-        kind = "an integer" if self.integer else "a number"
-        if self.high == math.inf:
-            return f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
-        return f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
-
-
-UNIT = Range(0.0, 1.0)  # [0, 1): momentum-like decays and probabilities where 1 means "never moves"
-# Options checked when present (null skips a check); a group added later puts its options' ranges here.
-RANGES: dict[str, Range] = {
-    "optimizer.momentum": UNIT,
-    "optimizer.dampening": UNIT,
-    "optimizer.betas": UNIT,  # each of the two
-    "optimizer.weight_decay": Range(0.0),
-    "optimizer.eps": Range(0.0, low_open=True),
-    "scheduler.warmup_epochs": Range(0.0),
-    "scheduler.eta_min": Range(0.0),
-    "scheduler.step_epochs": Range(0.0, low_open=True),
-    "scheduler.gamma": Range(0.0, low_open=True),
-    "trainer.divergence_loss": Range(0.0, low_open=True),  # nats
-    "trainer.eval_every": Range(0, integer=True),  # 0: only after the last epoch
-    "trainer.logs_per_epoch": Range(0, integer=True),
-    "trainer.chance_patience": Range(0, integer=True),  # 0: never warn
-    "trainer.label_smoothing": UNIT,
-    "trainer.ema.decay": UNIT,
-    "trainer.target_acc": Range(0.0, 1.0, low_open=True, high_open=False),
-    "trainer.early_stopping.patience": Range(1, integer=True),
-    "trainer.early_stopping.min_delta": Range(0.0),
-    "augment.flip": Range(0.0, 1.0, high_open=False),  # probabilities
-    "augment.erase": Range(0.0, 1.0, high_open=False),
-    "augment.crop_padding": Range(0, integer=True),  # pixels
-}
+from ..schema import check_sections, type_error_sentence
 
 
 def check_finite(cfg: DictConfig) -> None:
@@ -104,47 +44,18 @@ def check_finite(cfg: DictConfig) -> None:
     walk({k: v for k, v in plain.items() if k != "hydra"}, "")
 
 
-def check_ranges(cfg: DictConfig) -> None:
-    """The options of ``RANGES`` that this config has, each within its range."""
-    for key, allowed in RANGES.items():
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is None:
-            continue
-        if key == "optimizer.betas":
-            values = list(value) if not isinstance(value, (str, Number)) else [value]
-            if len(values) != 2 or not all(allowed.contains(v) for v in values):
-                raise ConfigError(f"{key} must be two numbers in [0, 1), got {values}")
-        elif not allowed.contains(value):
-            raise ConfigError(f"{key} must be {allowed.words()}, got {value!r}")
-    opt = cfg.optimizer
-    if opt.get("nesterov") and (not opt.get("momentum") or opt.get("dampening")):
-        raise ConfigError(f"optimizer.nesterov=true needs optimizer.momentum > 0 and no dampening, "
-                          f"got momentum {opt.get('momentum')}")
-
-
 def check_values(cfg: DictConfig) -> None:
-    """Types and ranges of the numbers a run depends on, then the model-specific ones."""
+    """Values the schema's types cannot judge: each section's ranges and choices (:mod:`cnnbench.schema`,
+    beside the fields), finiteness, then what needs the model, the optimizer tables or the data."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"no value given for {', '.join(missing)} (set it on the command line, e.g. "
                           f"{missing[0]}=...)")
     check_finite(cfg)
     spec = get_model_spec(str(cfg.model.name))  # unknown names raise with the valid list
-    _positive(cfg.trainer.epochs, "trainer.epochs", integer=True)
-    _positive(cfg.trainer.batch_size, "trainer.batch_size", integer=True)
-    if cfg.trainer.eval_batch_size is not None:
-        _positive(cfg.trainer.eval_batch_size, "trainer.eval_batch_size", integer=True)
-    _positive(cfg.optimizer.lr, "optimizer.lr", integer=False)
-    for key in ("limit_train_batches", "limit_eval_batches", "grad_clip_norm"):
-        if cfg.trainer.get(key) is not None:
-            _positive(cfg.trainer[key], f"trainer.{key}", integer=key != "grad_clip_norm")
-    if cfg.dataset.resize is not None:
-        _positive(cfg.dataset.resize, "dataset.resize", integer=True)
+    check_sections(cfg)
     check_min_size(spec.name, input_side(spec.name, cfg.dataset.resize), spec.min_resolution)
-    if cfg.trainer.init not in INIT_SCHEMES:
-        raise ConfigError(f"trainer.init must be {' or '.join(INIT_SCHEMES)}, got {cfg.trainer.init!r}")
     _check_names(cfg)
-    check_ranges(cfg)
     check_model_kwargs(spec.name, model_kwargs(cfg))
     _check_batch_fits(cfg)
     _check_selection(cfg)
@@ -154,11 +65,7 @@ def _check_selection(cfg: DictConfig) -> None:
     """The validation split, the monitor and early stopping."""
     from .selection import Monitor
 
-    val_size = cfg.dataset.get("val_size", 0)
-    if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0:
-        raise ConfigError(f"dataset.val_size must be a whole number of examples >= 0, got {val_size!r}")
-    if not isinstance(cfg.dataset.get("val_seed", 0), int):
-        raise ConfigError(f"dataset.val_seed must be an integer, got {cfg.dataset.get('val_seed')!r}")
+    val_size = int(cfg.dataset.val_size)  # an integer >= 0 (schema)
     n = train_size(cfg.dataset)
     if n is not None and val_size >= n:
         raise ConfigError(f"dataset.val_size={val_size} leaves no training examples ({n} examples of "
@@ -166,12 +73,6 @@ def _check_selection(cfg: DictConfig) -> None:
     if n is not None and n - val_size < cfg.trainer.batch_size:
         raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is larger than the training set left "
                           f"after holding out dataset.val_size={val_size} ({n - val_size} examples)")
-    stopping = cfg.trainer.get("early_stopping") or {}
-    if stopping.get("patience") is not None:
-        _positive(stopping.get("patience"), "trainer.early_stopping.patience", integer=True)
-    min_delta = stopping.get("min_delta", 0.0)
-    if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not 0 <= min_delta < float("inf"):
-        raise ConfigError(f"trainer.early_stopping.min_delta must be a number >= 0, got {min_delta!r}")
     Monitor.from_config(cfg)  # an unknown monitor, val/* without a split, early stopping without a monitor
 
 
@@ -285,8 +186,13 @@ def _did_you_mean(key: str, known: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def explain_override_error(message: str, known: Iterable[str]) -> str:
-    """Hydra's 'Could not override' message plus a hint naming the closest real key."""
+def explain_override_error(exc: BaseException, known: Iterable[str]) -> str:
+    """One line for Hydra's refusal of a composition: a value of the wrong type (the schema's), or 'Could
+    not override' plus a hint naming the closest real key."""
+    typed = type_error_sentence(exc)
+    if typed is not None:
+        return typed
+    message = str(exc)
     first = message.strip().splitlines()[0]
     if first.startswith("Could not override '"):
         key = first.split("'")[1]

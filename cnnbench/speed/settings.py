@@ -63,32 +63,26 @@ class SpeedSettings:
     tuning: dict = field(default_factory=dict)  # examples/sec of every candidate that autotune timed
 
 
-# The ``device`` group's options with a fixed set of values (YAML's true/false arrive as booleans).
+# The ``device`` options with a fixed set of values that their type alone does not say (the schema,
+# cnnbench.schema.DeviceConfig, types the rest: booleans, the thread count). YAML's true/false arrive as
+# booleans: ``maybe`` is refused, not read as false.
 DEVICE_CHOICES: dict[str, tuple] = {
     "precision": ("fp32", "bf16", "fp16", "auto"),
     "channels_last": (True, False, "auto"),
     "compile": (True, False, "auto"),
     "fused_optimizer": (True, False, "auto"),
-    "cudnn_benchmark": (True, False),
-    "fast_pooling": (True, False),
-    "fused_kernels": (True, False),
     "conv_weight_grad": ("auto", "native"),
-    "malloc_tuning": (True, False),
 }
 
 
 def check_device_options(cfg: DictConfig, device: torch.device) -> None:
-    """Every ``device.*`` value, checked before a run folder exists: the fixed choices above (``maybe``
-    is refused, not read as false), a positive thread count, and what the device at hand cannot do
-    (fp16 without CUDA, torch.compile on the CPU without a C++ compiler)."""
+    """The ``device`` values checked before a run folder exists: the choices above, and what the device
+    at hand cannot do (fp16 without CUDA, torch.compile on the CPU without a C++ compiler)."""
     for key, choices in DEVICE_CHOICES.items():
         value = cfg.get(key, choices[0])
         if not any(value is c if isinstance(c, bool) else value == c for c in choices):
             words = ", ".join(str(c).lower() for c in choices)
             raise ConfigError(f"device.{key} must be one of {words}, got {value!r}")
-    threads = cfg.get("num_threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"device.num_threads must be a positive integer or null, got {threads!r}")
     if cfg.precision != "auto":
         Precision.create(str(cfg.precision), device)  # fp16 needs CUDA
     if cfg.compile is True:
