@@ -20,7 +20,8 @@ import numpy as np
 PNG_DPI = 100  # dots per inch of the written PNGs: sharp enough to read, small on disk
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on its file-only backend (imported on first use: it costs a second)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: figures only go to files and TensorBoard
@@ -115,7 +116,7 @@ def mistakes_figure(images: np.ndarray, true: Sequence[str], predicted: Sequence
                     columns: int = 8, title: str = "most confident mistakes") -> Any:
     """A grid of images (N, H, W) uint8, light on dark, each titled "true -> predicted" and the
     predicted class's probability, like the book's predict_ch3."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(images)
     columns = max(1, min(columns, n))
     rows = max(1, math.ceil(n / columns))
@@ -143,4 +144,4 @@ def save_png(fig: Any, path: Path, keep_open: bool = False) -> Path:
 
 
 def close(fig: Any) -> None:
-    _pyplot().close(fig)
+    pyplot().close(fig)

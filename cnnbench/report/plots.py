@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..figures import pyplot
 from .runs import Report, RunResult, finite_number, outcome_line
 
 INLINE_LABELS_MAX = 6  # beyond this many runs or groups, points get numbers and the legend moves below
@@ -30,11 +31,7 @@ class _Series:
 
 def plot_report(report: Report, path: Path) -> None:
     """Test accuracy per epoch (left) and final test accuracy against throughput (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed: the figure only goes to a file
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     series = _series(report, plt.get_cmap("tab20"))
     numbered = len(series) > INLINE_LABELS_MAX
     columns = _legend_columns(series)
