@@ -469,7 +469,8 @@ BAD_VALUES = [
     (["trainer.epochs=1.5"], "trainer.epochs must be an integer, got 1.5"),
     (["optimizer.lr=-0.1"], "optimizer.lr must be a positive number, got -0.1"),
     (["optimizer.lr=fast"], "optimizer.lr must be a number, got fast"),
-    (["optimizer=adam", "optimizer.momentum=0.9"], "Could not override 'optimizer.momentum': no such key"),
+    (["optimizer=adam", "optimizer.momentum=0.9"], "Could not override 'optimizer.momentum': no such key; the chosen "
+                                                   "optimizer option does not have it"),
     (["model=alexnet", "dataset.resize=28"], "alexnet cannot take 28x28 inputs: its layers shrink the image to "
                                              "nothing; the smallest size that works is 65"),
     (["trainer.batch_size=70000"], "trainer.batch_size=70000 is larger than the training set (60000 examples"),

@@ -196,7 +196,11 @@ def explain_override_error(exc: BaseException, known: Iterable[str]) -> str:
     first = message.strip().splitlines()[0]
     if first.startswith("Could not override '"):
         key = first.split("'")[1]
-        hint = _did_you_mean(key, known) or "; see the keys with: cnnbench train --cfg job"
+        known = list(known)
+        if key in known:  # a key of the default option of its group, not of the one chosen (Adam's momentum)
+            hint = f"; the chosen {key.split('.')[0]} option does not have it (cnnbench train --cfg job shows its keys)"
+        else:
+            hint = _did_you_mean(key, known) or "; see the keys with: cnnbench train --cfg job"
         return f"{first[:-1] if first.endswith('.') else first}: no such key{hint}"
     return one_line(message)
 
