@@ -104,6 +104,27 @@ HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
 }
 
 
+def _complete(args: Sequence[str]) -> int:
+    """Tab completion for the line in ``$COMP_LINE``: command names after ``cnnbench``; after
+    ``cnnbench train``, Hydra's own completion of groups, options and keys. ``cnnbench train -sc
+    install=bash|zsh|fish`` prints the shell code that calls this."""
+    import os
+    import re
+
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split()
+    if len(words) < 2 or (len(words) == 2 and not line.endswith(" ")):  # still typing the command's name
+        typed = words[1] if len(words) == 2 else ""
+        print("\n".join(name for name in HANDLERS if name.startswith(typed)))
+        return 0
+    if words[1] != "train" or not args or not args[0].startswith("query="):
+        return 0  # other commands take paths: the shell's own completion
+    from .commands.launch import hydra_main
+
+    os.environ["COMP_LINE"] = re.sub(r"^(\s*\S+)\s+train\b", r"\1", line)  # Hydra strips one program name
+    return hydra_main(["-sc", args[0]])
+
+
 def _top_parser() -> argparse.ArgumentParser:
     lines = "\n".join(f"  {name:<9} {help_}" for name, help_ in COMMANDS.items())
     parser = argparse.ArgumentParser(
@@ -121,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cnnbench`` console script and of ``python -m cnnbench``."""
     choose_omp_wait()  # before torch is imported: libgomp reads it once, at load time
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-sc"], ["--shell-completion"]):  # the shell asks (installed by `train -sc install=`)
+        return _complete(argv[1:])
     parser = _top_parser()
     if not argv or argv[0] in ("-h", "--help", "--version"):
         parser.parse_args(argv or ["--help"])

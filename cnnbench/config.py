@@ -10,6 +10,7 @@ import copy
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -48,7 +49,32 @@ def config_dir() -> Path:
     raise FileNotFoundError(f"cnnbench's config tree was not found in {checkout} nor in {installed}")
 
 
-def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
+@dataclass(frozen=True)
+class ConfigSource:
+    """Which primary config to compose and where else to look for configs: what ``--config-name`` and
+    ``--config-dir`` (``-cn``, ``-cd``) give ``cnnbench train``. ``extra_dir`` is searched after the
+    packaged tree, as Hydra searches it, so a user's folder adds options and cannot shadow packaged ones."""
+
+    config_name: str = PRIMARY_CONFIG
+    extra_dir: str | None = None  # absolute path
+
+    def search_path(self):
+        """Hydra's search path for this source, built as ``@hydra.main`` builds it for the command line."""
+        from hydra._internal.utils import create_config_search_path
+        from hydra.core.config_search_path import SearchPathQuery
+
+        search_path = create_config_search_path(f"file://{config_dir()}")
+        if self.extra_dir is not None:
+            search_path.prepend(provider="command-line", path=f"file://{self.extra_dir}",
+                                anchor=SearchPathQuery(provider="schema"))
+        return search_path
+
+
+PACKAGED = ConfigSource()
+
+
+def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = False,
+                   source: ConfigSource = PACKAGED) -> DictConfig:
     """Compose ``train.yaml`` with Hydra overrides, as ``cnnbench train`` would, without running.
 
     Inside a running ``cnnbench train`` job Hydra is already initialized with this config tree, and a
@@ -60,9 +86,9 @@ def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = Fa
     """
     from hydra.core.global_hydra import GlobalHydra
 
-    key = (tuple(overrides), GlobalHydra.instance().is_initialized())
+    key = (tuple(overrides), GlobalHydra.instance().is_initialized(), source)
     if key not in _COMPOSED:
-        _COMPOSED[key] = _compose(list(overrides))
+        _COMPOSED[key] = _compose(list(overrides), source)
         while len(_COMPOSED) > COMPOSED_KEPT:  # a big sweep composes every job: keep only the latest
             _COMPOSED.popitem(last=False)
     _COMPOSED.move_to_end(key)
@@ -75,18 +101,25 @@ def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = Fa
 
 # (overrides, Hydra already initialized) -> the composed config, its hydra node included; least recently
 # used first
-_COMPOSED: OrderedDict[tuple[tuple[str, ...], bool], DictConfig] = OrderedDict()
+_COMPOSED: OrderedDict[tuple[tuple[str, ...], bool, ConfigSource], DictConfig] = OrderedDict()
 COMPOSED_KEPT = 16
 
 
-def _compose(overrides: list[str]) -> DictConfig:
-    from hydra import compose, initialize_config_dir
+def _compose(overrides: list[str], source: ConfigSource) -> DictConfig:
+    from hydra import compose
+    from hydra._internal.hydra import Hydra
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.version import setbase
 
     from .schema import register_schemas
 
     register_schemas()  # conf/'s files name their schemas (cnnbench.schema)
-    if GlobalHydra.instance().is_initialized():
-        return compose(config_name=PRIMARY_CONFIG, overrides=overrides, return_hydra_config=True)
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name=PRIMARY_CONFIG, overrides=overrides, return_hydra_config=True)
+    if GlobalHydra.instance().is_initialized():  # inside a job: Hydra's own search path, the command's
+        return compose(config_name=source.config_name, overrides=overrides, return_hydra_config=True)
+    # hydra.initialize_config_dir takes one folder; --config-dir needs the search path @hydra.main builds
+    setbase("1.3")
+    Hydra.create_main_hydra2(task_name=PRIMARY_CONFIG, config_search_path=source.search_path())
+    try:
+        return compose(config_name=source.config_name, overrides=overrides, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()

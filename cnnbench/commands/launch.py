@@ -16,11 +16,12 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..config import override_key, split_override
+from ..config import PRIMARY_CONFIG, ConfigSource, override_key, split_override
 from ..errors import ConfigError, ResumeRefused, RunFolderInUse
 from ..run.distributed import broadcast_object, current, init_from_env, launched_by_torchrun, shutdown
 from ..run.resume import check_resume
@@ -32,15 +33,43 @@ from .sweeps import (
     exit_code,
     find_sweep_to_resume,
     merge_outcomes,
-    overrides_only,
     prepare_resumed_job,
+    sweep_closing_lines,
     sweep_naming_overrides,
     sweep_outcomes,
 )
 
 logger = logging.getLogger(__name__)
 
-HYDRA_INFO_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve", "--package", "-p"}
+@dataclass(frozen=True)
+class CommandLine:
+    """``cnnbench train``'s arguments as Hydra's own parser reads them (the flags of any Hydra app)."""
+
+    overrides: list[str]
+    multirun: bool
+    source: ConfigSource  # --config-name, --config-dir
+    shows_only: bool  # --cfg, --info, --help, --hydra-help, -sc: Hydra prints and nothing runs
+
+
+def parse_command_line(args: Sequence[str]) -> CommandLine:
+    """Read ``args`` with the parser ``@hydra.main`` uses, so every Hydra flag means what it means there
+    (``-cd DIR`` takes DIR as its value, not as an override); a bad flag exits 2 with Hydra's usage."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    parser.prog = "cnnbench train"
+    ns = parser.parse_args(list(args))
+    extra_dir = None
+    if ns.config_dir is not None:
+        extra_dir = os.path.abspath(ns.config_dir)
+        if not os.path.isdir(extra_dir):
+            raise ConfigError(f"--config-dir {ns.config_dir}: no such folder ({extra_dir})")
+    if ns.config_path is not None:
+        raise ConfigError("--config-path replaces cnnbench's own config tree; add your configs with "
+                          "--config-dir DIR (searched after the packaged tree) instead")
+    shows_only = bool(ns.cfg or ns.info or ns.help or ns.hydra_help or ns.shell_completion)
+    return CommandLine(overrides=list(ns.overrides), multirun=bool(ns.multirun), shows_only=shows_only,
+                       source=ConfigSource(config_name=ns.config_name or PRIMARY_CONFIG, extra_dir=extra_dir))
 
 
 def is_multirun(args: Sequence[str]) -> bool:
@@ -54,9 +83,9 @@ def override_value(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _given(args: Sequence[str], key: str) -> str | None:
-    """The value of ``key=value`` on the command line, if present."""
-    for a in overrides_only(args):
+def _given(overrides: Sequence[str], key: str) -> str | None:
+    """The value of ``key=value`` among the overrides, if present."""
+    for a in overrides:
         given, value = split_override(a)
         if given == key:
             return value or ""
@@ -66,15 +95,15 @@ def _given(args: Sequence[str], key: str) -> str | None:
 # ---------------------------------------------------------------------------------------- pre-flight
 
 
-def _jobs(args: Sequence[str]) -> list[list[str]]:
+def _jobs(line: CommandLine) -> list[list[str]]:
     """Every job's overrides; sweeps a basic sweeper cannot expand (Optuna's intervals) keep fixed ones."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     from ..run.validate import expand_sweep
 
-    overrides = overrides_only(args)
-    if not is_multirun(args):
+    overrides = line.overrides
+    if not line.multirun:
         return [overrides]
     try:
         return expand_sweep(overrides)
@@ -86,8 +115,9 @@ def _jobs(args: Sequence[str]) -> list[list[str]]:
         return [[p.input_line for p in parsed if not p.is_sweep_override()]]
 
 
-def preflight(args: Sequence[str]) -> str | None:
-    """Compose and check every job before Hydra creates any folder; returns the run or sweep folder.
+def preflight(line: CommandLine) -> str | None:
+    """Compose and check every job before Hydra creates any folder, from the same config source Hydra
+    will use (``--config-dir``, ``--config-name``); returns the run or sweep folder.
 
     Raises :class:`ConfigError` with one sentence for the first bad job.
     """
@@ -96,23 +126,25 @@ def preflight(args: Sequence[str]) -> str | None:
     from ..config import compose_config, config_dir
     from ..run.validate import check_added_keys, check_output_dir, explain_override_error, flat_keys
 
-    multirun = is_multirun(args)
-    groups = {p.name for p in config_dir().iterdir() if p.is_dir()}
+    multirun, source = line.multirun, line.source
+    folders = [config_dir(), *([Path(source.extra_dir)] if source.extra_dir else [])]
+    groups = {p.name for folder in folders for p in folder.iterdir() if p.is_dir()}
     out_dir = None
-    for job in _jobs(args):
+    for job in _jobs(line):
         added = [o for o in job if o.startswith("+")]
         try:
-            cfg = compose_config(job, return_hydra_config=True)
+            cfg = compose_config(job, return_hydra_config=True, source=source)
             fixed = _sweeper_fixed_params(cfg, job) if multirun else []
             if fixed:  # values a searching sweeper adds to every trial (lr_search's dataset.val_size)
                 job = [*fixed, *job]
-                cfg = compose_config(job, return_hydra_config=True)
+                cfg = compose_config(job, return_hydra_config=True, source=source)
         except HydraException as exc:
-            raise ConfigError(explain_override_error(exc, flat_keys(compose_config([])))) from None
+            raise ConfigError(explain_override_error(exc, flat_keys(compose_config([], source=source)))) from None
         if multirun:
             _check_optimizing_sweep(cfg)
         if added:
-            check_added_keys(added, compose_config([o for o in job if not o.startswith("+")]), groups)
+            base = compose_config([o for o in job if not o.startswith("+")], source=source)
+            check_added_keys(added, base, groups)
         out_dir = str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
         check_output_dir(out_dir)
         _check_distributed(cfg)
@@ -168,32 +200,37 @@ def _check_distributed(cfg: DictConfig) -> None:
 
 
 def hydra_main(args: Sequence[str]) -> int:
-    """Run ``cnnbench train`` with Hydra overrides ``args``; returns the process exit code."""
+    """Run ``cnnbench train`` with Hydra's command line ``args``; returns the process exit code."""
     from hydra.core.hydra_config import HydraConfig
 
     from ..run.train import train
 
     args = list(args)
-    if HYDRA_INFO_FLAGS & set(args):
-        return _run_hydra(args, lambda cfg: None)
-    multirun = is_multirun(args)
-    out_dir = preflight(args)
-    extra = sweep_naming_overrides(args) if multirun else []
-    if _given(args, "hydra.output_subdir") is None:
+    line = parse_command_line(args)
+    if line.shows_only:  # Hydra prints (config, help, completion) and runs nothing
+        # --info prints through the logging handler Hydra installs; not a second time through the command's
+        for handler in logging.getLogger().handlers[:]:
+            logging.getLogger().removeHandler(handler)
+        return _run_hydra(args, lambda cfg: None, program="cnnbench" if _completion(args) else "cnnbench train")
+    line = with_saved_settings(line)
+    multirun, overrides = line.multirun, line.overrides
+    out_dir = preflight(line)
+    extra = sweep_naming_overrides(overrides) if multirun else []
+    if _given(overrides, "hydra.output_subdir") is None:
         extra.append("hydra.output_subdir=null")  # .hydra/ is written by the job, under the folder's lock
     if launched_by_torchrun():
         if multirun:
             raise ConfigError("-m sweeps cannot run under torchrun; launch each job with torchrun instead "
                               "(or use the submitit launcher)")
-        extra += _torchrun_overrides(args, out_dir)
-    elif not multirun and _given(args, "hydra.run.dir") is None:
+        extra += _torchrun_overrides(overrides, out_dir)
+    elif not multirun and _given(overrides, "hydra.run.dir") is None:
         extra.append(f"hydra.run.dir={override_value(out_dir)}")  # the folder locked below, not a later ${now:}
-    if multirun and _given(args, "hydra.sweep.dir") is None:
-        resume = str(_given(args, RESUME_SWEEP_KEY)).lower() == "true"
-        out_dir = str(find_sweep_to_resume(args)) if resume else out_dir
+    if multirun and _given(overrides, "hydra.sweep.dir") is None:
+        resume = str(_given(overrides, RESUME_SWEEP_KEY)).lower() == "true"
+        out_dir = str(find_sweep_to_resume(overrides)) if resume else out_dir
         extra.append(f"hydra.sweep.dir={out_dir}")  # the one folder this sweep's jobs go to
     elif multirun:
-        out_dir = _given(args, "hydra.sweep.dir")
+        out_dir = _given(overrides, "hydra.sweep.dir")
     outcomes: list[dict] = []
 
     def job(cfg: DictConfig) -> float:
@@ -211,23 +248,90 @@ def hydra_main(args: Sequence[str]) -> int:
 
     with contextlib.ExitStack() as held:
         if not multirun:  # before Hydra writes anything into the folder
-            _claim_run_folder(Path(_given(args, "hydra.run.dir") or out_dir), args, held)
+            _claim_run_folder(Path(_given(overrides, "hydra.run.dir") or out_dir), line, held)
         try:
-            _run_hydra([*args, *extra], job)
+            _run_hydra([*hydra_argv(line), *extra], job)
         finally:
             shutdown()
     if multirun:
-        return exit_code(merge_outcomes(sweep_outcomes(Path(out_dir)), outcomes), multirun=True)
+        merged = merge_outcomes(sweep_outcomes(Path(out_dir)), outcomes)
+        sweep_closing_lines(Path(out_dir), merged)
+        return exit_code(merged, multirun=True)
     return exit_code(outcomes, multirun=False)
 
 
-def _claim_run_folder(run_dir: Path, args: Sequence[str], held: contextlib.ExitStack) -> None:
+def hydra_argv(line: CommandLine) -> list[str]:
+    """``line`` as Hydra's command line again: its flags, then its (possibly completed) overrides."""
+    argv = ["-m"] if line.multirun else []
+    if line.source.extra_dir is not None:
+        argv += ["--config-dir", line.source.extra_dir]
+    if line.source.config_name != PRIMARY_CONFIG:
+        argv += ["--config-name", line.source.config_name]
+    return [*argv, *line.overrides]
+
+
+def _completion(args: Sequence[str]) -> bool:
+    return bool({"-sc", "--shell-completion"} & set(args))
+
+
+# ------------------------------------------------------------------------------ continuing a run folder
+
+# Settings of a start that are about that start, not about the run: never carried to the next one.
+NOT_CARRIED = ("trainer.resume", "trainer.resume_force", "hydra.run.dir")
+
+
+def with_saved_settings(line: CommandLine) -> CommandLine:
+    """``trainer.resume=auto hydra.run.dir=RUN``: RUN's own settings, completed by what is given now.
+
+    The overrides of the folder's latest start (``.hydra/overrides.yaml``, or the newest resume's) come
+    first and the ones given now after them, so a key given now wins (and ``check_resume`` compares the
+    result with the checkpoint as before); the folder's ``--config-dir``/``--config-name`` are used unless
+    given now. Anything else (a sweep, no folder record) is returned as it is.
+    """
+    run_dir = _given(line.overrides, "hydra.run.dir")
+    if line.multirun or run_dir is None or _given(line.overrides, "trainer.resume") in (None, "", "null"):
+        return line
+    record = latest_hydra_record(Path(run_dir))
+    if record is None:
+        return line
+    given = {override_key(o) for o in line.overrides}
+    saved = OmegaConf.load(record / "overrides.yaml")
+    carried = [str(o) for o in saved if override_key(str(o)) not in (*NOT_CARRIED, *given)]
+    source = line.source if line.source != ConfigSource() else _saved_source(record)
+    if carried:
+        logger.info("continuing %s with its own settings: %s", run_dir, " ".join(carried))
+    return CommandLine(overrides=[*carried, *line.overrides], multirun=False, source=source, shows_only=False)
+
+
+def latest_hydra_record(run_dir: Path) -> Path | None:
+    """The ``.hydra`` folder of the run folder's latest start (a resume's, when there was one)."""
+    from ..runfolder.names import HYDRA_DIR, RESUMES_DIR
+
+    resumes = sorted((run_dir / RESUMES_DIR).glob("*/overrides.yaml"))
+    if resumes:
+        return resumes[-1].parent
+    first = run_dir / HYDRA_DIR
+    return first if (first / "overrides.yaml").is_file() else None
+
+
+def _saved_source(record: Path) -> ConfigSource:
+    """The config source a start recorded: its --config-name, and its --config-dir while it still exists."""
+    hydra_yaml = record / "hydra.yaml"
+    if not hydra_yaml.is_file():
+        return ConfigSource()
+    hydra_cfg = OmegaConf.load(hydra_yaml).hydra
+    extra = [str(s.path) for s in hydra_cfg.runtime.get("config_sources", []) if s.provider == "command-line"]
+    extra_dir = extra[0] if extra and os.path.isdir(extra[0]) else None
+    return ConfigSource(config_name=str(hydra_cfg.job.get("config_name") or PRIMARY_CONFIG), extra_dir=extra_dir)
+
+
+def _claim_run_folder(run_dir: Path, line: CommandLine, held: contextlib.ExitStack) -> None:
     """A single run's checks on its folder before Hydra touches it: the resume is compatible, and no other
     process writes there (rank 0 takes the lock; under torchrun every rank learns the outcome)."""
     from ..config import compose_config
     from ..run.checkpoint import resolve_resume
 
-    cfg = compose_config(overrides_only(args))
+    cfg = compose_config(line.overrides, source=line.source)
     check_resume(cfg, resolve_resume(cfg, run_dir), announce=False)  # train() logs the changes
     ctx = current()
     refusal = None
@@ -241,26 +345,28 @@ def _claim_run_folder(run_dir: Path, args: Sequence[str], held: contextlib.ExitS
         raise RunFolderInUse(refusal)
 
 
-def _torchrun_overrides(args: Sequence[str], out_dir: str | None) -> list[str]:
+def _torchrun_overrides(overrides: Sequence[str], out_dir: str | None) -> list[str]:
     """All ranks share rank 0's run folder; only rank 0 records Hydra's config and log file there."""
-    ctx = init_from_env(str(_given(args, "device.type") or _given(args, "device") or "auto"))
+    ctx = init_from_env(str(_given(overrides, "device.type") or _given(overrides, "device") or "auto"))
     extra = []
-    if _given(args, "hydra.run.dir") is None:
+    if _given(overrides, "hydra.run.dir") is None:
         extra.append(f"hydra.run.dir={override_value(broadcast_object(out_dir, ctx))}")
     if not ctx.is_main:
         extra += ["hydra/job_logging=stdout"]  # hydra.output_subdir=null: hydra_main adds it for every rank
     return extra
 
 
-def _run_hydra(argv: list[str], task) -> int:
+def _run_hydra(argv: list[str], task, program: str = "cnnbench train") -> int:
+    """``@hydra.main`` over ``task`` with ``argv``; ``program`` is what Hydra's help and shell completion
+    name (completion registers for ``cnnbench`` itself, see :func:`complete`)."""
     import hydra
 
-    from ..config import PRIMARY_CONFIG, config_dir
+    from ..config import config_dir
     from ..schema import register_schemas
 
     register_schemas()  # conf/'s files name their schemas
     saved = sys.argv
-    sys.argv = ["cnnbench train", *argv]
+    sys.argv = [program, *argv]
     try:
         hydra.main(config_path=str(config_dir()), config_name=PRIMARY_CONFIG, version_base="1.3")(task)()
     finally:

@@ -8,6 +8,7 @@ rest; after any launcher has run the jobs, ``sweep_outcomes`` reads every job's 
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -122,13 +123,19 @@ def merge_outcomes(on_disk: list[dict], here: list[dict]) -> list[dict]:
     return merged + list(refused.values())
 
 
-def exit_code(outcomes: list[dict], multirun: bool) -> int:
-    """0 when every job completed; else the single run's code, or 1 for a sweep, listing the failures."""
+def sweep_closing_lines(sweep_dir: Path, outcomes: list[dict]) -> None:
+    """How a sweep ends: how many jobs completed, where they are, the commands to compare them."""
     failed = [o for o in outcomes if o["status"] != "completed"]
-    if multirun:
-        logger.info("sweep: %d of %d jobs completed", len(outcomes) - len(failed), len(outcomes))
-        for o in failed:
-            logger.error("job did not complete: %s: %s: %s", o["run_dir"], o["status"], o["error"])
+    for o in failed:
+        logger.error("job did not complete: %s: %s: %s", o["run_dir"], o["status"], o["error"])
+    folder = shlex.quote(str(sweep_dir))
+    logger.info("sweep: %d of %d jobs completed in %s\n  compare them: cnnbench report %s\n  curves:       "
+                "tensorboard --logdir %s", len(outcomes) - len(failed), len(outcomes), sweep_dir, folder, folder)
+
+
+def exit_code(outcomes: list[dict], multirun: bool) -> int:
+    """0 when every job completed; else the single run's code, or 1 for a sweep."""
+    failed = [o for o in outcomes if o["status"] != "completed"]
     if not failed:
         return 0
     return 1 if multirun else EXIT_CODES.get(failed[0]["status"], 1)

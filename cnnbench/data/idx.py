@@ -232,7 +232,7 @@ def load_splits(cfg: DictConfig) -> tuple[Split, Split]:
         folder = _download(cfg.folder, cfg.root)
     if folder is None:
         raise DataError(_missing_message(cfg))
-    logger.info("reading %s from %s", cfg.name, folder)
+    logger.debug("reading %s from %s", cfg.name, folder)
     return read_split(folder, "train", cfg.num_classes), read_split(folder, "test", cfg.num_classes)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import platform
+import shlex
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from ..book.results import book_comparison
 from ..confusion import class_names, per_class_accuracy
 from ..devices import device_name
 from ..errors import TrainingDiverged
+from ..fmt import human
 from ..models.configured import image_size
 from ..runfolder.names import BEST_CHECKPOINT
 from .build import Run
@@ -114,12 +116,48 @@ def _safe(fn: Callable[[], Any]) -> Any:
         return None
 
 
+def header_lines(run: Run, resumed_at_epoch: int | None) -> list[str]:
+    """What a run is, said once at its start: network, data, device and precision, schedule, folder."""
+    cfg, speed = run.cfg, run.speed
+    side = image_size(cfg)
+    sizes = [f"{len(run.train_loader.labels):,} train"]
+    if run.val_loader is not None:
+        sizes.append(f"{len(run.val_loader.labels):,} validation")
+    sizes.append(f"{len(run.test_loader.labels):,} test")
+    tuned = " (autotuned)" if speed.tuning else ""
+    extras = [name for name, on in (("channels-last", speed.channels_last), ("torch.compile", speed.compile),
+                                    (f"fused CPU kernels on {len(speed.fused_kernels)} layers", speed.fused_kernels))
+              if on]
+    threads = f", {torch.get_num_threads()} threads" if run.device.type == "cpu" else ""
+    world = f" x {run.dist.world_size} processes" if run.dist.world_size > 1 else ""
+    schedule = cfg.scheduler.name if cfg.get("scheduler") else "none"
+    lines = [
+        f"{cfg.model.name}: {human(run.params)} parameters, {human(run.flops)} FLOPs per image, "
+        f"{side}x{side} input, {_count(cfg.dataset.in_channels, 'channel')}, {cfg.dataset.num_classes} classes",
+        f"data: {cfg.dataset.name}, {', '.join(sizes)} images",
+        f"device: {device_name(run.device)}{threads}{world}, {speed.precision}{tuned}"
+        + "".join(f", {e}" for e in extras),
+        f"training: {_count(cfg.trainer.epochs, 'epoch')} of {_count(run.batches_per_epoch, 'batch', 'batches')} of "
+        f"{cfg.trainer.batch_size}, "
+        f"{cfg.optimizer.name} lr {cfg.optimizer.lr:g}, schedule {schedule}, seed {cfg.trainer.seed}",
+        f"run folder: {run.run_dir}" + (f" (continuing after epoch {resumed_at_epoch})"
+                                        if resumed_at_epoch is not None else ""),
+        f"curves: tensorboard --logdir {shlex.quote(str(run.run_dir))}",
+    ]
+    return lines
+
+
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    """1 epoch, 3 epochs; 2 batches (``plural``)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
+
+
 def closing_lines(summary: dict[str, Any]) -> None:
-    """The book's two closing lines (loss and accuracies; examples/sec), then where everything went."""
+    """The book's closing line (loss and accuracies; examples/sec), then where everything went."""
     if summary["status"] == "completed":
-        logger.info("loss %.3f, train acc %.3f, test acc %.3f",
-                    summary["train/loss"], summary["train/acc"], summary["test/acc"])
-        logger.info("%.1f examples/sec on %s", summary["examples_per_sec"] or 0.0, summary["device"])
+        logger.info("loss %.3f, train acc %.3f, test acc %.3f, %.1f examples/sec on %s",
+                    summary["train/loss"], summary["train/acc"], summary["test/acc"],
+                    summary["examples_per_sec"] or 0.0, summary["device"])
         if summary["best/epoch"] is not None:
             logger.info("best checkpoint by %s: epoch %d, val acc %s, test acc %s (%s)", summary["monitor"],
                         summary["best/epoch"], _fmt(summary["best/val_acc"]), _fmt(summary["best/test_acc"]),
@@ -128,9 +166,12 @@ def closing_lines(summary: dict[str, Any]) -> None:
             logger.info("%s", summary["stop_reason"])
         if summary.get("book"):
             logger.info("%s", book_line(summary["book"]))
+    elif summary["error"]:
+        logger.error("run %s: %s", summary["status"], summary["error"])
     else:
-        logger.error("run %s: %s", summary["status"], summary["error"] or "")
-    if summary.get("resume_command"):  # a failed write (full disk): the checkpoint before it is kept
-        logger.error("the run can be resumed from epoch %d once the disk has room: %s",
-                     summary["resumable_from_epoch"], summary["resume_command"])
+        logger.warning("run %s", summary["status"])
+    if summary.get("resume_command"):  # interrupted, or a failed write (full disk): its last checkpoint is kept
+        when = "" if summary["status"] == "interrupted" else " once the disk has room"
+        logger.warning("continue it (%d epochs done)%s with: %s", summary["resumable_from_epoch"], when,
+                       summary["resume_command"])
     logger.info("run folder: %s", summary["run_dir"])

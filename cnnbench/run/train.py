@@ -42,7 +42,7 @@ from .memory import explain_oom
 from .resume import ResumePlan, check_resume, resume_run, write_hydra_record
 from .selection import TEST_SET_WARNING
 from .signals import GracefulStop
-from .summary import closing_lines, summarize
+from .summary import closing_lines, header_lines, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,9 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path |
                 resume_run(run, plan or resume_from, overrides, record_dir)
                 if main:
                     trim_metrics(run_dir, run.state.step)
+            if main:
+                for text in header_lines(run, run.state.epoch if resume_from is not None else None):
+                    logger.info("%s", text)
             # The run's clock: wall seconds since it first started, earlier segments of a resumed run included.
             run.clock_start = time.perf_counter() - run.state.wall_time_s
             rlog = RunLogger(run_dir, enabled=main, purge_step=run.state.step + 1 if resume_from else None)
@@ -152,13 +155,14 @@ def _finish(summary: dict, run_dir: Path, main: bool, overrides: list[str], erro
     """Write summary.json and the closing lines; a run stopped by a failed write says how to resume."""
     if not main:
         return summary
-    if isinstance(error, RunFileWriteError):
-        summary.update(resume_fields(run_dir, overrides))
+    stopped_early = summary["status"] == "interrupted" and (run_dir / CHECKPOINT).is_file()
+    if isinstance(error, RunFileWriteError) or stopped_early:
+        summary.update(resume_fields(run_dir))
     try:
         write_json_atomic(run_dir / SUMMARY, summary)
     except RunFileWriteError as exc:
         if not isinstance(error, RunFileWriteError):
-            summary.update(status="failed", error=f"{type(exc).__name__}: {exc}", **resume_fields(run_dir, overrides))
+            summary.update(status="failed", error=f"{type(exc).__name__}: {exc}", **resume_fields(run_dir))
         logger.error("%s", exc)
     closing_lines(summary)
     return summary
@@ -336,8 +340,7 @@ def checkpoint_on_interrupt(run: Run) -> None:
         return
     path = run.run_dir / CHECKPOINT
     save_checkpoint(path, checkpoint_state(run))
-    logger.warning("interrupted: checkpoint written to %s; resume with trainer.resume=auto "
-                   "and hydra.run.dir=%s", path, run.run_dir)
+    logger.warning("interrupted: checkpoint written to %s", path)  # the closing lines say how to continue
 
 
 def _evaluation_due(cfg: DictConfig, epoch: int) -> bool:

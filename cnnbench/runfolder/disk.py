@@ -15,11 +15,10 @@ import logging
 import os
 import shlex
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from ..config import override_key
 from ..errors import RunFileWriteError
 from ..fmt import human
 from .names import CHECKPOINT
@@ -113,14 +112,13 @@ def checkpoint_epoch(run_dir: Path) -> int | None:
         return None
 
 
-def resume_command(run_dir: Path, overrides: Sequence[str]) -> str:
-    """The command line that resumes this run in its own folder."""
-    dropped = ("trainer.resume", "hydra.run.dir", "trainer.resume_force")
-    kept = [o for o in overrides if override_key(o) not in dropped]
-    return shlex.join(["cnnbench", "train", *kept, "trainer.resume=auto", f"hydra.run.dir={run_dir}"])
+def resume_command(run_dir: Path) -> str:
+    """The command line that continues this run in its own folder, with the folder's own settings (the
+    command reads them from its ``.hydra`` record), from any working directory."""
+    return shlex.join(["cnnbench", "train", "trainer.resume=auto", f"hydra.run.dir={Path(run_dir).absolute()}"])
 
 
-def resume_fields(run_dir: Path, overrides: Sequence[str]) -> dict:
-    """What summary.json records about a run stopped by a failed write: from which epoch it resumes."""
-    return {"resumable_from_epoch": checkpoint_epoch(run_dir) or 0,
-            "resume_command": resume_command(run_dir, overrides)}
+def resume_fields(run_dir: Path) -> dict:
+    """What summary.json records about a run stopped before its end (interrupted, a failed write): from
+    which epoch it continues and the command that continues it."""
+    return {"resumable_from_epoch": checkpoint_epoch(run_dir) or 0, "resume_command": resume_command(run_dir)}

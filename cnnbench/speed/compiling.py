@@ -143,5 +143,5 @@ class CompiledSteps(nn.Module):
 def compile_for_training(model: nn.Module, local_batch: int) -> CompiledSteps:
     """``model`` with its full-size training steps compiled, using the shared cache folder."""
     cache = use_compile_cache()
-    logger.info("torch.compile: training steps of %d examples; compile cache %s", local_batch, cache)
+    logger.debug("torch.compile: training steps of %d examples; compile cache %s", local_batch, cache)
     return CompiledSteps(model, local_batch)

@@ -183,13 +183,13 @@ def resolve_speed(cfg: DictConfig, device: torch.device, model: nn.Module, loade
     if device.type == "cpu" and cfg.get("fused_kernels", True) and not settings.compile:
         settings.fused_kernels = use_fused_kernels(model)  # the same: the autotune times the fused layers
         if settings.fused_kernels:
-            logger.info("fused CPU kernels (BatchNorm2d + sigmoid + 2x2 pool, or sigmoid + pool): layers %s",
+            logger.debug("fused CPU kernels (BatchNorm2d + sigmoid + 2x2 pool, or sigmoid + pool): layers %s",
                         ", ".join(settings.fused_kernels))
     if _tunes_conv_weight_grads(cfg, device, deterministic, settings.compile, precision, flops_per_image):
         x, _ = next(loader.batches(epoch=0, limit=1))  # (B, C, H, W): this rank's batch size
         settings.conv_weight_grad_ratios = time_conv_weight_grads(model, x, x.shape[0])
         settings.nhwc_weight_grads = set_nhwc_weight_grads(model, faster_in_nhwc(settings.conv_weight_grad_ratios))
-        logger.info("convolution weight gradients from channels-last copies: %s (channels-last / ATen time: %s)",
+        logger.debug("convolution weight gradients from channels-last copies: %s (channels-last / ATen time: %s)",
                     ", ".join(settings.nhwc_weight_grads) or "none",
                     ", ".join(f"{k} {v:.2f}" for k, v in settings.conv_weight_grad_ratios.items()))
     fused = cfg.get("fused_optimizer", False)
@@ -202,7 +202,7 @@ def resolve_speed(cfg: DictConfig, device: torch.device, model: nn.Module, loade
         candidates = [(p, c) for p in precisions for c in layouts]
         closely = dict(steps=2, rounds=5, batch=None) if _small(flops_per_image) else {}
         (precision, channels_last), settings.tuning = autotune(model, loader, device, candidates, **closely)
-        logger.info("autotune picked %s (examples/sec: %s)", candidate_name(precision, bool(channels_last)),
+        logger.debug("autotune picked %s (examples/sec: %s)", candidate_name(precision, bool(channels_last)),
                     ", ".join(f"{k} {v:.0f}" for k, v in settings.tuning.items()))
     settings.precision, settings.channels_last = precision, bool(channels_last)
     return settings
