@@ -386,7 +386,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(fake_data, tmp
     assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == epochs_kept
     assert summary["resumable_from_epoch"] == epochs_kept
     assert summary["resume_command"].endswith(f"trainer.resume=auto hydra.run.dir={tmp_path}")
-    assert f"the run can be resumed from epoch {epochs_kept} once the disk has room: cnnbench train" in caplog.text
+    assert f"continue it ({epochs_kept} epochs done) once the disk has room with: cnnbench train" in caplog.text
     assert (f"run failed: RunFileWriteError: cannot write {tmp_path / failed_file}" in caplog.text
             or target == "summary.json")
     assert "Traceback" not in caplog.text  # one line, not a chained traceback
