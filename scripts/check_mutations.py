@@ -800,6 +800,28 @@ MUTATIONS: tuple[Mutation, ...] = (
              '        row["speedup/steady"] = row["cnnbench/examples_per_sec"] / row["book/examples_per_sec"]',
              '        row["speedup/steady"] = row["cnnbench/e2e_examples_per_sec"] / row["book/examples_per_sec"]',
              ("tests/test_speed.py", "-k", "bench_runs_both")),
+    # ---- issue 25: cnnbench train as a Hydra app
+    Mutation("hydra app: the checks before launch compose the user's --config-dir", "cnnbench/commands/launch.py",
+             "            cfg = compose_config(job, return_hydra_config=True, source=source)\n            fixed",
+             "            cfg = compose_config(job, return_hydra_config=True)\n            fixed",
+             ("tests/test_hydra_cli.py", "-k", "checks_before_launch_read")),
+    Mutation("hydra app: a run folder alone carries its own settings", "cnnbench/commands/launch.py",
+             "    carried = [str(o) for o in saved if override_key(str(o)) not in (*NOT_CARRIED, *given)]",
+             "    carried = []",
+             ("tests/test_hydra_cli.py", "-k", "continues_from_its_folder")),
+    Mutation("hydra app: settings given with the folder win over its own", "cnnbench/commands/launch.py",
+             "not in (*NOT_CARRIED, *given)]", "not in NOT_CARRIED]",
+             ("tests/test_hydra_cli.py", "-k", "compared_with_the_folders")),
+    Mutation("hydra app: completion after 'cnnbench train' is Hydra's", "cnnbench/cli.py",
+             'r"^(\\s*\\S+)\\s+train\\b", r"\\1"', 'r"^$", ""',
+             ("tests/test_hydra_cli.py", "-k", "completion_query")),
+    Mutation("hydra app: an interrupted run records the command that continues it", "cnnbench/run/train.py",
+             "    if isinstance(error, RunFileWriteError) or stopped_early:",
+             "    if isinstance(error, RunFileWriteError):",
+             ("tests/test_hydra_cli.py", "-k", "continues_from_its_folder")),
+    Mutation("hydra app: a run starts with its header", "cnnbench/run/train.py",
+             '                    logger.info("%s", text)', "                    pass",
+             ("tests/test_hydra_cli.py", "-k", "header")),
 )
 
 

@@ -166,12 +166,14 @@ def test_a_setting_given_with_the_folder_is_compared_with_the_folders_own(fake_d
     run = tmp_path / "run"
     handle = interrupt_in_step(2)
     try:
-        main(["train", *fast_overrides(fake_data), "trainer.batch_size=32", "trainer.epochs=2", f"hydra.run.dir={run}"])
+        main(["train", *fast_overrides(fake_data), "model=lenet_bn", "trainer.batch_size=32", "trainer.epochs=2",
+              f"hydra.run.dir={run}"])
     finally:
         handle.remove()
     capsys.readouterr()
-    assert main(["train", "trainer.resume=auto", f"hydra.run.dir={run}", "trainer.batch_size=64"]) == 2
-    assert "trainer.batch_size: 32 -> 64" in capsys.readouterr().err
+    assert main(["train", "trainer.resume=auto", f"hydra.run.dir={run}", "model=lenet", "trainer.batch_size=64"]) == 2
+    err = capsys.readouterr().err  # the group given now replaces the folder's (not "multiple values for model")
+    assert "cannot resume" in err and "model.name: lenet_bn -> lenet" in err and "trainer.batch_size: 32 -> 64" in err
 
 
 # -------------------------------------------------------------------------------------- what a run says
@@ -207,3 +209,14 @@ def test_a_sweep_ends_with_its_folder_and_the_report_command(fake_data, tmp_path
     ending = (captured.out + captured.err).split(f"sweep: 2 of 2 jobs completed in {sweep}\n", 1)[1]
     assert ending.splitlines()[:2] == [f"  compare them: cnnbench report {sweep}",
                                        f"  curves:       tensorboard --logdir {sweep}"]
+
+
+def test_a_folder_started_with_config_dir_continues_with_it(fake_data, tmp_path):
+    """The folder's record names the user's --config-dir: continuing needs neither the flag nor the
+    experiment again (the experiment lives only there)."""
+    conf = user_configs(tmp_path / "myconf")
+    run = tmp_path / "run"
+    assert main(["train", "-cd", str(conf), "experiment=mine", *fast_overrides(fake_data), f"hydra.run.dir={run}"]) == 0
+    assert main(["train", "trainer.resume=auto", f"hydra.run.dir={run}", "trainer.epochs=2"]) == 0
+    summary = summary_of(run)
+    assert summary["status"] == "completed" and summary["steps"] == 2 * 3 and summary["model"] == "lenet_bn"
