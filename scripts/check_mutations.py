@@ -811,7 +811,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              ("tests/test_hydra_cli.py", "-k", "continues_from_its_folder")),
     Mutation("hydra app: settings given with the folder win over its own", "cnnbench/commands/launch.py",
              "not in (*NOT_CARRIED, *given)]", "not in NOT_CARRIED]",
-             ("tests/test_hydra_cli.py", "-k", "compared_with_the_folders")),
+             ("tests/test_hydra_cli.py", "-k", "config_dir_continues")),
     Mutation("hydra app: completion after 'cnnbench train' is Hydra's", "cnnbench/cli.py",
              'r"^(\\s*\\S+)\\s+train\\b", r"\\1"', 'r"^$", ""',
              ("tests/test_hydra_cli.py", "-k", "completion_query")),

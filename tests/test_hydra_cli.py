@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from cnnbench.cli import main
 from cnnbench.config import ConfigSource, compose_config
@@ -216,7 +217,12 @@ def test_a_folder_started_with_config_dir_continues_with_it(fake_data, tmp_path)
     experiment again (the experiment lives only there)."""
     conf = user_configs(tmp_path / "myconf")
     run = tmp_path / "run"
-    assert main(["train", "-cd", str(conf), "experiment=mine", *fast_overrides(fake_data), f"hydra.run.dir={run}"]) == 0
+    assert main(["train", "-cd", str(conf), "experiment=mine", *fast_overrides(fake_data), "trainer.epochs=1",
+                 f"hydra.run.dir={run}"]) == 0
     assert main(["train", "trainer.resume=auto", f"hydra.run.dir={run}", "trainer.epochs=2"]) == 0
     summary = summary_of(run)
     assert summary["status"] == "completed" and summary["steps"] == 2 * 3 and summary["model"] == "lenet_bn"
+    # The record of this start: the folder's settings with the one given now in place of its own, once
+    (record,) = (run / ".hydra" / "resumes").glob("*/overrides.yaml")
+    epochs = [o for o in OmegaConf.load(record) if o.startswith("trainer.epochs=")]
+    assert epochs == ["trainer.epochs=2"]
