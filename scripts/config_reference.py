@@ -332,8 +332,8 @@ def model_section(default: str) -> list[str]:
     for name in registry.list_models():
         for key in registry.get_model_spec(name).kwargs:
             keys.setdefault(key, []).append(name)
-    rows = [["`model.name`", "all", "a registered network (`cnnbench models`)", "which network to build; set by choosing the "
-             "option (`model=OPTION`)"]]
+    rows = [["`model.name`", "all", "a registered network (`cnnbench models`)",
+             "which network to build; set by choosing the option (`model=OPTION`)"]]
     for key, users in keys.items():
         spec = registry.get_model_spec(users[0])
         sources = [(o.comments, f"model/{o.name}.yaml") for o in options if key in o.values]
@@ -361,9 +361,9 @@ def render() -> str:
         "`cnnbench train` composes `conf/train.yaml` with Hydra: one option per group, then the trainer settings, "
         "then an experiment (a recipe that overrides any of them), then your command-line overrides:", "",
         "```bash",
-        "cnnbench train model=resnet18 optimizer=adamw optimizer.lr=3e-3 trainer.epochs=20   # pick, then set",
-        "cnnbench train experiment=d2l_alexnet trainer.batch_size=64                          # a recipe, changed",
-        "cnnbench train --cfg job model=vgg11                                                 # print the composed config",
+        "cnnbench train model=resnet18 optimizer=adamw optimizer.lr=3e-3 trainer.epochs=20  # pick, then set",
+        "cnnbench train experiment=d2l_alexnet trainer.batch_size=64                         # a recipe, changed",
+        "cnnbench train --cfg job model=vgg11                                        # print the config, run nothing",
         "```", "",
         "Types and keys are checked when the config is composed (a wrong type or an unknown key: one line naming "
         "it); the allowed values below are checked before any run folder is created (exit 2, nothing written). "
