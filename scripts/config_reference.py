@@ -47,6 +47,8 @@ from cnnbench.run.selection import MONITORS  # noqa: E402
 from cnnbench.speed.settings import DEVICE_CHOICES  # noqa: E402
 
 GROUPS = ("model", "dataset", "optimizer", "scheduler", "device", "augment")  # the typed ones after model
+# The page's last generated line: sections written by hand (how to keep configs of your own, ...) go below it.
+HAND_WRITTEN = "<!-- The reference ends here; what follows is written by hand and kept by the generator. -->"
 LONG_VALUE = 28  # characters: a longer default (a list of class names) is shown shortened
 
 # Fixed choices the type cannot say, from the tables the code checks them against: (section, key) -> values.
@@ -350,7 +352,7 @@ def listing(group: str, title: str, intro: str) -> list[str]:
 
 
 def render() -> str:
-    """The whole page."""
+    """The generated part of the page, ending with :data:`HAND_WRITTEN` (what follows that line is kept)."""
     values, comments, chosen = primary()
     sections = ["trainer", *GROUPS, "experiment", "hydra launcher and sweeper"]
     out = [
@@ -382,16 +384,23 @@ def render() -> str:
     out += ["## hydra launcher and sweeper", "",
             "For sweeps (`cnnbench train -m ...`); their settings are in `conf/hydra/` and Hydra's plugin pages.", "",
             *table(["option", "what it is"], launchers)]
-    return "\n".join(out).rstrip() + "\n"
+    return "\n".join(out).rstrip() + "\n\n" + HAND_WRITTEN + "\n"
+
+
+def hand_written(page: str) -> str:
+    """The part of an existing page after the :data:`HAND_WRITTEN` line ('' when there is none)."""
+    _, marker, tail = page.partition(HAND_WRITTEN + "\n")
+    return tail if marker else ""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when docs/configuration.md is out of date")
     ns = parser.parse_args(argv)
-    page = render()
+    current = PAGE.read_text() if PAGE.is_file() else ""
+    page = render() + hand_written(current)
     if ns.check:
-        if not PAGE.is_file() or PAGE.read_text() != page:
+        if current != page:
             print(f"{PAGE.relative_to(REPO)} is out of date: run python scripts/config_reference.py", file=sys.stderr)
             return 1
         return 0
