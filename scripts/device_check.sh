@@ -4,7 +4,7 @@
 #   bash scripts/device_check.sh [OUT_DIR [DATA_ROOT]]
 #     OUT_DIR    where the files go; default $OUT (the device tool's folder), else outputs/device_check/DATE_TIME
 #     DATA_ROOT  Fashion-MNIST, plain or gzipped IDX files in <root>/FashionMNIST/raw; default .device/data
-#                (scripts/pack_data.sh), else $CNNBENCH_DATA, else ../shared/data
+#                (scripts/pack_data.sh), else $CNNBENCH_DATA
 #   PYTHON=python3.12 bash scripts/device_check.sh ...   # the Python that has torch (default python3)
 #
 # Why one script: a GPU machine is lent for minutes, so every check runs in one call, each step with a
@@ -85,13 +85,13 @@ find_data() {
         (cd "$1" && pwd)
         return
     fi
-    for candidate in "$repo/.device/data" "${CNNBENCH_DATA:-}" "$repo/../shared/data"; do
+    for candidate in "$repo/.device/data" "${CNNBENCH_DATA:-}"; do
         if [[ -n $candidate ]] && has_data "$candidate"; then
             (cd "$candidate" && pwd)
             return
         fi
     done
-    die2 "no Fashion-MNIST found (.device/data, \$CNNBENCH_DATA, ../shared/data): run scripts/pack_data.sh" \
+    die2 "no Fashion-MNIST found (.device/data, \$CNNBENCH_DATA): run scripts/pack_data.sh" \
         "where the data is and carry .device, or give DATA_ROOT as the second argument"
 }
 

@@ -8,14 +8,18 @@
 #
 #   scripts/pack_data.sh [SOURCE [DEST]]
 #     SOURCE  a data root as cnnbench searches it (<root>/FashionMNIST/raw, <root>/FashionMNIST or <root>,
-#             each file plain or .gz); default ../shared/data beside the checkout
+#             each file plain or .gz); default $CNNBENCH_DATA; one of the two is required
 #     DEST    default .device/data in the checkout; the files go to DEST/FashionMNIST/raw/
 #
 # A file already packed and newer than its source is kept. Exit status 1 when the source is incomplete.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-source_root=${1:-$repo/../shared/data}
+source_root=${1:-${CNNBENCH_DATA:-}}
+if [[ -z $source_root ]]; then
+    echo "usage: scripts/pack_data.sh SOURCE [DEST] (SOURCE: a Fashion-MNIST root; or set CNNBENCH_DATA)" >&2
+    exit 2
+fi
 dest_root=${2:-$repo/.device/data}
 names=(train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte)
 

@@ -12,7 +12,7 @@
 #                 scripts/device_check.sh runs no sweeps.
 #   .device/data  Fashion-MNIST gzipped (scripts/pack_data.sh), about 30 MB.
 #
-#   scripts/prepare_device.sh [DATA_ROOT]      # DATA_ROOT: default ../shared/data
+#   scripts/prepare_device.sh DATA_ROOT        # DATA_ROOT: a Fashion-MNIST root (default $CNNBENCH_DATA)
 #   PYTHON=/path/to/python scripts/prepare_device.sh   # any Python with pip (the wheels do not depend on it)
 #
 # Then, on the GPU machine, with .whl and .device carried: bash scripts/device_check.sh OUT_DIR

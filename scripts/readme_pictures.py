@@ -1,7 +1,9 @@
 """Make the README's pictures from a real LeNet-BN run on Fashion-MNIST (docs/images/*.png).
 
-    python scripts/readme_pictures.py                       # trains experiment=d2l_lenet_bn on ../shared/data
-    python scripts/readme_pictures.py --run outputs/X/Y     # uses a finished run folder instead
+    python scripts/readme_pictures.py --data DATA_ROOT                   # trains experiment=d2l_lenet_bn there
+    python scripts/readme_pictures.py --data DATA_ROOT --run outputs/X/Y # uses a finished run folder instead
+
+DATA_ROOT is a Fashion-MNIST root as ``dataset.root`` takes it (default ``$CNNBENCH_DATA``; one is required).
 
 It runs, as a user would: ``cnnbench train`` (unless ``--run``), ``cnnbench eval``, ``cnnbench report`` on
 the run's parent folder, and TensorBoard on that folder photographed by headless Chromium (Debian's
@@ -173,11 +175,14 @@ def tensorboard_screenshot(logdir: Path, target: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="Fashion-MNIST root")
+    parser.add_argument("--data", default=os.environ.get("CNNBENCH_DATA"),
+                        help="Fashion-MNIST root (dataset.root); default $CNNBENCH_DATA")
     parser.add_argument("--run", type=Path, default=None, help="a finished LeNet-BN run folder to use")
     parser.add_argument("--workdir", type=Path, default=REPO / "outputs" / "readme", help="runs go here")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "images")
     ns = parser.parse_args()
+    if not ns.data:
+        parser.error("give --data DATA_ROOT (a Fashion-MNIST root) or set CNNBENCH_DATA")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     run = ns.run
     if run is None:

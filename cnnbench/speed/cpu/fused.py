@@ -3,8 +3,8 @@
 In LeNet-BN's first stage (256 x 6 x 24 x 24 floats, 3.5 MB) ATen's BatchNorm, sigmoid and pooling are
 separate memory-bound passes, about half of a CPU training step. The C kernels in ``fused_cpu.c``
 do the three at once: forward and backward on 2 cores, 4.5 ms -> 1.2 ms for that stage and 1.1 -> 0.5 ms
-for the second (256 x 16 x 8 x 8); a whole LeNet-BN step 7.8 -> 6.3 ms (0.81; in-process A/B, see the
-README's Speed section). The math is the same (batch statistics, biased variance to normalize and
+for the second (256 x 16 x 8 x 8); a whole LeNet-BN step 7.8 -> 6.3 ms (0.81; in-process A/B, see
+docs/speed.md). The math is the same (batch statistics, biased variance to normalize and
 unbiased for the running variance, as ATen); sums run in another order, so results match ATen's to float
 rounding, not bit for bit. Each channel is normalized around one of its own values, so a channel whose
 mean is large against its spread (mean 1e3, std 1e-2) keeps its digits.
