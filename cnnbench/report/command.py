@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import RunFolderError
 from .runs import build_report
 from .tables import report_text, write_report
 
@@ -17,7 +18,9 @@ logger = logging.getLogger(__package__)  # "cnnbench.report", the one name its l
 
 
 def cmd_report(args: Sequence[str]) -> int:
-    """``cnnbench report DIR [--out FOLDER]``: print the table, write report.md/.csv/.png; exit code."""
+    """``cnnbench report DIR [--out FOLDER]``: print the table, write report.md/.csv/.png; exit code.
+
+    Raises :class:`RunFolderError` when DIR holds no run folder (the CLI prints it as one line, exit 2)."""
     parser = argparse.ArgumentParser(
         prog="cnnbench report",
         description="Compare the runs under DIR (a sweep folder, a run folder or any tree of them): "
@@ -29,9 +32,8 @@ def cmd_report(args: Sequence[str]) -> int:
     ns = parser.parse_args(list(args))
     try:
         report = build_report(ns.dir)
-    except FileNotFoundError as exc:
-        logger.error("cnnbench report: %s", exc)
-        return 2
+    except FileNotFoundError as exc:  # printed like every command's errors: "cnnbench report: error: ..."
+        raise RunFolderError(str(exc)) from exc
     print(report_text(report))
     paths = write_report(report, ns.out, plot=not ns.no_plot)
     logger.info("report written: %s", ", ".join(str(p) for p in paths.values()))

@@ -76,7 +76,7 @@ def short_label(report: Report, run: RunResult) -> str:
     tails = [k.split(".")[-1] for k in keys]
     parts = []
     for key, tail in zip(keys, tails, strict=True):
-        value = run.overrides.get(key, "-")
+        value = run.settings.get(key, "-")
         name = tail if tails.count(tail) == 1 else key
         parts.append(value if key == "model" else f"{name}={value}")
     return ", ".join(parts)
