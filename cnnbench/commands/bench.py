@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..fmt import add_data_root, command_parser
+
 logger = logging.getLogger(__name__)
 
 
@@ -179,21 +181,18 @@ def table(rows: list[dict], peaks: dict[str, float], device_name: str, source: s
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cnnbench bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser("cnnbench bench", __doc__)
     p.add_argument("recipes", nargs="*", default=None, help="experiment names (default: the eight book recipes)")
-    p.add_argument("--device", default="fast", help="cnnbench's device config option (default: fast)")
+    p.add_argument("--device", default="fast", help="cnnbench's device config option")
     p.add_argument("--on", default="auto", choices=["auto", "cpu", "cuda"], help="where both pipelines run")
-    # --data-root, as eval and export spell it; --data, its first name, is kept as an alias.
-    p.add_argument("--data-root", "--data", dest="data_root", default=None, metavar="DIR",
-                   help="Fashion-MNIST's folder (None: $CNNBENCH_DATA and the dataset search; when they find "
-                        "nothing, generated data of the same shape, with a warning)")
+    add_data_root(p, "--data", help="Fashion-MNIST's folder (none: $CNNBENCH_DATA and the dataset search; when "
+                                    "they find nothing, generated data of the same shape, with a warning)")
     p.add_argument("--fake-data", action="store_true", help="time generated data of the same shape on purpose")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3, help="untimed training steps before the timed ones")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps")
     p.add_argument("--epoch-batches", type=int, default=None, help="batches in the end-to-end epoch (default: all)")
     p.add_argument("--eval-batches", type=int, default=None, help="test batches evaluated (default: all)")
-    p.add_argument("--book-workers", type=int, default=4, help="the book's DataLoader workers (4)")
+    p.add_argument("--book-workers", type=int, default=4, help="the book's DataLoader workers")
     p.add_argument("--no-book", action="store_true", help="measure cnnbench only")
     p.add_argument("--out", default=None, help="folder for bench.md and bench.json (default: outputs/bench/TIME)")
     p.add_argument("--override", action="append", default=[], help="extra Hydra override for cnnbench (repeatable)")

@@ -5,12 +5,12 @@ Never imports torch.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import RunFolderError
+from ..fmt import command_parser
 from .runs import build_report
 from .tables import report_text, write_report
 
@@ -21,10 +21,11 @@ def cmd_report(args: Sequence[str]) -> int:
     """``cnnbench report DIR [--out FOLDER]``: print the table, write report.md/.csv/.png; exit code.
 
     Raises :class:`RunFolderError` when DIR holds no run folder (the CLI prints it as one line, exit 2)."""
-    parser = argparse.ArgumentParser(
-        prog="cnnbench report",
-        description="Compare the runs under DIR (a sweep folder, a run folder or any tree of them): "
-                    "print a table and write report.md, report.csv and report.png.",
+    parser = command_parser(
+        "cnnbench report",
+        "Compare the runs under DIR (a sweep folder, a run folder or any tree of them): print a table of the "
+        "settings that differ between them (from each run's resolved config) and their results, and write "
+        "report.md, report.csv and report.png.",
     )
     parser.add_argument("dir", metavar="DIR", type=Path, help="folder searched recursively for run folders")
     parser.add_argument("--out", type=Path, default=None, help="folder for the report files (default: DIR)")
