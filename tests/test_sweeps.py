@@ -58,7 +58,8 @@ def test_grid_gives_four_named_run_folders_and_a_report(grid):
     with (grid / "report.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4
-    assert {"model", "optimizer.lr"} <= set(rows[0]) and "trainer.epochs" not in rows[0]
+    assert {"model", "lr", "started"} <= set(rows[0]) and "trainer.epochs" not in rows[0]
+    assert {r["model"] for r in rows} == {"lenet", "lenet_bn"} and {r["lr"] for r in rows} == {"0.3", "0.9"}
     by_dir = {Path(r["path"]).name: r for r in rows}
     for name, s in summaries(grid).items():  # the report's numbers are the summaries'
         assert float(by_dir[name]["test/acc"]) == s["test/acc"]
