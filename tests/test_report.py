@@ -311,6 +311,10 @@ def test_an_options_own_keys_only_when_they_differ_within_that_option(tmp_path: 
     assert build_report(tmp_path).columns == ["scheduler", "scheduler.pct_start"]
     real_run(tmp_path / "other" / "d", ["scheduler=onecycle"], 0.8)
     assert build_report(tmp_path / "other").columns == ["scheduler"]  # their own keys differ anyway
+    # Two datasets differ in folder, mean, std and classes: the dataset column says it all
+    real_run(tmp_path / "data" / "fashion", [], 0.8)
+    real_run(tmp_path / "data" / "mnist", ["dataset=mnist"], 0.9)
+    assert build_report(tmp_path / "data").columns == ["dataset"]
 
 
 def test_run_name_and_start_time_columns(tmp_path: Path, capsys) -> None:

@@ -233,6 +233,7 @@ def test_bench_data_root_is_spelled_like_eval_and_export_with_data_as_an_alias()
 
     for flag in ("--data-root", "--data"):
         assert _parser().parse_args([flag, "/d"]).data_root == "/d"
+    assert "--data-root DIR, --data DIR" in _parser().format_help()  # the old name, kept and shown
 
 
 def test_bench_reads_gzipped_data_in_both_pipelines(fake_data, no_data_env, tmp_path, caplog):
