@@ -330,13 +330,13 @@ def test_run_name_and_start_time_columns(tmp_path: Path, capsys) -> None:
     written = datetime(2025, 5, 6, 7, 8).timestamp()
     os.utime(unlogged / ".hydra" / "config.yaml", (written, written))
     report = build_report(tmp_path)
-    assert {r.name: r.started for r in report.runs} == {"2026-01-02/03-04-05_lenet": "2026-01-02 03:04",
+    assert {r.name: r.started for r in report.runs} == {"03-04-05_lenet": "2026-01-02 03:04",
                                                         "0_model=lenet_bn": "2025-05-06 07:08"}
     assert cmd_report([str(tmp_path), "--no-plot"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert next(line for line in lines if line.startswith("| run ")).split("|")[1:3] == [
-        " run                       ", " started          "]
-    assert "| 2026-01-02/03-04-05_lenet | 2026-01-02 03:04 | lenet " in "\n".join(lines)
+        " run              ", " started          "]
+    assert "| 03-04-05_lenet   | 2026-01-02 03:04 | lenet " in "\n".join(lines)
 
 
 def test_a_run_without_its_config_shows_its_summarys_settings(tmp_path: Path) -> None:
@@ -346,3 +346,12 @@ def test_a_run_without_its_config_shows_its_summarys_settings(tmp_path: Path) ->
     report = build_report(tmp_path)
     assert report.columns == ["model"]
     assert [r.settings["model"] for r in report.runs] == ["lenet", "nin"]
+
+
+def test_run_names_are_the_shortest_unique_tails_of_their_paths(tmp_path: Path) -> None:
+    for sweep in ("multirun/2026-01-01/10-00-00", "multirun/2026-01-02/11-00-00"):
+        fake_run(tmp_path / sweep / "0_model=lenet", ["model=lenet"], 0.8)
+    fake_run(tmp_path / "multirun/2026-01-02/11-00-00/1_model=nin", ["model=nin"], 0.7)
+    fake_run(tmp_path / "2026-01-03/12-00-00_lenet", ["model=lenet"], 0.6)
+    assert sorted(r.name for r in build_report(tmp_path).runs) == [
+        "10-00-00/0_model=lenet", "11-00-00/0_model=lenet", "12-00-00_lenet", "1_model=nin"]

@@ -68,7 +68,7 @@ class RunResult:
     """One run folder: its settings, overrides, summary (completed from metrics where absent) and curve."""
 
     path: Path
-    name: str  # path relative to the report root, for humans
+    name: str  # path relative to the report root, for humans (build_report keeps its shortest unique tail)
     overrides: dict[str, str]  # the command line's, for the CSV's record
     summary: dict[str, Any]
     curve: list[tuple[float, float]] = field(default_factory=list)  # (epoch, test acc)
@@ -329,9 +329,26 @@ def build_report(root: Path) -> Report:
     dirs = find_run_folders(root)
     if not dirs:
         raise FileNotFoundError(f"no run folders (with {SUMMARY} or {CONFIG}) under {root}")
-    runs = sort_runs([read_run(d, root) for d in dirs])
+    runs = [read_run(d, root) for d in dirs]
+    for run, name in zip(runs, short_names([r.name for r in runs]), strict=True):
+        run.name = name
+    runs = sort_runs(runs)
     columns = differing_keys(runs)
     return Report(root=root, runs=runs, columns=columns, groups=seed_groups(runs, columns))
+
+
+def short_names(names: Sequence[str]) -> list[str]:
+    """Each relative path cut to its shortest tail of folders that no other path ends with:
+    'multirun/2026-12-06/23-04-31/3_model=lenet' -> '3_model=lenet' unless another sweep has that job too
+    (the start time column dates it)."""
+    parts = [Path(n).parts for n in names]
+    out = []
+    for mine in parts:
+        for k in range(1, len(mine) + 1):
+            if sum(p[-k:] == mine[-k:] for p in parts) == 1 or k == len(mine):
+                out.append(str(Path(*mine[-k:])))
+                break
+    return out
 
 
 def differing_keys(runs: Sequence[RunResult]) -> list[str]:
