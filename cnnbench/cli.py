@@ -32,8 +32,13 @@ COMMANDS: dict[str, str] = {
 }
 
 
+def _sentence(text: str) -> str:
+    """A COMMANDS line as the start of a sentence: its first letter upper-case, the rest as written (FLOPs)."""
+    return text[:1].upper() + text[1:]
+
+
 def _cmd_models(args: Sequence[str]) -> int:
-    parser = command_parser("cnnbench models", COMMANDS["models"].capitalize() + " (at each one's book resolution).")
+    parser = command_parser("cnnbench models", _sentence(COMMANDS["models"]) + " (at each one's book resolution).")
     parser.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'vgg*' (none: all)")
     ns = parser.parse_args(args)
     from .models import list_models
@@ -55,7 +60,7 @@ def summary_overrides(items: Sequence[str]) -> list[str]:
 
 def _cmd_summary(args: Sequence[str]) -> int:
     parser = command_parser(
-        "cnnbench summary", COMMANDS["summary"].capitalize() + ", as the book prints them. The network and its input "
+        "cnnbench summary", _sentence(COMMANDS["summary"]) + ", as the book prints them. The network and its input "
         "come from the same config as cnnbench train: NAME (or model=NAME) and any other Hydra overrides, "
         "e.g. 'cnnbench summary resnet18 dataset.resize=96'.")
     parser.add_argument("items", nargs="*", metavar="NAME|KEY=VALUE",

@@ -73,7 +73,7 @@ def bench_data(data_root: str | None, fake: bool, tmp: Path) -> tuple[Path, str]
     if fake:
         logger.info("--fake-data: timing on generated data of Fashion-MNIST's shape")
     else:
-        searched = ", ".join(str(p) for p in candidate_roots(data_root))
+        searched = ", ".join(str(p.absolute()) for p in candidate_roots(data_root))
         logger.warning("no Fashion-MNIST found (searched %s): timing on GENERATED data of the same shape; give "
                        "--data-root DIR for the real data, or --fake-data to choose generated data", searched)
     return fake_fashion_mnist(tmp), GENERATED
