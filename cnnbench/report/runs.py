@@ -52,7 +52,7 @@ BOOKKEEPING = frozenset({"dataset.root", "dataset.download", "trainer.resume", "
                          "trainer.progress_bar", "resume_sweep"})
 # Groups whose options carry their own keys: such a key (dataset.mean, scheduler.pct_start) is a column
 # only when it differs between runs of the same option (two datasets differ in their means anyway).
-OPTION_GROUPS = ("model", "dataset", "optimizer", "scheduler", "augment", "device")
+OPTION_GROUPS = ("model", "dataset", "optimizer", "scheduler", "augment")  # each option has a name
 SEED_KEY = "seed"
 LOG_FILE = "train.log"  # Hydra's job log (hydra.job.name=train), appended to by every start
 MISSING = "missing"  # status of a run folder without a readable summary.json
