@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from hydra.errors import HydraException
 
 from . import __version__
-from .errors import CnnbenchError, one_line
+from .errors import CnnbenchError, ConfigError, one_line
+from .fmt import command_parser
 from .speed import collector
 from .speed.threads import choose_omp_wait
 
@@ -31,25 +32,45 @@ COMMANDS: dict[str, str] = {
 }
 
 
+def _sentence(text: str) -> str:
+    """A COMMANDS line as the start of a sentence: its first letter upper-case, the rest as written (FLOPs)."""
+    return text[:1].upper() + text[1:]
+
+
 def _cmd_models(args: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="cnnbench models", description=COMMANDS["models"])
-    parser.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'vgg*'")
+    parser = command_parser("cnnbench models", _sentence(COMMANDS["models"]) + " (at each one's book resolution).")
+    parser.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'vgg*' (none: all)")
     ns = parser.parse_args(args)
+    from .models import list_models
     from .models.stats import models_table
 
+    if ns.pattern and not list_models(ns.pattern):
+        raise ConfigError(f"no model matches {ns.pattern!r}; the models: {', '.join(list_models())}")
     print(models_table(ns.pattern))
     return 0
 
 
+def summary_overrides(items: Sequence[str]) -> list[str]:
+    """``cnnbench summary``'s arguments as Hydra overrides: a bare NAME is ``model=NAME`` (at most one)."""
+    names = [item for item in items if "=" not in item and not item.startswith(("~", "+"))]
+    if len(names) > 1:
+        raise ConfigError(f"one model at a time, got {', '.join(names)} (other settings are KEY=VALUE)")
+    return [f"model={item}" if item in names else item for item in items]
+
+
 def _cmd_summary(args: Sequence[str]) -> int:
-    if any(a in ("-h", "--help") for a in args):
-        print("usage: cnnbench summary [model=NAME] [dataset.resize=N] [other Hydra overrides]")
-        return 0
+    parser = command_parser(
+        "cnnbench summary", _sentence(COMMANDS["summary"]) + ", as the book prints them. The network and its input "
+        "come from the same config as cnnbench train: NAME (or model=NAME) and any other Hydra overrides, "
+        "e.g. 'cnnbench summary resnet18 dataset.resize=96'.")
+    parser.add_argument("items", nargs="*", metavar="NAME|KEY=VALUE",
+                        help="a network (cnnbench models lists them) and Hydra overrides (default: model=lenet)")
+    ns = parser.parse_args(args)
     from .config import compose_config
     from .models.configured import image_size, model_from_config
     from .models.stats import summary_text
 
-    cfg = compose_config(args)
+    cfg = compose_config(summary_overrides(ns.items))
     model, size = model_from_config(cfg), image_size(cfg)
     print(f"{cfg.model.name} at {size}x{size}")
     print(summary_text(model, cfg.dataset.in_channels, size))

@@ -160,7 +160,7 @@ train_recipe() {  # train_recipe EXPERIMENT CAP_S: a full run; its summary.json 
 bench_recipes() {  # bench_recipes NAME CAP_S RECIPE...: both pipelines on the same data, cnnbench with device=fast
     local name=$1 cap=$2
     shift 2
-    run_step "bench $name" "$cap" 0 "$py" -m cnnbench bench "$@" "${bench_args[@]}" --data "$data" --out "$work/bench_$name"
+    run_step "bench $name" "$cap" 0 "$py" -m cnnbench bench "$@" "${bench_args[@]}" --data-root "$data" --out "$work/bench_$name"
     cp "$work/bench_$name/bench.json" "$out/bench_$name.json" 2>/dev/null || return 0
     cat "$work/bench_$name/bench.md" >>"$out/bench.md"
     echo >>"$out/bench.md"

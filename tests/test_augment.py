@@ -243,7 +243,7 @@ def test_bench_times_recipes_to_an_accuracy_beside_the_books_loop(fake_data, tmp
     from cnnbench.commands.bench import cmd_bench
 
     out = tmp_path / "bench"
-    assert cmd_bench(["d2l_lenet_bn", "--to-accuracy", "0.3", "--data", str(fake_data), "--device", "cpu",
+    assert cmd_bench(["d2l_lenet_bn", "--to-accuracy", "0.3", "--data-root", str(fake_data), "--device", "cpu",
                       "--book-workers", "0", "--out", str(out), "--override", "trainer.epochs=4",
                       "--override", "trainer.batch_size=32", "--override", "optimizer.lr=0.5"]) == 0
     result = json.loads((out / "bench_accuracy.json").read_text())

@@ -68,12 +68,56 @@ def test_models_pattern_filters_shell_style(capsys):
     assert "61,706" in out and "833k" in out  # LeNet's parameters and forward FLOPs per image
 
 
-def test_models_pattern_matching_nothing_prints_only_the_header(capsys):
-    # current behaviour: exit 0 and an empty table (header and rule), no message on stderr
-    assert main(["models", "no_such_net*"]) == 0
+def test_models_pattern_matching_nothing_is_an_error_naming_the_models(capsys):
+    assert main(["models", "no_such_net*"]) == 2
     captured = capsys.readouterr()
-    assert _table_names(captured.out) == [] and len(captured.out.strip("\n").splitlines()) == 2
-    assert captured.err == ""
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith("cnnbench models: error: no model matches 'no_such_net*'; the models: lenet, lenet_bn, ")
+    assert line.endswith(", ".join(list_models()))
+
+
+def test_summary_takes_a_bare_model_name(capsys):
+    """'cnnbench summary resnet18' is 'cnnbench summary model=resnet18' (Hydra alone says 'missing EQUAL')."""
+    assert main(["summary", "lenet_bn", "dataset.resize=32"]) == 0
+    assert capsys.readouterr().out.startswith("lenet_bn at 32x32\n")
+    assert main(["summary", "lenet", "nin"]) == 2
+    assert capsys.readouterr().err.strip() == ("cnnbench summary: error: one model at a time, got lenet, nin "
+                                               "(other settings are KEY=VALUE)")
+
+
+@pytest.mark.parametrize("command", ["models", "summary", "report", "bench", "eval", "predict", "export"])
+def test_every_subcommands_help_has_a_description_and_defaults_in_plain_text(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    description = out.split("\n\n")[1]
+    assert len(description) > 40 and not description.startswith(("positional", "options"))
+    for markup in ("``", ":mod:", ":func:", "\x1b[", "\n* "):
+        assert markup not in out, markup
+    if command not in ("models", "summary", "report"):  # options with a default value
+        assert "(default: " in out
+    if command in ("bench", "eval", "export"):  # one name for the data folder
+        assert "--data-root DIR" in out
+
+
+def test_help_shows_each_default_once_and_only_real_ones():
+    """'(default: fast)' from argparse, never twice, and never '(default: None)' or '(default: False)'."""
+    import argparse
+
+    from cnnbench.fmt import command_parser
+
+    parser = command_parser("cnnbench x", "A ``literal`` and :mod:`cnnbench.fmt`.\n\n* one\n* two")
+    parser.add_argument("--device", default="fast", help="device option")
+    parser.add_argument("--out", default="DIR", help="folder (default: the run's)")
+    parser.add_argument("--limit", default=None, help="how many")
+    parser.add_argument("--flag", action="store_true", help="a switch")
+    text = parser.format_help()
+    assert "A literal and cnnbench.fmt." in text and "\n- one\n- two" in text
+    assert "device option (default: fast)" in text and text.count("(default: ") == 2
+    assert "None" not in text and "False" not in text
+    assert isinstance(parser.formatter_class("x"), argparse.ArgumentDefaultsHelpFormatter)
 
 
 def test_train_help_names_the_command():

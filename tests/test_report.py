@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import statistics
 import subprocess
@@ -10,11 +11,35 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 import cnnbench
+from cnnbench.cli import main
 from cnnbench.report import build_report, cmd_report, read_metrics, write_report
 
 EPOCHS = 3
+
+
+@functools.cache
+def default_config() -> str:
+    """The default resolved config as YAML (composed once: composing takes ~0.2 s)."""
+    from omegaconf import OmegaConf
+
+    from cnnbench.config import compose_config
+
+    return OmegaConf.to_yaml(compose_config([f"trainer.epochs={EPOCHS}"]))
+
+
+def resolved_config(overrides: list[str]) -> str:
+    """``.hydra/config.yaml`` of a run started with ``overrides``: the default config with each key=value
+    set, and a group choice (model=lenet_bn) standing for its option's name only."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(default_config())
+    for item in overrides:
+        key, value = item.split("=", 1)
+        OmegaConf.update(cfg, key if "." in key else f"{key}.name", yaml.safe_load(value))
+    return OmegaConf.to_yaml(cfg)
 
 
 def fake_run(folder: Path, overrides: list[str], test_acc: float | None, *, status: str = "completed",
@@ -23,7 +48,7 @@ def fake_run(folder: Path, overrides: list[str], test_acc: float | None, *, stat
     model = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "lenet")
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    (folder / ".hydra" / "config.yaml").write_text(f"model:\n  name: {model}\ntrainer:\n  epochs: {EPOCHS}\n")
+    (folder / ".hydra" / "config.yaml").write_text(resolved_config(overrides))
     lines = []
     for epoch in range(1, EPOCHS + 1):
         lines.append({"kind": "train", "step": epoch * 10 - 5, "epoch": epoch - 0.5, "train/loss": 1.0,
@@ -65,8 +90,8 @@ def test_grid_sweep_table_csv_and_files(tmp_path: Path) -> None:
     accs = grid_sweep(tmp_path)
     report = build_report(tmp_path)
     assert len(report.runs) == 4
-    assert report.columns == ["model", "optimizer.lr"]  # trainer.epochs is the same everywhere
-    assert not report.show_run_name and not report.groups
+    assert report.columns == ["model", "lr"]  # by meaning; trainer.epochs is the same everywhere
+    assert not report.groups
     assert [r.name for r in report.runs] == sorted(accs, key=accs.get, reverse=True)
 
     paths = write_report(report)
@@ -74,7 +99,8 @@ def test_grid_sweep_table_csv_and_files(tmp_path: Path) -> None:
     assert all(p.parent == tmp_path for p in paths.values())
     assert paths["png"].stat().st_size > 10_000
     md = paths["md"].read_text()
-    assert "| model" in md and "optimizer.lr" in md and "trainer.epochs" not in md.split("## Runs")[1]
+    header = [cell.strip() for cell in md.split("## Runs")[1].strip().splitlines()[0].strip("|").split("|")]
+    assert header[:5] == ["run", "started", "model", "lr", "status"]  # epochs (3 in every run): no column
 
     with paths["csv"].open() as f:
         rows = list(csv.DictReader(f))
@@ -119,14 +145,14 @@ def test_seed_groups_mean_and_sample_std(tmp_path: Path, capsys: pytest.CaptureF
     report = build_report(tmp_path)
     assert len(report.groups) == 2
     for group, lr in zip(report.groups, ("0.1", "0.5"), strict=True):  # best mean first
-        assert group.settings == {"optimizer.lr": lr}
+        assert group.settings == {"lr": lr}
         assert len(group.finished) == 3
         assert group.mean == pytest.approx(statistics.mean(accs[lr]))
         assert group.std == pytest.approx(statistics.stdev(accs[lr]))
     assert cmd_report([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     group_table = out.split("seed groups")[1]
-    assert "trainer.seed" not in group_table.splitlines()[2]  # the group table's header
+    assert group_table.splitlines()[2].startswith("| lr  | seeds |")  # the group table's header: no seed
     assert f"{statistics.stdev(accs['0.1']):.4f}" in group_table
     assert (tmp_path / "out" / "report.png").stat().st_size > 0
 
@@ -135,7 +161,7 @@ def test_single_run_folder(tmp_path: Path) -> None:
     run = fake_run(tmp_path / "2026-01-01" / "12-00-00_lenet", ["model=lenet"], 0.8)
     report = build_report(run)
     assert len(report.runs) == 1 and report.runs[0].test_acc == 0.8
-    assert report.show_run_name  # nothing differs: the folder names the row
+    assert report.columns == []  # nothing differs: the run's name tells the row
 
 
 def test_running_job_uses_metrics(tmp_path: Path) -> None:
@@ -154,12 +180,16 @@ def test_malformed_metrics_lines_are_skipped(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("make", ["missing", "empty"])
-def test_no_runs_exit_code_2(tmp_path: Path, make: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_no_runs_is_one_error_line_exit_code_2(tmp_path: Path, make: str, capsys: pytest.CaptureFixture) -> None:
+    """Printed like every command's errors ('cnnbench eval: error: ...'), not as a time-stamped log line."""
     target = tmp_path / "nowhere"
     if make == "empty":
         (target / "sub").mkdir(parents=True)
-    assert cmd_report([str(target)]) == 2
-    assert "cnnbench report" in caplog.text
+    assert main(["report", str(target)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"cnnbench report: error: {'no run folders' if make == 'empty' else target}")
     assert not (tmp_path / "nowhere" / "report.md").exists()
 
 
@@ -194,7 +224,7 @@ def test_runs_with_a_validation_split_are_ranked_and_selected_by_it(tmp_path: Pa
     assert report.selected.name == "1_lr=0.3"  # not 2_lr=0.9, the best on the test set
     assert cmd_report([str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert ("selected by validation accuracy: optimizer.lr=0.3 (val acc 0.9500; test acc of that checkpoint "
+    assert ("selected by validation accuracy: lr=0.3 (val acc 0.9500; test acc of that checkpoint "
             "0.8500, epoch 2)") in out
     selected_row = next(line for line in out.splitlines() if "(selected)" in line)
     assert "0.3" in selected_row and "0.9500" in selected_row and "0.8500" in selected_row
@@ -215,7 +245,7 @@ def test_book_column_for_book_recipes(tmp_path: Path, capsys) -> None:
         (folder / "summary.json").write_text(json.dumps(summary))
     assert cmd_report([str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    header = next(line for line in lines if line.startswith("| model"))
+    header = next(line for line in lines if line.startswith("| run "))
     assert "| book" in header
     row = {name: next(line for line in lines if f"| {name} " in line) for name in ("lenet", "lenet_bn", "nin")}
     assert "yes (test above 0.776-0.779)" in row["lenet"]
@@ -231,6 +261,97 @@ def test_time_to_target_column_when_a_run_reached_its_target(tmp_path: Path, cap
         (folder / "summary.json").write_text(json.dumps(summary))
     assert cmd_report([str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "time to target (s)" in next(line for line in lines if line.startswith("| model"))
+    assert "time to target (s)" in next(line for line in lines if line.startswith("| run "))
     assert next(line for line in lines if "| lenet " in line).rstrip(" |").endswith("41.5")
     assert next(line for line in lines if "| lenet_bn " in line).rstrip(" |").endswith("-")
+
+
+def real_run(folder: Path, overrides: list[str], test_acc: float) -> Path:
+    """A run folder whose .hydra/config.yaml is the config ``cnnbench train OVERRIDES`` really composes."""
+    from omegaconf import OmegaConf
+
+    from cnnbench.config import compose_config
+
+    fake_run(folder, overrides, test_acc)
+    (folder / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(compose_config(overrides)))
+    return folder
+
+
+def test_columns_come_from_the_resolved_config_not_the_overrides(tmp_path: Path, capsys) -> None:
+    """A default run, a quickstart (experiment=) run and a resumed run started with bookkeeping overrides:
+    columns are what the runs are (model, dataset, optimizer, lr, ...), never dataset.root or trainer.resume."""
+    real_run(tmp_path / "default", [], 0.80)
+    real_run(tmp_path / "quickstart", ["experiment=quickstart"], 0.85)
+    real_run(tmp_path / "moved", ["dataset.root=/elsewhere", "trainer.resume=auto", "resume_sweep=true",
+                                  "trainer.progress_bar=false", "dataset.download=false"], 0.81)
+    report = build_report(tmp_path)
+    assert report.columns == ["model", "dataset", "lr", "momentum", "weight_decay", "scheduler", "batch_size",
+                              "epochs", "optimizer.nesterov"]  # quickstart's sgd_nesterov is an sgd too
+    rows = {r.name: r.settings for r in report.runs}
+    assert [rows[n]["model"] for n in ("default", "quickstart", "moved")] == ["lenet", "lenet_bn", "lenet"]
+    assert rows["quickstart"]["dataset"] == "fashion_mnist_mini" and rows["quickstart"]["scheduler"] == "onecycle"
+    assert rows["quickstart"]["lr"] == "0.1" and rows["default"]["lr"] == "0.9"
+    assert cmd_report([str(tmp_path), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("| run "))
+    for bookkeeping in ("dataset.root", "trainer.resume", "resume_sweep", "progress_bar", "download"):
+        assert bookkeeping not in header
+    assert "| quickstart | " in out and "| lenet_bn | fashion_mnist_mini | 0.1 " in out
+    with (tmp_path / "report.csv").open() as f:
+        assert next(csv.DictReader(f))["model"] == "lenet_bn"  # best first
+
+
+def test_an_options_own_keys_only_when_they_differ_within_that_option(tmp_path: Path) -> None:
+    """scheduler.pct_start is a column when two onecycle runs differ in it; across schedulers the scheduler
+    column says it all (a cosine run has no pct_start)."""
+    real_run(tmp_path / "same" / "a", ["scheduler=onecycle", "scheduler.pct_start=0.1"], 0.8)
+    real_run(tmp_path / "same" / "b", ["scheduler=onecycle", "scheduler.pct_start=0.3"], 0.8)
+    assert build_report(tmp_path / "same").columns == ["scheduler.pct_start"]
+    real_run(tmp_path / "other" / "c", ["scheduler=cosine"], 0.8)
+    assert build_report(tmp_path).columns == ["scheduler", "scheduler.pct_start"]
+    real_run(tmp_path / "other" / "d", ["scheduler=onecycle"], 0.8)
+    assert build_report(tmp_path / "other").columns == ["scheduler"]  # their own keys differ anyway
+    # Two datasets differ in folder, mean, std and classes: the dataset column says it all
+    real_run(tmp_path / "data" / "fashion", [], 0.8)
+    real_run(tmp_path / "data" / "mnist", ["dataset=mnist"], 0.9)
+    assert build_report(tmp_path / "data").columns == ["dataset"]
+
+
+def test_run_name_and_start_time_columns(tmp_path: Path, capsys) -> None:
+    """The start time is the first time stamp of the run's log (a resume appends later ones), else the time
+    its .hydra/config.yaml was written."""
+    import os
+    from datetime import datetime
+
+    logged = fake_run(tmp_path / "2026-01-02" / "03-04-05_lenet", ["model=lenet"], 0.8)
+    (logged / "train.log").write_text("[2026-01-02 03:04:05,678][cnnbench.run.train][INFO] - start\n"
+                                      "[2026-03-04 05:06:07,000][cnnbench.run.train][INFO] - resumed\n")
+    unlogged = fake_run(tmp_path / "0_model=lenet_bn", ["model=lenet_bn"], 0.7)
+    written = datetime(2025, 5, 6, 7, 8).timestamp()
+    os.utime(unlogged / ".hydra" / "config.yaml", (written, written))
+    report = build_report(tmp_path)
+    assert {r.name: r.started for r in report.runs} == {"03-04-05_lenet": "2026-01-02 03:04",
+                                                        "0_model=lenet_bn": "2025-05-06 07:08"}
+    assert cmd_report([str(tmp_path), "--no-plot"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert next(line for line in lines if line.startswith("| run ")).split("|")[1:3] == [
+        " run              ", " started          "]
+    assert "| 03-04-05_lenet   | 2026-01-02 03:04 | lenet " in "\n".join(lines)
+
+
+def test_a_run_without_its_config_shows_its_summarys_settings(tmp_path: Path) -> None:
+    fake_run(tmp_path / "a", ["model=lenet"], 0.8)
+    b = fake_run(tmp_path / "b", ["model=nin"], 0.7)
+    (b / ".hydra" / "config.yaml").unlink()
+    report = build_report(tmp_path)
+    assert report.columns == ["model"]
+    assert [r.settings["model"] for r in report.runs] == ["lenet", "nin"]
+
+
+def test_run_names_are_the_shortest_unique_tails_of_their_paths(tmp_path: Path) -> None:
+    for sweep in ("multirun/2026-01-01/10-00-00", "multirun/2026-01-02/11-00-00"):
+        fake_run(tmp_path / sweep / "0_model=lenet", ["model=lenet"], 0.8)
+    fake_run(tmp_path / "multirun/2026-01-02/11-00-00/1_model=nin", ["model=nin"], 0.7)
+    fake_run(tmp_path / "2026-01-03/12-00-00_lenet", ["model=lenet"], 0.6)
+    assert sorted(r.name for r in build_report(tmp_path).runs) == [
+        "10-00-00/0_model=lenet", "11-00-00/0_model=lenet", "12-00-00_lenet", "1_model=nin"]

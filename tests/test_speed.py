@@ -199,14 +199,41 @@ def test_bench_runs_both_pipelines_on_generated_data(tmp_path, capsys):
     assert "| d2l_lenet | 28 | 256 |" in capsys.readouterr().out
 
 
-def test_bench_falls_back_to_generated_data(no_data_env, tmp_path, caplog):
-    """No Fashion-MNIST anywhere and no --fake-data: bench still runs, on generated data, and says so."""
+@pytest.mark.slow  # a whole bench (~11 s); test_bench_data_without_data_warns_naming_the_flag is its fast part
+def test_bench_falls_back_to_generated_data(no_data_env, tmp_path, caplog, capsys):
+    """No Fashion-MNIST anywhere and no --fake-data: bench still runs, on generated data, and says so in a
+    warning naming --data-root and in its table."""
     out = tmp_path / "bench"
     with caplog.at_level("INFO"):
         assert cmd_bench(["d2l_lenet", "--warmup", "1", "--steps", "1", "--epoch-batches", "1", "--eval-batches",
                           "1", "--book-workers", "0", "--device", "cpu", "--out", str(out)]) == 0
     assert json.loads((out / "bench.json").read_text())["data"] == "generated"
-    assert "no Fashion-MNIST found: timing on generated data" in caplog.text
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING" and "Fashion-MNIST" in r.getMessage()]
+    assert "timing on GENERATED data" in warning.getMessage() and "--data-root DIR" in warning.getMessage()
+    assert "; data: generated" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_bench_data_without_data_warns_naming_the_flag(no_data_env, tmp_path, fake_data, caplog):
+    from cnnbench.commands.bench import GENERATED, bench_data
+
+    with caplog.at_level("INFO"):
+        root, source = bench_data(None, False, tmp_path / "none")
+    assert source == GENERATED and (root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "timing on GENERATED data" in warning and "--data-root DIR" in warning and "--fake-data" in warning
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert bench_data(None, True, tmp_path / "asked")[1] == GENERATED  # asked for: no warning
+        assert bench_data(str(fake_data), False, tmp_path / "real")[1] == str(fake_data / "FashionMNIST" / "raw")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_bench_data_root_is_spelled_like_eval_and_export_with_data_as_an_alias():
+    from cnnbench.commands.bench import _parser
+
+    for flag in ("--data-root", "--data"):
+        assert _parser().parse_args([flag, "/d"]).data_root == "/d"
+    assert "--data-root DIR, --data DIR" in _parser().format_help()  # the old name, kept and shown
 
 
 def test_bench_reads_gzipped_data_in_both_pipelines(fake_data, no_data_env, tmp_path, caplog):
@@ -214,7 +241,7 @@ def test_bench_reads_gzipped_data_in_both_pipelines(fake_data, no_data_env, tmp_
     gz = gzip_dataset(fake_data, tmp_path / "gz")
     out = tmp_path / "bench"
     with caplog.at_level("INFO"):
-        assert cmd_bench(["d2l_lenet", "--data", str(gz), "--warmup", "1", "--steps", "1", "--epoch-batches", "1",
+        assert cmd_bench(["d2l_lenet", "--data-root", str(gz), "--warmup", "1", "--steps", "1", "--epoch-batches", "1",
                           "--eval-batches", "1", "--book-workers", "0", "--device", "cpu", "--out", str(out)]) == 0
     result = json.loads((out / "bench.json").read_text())
     assert result["data"] == str(gz / "FashionMNIST" / "raw")

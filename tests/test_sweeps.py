@@ -58,7 +58,8 @@ def test_grid_gives_four_named_run_folders_and_a_report(grid):
     with (grid / "report.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4
-    assert {"model", "optimizer.lr"} <= set(rows[0]) and "trainer.epochs" not in rows[0]
+    assert {"model", "lr", "started"} <= set(rows[0]) and "trainer.epochs" not in rows[0]
+    assert {r["model"] for r in rows} == {"lenet", "lenet_bn"} and {r["lr"] for r in rows} == {"0.3", "0.9"}
     by_dir = {Path(r["path"]).name: r for r in rows}
     for name, s in summaries(grid).items():  # the report's numbers are the summaries'
         assert float(by_dir[name]["test/acc"]) == s["test/acc"]
@@ -244,6 +245,57 @@ def test_optuna_sweeper_maximizes_validation_accuracy(fake_data, tmp_path):
     result = yaml.safe_load((out / "optimization_results.yaml").read_text())
     assert result["best_value"] == max(s["best/val_acc"] for s in jobs.values())
     assert all(s["overrides"] and "dataset.val_size=64" in s["overrides"] for s in jobs.values())
+    log = proc.stdout + proc.stderr  # plain text in a pipe: Optuna's lines without colours, no alembic set-up
+    assert "\x1b[" not in log and "setup plugin" not in log
+    assert "[HYDRA] A new study created in memory with name: cnnbench_lr_search" in log
+
+
+def test_the_plain_logs_callback_is_in_the_config():
+    from hydra.utils import get_class
+
+    from cnnbench.commands.plain_logs import PlainLogs
+
+    cfg = compose_config(["hydra/sweeper=lr_search"], return_hydra_config=True)
+    assert get_class(cfg.hydra.callbacks.plain_logs._target_) is PlainLogs
+
+
+def test_plain_logs_drop_alembics_setup_lines(caplog):
+    """The fast part of the callback: alembic (imported with Optuna's storage) logs no INFO set-up lines."""
+    import logging
+
+    from cnnbench.commands.plain_logs import PlainLogs
+
+    try:
+        PlainLogs().on_multirun_start(config=compose_config([], return_hydra_config=True))
+        with caplog.at_level(logging.INFO):
+            logging.getLogger("alembic.runtime.plugins").info("setup plugin alembic.x")
+            logging.getLogger("alembic.runtime.plugins").warning("a real problem")
+        assert [r.getMessage() for r in caplog.records] == ["a real problem"]
+    finally:
+        logging.getLogger("alembic").setLevel(logging.NOTSET)
+
+
+@pytest.mark.slow  # importing Optuna alone takes over 2 CPU-seconds
+def test_plain_logs_route_optunas_records_through_the_standard_handlers(caplog, capfd):
+    """Optuna's own handler writes colorlog ANSI codes even into a file; after the callback its records
+    reach the root logger's handlers (Hydra's plain format) and alembic's INFO chatter is dropped."""
+    import logging
+
+    optuna = pytest.importorskip("optuna")
+    from cnnbench.commands.plain_logs import PlainLogs
+
+    cfg = compose_config(["hydra/sweeper=lr_search"], return_hydra_config=True)
+    try:
+        PlainLogs().on_multirun_start(config=cfg)
+        with caplog.at_level(logging.INFO):
+            optuna.logging.get_logger("optuna.study").info("a new study")
+            logging.getLogger("alembic.runtime.plugins").info("setup plugin alembic.x")
+        assert [r.getMessage() for r in caplog.records] == ["a new study"]
+        assert "\x1b[" not in capfd.readouterr().err
+    finally:  # give Optuna its defaults back for the other tests of this process
+        optuna.logging.disable_propagation()
+        optuna.logging.enable_default_handler()
+        logging.getLogger("alembic").setLevel(logging.NOTSET)
 
 
 def test_sweep_objective_is_the_selected_checkpoints_validation_accuracy():

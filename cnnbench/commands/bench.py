@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..fmt import add_data_root, command_parser
+
 logger = logging.getLogger(__name__)
 
 
@@ -52,6 +54,29 @@ def fake_fashion_mnist(root: Path, n_train: int = 60_000, n_test: int = 10_000) 
             f.write(np.array([0x801, n], dtype=">u4").tobytes())
             f.write(rng.integers(0, 10, size=n, dtype=np.uint8).tobytes())
     return root
+
+
+GENERATED = "generated"  # bench.json's "data" when the timing ran on generated data
+
+
+def bench_data(data_root: str | None, fake: bool, tmp: Path) -> tuple[Path, str]:
+    """The data both pipelines read (a root torchvision's FashionMNIST opens) and its source for the table
+    and bench.json: the folder found from ``--data-root`` or the dataset search, else generated data of the
+    same shape (in ``tmp``). Generated data that was not asked for (``--fake-data``) comes with a warning
+    naming the flag: the timing runs either way, and nothing else in its output would say which data it read."""
+    from ..data.idx import candidate_roots, find_data_root
+    from .bench_accuracy import book_readable_root
+
+    found = None if fake else find_data_root("FashionMNIST", data_root)
+    if found is not None:
+        return book_readable_root(found, tmp / "plain"), str(found)
+    if fake:
+        logger.info("--fake-data: timing on generated data of Fashion-MNIST's shape")
+    else:
+        searched = ", ".join(str(p.absolute()) for p in candidate_roots(data_root))
+        logger.warning("no Fashion-MNIST found (searched %s): timing on GENERATED data of the same shape; give "
+                       "--data-root DIR for the real data, or --fake-data to choose generated data", searched)
+    return fake_fashion_mnist(tmp), GENERATED
 
 
 def cnnbench_steady(cfg, warmup: int, steps: int) -> dict:
@@ -136,12 +161,12 @@ def add_flop_rates(row: dict, peaks: dict[str, float]) -> None:
         row["book/peak_fraction"] = 3 * row["cnnbench/flops_per_image"] * row["book/examples_per_sec"] / peaks["fp32"]
 
 
-def table(rows: list[dict], peaks: dict[str, float], device_name: str) -> str:
-    """Markdown table of the rows."""
+def table(rows: list[dict], peaks: dict[str, float], device_name: str, source: str = "") -> str:
+    """Markdown table of the rows, below a line naming the device and the data (``source``)."""
     head = ["recipe", "res", "batch", "cnnbench ex/s", "book ex/s", "steady x", "cnnbench e2e s", "book e2e s",
             "e2e x", "TFLOP/s", "% peak", "precision"]
     peak_text = ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in peaks.items())
-    lines = [f"device: {device_name}; matmul peak: {peak_text}",
+    lines = [f"device: {device_name}; matmul peak: {peak_text}" + (f"; data: {source}" if source else ""),
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         g = r.get
@@ -156,18 +181,18 @@ def table(rows: list[dict], peaks: dict[str, float], device_name: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cnnbench bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser("cnnbench bench", __doc__)
     p.add_argument("recipes", nargs="*", default=None, help="experiment names (default: the eight book recipes)")
-    p.add_argument("--device", default="fast", help="cnnbench's device config option (default: fast)")
+    p.add_argument("--device", default="fast", help="cnnbench's device config option")
     p.add_argument("--on", default="auto", choices=["auto", "cpu", "cuda"], help="where both pipelines run")
-    p.add_argument("--data", default=None, help="Fashion-MNIST root (default: dataset search; else generated)")
-    p.add_argument("--fake-data", action="store_true", help="always use generated data of the same shape")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--steps", type=int, default=10)
+    add_data_root(p, "--data", help="Fashion-MNIST's folder (none: $CNNBENCH_DATA and the dataset search; when "
+                                    "they find nothing, generated data of the same shape, with a warning)")
+    p.add_argument("--fake-data", action="store_true", help="time generated data of the same shape on purpose")
+    p.add_argument("--warmup", type=int, default=3, help="untimed training steps before the timed ones")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps")
     p.add_argument("--epoch-batches", type=int, default=None, help="batches in the end-to-end epoch (default: all)")
     p.add_argument("--eval-batches", type=int, default=None, help="test batches evaluated (default: all)")
-    p.add_argument("--book-workers", type=int, default=4, help="the book's DataLoader workers (4)")
+    p.add_argument("--book-workers", type=int, default=4, help="the book's DataLoader workers")
     p.add_argument("--no-book", action="store_true", help="measure cnnbench only")
     p.add_argument("--out", default=None, help="folder for bench.md and bench.json (default: outputs/bench/TIME)")
     p.add_argument("--override", action="append", default=[], help="extra Hydra override for cnnbench (repeatable)")
@@ -179,10 +204,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_bench(argv: Sequence[str]) -> int:
     """Entry point of ``cnnbench bench``."""
-    from ..data.idx import find_data_root
     from ..devices import bf16_supported, resolve_device
     from ..speed.settings import peak_matmul_flops
-    from .bench_accuracy import book_readable_root
     from .bench_accuracy import run as run_to_accuracy
 
     args = _parser().parse_args(argv)
@@ -193,12 +216,7 @@ def cmd_bench(argv: Sequence[str]) -> int:
     if args.to_accuracy is not None:
         return run_to_accuracy(args, args.recipes, device, out)
     with tempfile.TemporaryDirectory() as tmp:
-        found = None if args.fake_data else find_data_root("FashionMNIST", args.data)
-        root = None if found is None else book_readable_root(found, Path(tmp) / "plain")
-        source = str(found)
-        if root is None:
-            logger.info("no Fashion-MNIST found: timing on generated data of the same shape")
-            root, source = fake_fashion_mnist(Path(tmp)), "generated"
+        root, source = bench_data(args.data_root, args.fake_data, Path(tmp))
         peaks = {"fp32": peak_matmul_flops(device)}
         if bf16_supported(device):
             peaks["bf16"] = peak_matmul_flops(device, dtype=torch.bfloat16)
@@ -209,7 +227,7 @@ def cmd_bench(argv: Sequence[str]) -> int:
             rows.append(row)
             logger.info("%s", json.dumps({k: v for k, v in row.items() if "speedup" in k or "examples" in k}))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    text = table(rows, peaks, name)
+    text = table(rows, peaks, name, source)
     print(text)
     (out / "bench.md").write_text(text + "\n")
     (out / "bench.json").write_text(json.dumps({"device": name, "data": source, "peaks": peaks, "rows": rows,

@@ -76,10 +76,10 @@ def run(args: argparse.Namespace, recipes: list[str], device: torch.device, out:
     """The command: every recipe, then the book's reference; prints and writes the table."""
     from ..data.idx import find_data_root
 
-    found = find_data_root("FashionMNIST", args.data)
+    found = find_data_root("FashionMNIST", args.data_root)
     if found is None:
         raise DataError("--to-accuracy needs the real Fashion-MNIST (accuracy on generated data means nothing): "
-                        "give --data /path/to/data or set CNNBENCH_DATA")
+                        "give --data-root /path/to/data or set CNNBENCH_DATA")
     root = found.parent.parent if found.name == "raw" else found
     rows: list[dict[str, Any]] = []
     for recipe in recipes:

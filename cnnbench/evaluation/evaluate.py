@@ -12,7 +12,6 @@ and adds both pictures and one precision-recall curve per class to the run's Ten
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from torch.nn import functional as F
 from ..confusion import confusion_counts, most_confused, per_class_stats
 from ..data import DeviceLoader
 from ..errors import CnnbenchError, RunFolderError
+from ..fmt import add_data_root, command_parser
 from ..runfolder.log import write_json_atomic
 from ..runfolder.names import EVAL_DIR, find_run_folders
 from ..speed.precision import Precision
@@ -180,15 +180,15 @@ def _num(value: float | None) -> str:
 
 def cmd_eval(args: Sequence[str]) -> int:
     """``cnnbench eval``: 0 when every run was evaluated, 1 when a job of a sweep failed, 2 for one run."""
-    parser = argparse.ArgumentParser(prog="cnnbench eval", description=(
+    parser = command_parser("cnnbench eval", description=(
         "Evaluate a finished run from its own folder (or every run of a sweep folder): writes eval/<split>.json, "
         "eval/<split>_confusion.png and eval/<split>_mistakes.png into the run folder, and adds them to its "
         "TensorBoard."))
     parser.add_argument("run_dir", type=Path, help="a run folder, or a sweep folder holding run folders")
-    parser.add_argument("--checkpoint", default="last", help="last (default), best, or a checkpoint's path")
-    parser.add_argument("--split", default="test", choices=SPLITS, help="test (default) or val")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
-    parser.add_argument("--data-root", default=None, help="where the dataset is, when not where the run found it")
+    parser.add_argument("--checkpoint", default="last", help="last, best, or a checkpoint's path")
+    parser.add_argument("--split", default="test", choices=SPLITS, help="the split evaluated")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_data_root(parser)
     parser.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events")
     ns = parser.parse_args(args)
     runs = find_runs(ns.run_dir)

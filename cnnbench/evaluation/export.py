@@ -9,7 +9,6 @@ TorchScript) and on a second batch size, and its logits must match PyTorch's wit
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -24,6 +23,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import DataError, ExportError
+from ..fmt import add_data_root, command_parser
 from .inference import LoadedRun, load_run, with_data_root
 
 logger = logging.getLogger(__name__)
@@ -124,16 +124,16 @@ def metadata_of(run: LoadedRun, fmt: str) -> dict[str, Any]:
 
 
 def cmd_export(args: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="cnnbench export", description=(
+    parser = command_parser("cnnbench export", description=(
         "Write a trained run's network as ONNX or TorchScript with a dynamic batch dimension and its input "
         "contract, then check the file against PyTorch on test images (fails above "
         f"{TOLERANCE:g} largest logit difference)."))
     parser.add_argument("run_dir", type=Path, help="a run folder (cnnbench train's output)")
-    parser.add_argument("--format", required=True, choices=list(FORMATS), dest="fmt")
+    parser.add_argument("--format", required=True, choices=list(FORMATS), dest="fmt", help="the file's format")
     parser.add_argument("--out", type=Path, default=None,
                         help="file to write (default: RUN_DIR/export/MODEL.onnx or MODEL.torchscript.pt)")
-    parser.add_argument("--checkpoint", default="last", help="last (default), best, or a checkpoint's path")
-    parser.add_argument("--data-root", default=None, help="where the dataset is, when not where the run found it")
+    parser.add_argument("--checkpoint", default="last", help="last, best, or a checkpoint's path")
+    add_data_root(parser)
     ns = parser.parse_args(args)
     if ns.fmt == "onnx":
         _require_onnx()

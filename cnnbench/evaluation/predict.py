@@ -9,7 +9,6 @@ made. From there the run's own preparation (resize to the model's side, normaliz
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -23,6 +22,7 @@ import torch
 
 from ..data import Split
 from ..data.loader import NATIVE_SIDE
+from ..fmt import command_parser
 from ..speed.precision import Precision
 from .inference import LoadedRun, load_run
 
@@ -148,14 +148,14 @@ def as_json(p: Picture) -> dict[str, Any]:
 
 def cmd_predict(args: Sequence[str]) -> int:
     """``cnnbench predict``: 0 when every file was classified, 1 when some were not."""
-    parser = argparse.ArgumentParser(prog="cnnbench predict", description=(
+    parser = command_parser("cnnbench predict", description=(
         "Classify your own pictures (PNG, JPEG, BMP, WebP; any size, colour or grayscale) with a trained run: "
         "one line per file with the most likely classes and their probabilities."))
     parser.add_argument("run_dir", type=Path, help="a run folder (cnnbench train's output)")
     parser.add_argument("images", nargs="+", help="image files, or folders of them")
-    parser.add_argument("--topk", type=int, default=3, help="classes shown per file (default 3)")
-    parser.add_argument("--checkpoint", default="last", help="last (default), best, or a checkpoint's path")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    parser.add_argument("--topk", type=int, default=3, help="classes shown per file")
+    parser.add_argument("--checkpoint", default="last", help="last, best, or a checkpoint's path")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--json", action="store_true", help="print one JSON list instead of lines")
     ns = parser.parse_args(args)
     if ns.topk < 1:

@@ -76,7 +76,7 @@ def short_label(report: Report, run: RunResult) -> str:
     tails = [k.split(".")[-1] for k in keys]
     parts = []
     for key, tail in zip(keys, tails, strict=True):
-        value = run.overrides.get(key, "-")
+        value = run.settings.get(key, "-")
         name = tail if tails.count(tail) == 1 else key
         parts.append(value if key == "model" else f"{name}={value}")
     return ", ".join(parts)
@@ -84,7 +84,9 @@ def short_label(report: Report, run: RunResult) -> str:
 
 def _legend_columns(series: dict[str, _Series]) -> int:
     longest = max((len(s.label) for s in series.values()), default=0) + 4
-    return 4 if longest <= 28 else 3 if longest <= 40 else 2
+    # At fontsize 8 the 13-inch figure holds about 190 characters a line: long labels (runs differing in many
+    # settings) get a column of their own rather than being cut at the figure's edges.
+    return 4 if longest <= 28 else 3 if longest <= 40 else 2 if longest <= 90 else 1
 
 
 def _legend_label(report: Report, key: str, s: _Series, numbered: bool) -> str:

@@ -1,10 +1,15 @@
 """Reading run folders into a :class:`Report`: what ``cnnbench report`` knows about each run.
 
-A *run folder* is any folder holding ``summary.json`` or ``.hydra/overrides.yaml`` (names in
+A *run folder* is any folder holding ``summary.json`` or ``.hydra/config.yaml`` (names in
 :mod:`cnnbench.runfolder.names`). ``read_run`` reads one and never raises on a half-written file; a summary
 that lacks numbers (a job still running) is completed from ``metrics.jsonl`` and ``.hydra/config.yaml``.
-``build_report`` reads every run folder under a root, sorts them and finds the override keys that
-differ and the seed groups.
+``build_report`` reads every run folder under a root, sorts them and finds the settings that differ and the
+seed groups.
+
+Runs are compared by meaning, not by how they were started: a run's *settings* come from its resolved
+config (``.hydra/config.yaml``), so ``experiment=quickstart`` and ``model=lenet_bn optimizer=sgd_nesterov ...``
+show the same model, and keys that only say where the data is or how the run was started
+(:data:`BOOKKEEPING`) are never columns.
 
 Never imports torch: reading a few JSON files must stay fast on any machine.
 """
@@ -14,9 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +34,27 @@ from ..runfolder.names import CONFIG, METRICS, OVERRIDES, SUMMARY, find_run_fold
 
 logger = logging.getLogger(__package__)  # "cnnbench.report", the one name its log lines show
 
-SEED_KEY = "trainer.seed"
+# The settings that say what a run is, by the short names TensorBoard's HParams tab uses too
+# (cnnbench.runfolder.log.hparams_of): name -> path in the resolved config. Every other config key that
+# differs between runs is a column under its dotted path.
+SETTINGS: dict[str, str] = {
+    "model": "model.name", "dataset": "dataset.name", "resize": "dataset.resize",
+    "optimizer": "optimizer.name", "lr": "optimizer.lr", "momentum": "optimizer.momentum",
+    "weight_decay": "optimizer.weight_decay", "scheduler": "scheduler.name", "augment": "augment.name",
+    "batch_size": "trainer.batch_size", "epochs": "trainer.epochs", "seed": "trainer.seed",
+    "precision": "device.precision", "device": "device.type",
+}
+# Settings whose summary.json value is what the run really used (the input side of a ``resize: null``
+# run, the device ``device.type=auto`` chose); the config's request is the fallback.
+FROM_SUMMARY = ("resize", "device")
+# Config keys that say where the data is or how the run was started, not what it is: never columns.
+BOOKKEEPING = frozenset({"dataset.root", "dataset.download", "trainer.resume", "trainer.resume_force",
+                         "trainer.progress_bar", "resume_sweep"})
+# Groups whose options carry their own keys: such a key (dataset.mean, scheduler.pct_start) is a column
+# only when it differs between runs of the same option (two datasets differ in their means anyway).
+OPTION_GROUPS = ("model", "dataset", "optimizer", "scheduler", "augment")  # each option has a name
+SEED_KEY = "seed"
+LOG_FILE = "train.log"  # Hydra's job log (hydra.job.name=train), appended to by every start
 MISSING = "missing"  # status of a run folder without a readable summary.json
 # Statuses whose numbers are final or still meaningful; the rest sort last.
 OK_STATUSES = ("completed", "interrupted", "running")
@@ -38,13 +65,15 @@ OK_STATUSES = ("completed", "interrupted", "running")
 
 @dataclass
 class RunResult:
-    """One run folder: its overrides, its summary (completed from metrics where absent) and its curve."""
+    """One run folder: its settings, overrides, summary (completed from metrics where absent) and curve."""
 
     path: Path
-    name: str  # path relative to the report root, for humans
-    overrides: dict[str, str]
+    name: str  # path relative to the report root, for humans (build_report keeps its shortest unique tail)
+    overrides: dict[str, str]  # the command line's, for the CSV's record
     summary: dict[str, Any]
     curve: list[tuple[float, float]] = field(default_factory=list)  # (epoch, test acc)
+    settings: dict[str, str] = field(default_factory=dict)  # setting name or dotted config key -> value
+    started: str | None = None  # "2026-12-06 22:43", the first start's local time
 
     @property
     def status(self) -> str:
@@ -72,7 +101,7 @@ class RunResult:
 
 @dataclass
 class SeedGroup:
-    """Runs whose overrides are equal except ``trainer.seed``."""
+    """Runs whose settings are equal except the seed (``trainer.seed``)."""
 
     settings: dict[str, str]  # the group's values of the differing keys, seed excluded
     runs: list[RunResult]
@@ -107,9 +136,8 @@ class Report:
 
     root: Path
     runs: list[RunResult]  # best first (by validation accuracy when runs have it), failed and missing last
-    columns: list[str]  # override keys whose values differ between runs
+    columns: list[str]  # settings whose values differ between runs
     groups: list[SeedGroup]  # non-empty only when some settings ran with several seeds
-    show_run_name: bool  # when the override columns alone do not tell the rows apart
 
     @property
     def group_columns(self) -> list[str]:
@@ -134,7 +162,7 @@ class Report:
     def label(self, run: RunResult, keys: Sequence[str] | None = None) -> str:
         """Short name of a run: its values of the differing keys (or its folder when they are none)."""
         keys = self.columns if keys is None else keys
-        parts = [f"{k}={run.overrides.get(k, '-')}" for k in keys]
+        parts = [f"{k}={run.settings.get(k, '-')}" for k in keys]
         return ", ".join(parts) if parts else run.name
 
     def group_label(self, run: RunResult) -> str:
@@ -154,15 +182,72 @@ def read_run(path: Path, root: Path) -> RunResult:
     summary, problem = read_summary(path)
     records = read_metrics(path / METRICS)
     config = _read_yaml(path / CONFIG)
+    config = config if isinstance(config, dict) else {}
     overrides_list = summary.get("overrides")
     if not isinstance(overrides_list, list):
         overrides_list = _read_yaml(path / OVERRIDES) or []
-    merged = {**_fallbacks(config if isinstance(config, dict) else {}, records), **summary}
+    merged = {**_fallbacks(config, records), **summary}
     if problem:
         merged.update(status=MISSING, error=problem)
     name = str(path.relative_to(root)) if path != root else path.resolve().name
     return RunResult(path=path, name=name, overrides=parse_overrides(overrides_list),
-                     summary=merged, curve=accuracy_curve(records))
+                     summary=merged, curve=accuracy_curve(records), settings=run_settings(config, summary),
+                     started=start_time(path))
+
+
+def run_settings(config: dict[str, Any], summary: dict[str, Any]) -> dict[str, str]:
+    """A run's settings as text: the :data:`SETTINGS` by name, then every other config key by its dotted
+    path, :data:`BOOKKEEPING` left out. A run without a config (summary.json alone) has the settings its
+    summary names (model, dataset, resize, epochs, seed, device)."""
+    flat = flatten(config)
+    out: dict[str, str] = {}
+    for name, path in SETTINGS.items():
+        present, value = path in flat, flat.pop(path, None)
+        if summary.get(name) is not None and (name in FROM_SUMMARY or not present):
+            present, value = True, summary[name]
+        if present:
+            out[name] = setting_text(value)
+    out.update((key, setting_text(v)) for key, v in flat.items() if key not in BOOKKEEPING)
+    return out
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
+    if not isinstance(tree, dict):
+        return {prefix: tree} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def setting_text(value: Any) -> str:
+    """A setting as the config spells it: 'null', 'true', '0.1', '[0.9, 0.999]'."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(setting_text(v) for v in value) + "]"
+    return str(value)
+
+
+def start_time(path: Path) -> str | None:
+    """When the run first started: the first time stamp of its log (Hydra's ``[2026-12-06 22:43:05,123]``,
+    kept when the folder is copied), else the time ``.hydra/config.yaml`` was written (at the first start;
+    a resume writes its record under ``.hydra/resumes/``); None when it has neither."""
+    try:
+        with (path / LOG_FILE).open(errors="replace") as f:
+            first = f.readline()
+        match = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d)", first)
+        if match:
+            return match.group(1)
+    except OSError:
+        pass
+    try:
+        return datetime.fromtimestamp((path / CONFIG).stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    except OSError:
+        return None
 
 
 def _read_yaml(path: Path) -> Any:
@@ -244,20 +329,55 @@ def build_report(root: Path) -> Report:
     dirs = find_run_folders(root)
     if not dirs:
         raise FileNotFoundError(f"no run folders (with {SUMMARY} or {CONFIG}) under {root}")
-    runs = sort_runs([read_run(d, root) for d in dirs])
+    runs = [read_run(d, root) for d in dirs]
+    for run, name in zip(runs, short_names([r.name for r in runs]), strict=True):
+        run.name = name
+    runs = sort_runs(runs)
     columns = differing_keys(runs)
-    labels = [tuple(r.overrides.get(k) for k in columns) for r in runs]
-    show_name = not columns or len(set(labels)) < len(labels)
-    return Report(root=root, runs=runs, columns=columns, groups=seed_groups(runs, columns),
-                  show_run_name=show_name)
+    return Report(root=root, runs=runs, columns=columns, groups=seed_groups(runs, columns))
+
+
+def short_names(names: Sequence[str]) -> list[str]:
+    """Each relative path cut to its shortest tail of folders that no other path ends with:
+    'multirun/2026-12-06/23-04-31/3_model=lenet' -> '3_model=lenet' unless another sweep has that job too
+    (the start time column dates it)."""
+    parts = [Path(n).parts for n in names]
+    out = []
+    for mine in parts:
+        for k in range(1, len(mine) + 1):
+            if sum(p[-k:] == mine[-k:] for p in parts) == 1 or k == len(mine):
+                out.append(str(Path(*mine[-k:])))
+                break
+    return out
 
 
 def differing_keys(runs: Sequence[RunResult]) -> list[str]:
-    """Override keys whose value is not the same in every run, in first-seen order."""
-    keys: dict[str, None] = {}
+    """Settings whose value is not the same in every run: the named :data:`SETTINGS` first, then other
+    config keys in first-seen order. A key of a group's option (``scheduler.pct_start``) counts only when
+    it differs between runs of the same option (``scheduler.name``)."""
+    keys: dict[str, None] = dict.fromkeys(SETTINGS)
     for r in runs:
-        keys.update(dict.fromkeys(r.overrides))
-    return [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
+        keys.update(dict.fromkeys(r.settings))
+    return [k for k in keys if _differs(runs, k)]
+
+
+def _differs(runs: Sequence[RunResult], key: str) -> bool:
+    """Whether the runs that have ``key`` (a run without its config, or an option without that key, has
+    nothing to compare) hold more than one value of it."""
+    runs = [r for r in runs if key in r.settings]
+    group = key.split(".")[0]
+    if "." not in key or group not in OPTION_GROUPS:
+        return len({r.settings[key] for r in runs}) > 1
+    by_option: dict[str | None, set[str]] = {}
+    for r in runs:
+        option = r.settings.get(_setting_name(f"{group}.name") or f"{group}.name")
+        by_option.setdefault(option, set()).add(r.settings[key])
+    return any(len(values) > 1 for values in by_option.values())
+
+
+def _setting_name(path: str) -> str | None:
+    """The :data:`SETTINGS` name of a config path ("model.name" -> "model"), or None."""
+    return next((name for name, p in SETTINGS.items() if p == path), None)
 
 
 def sort_runs(runs: Iterable[RunResult]) -> list[RunResult]:
@@ -275,17 +395,16 @@ def sort_runs(runs: Iterable[RunResult]) -> list[RunResult]:
 
 
 def seed_groups(runs: Sequence[RunResult], columns: Sequence[str]) -> list[SeedGroup]:
-    """Group runs equal but for ``trainer.seed``; empty unless some group holds several seeds."""
+    """Group runs equal but for the seed; empty unless some group holds several seeds."""
     if SEED_KEY not in columns:
         return []
+    keys = [c for c in columns if c != SEED_KEY]
     by_settings: dict[tuple, list[RunResult]] = {}
     for r in runs:
-        settings = tuple(sorted((k, v) for k, v in r.overrides.items() if k != SEED_KEY))
-        by_settings.setdefault(settings, []).append(r)
+        by_settings.setdefault(tuple(r.settings.get(k) for k in keys), []).append(r)
     if all(len(g) < 2 for g in by_settings.values()):
         return []
-    keys = [c for c in columns if c != SEED_KEY]
-    groups = [SeedGroup({k: g[0].overrides.get(k, "-") for k in keys}, g) for g in by_settings.values()]
+    groups = [SeedGroup({k: g[0].settings.get(k, "-") for k in keys}, g) for g in by_settings.values()]
     return sorted(groups, key=lambda g: (g.mean is None, -(g.mean or 0.0)))
 
 

@@ -25,7 +25,7 @@ METRIC_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("test/acc", "test acc", "acc"),
     ("train/acc", "train acc", "acc"),
     ("train/loss", "train loss", "loss"),
-    ("epochs_completed", "epochs", "epochs"),
+    ("epochs_completed", "epochs done", "epochs"),
     ("wall_time_s", "wall time (s)", "seconds"),
     ("examples_per_sec", "examples/sec", "rate"),
     ("params", "params", "si"),
@@ -111,7 +111,7 @@ def metric_columns(report: Report) -> tuple[tuple[str, str, str], ...]:
 def run_rows(report: Report) -> tuple[list[str], list[list[str]], list[bool]]:
     """Header, cells and right-alignment flags of the per-run table."""
     columns = metric_columns(report)
-    header = (["run"] if report.show_run_name else []) + report.columns + ["status"]
+    header = ["run", "started", *report.columns, "status"]
     header += [title for _, title, _ in columns]
     numeric = [False] * (len(header) - len(columns)) + [True] * len(columns)
     with_book = any(isinstance(r.summary.get("book"), dict) for r in report.runs)
@@ -125,7 +125,7 @@ def run_rows(report: Report) -> tuple[list[str], list[list[str]], list[bool]]:
     rows = []
     selected = report.selected
     for r in report.runs:
-        row = ([r.name] if report.show_run_name else []) + [r.overrides.get(k, "-") for k in report.columns]
+        row = [r.name, r.started or "-", *(r.settings.get(k, "-") for k in report.columns)]
         row.append(r.status + (" (selected)" if r is selected else ""))
         for key, _, kind in columns:
             if kind == "epochs":
@@ -222,14 +222,14 @@ def report_markdown(report: Report, png_name: str | None) -> str:
 
 def csv_rows(report: Report) -> tuple[list[str], list[list[Any]]]:
     """One row per run with raw (unrounded) numbers, the full error and the run folder."""
-    # An override column named like a summary key ("model") already holds it: no duplicate header.
+    # A settings column named like a summary key ("model") already holds it: no duplicate header.
     summary_keys = [key for key, _, _ in METRIC_COLUMNS] + [k for k in CSV_EXTRA_KEYS if k not in report.columns]
     summary_keys = list(dict.fromkeys(summary_keys))
-    header = ["run", *report.columns, "status", *summary_keys, "overrides", "error", "path"]
+    header = ["run", "started", *report.columns, "status", *summary_keys, "overrides", "error", "path"]
     rows = []
     for r in report.runs:
         values = [r.summary.get(k) for k in summary_keys]
-        rows.append([r.name, *(r.overrides.get(k, "") for k in report.columns), r.status,
+        rows.append([r.name, r.started or "", *(r.settings.get(k, "") for k in report.columns), r.status,
                      *("" if v is None else v for v in values),
                      " ".join(f"{k}={v}" for k, v in r.overrides.items()), r.error or "", str(r.path)])
     return header, rows
