@@ -118,7 +118,8 @@ def test_a_list_of_overrides_is_composed_once_and_every_caller_gets_its_own_copy
     calls = []
     real = config._compose
     monkeypatch.setattr(config, "_COMPOSED", OrderedDict())
-    monkeypatch.setattr(config, "_compose", lambda overrides, source: calls.append(overrides) or real(overrides, source))
+    monkeypatch.setattr(config, "_compose",
+                        lambda overrides, source: calls.append(overrides) or real(overrides, source))
     first = compose_config(["optimizer.lr=0.3"], return_hydra_config=True)
     second = compose_config(["optimizer.lr=0.3"])
     assert calls == [["optimizer.lr=0.3"]]

@@ -74,7 +74,8 @@ def test_config_name_composes_a_users_primary_config(tmp_path):
 
 def test_cfg_with_package_prints_the_composed_value(tmp_path, capsys):
     conf = user_configs(tmp_path / "myconf")
-    assert main(["train", "-cd", str(conf), "experiment=mine", "--cfg", "job", "-p", "trainer.limit_train_batches"]) == 0
+    args = ["-cd", str(conf), "experiment=mine", "--cfg", "job", "-p", "trainer.limit_train_batches"]
+    assert main(["train", *args]) == 0
     assert capsys.readouterr().out.strip() == "3"
     assert main(["train", "--cfg", "job", "--resolve", "-p", "model"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "name: lenet"
