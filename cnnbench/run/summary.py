@@ -172,6 +172,6 @@ def closing_lines(summary: dict[str, Any]) -> None:
         logger.warning("run %s", summary["status"])
     if summary.get("resume_command"):  # interrupted, or a failed write (full disk): its last checkpoint is kept
         when = "" if summary["status"] == "interrupted" else " once the disk has room"
-        logger.warning("continue it (%d epochs done)%s with: %s", summary["resumable_from_epoch"], when,
+        logger.warning("continue it (%s done)%s with: %s", _count(summary["resumable_from_epoch"], "epoch"), when,
                        summary["resume_command"])
     logger.info("run folder: %s", summary["run_dir"])
