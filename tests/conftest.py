@@ -24,6 +24,13 @@ os.environ.setdefault("CNNBENCH_KERNEL_CACHE", tempfile.mkdtemp(prefix="cnnbench
 
 
 @pytest.fixture(autouse=True)
+def _own_autotune_cache(monkeypatch, tmp_path_factory):
+    """Each test its own folder of kept start-up timing decisions (cnnbench.speed.decisions), which the
+    commands it starts inherit: not the user's ~/.cache, and no test reads a decision another one timed."""
+    monkeypatch.setenv("CNNBENCH_AUTOTUNE_CACHE", str(tmp_path_factory.mktemp("autotune")))
+
+
+@pytest.fixture(autouse=True)
 def _restore_root_logging():
     """Hand every test the root logger as it found it: Hydra's job logging (a run through ``main``)
     installs handlers on the stream of that test's capture, which a later test would write to closed."""

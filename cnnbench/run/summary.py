@@ -21,6 +21,7 @@ from ..book.results import book_comparison
 from ..confusion import class_names, per_class_accuracy
 from ..devices import device_name
 from ..errors import TrainingDiverged
+from ..machine import machine_info
 from ..models.configured import image_size
 from ..runfolder.names import BEST_CHECKPOINT
 from .build import Run
@@ -82,6 +83,8 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "torch_version": torch.__version__,
         "cnnbench_version": __version__,
         "python_version": platform.python_version(),
+        # what a reader needs to repeat the run: host, CPU, GPU and driver, cnnbench's commit, package versions
+        "machine": _safe(lambda: machine_info(run.device if run else torch.device("cpu"))),
     }
     if isinstance(error, TrainingDiverged):
         summary.update({"diverged_at_step": error.step, "diverged_loss": error.loss,
