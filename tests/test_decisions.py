@@ -182,6 +182,7 @@ def test_the_summary_records_the_decision_the_machine_the_source_and_the_version
     assert summary["speed"]["channels_last"] is True
     assert summary["speed"]["autotune"]["source"] == "timed" and summary["speed"]["autotune"]["file"]
     machine = summary["machine"]
+    assert isinstance(machine, dict) and set(machine) >= {"host", "cpu", "cpu_count", "gpu", "cnnbench", "packages"}
     assert machine["host"] and machine["cpu"] and machine["cpu_count"] >= 1 and machine["cpus_usable"] >= 1
     assert machine["gpu"] is None  # a CPU run
     assert machine["packages"]["torch"] == torch.__version__.split("+")[0]
