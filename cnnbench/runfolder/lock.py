@@ -10,6 +10,10 @@ anything and ``train()`` takes it again, without waiting on itself.
 * Windows: ``msvcrt.locking`` on one byte at :data:`WINDOWS_LOCK_OFFSET`, past the holder's note: Windows
   locks are mandatory, and a lock over the note would keep the refused process from reading who holds it.
 
+A process may also wait for the lock (``wait_s``): the start-up timing decisions of
+:mod:`cnnbench.speed.decisions` are folders that processes take turns in, one timing while the others wait
+to read its result.
+
 Each module is imported inside the functions that use it: Windows has no ``fcntl`` and POSIX no
 ``msvcrt``, and ``cnnbench train`` imports this module on both.
 
