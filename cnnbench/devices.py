@@ -54,3 +54,41 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return device.type
+
+
+# Linux: "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.95.05  <build date>"
+NVIDIA_DRIVER_FILE = "/proc/driver/nvidia/version"
+
+
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver's version ('580.95.05') from the Linux kernel module's file, else from NVML when the
+    ``pynvml`` module (nvidia-ml-py) is installed; None when neither says."""
+    try:
+        with open(NVIDIA_DRIVER_FILE) as f:
+            words = f.readline().split()
+        if "Module" in words and words.index("Module") + 1 < len(words):
+            return words[words.index("Module") + 1]
+    except OSError:
+        pass
+    try:
+        import pynvml  # optional (nvidia-ml-py)
+
+        pynvml.nvmlInit()
+        try:
+            driver = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+        return driver.decode() if isinstance(driver, bytes) else str(driver)
+    except Exception:  # noqa: BLE001 - not installed, no NVIDIA driver: not known
+        return None
+
+
+def gpu_info(device: torch.device) -> dict | None:
+    """The GPU a run uses, for the record: name, memory, compute capability, the driver and the CUDA and
+    cuDNN versions torch was built with; None off CUDA."""
+    if device.type != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(device)
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"name": props.name, "memory_bytes": props.total_memory, "capability": f"{props.major}.{props.minor}",
+            "driver": nvidia_driver(), "cuda": torch.version.cuda, "cudnn": cudnn}

@@ -238,6 +238,7 @@ class DeviceConfig(Section):
     fast_pooling: bool = MISSING
     fused_kernels: bool = MISSING
     conv_weight_grad: str = MISSING
+    autotune: str = MISSING  # cached | refresh | always (cnnbench.speed.decisions)
     malloc_tuning: bool = MISSING
     index: Optional[int] = MISSING  # noqa: UP045
     RANGES = {"num_threads": COUNT}

@@ -21,6 +21,15 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # The fused CPU kernels (cnnbench.speed.cpu.fused) are built into a folder of this test session, which the
 # commands the tests start inherit, not into the user's ~/.cache.
 os.environ.setdefault("CNNBENCH_KERNEL_CACHE", tempfile.mkdtemp(prefix="cnnbench-test-kernels-"))
+# The same for kept start-up timing decisions, for session fixtures (each test then gets its own folder).
+os.environ.setdefault("CNNBENCH_AUTOTUNE_CACHE", tempfile.mkdtemp(prefix="cnnbench-test-autotune-"))
+
+
+@pytest.fixture(autouse=True)
+def _own_autotune_cache(monkeypatch, tmp_path_factory):
+    """Each test its own folder of kept start-up timing decisions (cnnbench.speed.decisions), which the
+    commands it starts inherit: not the user's ~/.cache, and no test reads a decision another one timed."""
+    monkeypatch.setenv("CNNBENCH_AUTOTUNE_CACHE", str(tmp_path_factory.mktemp("autotune")))
 
 
 @pytest.fixture(autouse=True)

@@ -70,6 +70,25 @@ def test_batchnorm_network_trains_data_parallel(fake_data, tmp_path):
     assert summary["status"] == "completed" and summary["test/acc"] > 0.5
 
 
+def test_rank_0s_kept_decision_trains_both_ranks_and_the_next_run(fake_data, tmp_path):
+    """With the layout and the convolutions left to timing, the first torchrun run times (rank 0) and keeps
+    the decision at each rank's batch; the next run reads it and gives the same metrics."""
+    records = []
+    for name in ("first", "next"):
+        overrides = fast_overrides(fake_data, "model=lenet_bn", "trainer.batch_size=32", "trainer.epochs=1",
+                                   "device.channels_last=auto", "device.conv_weight_grad=auto",
+                                   f"hydra.run.dir={tmp_path / name}")
+        proc = subprocess.run(torchrun(*overrides), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["speed"]["autotune"]["source"] == ("timed" if name == "first" else "cache")
+        assert summary["speed"]["autotune"]["key"]["batch"] == 16  # one rank's share
+        timing = ("throughput/examples_per_sec", "time/epoch_s")
+        records.append([{k: v for k, v in json.loads(line).items() if k not in timing}
+                        for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()])
+    assert records[0] == records[1]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA, SyncBatchNorm is available")
 def test_sync_batchnorm_on_cpus_is_refused_before_training(fake_data, tmp_path):
     """PyTorch's SyncBatchNorm only runs on CUDA: on CPUs the request is refused with one clear line."""

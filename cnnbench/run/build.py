@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..data import DeviceLoader, load_splits
@@ -104,7 +104,8 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS)
     train_loader, val_loader, test_loader = build_loaders(cfg, device, size, ctx)
     raw_model.to(device)
     speed = prepare_speed(cfg.device, device, raw_model, (train_loader, val_loader, test_loader),
-                          bool(cfg.trainer.deterministic), flops, agree=lambda s: broadcast_object(s, ctx))
+                          bool(cfg.trainer.deterministic), flops, agree=lambda s: broadcast_object(s, ctx),
+                          key=tuning_key(cfg, size, ctx), tunes=ctx.rank == 0)
     model = wrap_ddp(raw_model, cfg, ctx, device)
     raw_model = model.module if ctx.enabled else raw_model  # SyncBatchNorm conversion makes a new module
     if speed.compile:  # around DDP's wrapper, so compiled graphs see its gradient hooks
@@ -116,6 +117,14 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS)
     precision = Precision.create(speed.precision, device)
     return Run(cfg, run_dir, device, model, raw_model, optimizer, scheduler, precision,
                train_loader, val_loader, test_loader, Monitor.from_config(cfg), ema, params, flops, speed, ctx)
+
+
+def tuning_key(cfg: DictConfig, size: int, ctx: DistContext) -> dict:
+    """What start-up timing decisions are kept for (with the machine and torch's version, which
+    cnnbench.speed.decisions adds): the model and its arguments, the input, the batch one process trains on."""
+    return {"model": OmegaConf.to_container(cfg.model, resolve=True),
+            "input": [int(cfg.dataset.in_channels), size, size], "classes": int(cfg.dataset.num_classes),
+            "batch": local_batch(int(cfg.trainer.batch_size), ctx)}
 
 
 def local_batch(batch_size: int, ctx: DistContext) -> int:

@@ -23,6 +23,7 @@ from ..confusion import class_names, per_class_accuracy
 from ..devices import device_name
 from ..errors import TrainingDiverged
 from ..fmt import human
+from ..machine import machine_info
 from ..models.configured import image_size
 from ..runfolder.names import BEST_CHECKPOINT
 from .build import Run
@@ -84,6 +85,8 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "torch_version": torch.__version__,
         "cnnbench_version": __version__,
         "python_version": platform.python_version(),
+        # what a reader needs to repeat the run: host, CPU, GPU and driver, cnnbench's commit, package versions
+        "machine": _safe(lambda: machine_info(run.device if run else torch.device("cpu"))),
     }
     if isinstance(error, TrainingDiverged):
         summary.update({"diverged_at_step": error.step, "diverged_loss": error.loss,
@@ -124,7 +127,7 @@ def header_lines(run: Run, resumed_at_epoch: int | None) -> list[str]:
     if run.val_loader is not None:
         sizes.append(f"{len(run.val_loader.labels):,} validation")
     sizes.append(f"{len(run.test_loader.labels):,} test")
-    tuned = " (autotuned)" if speed.tuning else ""
+    tuned = _tuning_words(speed.autotune or {})
     extras = [name for name, on in (("channels-last", speed.channels_last), ("torch.compile", speed.compile),
                                     (f"fused CPU kernels on {len(speed.fused_kernels)} layers", speed.fused_kernels))
               if on]
@@ -145,6 +148,15 @@ def header_lines(run: Run, resumed_at_epoch: int | None) -> list[str]:
         f"curves: tensorboard --logdir {shlex.quote(str(run.run_dir))}",
     ]
     return lines
+
+
+def _tuning_words(record: dict) -> str:
+    """Where the speed settings came from (cnnbench.speed.decisions' record), in the header's words."""
+    if record.get("source") == "cache":
+        return " (start-up timing kept from an earlier run)"
+    if record.get("source") == "timed":
+        return " (timed at start-up, kept for later runs)" if record.get("file") else " (timed at start-up)"
+    return ""
 
 
 def _count(n: int, noun: str, plural: str | None = None) -> str:

@@ -10,6 +10,10 @@ anything and ``train()`` takes it again, without waiting on itself.
 * Windows: ``msvcrt.locking`` on one byte at :data:`WINDOWS_LOCK_OFFSET`, past the holder's note: Windows
   locks are mandatory, and a lock over the note would keep the refused process from reading who holds it.
 
+A process may also wait for the lock (``wait_s``): the start-up timing decisions of
+:mod:`cnnbench.speed.decisions` are folders that processes take turns in, one timing while the others wait
+to read its result.
+
 Each module is imported inside the functions that use it: Windows has no ``fcntl`` and POSIX no
 ``msvcrt``, and ``cnnbench train`` imports this module on both.
 
@@ -27,6 +31,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -40,6 +45,7 @@ _WINDOWS = sys.platform == "win32"
 # The Windows lock byte: past the note (NOTE_BYTES), where a mandatory lock keeps no reader out. Windows
 # lets a process lock bytes beyond the end of a file.
 WINDOWS_LOCK_OFFSET = 1 << 20
+WAIT_POLL_S = 0.05  # how often a waiting process tries the lock again
 NOTE_BYTES = 4096  # the most of the holder's note that is read
 # errno of "another process holds it": flock says EWOULDBLOCK (EAGAIN; EACCES on some file systems), the
 # Windows C runtime's _locking EACCES (EDEADLOCK when a blocking lock gives up).
@@ -54,10 +60,11 @@ _HELD: dict[str, list[int]] = {}
 
 
 @contextlib.contextmanager
-def run_folder_lock(run_dir: Path | str, enabled: bool = True) -> Iterator[None]:
+def run_folder_lock(run_dir: Path | str, enabled: bool = True, wait_s: float = 0.0) -> Iterator[None]:
     """Hold ``run_dir``'s lock for the block; raises :class:`RunFolderInUse` before touching anything
-    when another live process holds it. ``enabled=False`` (torchrun ranks other than 0) does nothing."""
-    key = acquire(Path(run_dir)) if enabled else None
+    when another live process holds it (still after ``wait_s`` seconds of waiting for it: a folder that
+    processes take turns in, like a cache entry). ``enabled=False`` (torchrun ranks other than 0) does nothing."""
+    key = acquire(Path(run_dir), wait_s) if enabled else None
     try:
         yield
     finally:
@@ -65,16 +72,20 @@ def run_folder_lock(run_dir: Path | str, enabled: bool = True) -> Iterator[None]
             release(key)
 
 
-def acquire(run_dir: Path) -> str | None:
-    """Take the lock (creating the folder when it is new); the key for :func:`release`."""
+def acquire(run_dir: Path, wait_s: float = 0.0) -> str | None:
+    """Take the lock (creating the folder when it is new), waiting up to ``wait_s`` seconds for another
+    holder to let go; the key for :func:`release`."""
     run_dir.mkdir(parents=True, exist_ok=True)
     key = os.path.realpath(run_dir)
     if key in _HELD:
         _HELD[key][1] += 1
         return key
     fd = os.open(Path(key) / LOCK, os.O_RDWR | os.O_CREAT | _OPEN_FLAGS, 0o644)
+    deadline = time.monotonic() + wait_s
     try:
-        taken = _try_lock(fd)
+        # Polled, not a blocking flock: the same loop works with Windows' locks, and the wait has an end.
+        while not (taken := _try_lock(fd)) and time.monotonic() < deadline:
+            time.sleep(WAIT_POLL_S)
     except OSError as exc:
         os.close(fd)
         # A file system without locks: go on, but say that a second writer would not be noticed.

@@ -22,10 +22,12 @@ from torch import nn
 from ..data import DeviceLoader
 from ..devices import bf16_supported, synchronize
 from ..errors import ConfigError
+from ..machine import hardware_key
 from .allocator import malloc_tuned
 from .compiling import check_compiler, wants_compile
 from .cpu.fused import use_fused_kernels
 from .cpu.kernels import faster_in_nhwc, set_nhwc_weight_grads, time_conv_weight_grads, use_fast_pooling
+from .decisions import MODES, decide
 from .precision import Precision
 from .threads import omp_wait_policy
 
@@ -61,6 +63,9 @@ class SpeedSettings:
     omp_wait_policy: str | None = None
     malloc_tuning: bool = False  # glibc malloc keeps freed buffers for reuse (cnnbench.speed.allocator), process-wide
     tuning: dict = field(default_factory=dict)  # examples/sec of every candidate that autotune timed
+    # where the timed choices came from (cnnbench.speed.decisions): mode, source (cache | timed), file,
+    # when they were timed, the key; None when nothing is decided by timing
+    autotune: dict | None = None
 
 
 # The ``device`` options with a fixed set of values that their type alone does not say (the schema,
@@ -72,6 +77,7 @@ DEVICE_CHOICES: dict[str, tuple] = {
     "compile": (True, False, "auto"),
     "fused_optimizer": (True, False, "auto"),
     "conv_weight_grad": ("auto", "native"),
+    "autotune": MODES,
 }
 
 
@@ -165,10 +171,14 @@ def autotune(model: nn.Module, loader: DeviceLoader, device: torch.device, candi
 
 
 def resolve_speed(cfg: DictConfig, device: torch.device, model: nn.Module, loader: DeviceLoader,
-                  deterministic: bool = False, flops_per_image: int = 0) -> SpeedSettings:
-    """Turn the ``device`` group's values into settings; ``auto`` precision/layout are autotuned.
+                  deterministic: bool = False, flops_per_image: int = 0, key: dict | None = None,
+                  tunes: bool = True) -> SpeedSettings:
+    """Turn the ``device`` group's values into settings; ``auto`` precision/layout (and, on the CPU, the
+    convolutions' weight-gradient layout) are decided by timing, once per ``key`` (what the run trains:
+    model, input, batch; :mod:`cnnbench.speed.decisions` adds the machine and the question) and then kept.
 
-    Deterministic runs skip the timing (its verdict could differ between two runs): fp32, NCHW.
+    Deterministic runs skip the timing: fp32, NCHW. ``tunes=False`` (torchrun ranks but 0, which adopt
+    rank 0's decision) times nothing and leaves the timed choices at fp32, NCHW, ATen's convolutions.
     """
     precision, channels_last = str(cfg.precision), cfg.channels_last
     if deterministic:
@@ -185,37 +195,92 @@ def resolve_speed(cfg: DictConfig, device: torch.device, model: nn.Module, loade
         if settings.fused_kernels:
             logger.debug("fused CPU kernels (BatchNorm2d + sigmoid + 2x2 pool, or sigmoid + pool): layers %s",
                         ", ".join(settings.fused_kernels))
-    if _tunes_conv_weight_grads(cfg, device, deterministic, settings.compile, precision, flops_per_image):
-        x, _ = next(loader.batches(epoch=0, limit=1))  # (B, C, H, W): this rank's batch size
-        settings.conv_weight_grad_ratios = time_conv_weight_grads(model, x, x.shape[0])
-        settings.nhwc_weight_grads = set_nhwc_weight_grads(model, faster_in_nhwc(settings.conv_weight_grad_ratios))
-        logger.debug("convolution weight gradients from channels-last copies: %s (channels-last / ATen time: %s)",
-                    ", ".join(settings.nhwc_weight_grads) or "none",
-                    ", ".join(f"{k} {v:.2f}" for k, v in settings.conv_weight_grad_ratios.items()))
     fused = cfg.get("fused_optimizer", False)
     settings.fused_optimizer = device.type == "cuda" if str(fused) == "auto" else bool(fused)
-    if precision == "auto" or str(channels_last) == "auto":
-        precisions = [precision] if precision != "auto" else (["fp32", "bf16"] if bf16_supported(device) else ["fp32"])
-        layouts = [bool(channels_last)] if str(channels_last) != "auto" else [False, True]
-        if device.type == "mps":
-            layouts = [False]
-        candidates = [(p, c) for p in precisions for c in layouts]
-        closely = dict(steps=2, rounds=5, batch=None) if _small(flops_per_image) else {}
-        (precision, channels_last), settings.tuning = autotune(model, loader, device, candidates, **closely)
-        logger.debug("autotune picked %s (examples/sec: %s)", candidate_name(precision, bool(channels_last)),
-                    ", ".join(f"{k} {v:.0f}" for k, v in settings.tuning.items()))
-    settings.precision, settings.channels_last = precision, bool(channels_last)
+    candidates = candidates_of(precision, channels_last, device)
+    question = tuning_question(cfg, device, deterministic, settings, candidates, flops_per_image)
+    choice = {"precision": candidates[0][0], "channels_last": candidates[0][1], "nhwc_weight_grads": []}
+    if not question:  # one candidate, convolutions not timed: nothing to decide
+        settings.precision, settings.channels_last = choice["precision"], choice["channels_last"]
+        return settings
+    if tunes:
+        def time_it() -> dict:
+            return time_choices(model, loader, device, question, candidates)
+
+        mode = str(cfg.get("autotune", "cached"))
+        entry, settings.autotune = decide({**(key or {}), **question, **hardware_key(device),
+                                           "torch": torch.__version__}, mode, time_it)
+        choice = entry["choice"]
+        settings.tuning = entry["timings"].get("tuning", {})
+        settings.conv_weight_grad_ratios = entry["timings"].get("conv_weight_grad_ratios", {})
+    settings.precision, settings.channels_last = choice["precision"], choice["channels_last"]
+    settings.nhwc_weight_grads = set_nhwc_weight_grads(model, choice["nhwc_weight_grads"])
     return settings
+
+
+def candidates_of(precision: str, channels_last, device: torch.device) -> list[tuple[str, bool]]:
+    """The (precision, channels_last) pairs ``auto`` values leave open on ``device`` (one when none is auto)."""
+    precisions = [precision] if precision != "auto" else (["fp32", "bf16"] if bf16_supported(device) else ["fp32"])
+    layouts = [bool(channels_last)] if str(channels_last) != "auto" else [False, True]
+    if device.type == "mps":
+        layouts = [False]
+    return [(p, c) for p in precisions for c in layouts]
+
+
+def tuning_question(cfg: DictConfig, device: torch.device, deterministic: bool, settings: SpeedSettings,
+                    candidates: list[tuple[str, bool]], flops_per_image: int) -> dict:
+    """What start-up timing has to decide for this run ({} when nothing): the (precision, layout)
+    candidates and whether the convolutions' weight-gradient layout is timed, with the settings that change
+    what is timed (compile, fast pooling, fused kernels, whether a small network is timed closely)."""
+    precision = candidates[0][0] if len(candidates) == 1 else "auto"
+    layout = candidates[0][1] if len(candidates) == 1 else "auto"
+    convs = _tunes_conv_weight_grads(cfg.get("conv_weight_grad", "auto"), layout, device, deterministic,
+                                     settings.compile, precision, flops_per_image)
+    if not convs and len(candidates) < 2:
+        return {}
+    return {"candidates": [candidate_name(*c) for c in candidates] if len(candidates) > 1 else [],
+            "conv_weight_grads": convs, "compile": settings.compile, "fast_pooling": settings.fast_pooling,
+            "fused_kernels": settings.fused_kernels, "closely": _small(flops_per_image)}
+
+
+def time_choices(model: nn.Module, loader: DeviceLoader, device: torch.device, question: dict,
+                 candidates: list[tuple[str, bool]]) -> dict:
+    """Time what ``question`` (:func:`tuning_question`) asks, on copies of ``model`` and a batch of
+    ``loader``: ``{"choice": {precision, channels_last, nhwc_weight_grads}, "timings": {tuning,
+    conv_weight_grad_ratios}}`` (one of ``candidates``, the (precision, channels_last) pairs). The random
+    number generators are left as they were, so a run that timed trains like one that read the decision
+    (dropout in a timed step draws from them)."""
+    chosen = {"precision": candidates[0][0], "channels_last": candidates[0][1]}
+    timings: dict = {}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if question["conv_weight_grads"]:
+            x, _ = next(loader.batches(epoch=0, limit=1))  # (B, C, H, W): this rank's batch size
+            ratios = time_conv_weight_grads(model, x, x.shape[0])
+            timings["conv_weight_grad_ratios"] = ratios
+            chosen["nhwc_weight_grads"] = set_nhwc_weight_grads(model, faster_in_nhwc(ratios))
+            logger.debug("convolution weight gradients from channels-last copies: %s (channels-last / ATen time: %s)",
+                         ", ".join(chosen["nhwc_weight_grads"]) or "none",
+                        ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+        if len(candidates) > 1:
+            closely = dict(steps=2, rounds=5, batch=None) if question["closely"] else {}
+            (chosen["precision"], chosen["channels_last"]), timings["tuning"] = autotune(
+                model, loader, device, candidates, **closely)
+            logger.debug("autotune picked %s (examples/sec: %s)",
+                        candidate_name(chosen["precision"], chosen["channels_last"]),
+                        ", ".join(f"{k} {v:.0f}" for k, v in timings["tuning"].items()))
+    chosen.setdefault("nhwc_weight_grads", [])
+    return {"choice": chosen, "timings": timings}
 
 
 def prepare_speed(cfg: DictConfig, device: torch.device, model: nn.Module, loaders: Sequence[DeviceLoader | None],
                   deterministic: bool, flops_per_image: int,
-                  agree: Callable[[SpeedSettings], SpeedSettings] = lambda s: s) -> SpeedSettings:
+                  agree: Callable[[SpeedSettings], SpeedSettings] = lambda s: s, key: dict | None = None,
+                  tunes: bool = True) -> SpeedSettings:
     """The run's speed settings, decided (:func:`resolve_speed`, timing what is ``auto`` on the training
-    loader, ``loaders[0]``) and applied to ``model`` and every loader (None: no such split). ``agree``
-    makes the settings every rank uses (under torchrun, rank 0's): each rank timed its own, so each
-    adopts the agreed layers and layout here."""
-    settings = agree(resolve_speed(cfg, device, model, loaders[0], deterministic, flops_per_image))
+    loader, ``loaders[0]``, or reading the kept decision for ``key``) and applied to ``model`` and every
+    loader (None: no such split). ``agree`` makes the settings every rank uses (under torchrun, rank 0's:
+    only rank 0 ``tunes``), so each rank adopts the agreed layers and layout here."""
+    settings = agree(resolve_speed(cfg, device, model, loaders[0], deterministic, flops_per_image, key, tunes))
     set_nhwc_weight_grads(model, settings.nhwc_weight_grads)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -229,13 +294,13 @@ def _small(flops_per_image: int) -> bool:
     return 0 < flops_per_image < SMALL_NETWORK_FLOPS
 
 
-def _tunes_conv_weight_grads(cfg: DictConfig, device: torch.device, deterministic: bool, compiled: bool,
+def _tunes_conv_weight_grads(option: str, channels_last, device: torch.device, deterministic: bool, compiled: bool,
                              precision: str, flops_per_image: int) -> bool:
     """device.conv_weight_grad=auto on the CPU, for a small network trained eagerly in fp32 NCHW (the only
-    case where the swapped layers differ), and not for deterministic runs (timings differ run to run)."""
-    return (str(cfg.get("conv_weight_grad", "auto")) == "auto" and device.type == "cpu" and not deterministic
-            and not compiled and precision in ("fp32", "auto") and str(cfg.channels_last) != "True"
-            and _small(flops_per_image))
+    case where the swapped layers differ; ``precision`` and ``channels_last`` may still be auto), and not
+    for deterministic runs (timings differ run to run)."""
+    return (str(option) == "auto" and device.type == "cpu" and not deterministic and not compiled
+            and precision in ("fp32", "auto") and str(channels_last) != "True" and _small(flops_per_image))
 
 
 def peak_matmul_flops(
