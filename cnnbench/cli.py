@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "eval": "evaluate a finished run: per-class figures, confusion matrix, mistakes (eval/ in the run folder)",
     "predict": "classify your own pictures with a trained run",
     "export": "write a trained run's network as ONNX or TorchScript, checked against PyTorch",
+    "track": "upload finished runs or sweeps to MLflow from their folders (pip install 'cnnbench[mlflow]')",
 }
 
 
@@ -92,6 +93,12 @@ def _cmd_export(args: Sequence[str]) -> int:
     return cmd_export(args)
 
 
+def _cmd_track(args: Sequence[str]) -> int:
+    from .tracking.upload import cmd_track
+
+    return cmd_track(args)
+
+
 HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": _cmd_train,
     "models": _cmd_models,
@@ -101,6 +108,7 @@ HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "eval": _cmd_eval,
     "predict": _cmd_predict,
     "export": _cmd_export,
+    "track": _cmd_track,
 }
 
 

@@ -26,6 +26,7 @@ from ..run.distributed import broadcast_object, current, init_from_env, launched
 from ..run.resume import check_resume
 from ..run.validate import validate_config
 from ..runfolder.lock import run_folder_lock
+from ..tracking.live import end_sweep, start_sweep
 from .sweeps import (
     REFUSED_STATUS,
     RESUME_SWEEP_KEY,
@@ -209,6 +210,9 @@ def hydra_main(args: Sequence[str]) -> int:
         outcomes.append({k: summary.get(k) for k in ("status", "error", "run_dir")})
         return sweep_objective(summary)  # what Optuna maximizes
 
+    tracked = _sweep_config(args) if multirun else None
+    if tracked is not None:  # the sweep's parent run, before its jobs (parallel launchers) look for it
+        start_sweep(tracked, Path(out_dir))
     with contextlib.ExitStack() as held:
         if not multirun:  # before Hydra writes anything into the folder
             _claim_run_folder(Path(_given(args, "hydra.run.dir") or out_dir), args, held)
@@ -217,8 +221,19 @@ def hydra_main(args: Sequence[str]) -> int:
         finally:
             shutdown()
     if multirun:
-        return exit_code(merge_outcomes(sweep_outcomes(Path(out_dir)), outcomes), multirun=True)
+        merged = merge_outcomes(sweep_outcomes(Path(out_dir)), outcomes)
+        if tracked is not None:
+            end_sweep(tracked, Path(out_dir), merged)
+        return exit_code(merged, multirun=True)
     return exit_code(outcomes, multirun=False)
+
+
+def _sweep_config(args: Sequence[str]) -> DictConfig | None:
+    """The first job's config when the sweep logs to MLflow (``logger=mlflow``), else None."""
+    from ..config import compose_config
+
+    cfg = compose_config(_jobs(args)[0])
+    return cfg if cfg.get("logger") is not None and cfg.logger.get("name") == "mlflow" else None
 
 
 def _claim_run_folder(run_dir: Path, args: Sequence[str], held: contextlib.ExitStack) -> None:
