@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +32,8 @@ logger = logging.getLogger(__name__)
 
 # Loggers whose INFO lines ("Creating initial MLflow database tables...", alembic's "Running upgrade ...",
 # "View run ... at ...") are not the run's business: warnings only.
-CHATTY_LOGGERS = ("mlflow", "alembic", "alembic.runtime.migration", "urllib3.connectionpool")
+CHATTY_LOGGERS = ("mlflow", "alembic", "alembic.runtime.migration")
+RETRY_LOGGER = "urllib3.connectionpool"  # "Retrying (Retry(total=0 ...)) after connection broken ...": errors only
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_TAG = "cnnbench.sweep"
 
@@ -46,6 +48,21 @@ def quiet_mlflow(timeout_s: float, retries: int) -> None:
 
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger(RETRY_LOGGER).setLevel(logging.ERROR)
+
+
+def failure_reason(exc: BaseException, limit: int = 200) -> str:
+    """A tracker's failure in a few words: MLflow's message for a refused connection repeats the URL
+    three times and ends in urllib3's object reprs; its cause is enough."""
+    text = " ".join(str(exc).split())
+    for pattern, words in ((r"Failed to establish a new connection: \[Errno -?\d+\] ([\w .-]+)", "cannot connect: {}"),
+                           (r"(Read timed out|Connect timeout|timed out)", "no answer: {}"),
+                           (r"Name or service not known|nodename nor servname", "unknown host")):
+        found = re.search(pattern, text)
+        if found:
+            return words.format(*found.groups()) if found.groups() else words
+    text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Tracker:

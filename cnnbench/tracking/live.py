@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from .client import PARENT_TAG, Tracker, quiet_mlflow
+from .client import PARENT_TAG, Tracker, failure_reason, quiet_mlflow
 from .record import (
     Point,
     experiment_name,
@@ -125,7 +125,7 @@ class MlflowTracker:
             try:
                 call()
             except Exception as exc:  # any failure of the tracker is the tracker's, never the run's
-                self._warn(f"{type(exc).__name__}: {_short(str(exc))}")
+                self._warn(failure_reason(exc))
 
     def _warn(self, reason: str) -> None:
         if self.warning is not None:
@@ -133,11 +133,6 @@ class MlflowTracker:
         self.warning = (f"MLflow logging to {self.uri} stopped ({reason}); the run goes on and its folder is "
                         f"complete: upload it later with `cnnbench track {self.run_dir}`")
         logger.warning("%s", self.warning)
-
-
-def _short(text: str, limit: int = 300) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def open_tracker(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> NoTracker | MlflowTracker:
@@ -163,8 +158,8 @@ def start_sweep(cfg: DictConfig, sweep_dir: Path) -> str | None:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         return Tracker(uri).open_sweep(sweep_dir, experiment_name(logger_cfg.experiment, sweep_dir))
     except Exception as exc:
-        logger.warning("MLflow: the sweep's parent run could not be opened at %s (%s: %s)", uri,
-                       type(exc).__name__, _short(str(exc)))
+        logger.warning("MLflow: the sweep's parent run could not be opened at %s (%s); each job tries on its own",
+                       uri, failure_reason(exc))
         return None
 
 
@@ -181,8 +176,7 @@ def end_sweep(cfg: DictConfig, sweep_dir: Path, outcomes: list[dict[str, Any]]) 
         tracker = Tracker(uri)
         end_parent(tracker, ids["run_id"], sweep_dir, outcomes)
     except Exception as exc:
-        logger.warning("MLflow: the sweep's parent run could not be closed at %s (%s: %s)", uri,
-                       type(exc).__name__, _short(str(exc)))
+        logger.warning("MLflow: the sweep's parent run could not be closed at %s (%s)", uri, failure_reason(exc))
 
 
 def end_parent(tracker: Tracker, run_id: str, sweep_dir: Path, outcomes: list[dict[str, Any]]) -> None:

@@ -26,7 +26,8 @@ TRACKING_IDS = "mlflow.json"  # in a run or sweep folder: {tracking URI: {"exper
 SWEEP_RECORD = "multirun.yaml"  # Hydra's record of a sweep, in the sweep folder
 DEFAULT_EXPERIMENT = "cnnbench"
 DEFAULT_STORE = Path("outputs") / "mlflow.db"  # under the current folder, beside Hydra's outputs/DATE/...
-ARTIFACTS_DIR = "mlartifacts"  # beside a local SQLite store: the artifacts of its runs
+ARTIFACTS_DIR = ".mlflow-artifacts"  # beside a local SQLite store: its runs' artifacts (hidden: a walk for
+# run folders, cnnbench report outputs/, must not take their copies of summary.json for runs)
 CONFUSION_PICTURE = "confusion_test.png"
 LOG_FILE = "train.log"  # Hydra's job log (hydra.job.name=train)
 EXPORT_DIR = "export"  # cnnbench export's default folder

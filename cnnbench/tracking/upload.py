@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..runfolder.lock import holder_of
 from ..runfolder.names import CONFIG, SUMMARY, find_run_folders, read_summary
-from .client import PARENT_TAG, Tracker, quiet_mlflow
+from .client import PARENT_TAG, Tracker, failure_reason, quiet_mlflow
 from .live import end_parent
 from .record import (
     FolderRun,
@@ -73,7 +73,7 @@ def cmd_track(args: Sequence[str]) -> int:
             print(upload_run(tracker, run, ns.experiment or _configured(run, "experiment"), ns.model, sweeps))
             uploaded += 1
         except Exception as exc:  # the store's failure: say which run, stop (the next would fail the same way)
-            print(f"failed {run_dir}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+            print(f"failed {run_dir}: {failure_reason(exc)}")
             print(f"{uploaded} of {len(runs)} runs uploaded to {uri}")
             return 1
     for (uri, sweep_dir), (parent, _) in sweeps.items():
