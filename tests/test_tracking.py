@@ -25,7 +25,11 @@ from cnnbench.tracking.record import TRACKING_IDS, metric_points, params_of  # n
 
 from .conftest import compose_fast, fast_overrides  # noqa: E402
 
-FAST = ("trainer.batch_size=32", "trainer.epochs=1", "trainer.limit_train_batches=4", "trainer.logs_per_epoch=2")
+# MLflow's SQLite store and SQLAlchemy 2.1 (not ours to fix)
+pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
+
+FAST = ("trainer.batch_size=32", "trainer.epochs=1", "trainer.limit_train_batches=4", "trainer.limit_eval_batches=2",
+        "trainer.logs_per_epoch=2")
 
 
 @pytest.fixture(scope="session")
@@ -167,6 +171,21 @@ def test_a_resumed_run_continues_the_same_mlflow_run(fake_data, tmp_path, store)
     assert [s for s, _ in history(c, first, "train/loss")] == [2, 4, 6, 8]  # no point twice
     assert run.data.params["epochs"] == "1"  # a param is written once: the first start's value stays
     assert run.data.tags["resumes"] == "1"
+
+
+def test_a_fresh_start_in_a_used_folder_is_a_new_mlflow_run(fake_data, tmp_path, store):
+    """Only a resume continues the folder's run (a failed sweep job rerun from scratch is a new attempt)."""
+    from cnnbench.tracking.record import write_ids
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    c = client(store)
+    old = c.create_run(c.create_experiment("cnnbench")).info.run_id
+    write_ids(run_dir, store, "1", old)
+    assert train(compose_fast(fake_data, "logger=mlflow", f"logger.tracking_uri={store}", *FAST),
+                 run_dir)["status"] == "completed"
+    assert run_id_of(run_dir, store) != old
+    assert history(c, old, "train/loss") == [] and len(history(c, run_id_of(run_dir, store), "train/loss")) == 2
 
 
 def tracker_warnings(caplog) -> list[str]:

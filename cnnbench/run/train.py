@@ -79,7 +79,7 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path |
         try:
             record_dir = _start_records(cfg, run_dir) if main else None
             if main:  # before the build: a run that fails to start is tracked too
-                tracker = open_tracker(cfg, run_dir, overrides)
+                tracker = open_tracker(cfg, run_dir, overrides, resuming=resume_from is not None)
             run = build_run(cfg, run_dir, ctx)
             _warn_low_space(run)
             if resume_from is not None:

@@ -85,10 +85,12 @@ class Tracker:
             self.client.restore_experiment(found.experiment_id)
         return found.experiment_id
 
-    def open_run(self, folder: Path, experiment: str, tags: dict[str, str] | None = None) -> tuple[str, bool]:
+    def open_run(self, folder: Path, experiment: str, tags: dict[str, str] | None = None,
+                 resume: bool = True) -> tuple[str, bool]:
         """The MLflow run of a run or sweep folder: the one its ``mlflow.json`` names in this store, set
-        running again, or a new one named by the folder. Returns (run id, continued)."""
-        ids = read_ids(folder, self.uri)
+        running again, or (and always when not ``resume``: a fresh start in a used folder) a new one named
+        by the folder. Returns (run id, continued)."""
+        ids = read_ids(folder, self.uri) if resume else None
         if ids is not None and self._active(ids["run_id"]):
             self.client.update_run(ids["run_id"], status="RUNNING")
             if tags:

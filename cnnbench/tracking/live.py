@@ -52,7 +52,8 @@ class NoTracker:
 class MlflowTracker:
     """One run's MLflow logging, on a worker thread (see the module's docstring)."""
 
-    def __init__(self, logger_cfg: DictConfig, cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:
+    def __init__(self, logger_cfg: DictConfig, cfg: DictConfig, run_dir: Path, overrides: list[str],
+                 resuming: bool) -> None:
         self.uri = resolve_tracking_uri(logger_cfg.tracking_uri)
         self.run_dir = run_dir
         self.with_model = bool(logger_cfg.log_model)
@@ -67,7 +68,7 @@ class MlflowTracker:
         logger.info("MLflow: experiment '%s' at %s; to browse: %s", experiment, self.uri, ui_command(self.uri))
         self._thread = threading.Thread(target=self._work, name="cnnbench-mlflow", daemon=True)
         self._thread.start()
-        self._submit(lambda: self._open(logger_cfg, cfg, overrides, experiment, sweep_dir))
+        self._submit(lambda: self._open(logger_cfg, cfg, overrides, experiment, sweep_dir, resuming))
 
     # ------------------------------------------------------------------------ the training thread
 
@@ -102,14 +103,14 @@ class MlflowTracker:
     # ------------------------------------------------------------------------ the worker thread
 
     def _open(self, logger_cfg: DictConfig, cfg: DictConfig, overrides: list[str], experiment: str,
-              sweep_dir: Path | None) -> None:
+              sweep_dir: Path | None, resuming: bool) -> None:
         quiet_mlflow(float(logger_cfg.timeout_s), int(logger_cfg.retries))
         self._tracker = Tracker(self.uri)
         tags = {}
         if sweep_dir is not None:
             parent = read_ids(sweep_dir, self.uri)  # the launcher opened it; else open it here
             tags[PARENT_TAG] = parent["run_id"] if parent else self._tracker.open_sweep(sweep_dir, experiment)
-        self.run_id, continued = self._tracker.open_run(self.run_dir, experiment, tags)
+        self.run_id, continued = self._tracker.open_run(self.run_dir, experiment, tags, resume=resuming)
         changed = self._tracker.log_params(self.run_id, params_of(cfg, overrides))
         if continued:
             logger.info("MLflow: continuing run %s%s", self.run_id,
@@ -135,12 +136,13 @@ class MlflowTracker:
         logger.warning("%s", self.warning)
 
 
-def open_tracker(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> NoTracker | MlflowTracker:
-    """The run's tracker: MLflow with ``logger=mlflow``, else nothing beyond the run folder."""
+def open_tracker(cfg: DictConfig, run_dir: Path, overrides: list[str], resuming: bool) -> NoTracker | MlflowTracker:
+    """The run's tracker: MLflow with ``logger=mlflow``, else nothing beyond the run folder. A run that
+    resumes from a checkpoint continues its folder's MLflow run; a fresh start gets a new one."""
     logger_cfg = cfg.get("logger")
     if logger_cfg is None or logger_cfg.get("name") != "mlflow":
         return NoTracker()
-    return MlflowTracker(logger_cfg, cfg, run_dir, overrides)
+    return MlflowTracker(logger_cfg, cfg, run_dir, overrides, resuming)
 
 
 # ------------------------------------------------------------------------------------------- sweeps
