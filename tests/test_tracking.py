@@ -262,27 +262,37 @@ def test_a_tracker_that_never_answers_does_not_hold_the_run(fake_data, tmp_path,
 def test_track_uploads_a_sweep_under_one_parent_run(tmp_path, store, capsys):
     """A sweep folder (Hydra's multirun.yaml and its jobs, here written by hand) is one experiment named
     by the folder, its jobs children of a parent run named by it."""
+    from omegaconf import OmegaConf
+
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     (sweep / "multirun.yaml").write_text("hydra: {}\n")
-    for i, lr in enumerate((0.1, 0.3)):
-        job = sweep / f"{i}_optimizer.lr={lr}"
-        (job / ".hydra").mkdir(parents=True)
+
+    def job(i: int, lr: float) -> Path:
+        folder = sweep / f"{i}_optimizer.lr={lr}"
+        (folder / ".hydra").mkdir(parents=True)
         cfg = compose_fast("/nonexistent", f"optimizer.lr={lr}")
-        (job / ".hydra" / "config.yaml").write_text(__import__("omegaconf").OmegaConf.to_yaml(cfg))
-        (job / "summary.json").write_text(json.dumps({"status": "completed", "model": "lenet", "steps": 2,
-                                                      "overrides": [f"optimizer.lr={lr}"], "test/acc": lr}))
-        (job / "metrics.jsonl").write_text(json.dumps({"kind": "epoch", "step": 2, "epoch": 1, "test/acc": lr,
-                                                       "time": 1.5e9}) + "\n")
+        (folder / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        (folder / "summary.json").write_text(json.dumps({"status": "completed", "model": "lenet", "steps": 2,
+                                                         "overrides": [f"optimizer.lr={lr}"], "test/acc": lr}))
+        (folder / "metrics.jsonl").write_text(json.dumps({"kind": "epoch", "step": 2, "epoch": 1, "test/acc": lr,
+                                                          "time": 1.5e9}) + "\n")
+        return folder
+
+    job(0, 0.1)
+    job(1, 0.3)
     assert main(["track", str(sweep), "--tracking-uri", store]) == 0
+    # a job added later, tracked on its own and into another experiment name: it joins its parent's
+    assert main(["track", str(job(2, 0.9)), "--tracking-uri", store, "--experiment", "elsewhere"]) == 0
     c = client(store)
     experiment = c.get_experiment_by_name(str(sweep))
     runs = {r.info.run_name: r for r in c.search_runs([experiment.experiment_id])}
-    assert set(runs) == {"sweep", "0_optimizer.lr=0.1", "1_optimizer.lr=0.3"}
+    assert set(runs) == {"sweep", "0_optimizer.lr=0.1", "1_optimizer.lr=0.3", "2_optimizer.lr=0.9"}
     parent = runs.pop("sweep")
-    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/completed"] == 2
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/completed"] == 3
     assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
-    assert {r.data.params["lr"]: r.data.metrics["test/acc"] for r in runs.values()} == {"0.1": 0.1, "0.3": 0.3}
+    assert {r.data.params["lr"]: r.data.metrics["test/acc"] for r in runs.values()} == {
+        "0.1": 0.1, "0.3": 0.3, "0.9": 0.9}
     assert "multirun.yaml" in artifacts(c, parent.info.run_id)
 
 

@@ -164,7 +164,10 @@ def flat_config(node: Any, prefix: str = "") -> dict[str, Any]:
 def params_of(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
     """The run's params: TensorBoard's HParams (``model``, ``lr``, ``batch_size`` ... and every other
     override) and the rest of the resolved config under its dotted keys (one name per setting)."""
-    params = {k: _text(v) for k, v in hparams_of(cfg, overrides).items()}
+    try:
+        params = {k: _text(v) for k, v in hparams_of(cfg, overrides).items()}
+    except Exception:  # a config of an older cnnbench without one of the keys: its dotted keys still go
+        params = {}
     for key, value in flat_config(cfg).items():
         if key not in params and HPARAM_ALIASES.get(key) not in params:
             params[key] = _text(value)
