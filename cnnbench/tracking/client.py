@@ -96,7 +96,8 @@ class Tracker:
             if tags:
                 self.set_tags(ids["run_id"], tags)
             return ids["run_id"], True
-        experiment_id = self.experiment_id(experiment)
+        parent = (tags or {}).get(PARENT_TAG)  # a sweep's job goes where its parent run is
+        experiment_id = self.client.get_run(parent).info.experiment_id if parent else self.experiment_id(experiment)
         run = self.client.create_run(experiment_id, run_name=Path(folder).name, tags={
             "cnnbench.folder": folder_label(folder), "mlflow.source.name": "cnnbench", **(tags or {})})
         write_ids(folder, self.uri, experiment_id, run.info.run_id)
