@@ -84,7 +84,7 @@ def artifact_root(uri: str) -> str | None:
 
 def ui_command(uri: str) -> str:
     """The command that shows a store's runs in a browser."""
-    return f"mlflow ui --backend-store-uri {uri}" if local_store_path(uri) else f"open {uri}"
+    return f"mlflow ui --backend-store-uri {uri}" if local_store_path(uri) else uri
 
 
 def read_ids(folder: Path, uri: str) -> dict[str, str] | None:
