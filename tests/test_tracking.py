@@ -210,8 +210,10 @@ def test_a_refusing_tracker_is_one_warning_and_the_run_completes(fake_data, tmp_
     assert not (run_dir / TRACKING_IDS).exists()
     (run_dir / ".hydra").mkdir()  # what the command line would have written
     (run_dir / ".hydra" / "config.yaml").write_text(__import__("omegaconf").OmegaConf.to_yaml(cfg))
+    tracked_at = time.time() * 1000
     assert main(["track", str(run_dir), "--tracking-uri", store]) == 0
     run = client(store).get_run(run_id_of(run_dir, store))
+    assert run.info.start_time < run.info.end_time <= tracked_at  # when it trained, not when it was uploaded
     assert [s for s, _ in history(client(store), run.info.run_id, "test/acc")] == [4, 8]
     assert run.data.params["model"] == "lenet" and run.info.status == "FINISHED"
     assert main(["track", str(run_dir)]) == 1  # its own logger.tracking_uri still refuses: one line

@@ -86,10 +86,10 @@ class Tracker:
         return found.experiment_id
 
     def open_run(self, folder: Path, experiment: str, tags: dict[str, str] | None = None,
-                 resume: bool = True) -> tuple[str, bool]:
+                 resume: bool = True, start_ms: int | None = None) -> tuple[str, bool]:
         """The MLflow run of a run or sweep folder: the one its ``mlflow.json`` names in this store, set
         running again, or (and always when not ``resume``: a fresh start in a used folder) a new one named
-        by the folder. Returns (run id, continued)."""
+        by the folder, started at ``start_ms`` (default: now). Returns (run id, continued)."""
         ids = read_ids(folder, self.uri) if resume else None
         if ids is not None and self._active(ids["run_id"]):
             self.client.update_run(ids["run_id"], status="RUNNING")
@@ -98,7 +98,7 @@ class Tracker:
             return ids["run_id"], True
         parent = (tags or {}).get(PARENT_TAG)  # a sweep's job goes where its parent run is
         experiment_id = self.client.get_run(parent).info.experiment_id if parent else self.experiment_id(experiment)
-        run = self.client.create_run(experiment_id, run_name=Path(folder).name, tags={
+        run = self.client.create_run(experiment_id, start_time=start_ms, run_name=Path(folder).name, tags={
             "cnnbench.folder": folder_label(folder), "mlflow.source.name": "cnnbench", **(tags or {})})
         write_ids(folder, self.uri, experiment_id, run.info.run_id)
         return run.info.run_id, False
@@ -116,8 +116,8 @@ class Tracker:
         run_id, _ = self.open_run(sweep_dir, experiment, tags={SWEEP_TAG: "true"})
         return run_id
 
-    def end(self, run_id: str, status: str) -> None:
-        self.client.set_terminated(run_id, status=status)
+    def end(self, run_id: str, status: str, end_ms: int | None = None) -> None:
+        self.client.set_terminated(run_id, status=status, end_time=end_ms)
 
     # ------------------------------------------------------------------------ writes
 
@@ -170,5 +170,5 @@ class Tracker:
             if picture is not None:
                 self.client.log_artifact(run_id, str(picture))
                 uploaded += 1
-        self.end(run_id, run_status(summary))
+        self.end(run_id, run_status(summary), timestamp_ms)
         return uploaded

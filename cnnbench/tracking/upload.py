@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -100,13 +101,16 @@ def upload_run(tracker: Tracker, run: FolderRun, experiment: str | None, with_mo
         if key not in sweeps:
             sweeps[key] = (tracker.open_sweep(sweep_dir, name), name)
         tags[PARENT_TAG] = sweeps[key][0]
-    run_id, continued = tracker.open_run(run.run_dir, name, tags)
+    summary_file = run.run_dir / SUMMARY
+    end_ms = int((summary_file.stat().st_mtime if summary_file.is_file() else time.time()) * 1000)
+    wall_s = run.summary.get("wall_time_s")
+    start_ms = end_ms - int(wall_s * 1000) if isinstance(wall_s, (int, float)) else None  # when it trained
+    run_id, continued = tracker.open_run(run.run_dir, name, tags, start_ms=start_ms)
     overrides = [str(o) for o in run.summary.get("overrides") or []]
     params = params_of(run.config, overrides) if run.config is not None else {}
     tracker.log_params(run_id, params)
     points = metric_points(run.records, run.default_time)
     tracker.log_points(run_id, points)
-    end_ms = int(((run.run_dir / SUMMARY).stat().st_mtime if (run.run_dir / SUMMARY).is_file() else 0) * 1000)
     artifacts = tracker.finish_run(run_id, run.run_dir, run.summary, with_model, end_ms)
     return (f"{'continued' if continued else 'uploaded'} {run.run_dir} -> run {run_id} in experiment '{name}' "
             f"({run.summary.get('status', 'no summary')}: {len(params)} params, {len(points)} metric points, "
