@@ -247,10 +247,22 @@ def silent_server():
     server.close()
 
 
-def test_a_tracker_that_never_answers_does_not_hold_the_run(fake_data, tmp_path, silent_server, caplog):
+def test_a_tracker_that_never_answers_does_not_hold_the_run(fake_data, tmp_path, silent_server, caplog,
+                                                           monkeypatch):
     """Requests wait on the worker thread only: with a 30 s request timeout the run ends as fast as
-    ever, its end waits logger.finish_timeout_s for the tracker, and says so once."""
+    ever, its end waits logger.finish_timeout_s for the tracker, and says so once. The worker starts
+    after the build (MLflow's import beside the build would skew its autotuning timings)."""
+    import cnnbench.run.train as train_module
+
     caplog.set_level(logging.INFO)
+    beside_build = []
+
+    def build_run(*args, **kwargs):
+        beside_build.extend(t.name for t in threading.enumerate() if t.name == "cnnbench-mlflow")
+        return real_build(*args, **kwargs)
+
+    real_build = train_module.build_run
+    monkeypatch.setattr(train_module, "build_run", build_run)
     cfg = compose_fast(fake_data, "logger=mlflow", f"logger.tracking_uri={silent_server}", "logger.timeout_s=30",
                        "logger.retries=0", "logger.finish_timeout_s=0.5", *FAST)
     start = time.perf_counter()
@@ -259,6 +271,7 @@ def test_a_tracker_that_never_answers_does_not_hold_the_run(fake_data, tmp_path,
     assert time.perf_counter() - start < 25  # not the 30 s a request waits
     (warning,) = tracker_warnings(caplog)
     assert "did not finish within 0.5 s" in warning
+    assert beside_build == []
 
 
 def test_track_uploads_a_sweep_under_one_parent_run(tmp_path, store, capsys):

@@ -88,6 +88,7 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path |
                     trim_metrics(run_dir, run.state.step)
             # The run's clock: wall seconds since it first started, earlier segments of a resumed run included.
             run.clock_start = time.perf_counter() - run.state.wall_time_s
+            tracker.start()  # after the build's autotuning: the tracker's set-up would skew its timings
             rlog = RunLogger(run_dir, enabled=main, purge_step=run.state.step + 1 if resume_from else None,
                              tracker=tracker)
             if resume_from is None:

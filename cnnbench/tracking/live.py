@@ -42,6 +42,9 @@ class NoTracker:
 
     warning: str | None = None
 
+    def start(self) -> None:
+        pass
+
     def log(self, kind: str, record: dict[str, Any]) -> None:
         pass
 
@@ -67,10 +70,15 @@ class MlflowTracker:
         experiment = experiment_name(logger_cfg.experiment, sweep_dir)
         logger.info("MLflow: experiment '%s' at %s; to browse: %s", experiment, self.uri, ui_command(self.uri))
         self._thread = threading.Thread(target=self._work, name="cnnbench-mlflow", daemon=True)
-        self._thread.start()
         self._submit(lambda: self._open(logger_cfg, cfg, overrides, experiment, sweep_dir, resuming))
 
     # ------------------------------------------------------------------------ the training thread
+
+    def start(self) -> None:
+        """Start sending, once the run is built: MLflow's import and the store's set-up (seconds of CPU
+        the first time) must not run beside the build's autotuning, whose timings they would skew."""
+        if not self._thread.is_alive() and self._thread.ident is None:
+            self._thread.start()
 
     def log(self, kind: str, record: dict[str, Any]) -> None:
         """Queue one metrics.jsonl record; send the queue at an epoch's end or after FLUSH_S seconds."""
@@ -83,6 +91,7 @@ class MlflowTracker:
     def finish(self, summary: dict[str, Any]) -> None:
         """The end of the run (after summary.json is written): the rest of the points, final figures,
         tags, artifacts and status; waits up to ``finish_timeout_s`` for the worker, never raises."""
+        self.start()  # a run that failed to build is recorded too
         self._send_pending()
         stamp = int(time.time() * 1000)
         self._submit(lambda: self._tracker.finish_run(self.run_id, self.run_dir, summary, self.with_model, stamp))
