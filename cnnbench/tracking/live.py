@@ -70,13 +70,21 @@ class MlflowTracker:
         experiment = experiment_name(logger_cfg.experiment, sweep_dir)
         logger.info("MLflow: experiment '%s' at %s; to browse: %s", experiment, self.uri, ui_command(self.uri))
         self._thread = threading.Thread(target=self._work, name="cnnbench-mlflow", daemon=True)
-        self._submit(lambda: self._open(logger_cfg, cfg, overrides, experiment, sweep_dir, resuming))
+        # MLflow's import and the client (a local store opened, its tables made the first time) are ~2 s of
+        # CPU-bound Python, done here, before the run starts: on the worker they would hold the GIL beside
+        # the training loop. They touch no server; requests go from the worker.
+        try:
+            quiet_mlflow(float(logger_cfg.timeout_s), int(logger_cfg.retries))
+            self._tracker = Tracker(self.uri)
+        except Exception as exc:  # a broken local store, a bad URI: the tracker's problem, never the run's
+            self._warn(failure_reason(exc))
+        self._submit(lambda: self._open(cfg, overrides, experiment, sweep_dir, resuming))
 
     # ------------------------------------------------------------------------ the training thread
 
     def start(self) -> None:
-        """Start sending, once the run is built: MLflow's import and the store's set-up (seconds of CPU
-        the first time) must not run beside the build's autotuning, whose timings they would skew."""
+        """Start sending, once the run is built: the worker's requests must not run beside the build's
+        autotuning, whose timings they would skew."""
         if not self._thread.is_alive() and self._thread.ident is None:
             self._thread.start()
 
@@ -111,10 +119,8 @@ class MlflowTracker:
 
     # ------------------------------------------------------------------------ the worker thread
 
-    def _open(self, logger_cfg: DictConfig, cfg: DictConfig, overrides: list[str], experiment: str,
-              sweep_dir: Path | None, resuming: bool) -> None:
-        quiet_mlflow(float(logger_cfg.timeout_s), int(logger_cfg.retries))
-        self._tracker = Tracker(self.uri)
+    def _open(self, cfg: DictConfig, overrides: list[str], experiment: str, sweep_dir: Path | None,
+              resuming: bool) -> None:
         tags = {}
         if sweep_dir is not None:
             parent = read_ids(sweep_dir, self.uri)  # the launcher opened it; else open it here

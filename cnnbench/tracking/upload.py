@@ -10,6 +10,7 @@ server (``--tracking-uri``). A sweep folder's jobs go under the sweep's parent r
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import time
 from collections.abc import Sequence
@@ -52,6 +53,8 @@ def cmd_track(args: Sequence[str]) -> int:
     parser.add_argument("--model", action="store_true", help="also upload best.pt (or last.pt) and export/")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request to a server (default 10)")
     ns = parser.parse_args(args)
+    if importlib.util.find_spec("mlflow") is None:
+        raise ConfigError("cnnbench track needs MLflow, which is not installed: pip install 'cnnbench[mlflow]'")
     runs = []
     for folder in ns.folders:
         found = find_run_folders(folder) if folder.is_dir() else []
