@@ -275,19 +275,19 @@ def test_a_tracker_that_never_answers_does_not_hold_the_run(fake_data, tmp_path,
 
 
 def test_track_uploads_a_sweep_under_one_parent_run(tmp_path, store, capsys):
-    """A sweep folder (Hydra's multirun.yaml and its jobs, here written by hand) is one experiment named
-    by the folder, its jobs children of a parent run named by it."""
+    """A sweep folder (jobs of a multirun, here written by hand; no multirun.yaml, as under the Optuna
+    sweeper) is one experiment named by the folder, its jobs children of a parent run named by it."""
     from omegaconf import OmegaConf
 
     sweep = tmp_path / "sweep"
     sweep.mkdir()
-    (sweep / "multirun.yaml").write_text("hydra: {}\n")
 
     def job(i: int, lr: float) -> Path:
         folder = sweep / f"{i}_optimizer.lr={lr}"
         (folder / ".hydra").mkdir(parents=True)
         cfg = compose_fast("/nonexistent", f"optimizer.lr={lr}")
         (folder / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        (folder / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
         (folder / "summary.json").write_text(json.dumps({"status": "completed", "model": "lenet", "steps": 2,
                                                          "overrides": [f"optimizer.lr={lr}"], "test/acc": lr}))
         (folder / "metrics.jsonl").write_text(json.dumps({"kind": "epoch", "step": 2, "epoch": 1, "test/acc": lr,
@@ -308,7 +308,6 @@ def test_track_uploads_a_sweep_under_one_parent_run(tmp_path, store, capsys):
     assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
     assert {r.data.params["lr"]: r.data.metrics["test/acc"] for r in runs.values()} == {
         "0.1": 0.1, "0.3": 0.3, "0.9": 0.9}
-    assert "multirun.yaml" in artifacts(c, parent.info.run_id)
 
 
 @pytest.mark.slow  # four jobs through Hydra (~6 s)
@@ -323,6 +322,7 @@ def test_a_2x2_sweep_is_one_experiment_with_a_parent_run(fake_data, tmp_path, st
     runs = {r.info.run_name: r for r in c.search_runs([experiment.experiment_id])}
     parent = runs.pop(sweep.name)
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/jobs"] == 4
+    assert "multirun.yaml" in artifacts(c, parent.info.run_id)
     assert sorted(runs) == ["0_model=lenet,optimizer.lr=0.1", "1_model=lenet,optimizer.lr=0.3",
                             "2_model=lenet_bn,optimizer.lr=0.1", "3_model=lenet_bn,optimizer.lr=0.3"]
     for name, run in runs.items():

@@ -113,9 +113,19 @@ def write_ids(folder: Path, uri: str, experiment_id: str, run_id: str) -> None:
 
 
 def sweep_dir_of(run_dir: Path) -> Path | None:
-    """The sweep folder a run folder belongs to (Hydra's multirun.yaml beside it), or None."""
+    """The sweep folder a run folder belongs to, or None: the folder above a job of a multirun (its
+    ``.hydra/hydra.yaml`` says ``mode: MULTIRUN``; searching sweepers such as Optuna's write no
+    multirun.yaml), or one that holds Hydra's multirun.yaml."""
+    import yaml
+
     parent = Path(run_dir).parent
-    return parent if (parent / SWEEP_RECORD).is_file() else None
+    if (parent / SWEEP_RECORD).is_file():
+        return parent
+    try:
+        mode = yaml.safe_load((Path(run_dir) / HYDRA_DIR / "hydra.yaml").read_text())["hydra"]["mode"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return parent if str(mode) == "MULTIRUN" else None
 
 
 def folder_label(folder: Path) -> str:
