@@ -151,6 +151,12 @@ def test_track_records_what_the_live_run_recorded(logged_run, store, capsys):
     assert "continued" in capsys.readouterr().out
     assert history(tracked, b.info.run_id, "train/loss") == before  # no second copy of any point
     assert len(tracked.search_runs([b.info.experiment_id])) == 1
+    # into the store the run logged to live: the same run, and still one point per step of every metric
+    assert main(["track", str(run_dir), "--tracking-uri", live_uri]) == 0
+    assert run_id_of(run_dir, live_uri) == a.info.run_id
+    for key in a.data.metrics:
+        points = history(live, a.info.run_id, key)
+        assert len(points) == len({s for s, _ in points}), key
 
 
 def test_a_resumed_run_continues_the_same_mlflow_run(fake_data, tmp_path, store):

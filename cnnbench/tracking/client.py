@@ -24,6 +24,7 @@ from .record import (
     folder_label,
     read_ids,
     run_status,
+    summary_time_ms,
     tags_of,
     write_ids,
 )
@@ -151,11 +152,11 @@ class Tracker:
 
     # ------------------------------------------------------------------------ the end of a run
 
-    def finish_run(self, run_id: str, run_dir: Path, summary: dict[str, Any], with_model: bool,
-                   timestamp_ms: int) -> int:
+    def finish_run(self, run_id: str, run_dir: Path, summary: dict[str, Any], with_model: bool) -> int:
         """What a run records once it has ended, from its folder and summary: final figures, tags,
         artifacts (summary.json, metrics.jsonl, the log, ``.hydra``, the confusion picture, optionally the
-        model), then its status. Returns the number of artifacts uploaded."""
+        model), then its status, at the time summary.json was written. Returns the number of artifacts."""
+        timestamp_ms = summary_time_ms(run_dir)
         self.log_metrics(run_id, final_metrics(summary), int(summary.get("steps") or 0), timestamp_ms)
         self.set_tags(run_id, tags_of(summary))
         uploaded = 0

@@ -101,8 +101,7 @@ class MlflowTracker:
         tags, artifacts and status; waits up to ``finish_timeout_s`` for the worker, never raises."""
         self.start()  # a run that failed to build is recorded too
         self._send_pending()
-        stamp = int(time.time() * 1000)
-        self._submit(lambda: self._tracker.finish_run(self.run_id, self.run_dir, summary, self.with_model, stamp))
+        self._submit(lambda: self._tracker.finish_run(self.run_id, self.run_dir, summary, self.with_model))
         self._queue.put(None)
         self._thread.join(self.finish_timeout_s)
         if self._thread.is_alive():

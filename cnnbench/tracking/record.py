@@ -243,6 +243,17 @@ def tags_of(summary: dict[str, Any]) -> dict[str, str]:
     return tags
 
 
+def summary_time_ms(run_dir: Path) -> int:
+    """When the run ended: summary.json's last write (now when it has none), in milliseconds. The final
+    figures are stamped with it, live or uploaded later, so that the two give the same points."""
+    try:
+        return int((Path(run_dir) / SUMMARY).stat().st_mtime * 1000)
+    except OSError:
+        import time
+
+        return int(time.time() * 1000)
+
+
 def run_status(summary: dict[str, Any]) -> str:
     """MLflow's status for the summary's: completed FINISHED, interrupted KILLED, failed/diverged FAILED."""
     return RUN_STATUS.get(str(summary.get("status")), "FAILED")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from .record import (
     params_of,
     read_folder,
     resolve_tracking_uri,
+    summary_time_ms,
     sweep_dir_of,
     ui_command,
 )
@@ -104,8 +104,7 @@ def upload_run(tracker: Tracker, run: FolderRun, experiment: str | None, with_mo
         if key not in sweeps:
             sweeps[key] = (tracker.open_sweep(sweep_dir, name), name)
         tags[PARENT_TAG] = sweeps[key][0]
-    summary_file = run.run_dir / SUMMARY
-    end_ms = int((summary_file.stat().st_mtime if summary_file.is_file() else time.time()) * 1000)
+    end_ms = summary_time_ms(run.run_dir)
     wall_s = run.summary.get("wall_time_s")
     start_ms = end_ms - int(wall_s * 1000) if isinstance(wall_s, (int, float)) else None  # when it trained
     run_id, continued = tracker.open_run(run.run_dir, name, tags, start_ms=start_ms)
@@ -114,7 +113,7 @@ def upload_run(tracker: Tracker, run: FolderRun, experiment: str | None, with_mo
     tracker.log_params(run_id, params)
     points = metric_points(run.records, run.default_time)
     tracker.log_points(run_id, points)
-    artifacts = tracker.finish_run(run_id, run.run_dir, run.summary, with_model, end_ms)
+    artifacts = tracker.finish_run(run_id, run.run_dir, run.summary, with_model)
     return (f"{'continued' if continued else 'uploaded'} {run.run_dir} -> run {run_id} in experiment '{name}' "
             f"({run.summary.get('status', 'no summary')}: {len(params)} params, {len(points)} metric points, "
             f"{artifacts} artifacts)")
