@@ -78,7 +78,8 @@ class MlflowTracker:
             self._tracker = Tracker(self.uri)
         except Exception as exc:  # a broken local store, a bad URI: the tracker's problem, never the run's
             self._warn(failure_reason(exc))
-        self._submit(lambda: self._open(cfg, overrides, experiment, sweep_dir, resuming))
+        params = params_of(cfg, overrides)  # here: the config is the training thread's to change
+        self._submit(lambda: self._open(params, experiment, sweep_dir, resuming))
 
     # ------------------------------------------------------------------------ the training thread
 
@@ -118,14 +119,13 @@ class MlflowTracker:
 
     # ------------------------------------------------------------------------ the worker thread
 
-    def _open(self, cfg: DictConfig, overrides: list[str], experiment: str, sweep_dir: Path | None,
-              resuming: bool) -> None:
+    def _open(self, params: dict[str, str], experiment: str, sweep_dir: Path | None, resuming: bool) -> None:
         tags = {}
         if sweep_dir is not None:
             parent = read_ids(sweep_dir, self.uri)  # the launcher opened it; else open it here
             tags[PARENT_TAG] = parent["run_id"] if parent else self._tracker.open_sweep(sweep_dir, experiment)
         self.run_id, continued = self._tracker.open_run(self.run_dir, experiment, tags, resume=resuming)
-        changed = self._tracker.log_params(self.run_id, params_of(cfg, overrides))
+        changed = self._tracker.log_params(self.run_id, params)
         if continued:
             logger.info("MLflow: continuing run %s%s", self.run_id,
                         f" (params kept as first logged: {', '.join(changed)})" if changed else "")
