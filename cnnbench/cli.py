@@ -1,7 +1,8 @@
 """``cnnbench`` command line: one command, several subcommands.
 
 ``train`` and ``summary`` take Hydra overrides (``model=resnet18 dataset.resize=96``); ``train -m`` runs
-a Hydra multirun sweep. ``eval``, ``predict`` and ``export`` read a finished run folder.
+a Hydra multirun sweep. ``eval``, ``predict`` and ``export`` read a finished run folder; ``track`` uploads
+finished run or sweep folders to MLflow.
 """
 
 from __future__ import annotations

@@ -316,12 +316,16 @@ def test_track_uploads_a_sweep_under_one_parent_run(tmp_path, store, capsys):
         "0.1": 0.1, "0.3": 0.3, "0.9": 0.9}
 
 
-@pytest.mark.slow  # four jobs through Hydra (~6 s)
-def test_a_2x2_sweep_is_one_experiment_with_a_parent_run(fake_data, tmp_path, store):
-    sweep = tmp_path / "sweep"
+@pytest.mark.slow  # four jobs through Hydra and a new store (~9 s)
+def test_a_2x2_sweep_is_one_experiment_with_a_parent_run(fake_data, tmp_path, capfd):
+    """A new store, made by the sweep (its tables' INFO lines kept out of the output)."""
+    sweep, store = tmp_path / "sweep", f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    (tmp_path / "new").mkdir()
     code = main(["train", "-m", *fast_overrides(fake_data, *FAST), "logger=mlflow", f"logger.tracking_uri={store}",
                  "model=lenet,lenet_bn", "optimizer.lr=0.1,0.3", f"hydra.sweep.dir={sweep}"])
     assert code == 0
+    out, err = capfd.readouterr()
+    assert "Creating initial MLflow database tables" not in out + err and "alembic" not in out + err
     c = client(store)
     (experiment,) = [e for e in c.search_experiments() if e.name != "Default"]
     assert experiment.name == str(sweep)
