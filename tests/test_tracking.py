@@ -186,7 +186,7 @@ def test_a_fresh_start_in_a_used_folder_is_a_new_mlflow_run(fake_data, tmp_path,
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     c = client(store)
-    old = c.create_run(c.create_experiment("cnnbench")).info.run_id
+    old = c.create_run(c.create_experiment("cnnbench", artifact_location=(tmp_path / "art").as_uri())).info.run_id
     write_ids(run_dir, store, "1", old)
     assert train(compose_fast(fake_data, "logger=mlflow", f"logger.tracking_uri={store}", *FAST),
                  run_dir)["status"] == "completed"
