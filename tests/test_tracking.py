@@ -346,6 +346,7 @@ def test_a_2x2_sweep_is_one_experiment_with_a_parent_run(fake_data, tmp_path, ca
 def test_mlflow_logger_without_mlflow_is_refused_before_anything(fake_data, tmp_path, monkeypatch, capsys):
     import importlib.util
 
+    monkeypatch.chdir(tmp_path)  # had it started, its default store would be outputs/mlflow.db of the current folder
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
     run_dir = tmp_path / "run"
@@ -354,7 +355,8 @@ def test_mlflow_logger_without_mlflow_is_refused_before_anything(fake_data, tmp_
     assert not run_dir.exists()
 
 
-def test_bad_logger_values_are_one_line_before_anything(fake_data, tmp_path, capsys):
+def test_bad_logger_values_are_one_line_before_anything(fake_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
     for bad, words in (("logger.timeout_s=0", "logger.timeout_s must be a positive number"),
                        ("logger.tracking_uri=outputs/mlflow.db", "logger.tracking_uri must be a URI")):
