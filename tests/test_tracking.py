@@ -180,7 +180,8 @@ def test_a_resumed_run_continues_the_same_mlflow_run(fake_data, tmp_path, store)
 
 
 def test_a_fresh_start_in_a_used_folder_is_a_new_mlflow_run(fake_data, tmp_path, store):
-    """Only a resume continues the folder's run (a failed sweep job rerun from scratch is a new attempt)."""
+    """Only a resume continues the folder's run (a failed sweep job rerun from scratch is a new attempt);
+    logger.log_model uploads the checkpoint."""
     from cnnbench.tracking.record import write_ids
 
     run_dir = tmp_path / "run"
@@ -188,10 +189,12 @@ def test_a_fresh_start_in_a_used_folder_is_a_new_mlflow_run(fake_data, tmp_path,
     c = client(store)
     old = c.create_run(c.create_experiment("cnnbench", artifact_location=(tmp_path / "art").as_uri())).info.run_id
     write_ids(run_dir, store, "1", old)
-    assert train(compose_fast(fake_data, "logger=mlflow", f"logger.tracking_uri={store}", *FAST),
-                 run_dir)["status"] == "completed"
-    assert run_id_of(run_dir, store) != old
-    assert history(c, old, "train/loss") == [] and len(history(c, run_id_of(run_dir, store), "train/loss")) == 2
+    assert train(compose_fast(fake_data, "logger=mlflow", f"logger.tracking_uri={store}", "logger.log_model=true",
+                              *FAST), run_dir)["status"] == "completed"
+    new = run_id_of(run_dir, store)
+    assert new != old
+    assert history(c, old, "train/loss") == [] and len(history(c, new, "train/loss")) == 2
+    assert "model/last.pt" in artifacts(c, new)  # logger.log_model=true, no monitor: last.pt
 
 
 def tracker_warnings(caplog) -> list[str]:
