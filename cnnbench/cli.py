@@ -1,7 +1,8 @@
 """``cnnbench`` command line: one command, several subcommands.
 
 ``train`` and ``summary`` take Hydra overrides (``model=resnet18 dataset.resize=96``); ``train -m`` runs
-a Hydra multirun sweep. ``eval``, ``predict`` and ``export`` read a finished run folder.
+a Hydra multirun sweep. ``eval``, ``predict`` and ``export`` read a finished run folder; ``track`` uploads
+finished run or sweep folders to MLflow.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "eval": "evaluate a finished run: per-class figures, confusion matrix, mistakes (eval/ in the run folder)",
     "predict": "classify your own pictures with a trained run",
     "export": "write a trained run's network as ONNX or TorchScript, checked against PyTorch",
+    "track": "upload finished runs or sweeps to MLflow from their folders (pip install 'cnnbench[mlflow]')",
 }
 
 
@@ -113,6 +115,12 @@ def _cmd_export(args: Sequence[str]) -> int:
     return cmd_export(args)
 
 
+def _cmd_track(args: Sequence[str]) -> int:
+    from .tracking.upload import cmd_track
+
+    return cmd_track(args)
+
+
 HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": _cmd_train,
     "models": _cmd_models,
@@ -122,6 +130,7 @@ HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "eval": _cmd_eval,
     "predict": _cmd_predict,
     "export": _cmd_export,
+    "track": _cmd_track,
 }
 
 

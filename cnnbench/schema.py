@@ -267,6 +267,38 @@ class StrongAugmentConfig(FlipCropConfig):
 
 
 @dataclass
+class TensorBoardLoggerConfig(Section):
+    name: str = MISSING
+
+
+@dataclass
+class MlflowLoggerConfig(Section):
+    """``logger=mlflow``: MLflow beside TensorBoard (:mod:`cnnbench.tracking`)."""
+
+    name: str = MISSING
+    tracking_uri: Optional[str] = MISSING  # noqa: UP045 - null: sqlite:///<cwd>/outputs/mlflow.db
+    experiment: Optional[str] = MISSING  # noqa: UP045 - null: "cnnbench"; a sweep: its folder
+    log_model: bool = MISSING  # also upload best.pt (last.pt without one) and export/
+    timeout_s: float = MISSING  # seconds per HTTP request to a tracking server
+    retries: int = MISSING  # HTTP retries per request
+    finish_timeout_s: float = MISSING  # seconds the end of a run waits for uploads still queued
+    RANGES = {"timeout_s": POSITIVE, "retries": NON_NEGATIVE_INT, "finish_timeout_s": NON_NEGATIVE}
+
+    def check(self, prefix: str) -> None:
+        import importlib.util
+
+        super().check(prefix)
+        if importlib.util.find_spec("mlflow") is None:
+            raise ConfigError(f"{prefix}=mlflow needs MLflow, which is not installed: "
+                              "pip install 'cnnbench[mlflow]' (or mlflow-skinny)")
+        if self.tracking_uri is not None and not re.match(r"^[a-z][a-z0-9+.-]*:", self.tracking_uri):
+            raise ConfigError(f"{prefix}.tracking_uri must be a URI (http://host:5000, sqlite:///path/mlflow.db, "
+                              f"databricks), got {self.tracking_uri!r}")
+        if self.experiment is not None and not self.experiment.strip():
+            raise ConfigError(f"{prefix}.experiment must be a name or null, got {self.experiment!r}")
+
+
+@dataclass
 class TrainSchema:
     """The primary config (``train.yaml``): the groups' nodes take their options' schemas."""
 
@@ -276,6 +308,7 @@ class TrainSchema:
     scheduler: Any = MISSING
     device: Any = MISSING
     augment: Any = MISSING
+    logger: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     resume_sweep: bool = MISSING
 
@@ -288,9 +321,10 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "scheduler": {"none": NoScheduleConfig, "cosine": CosineConfig, "step": StepConfig, "onecycle": OneCycleConfig},
     "device": {"device": DeviceConfig},
     "augment": {"none": NoAugmentConfig, "flip_crop": FlipCropConfig, "strong": StrongAugmentConfig},
+    "logger": {"tensorboard": TensorBoardLoggerConfig, "mlflow": MlflowLoggerConfig},
 }
 PRIMARY_SCHEMA = "train_schema"
-SECTIONS = ("dataset", "optimizer", "scheduler", "device", "augment", "trainer")
+SECTIONS = ("dataset", "optimizer", "scheduler", "device", "augment", "logger", "trainer")
 
 
 def register_schemas() -> None:

@@ -46,7 +46,7 @@ from cnnbench.run.optim import OPTIMIZERS, SCHEDULES  # noqa: E402
 from cnnbench.run.selection import MONITORS  # noqa: E402
 from cnnbench.speed.settings import DEVICE_CHOICES  # noqa: E402
 
-GROUPS = ("model", "dataset", "optimizer", "scheduler", "device", "augment")  # the typed ones after model
+GROUPS = ("model", "dataset", "optimizer", "scheduler", "device", "augment", "logger")  # the typed ones after model
 # The page's last generated line: sections written by hand (how to keep configs of your own, ...) go below it.
 HAND_WRITTEN = "<!-- The reference ends here; what follows is written by hand and kept by the generator. -->"
 LONG_VALUE = 28  # characters: a longer default (a list of class names) is shown shortened

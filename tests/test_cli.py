@@ -15,7 +15,7 @@ from .conftest import cli
 def test_help_lists_the_subcommands():
     out = subprocess.run(cli("--help"), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
-    for command in ("train", "models", "summary", "eval", "predict", "export"):
+    for command in ("train", "models", "summary", "eval", "predict", "export", "track"):
         assert command in out.stdout
 
 

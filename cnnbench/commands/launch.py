@@ -27,6 +27,7 @@ from ..run.distributed import broadcast_object, current, init_from_env, launched
 from ..run.resume import check_resume
 from ..run.validate import validate_config
 from ..runfolder.lock import run_folder_lock
+from ..tracking.live import end_sweep, start_sweep
 from .sweeps import (
     REFUSED_STATUS,
     RESUME_SWEEP_KEY,
@@ -246,6 +247,9 @@ def hydra_main(args: Sequence[str]) -> int:
         outcomes.append({k: summary.get(k) for k in ("status", "error", "run_dir")})
         return sweep_objective(summary)  # what Optuna maximizes
 
+    tracked = _sweep_config(line) if multirun else None
+    if tracked is not None:  # the sweep's parent run, before its jobs (parallel launchers) look for it
+        start_sweep(tracked, Path(out_dir))
     with contextlib.ExitStack() as held:
         if not multirun:  # before Hydra writes anything into the folder
             _claim_run_folder(Path(_given(overrides, "hydra.run.dir") or out_dir), line, held)
@@ -255,6 +259,8 @@ def hydra_main(args: Sequence[str]) -> int:
             shutdown()
     if multirun:
         merged = merge_outcomes(sweep_outcomes(Path(out_dir)), outcomes)
+        if tracked is not None:
+            end_sweep(tracked, Path(out_dir), merged)
         sweep_closing_lines(Path(out_dir), merged)
         return exit_code(merged, multirun=True)
     return exit_code(outcomes, multirun=False)
@@ -323,6 +329,14 @@ def _saved_source(record: Path) -> ConfigSource:
     extra = [str(s.path) for s in hydra_cfg.runtime.get("config_sources", []) if s.provider == "command-line"]
     extra_dir = extra[0] if extra and os.path.isdir(extra[0]) else None
     return ConfigSource(config_name=str(hydra_cfg.job.get("config_name") or PRIMARY_CONFIG), extra_dir=extra_dir)
+
+
+def _sweep_config(line: CommandLine) -> DictConfig | None:
+    """The first job's config when the sweep logs to MLflow (``logger=mlflow``), else None."""
+    from ..config import compose_config
+
+    cfg = compose_config(_jobs(line)[0], source=line.source)
+    return cfg if cfg.get("logger") is not None and cfg.logger.get("name") == "mlflow" else None
 
 
 def _claim_run_folder(run_dir: Path, line: CommandLine, held: contextlib.ExitStack) -> None:

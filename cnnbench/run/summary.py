@@ -65,6 +65,7 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "stop_reason": s.stop_reason,
         "test/per_class_acc": _safe(lambda: per_class_accuracy(s.test_confusion, class_names(cfg)))
         if s.test_confusion else None,
+        "test/confusion": s.test_confusion,  # (C, C) counts, rows true class: the tracker draws it
         "time_to_target_s": s.time_to_target_s,
         "wall_time_s": wall,
         "train_time_s": s.train_time_s,
@@ -84,6 +85,7 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "backend": run.dist.backend if run else None,
         "torch_version": torch.__version__,
         "cnnbench_version": __version__,
+        **source_commit(),
         "python_version": platform.python_version(),
         # what a reader needs to repeat the run: host, CPU, GPU and driver, cnnbench's commit, package versions
         "machine": _safe(lambda: machine_info(run.device if run else torch.device("cpu"))),
@@ -93,6 +95,24 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
                         "last_finite_loss": error.last_finite_loss})
     summary["book"] = _safe(lambda: book_comparison(cfg, summary))  # a d2l_* recipe: the book beside it
     return summary
+
+
+def source_commit() -> dict[str, Any]:
+    """``source_commit`` (the git commit of cnnbench's code) and ``source_dirty`` (uncommitted changes to
+    tracked files), when the code runs from a git checkout; None otherwise (an installed wheel)."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {"source_commit": None, "source_dirty": None}
+    if head.returncode != 0:
+        return {"source_commit": None, "source_dirty": None}
+    return {"source_commit": head.stdout.strip(), "source_dirty": bool(dirty.stdout.strip())}
 
 
 def book_line(book: dict[str, Any]) -> str:

@@ -34,6 +34,7 @@ from ..runfolder.lock import run_folder_lock
 from ..runfolder.log import TB_CONFUSION, RunLogger, hparams_of, trim_metrics, write_json_atomic
 from ..runfolder.names import BEST_CHECKPOINT, CHECKPOINT, HYDRA_DIR, SUMMARY
 from ..speed import collector
+from ..tracking.live import MlflowTracker, NoTracker, open_tracker
 from .build import Run, build_run
 from .checkpoint import checkpoint_state, resolve_resume, save_checkpoint
 from .distributed import DistContext, any_rank, init_from_env
@@ -72,10 +73,13 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path |
     start = time.perf_counter()
     run: Run | None = None
     rlog: RunLogger | None = None
+    tracker: NoTracker | MlflowTracker = NoTracker()
     status, error = "failed", None
     with GracefulStop() as stop, thread_count_kept():
         try:
             record_dir = _start_records(cfg, run_dir) if main else None
+            if main:  # before the build: a run that fails to start is tracked too
+                tracker = open_tracker(cfg, run_dir, overrides, resuming=resume_from is not None)
             run = build_run(cfg, run_dir, ctx)
             _warn_low_space(run)
             if resume_from is not None:
@@ -87,7 +91,9 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path |
                     logger.info("%s", text)
             # The run's clock: wall seconds since it first started, earlier segments of a resumed run included.
             run.clock_start = time.perf_counter() - run.state.wall_time_s
-            rlog = RunLogger(run_dir, enabled=main, purge_step=run.state.step + 1 if resume_from else None)
+            tracker.start()  # after the build's autotuning: the tracker's set-up would skew its timings
+            rlog = RunLogger(run_dir, enabled=main, purge_step=run.state.step + 1 if resume_from else None,
+                             tracker=tracker)
             if resume_from is None:
                 rlog.log_config(cfg)
             warn_test_set_selection(run)
@@ -108,7 +114,11 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path |
     summary = summarize(run, cfg, run_dir, status, time.perf_counter() - start, overrides, error)
     if rlog is not None:
         error = _close_log(rlog, cfg, overrides, summary) or error
-    return _finish(summary, run_dir, main, overrides, error)
+    if tracker.warning:  # the tracker failed during the run: summary.json says so
+        summary["warnings"].append(tracker.warning)
+    summary = _finish(summary, run_dir, main, overrides, error)
+    tracker.finish(summary)  # after summary.json is written: it is uploaded
+    return summary
 
 
 def _start_records(cfg: DictConfig, run_dir: Path) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,14 +79,19 @@ def hparams_of(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
 
 
 class RunLogger:
-    """Appends metric records to ``metrics.jsonl`` and mirrors them to TensorBoard.
+    """Appends metric records to ``metrics.jsonl`` and mirrors them to TensorBoard, then hands each to
+    ``tracker`` (an experiment tracker: :mod:`cnnbench.tracking.live`), the run's files first.
 
     Only scalar values are written to TensorBoard; ``kind`` tells train-interval records from epoch ones.
+    Each record gets its wall-clock ``time`` (seconds since the epoch): a tracker's points carry it, the
+    same whether sent live or uploaded later from metrics.jsonl.
     """
 
-    def __init__(self, run_dir: Path, enabled: bool = True, purge_step: int | None = None) -> None:
+    def __init__(self, run_dir: Path, enabled: bool = True, purge_step: int | None = None,
+                 tracker: Any = None) -> None:
         self.run_dir = run_dir
         self.enabled = enabled
+        self.tracker = tracker  # has .log(kind, record); None: the run folder only
         self._jsonl = None
         self._tb = None
         if not enabled:
@@ -107,12 +113,13 @@ class RunLogger:
         """Write one record (``step`` is TensorBoard's x axis); a failed write raises RunFileWriteError."""
         if not self.enabled:
             return
+        record = {**record, "time": round(time.time(), 3)}
         with writing(self.run_dir / METRICS):
             self._jsonl.write(json.dumps({"kind": kind, **{k: _jsonable(v) for k, v in record.items()}}) + "\n")
         step = int(record["step"])
         with writing(self._events_file()):
             for key, value in record.items():
-                if (key in ("step", "epoch", "examples") or not isinstance(value, (int, float))
+                if (key in ("step", "epoch", "examples", "time") or not isinstance(value, (int, float))
                         or isinstance(value, bool)):
                     continue
                 self._tb.add_scalar(tb_tag(key), value, step)
@@ -120,6 +127,8 @@ class RunLogger:
                 # TensorBoard writes from a thread; flushing once an epoch brings a failed write to light
                 # here, before the epoch's checkpoint, rather than at the end of the run.
                 self._tb.flush()
+        if self.tracker is not None:
+            self.tracker.log(kind, {"kind": kind, **record})
 
     def log_config(self, cfg: DictConfig) -> None:
         """Once, at a fresh run's start: the config as text and the custom-scalars layout."""

@@ -1,0 +1,207 @@
+"""MLflow during training (``logger=mlflow``): a worker thread that the run hands its records to.
+
+The run's own files come first: :class:`~cnnbench.runfolder.log.RunLogger` writes metrics.jsonl and
+TensorBoard, then passes each record here. Records are queued as plain numbers (the loop has already
+read them at its logging points: no extra host sync) and sent in one ``log_batch`` per epoch, or sooner
+when a minute has passed. Every MLflow call happens on the worker thread, so a slow or unreachable
+tracker never holds up a step; its first failure is one warning, after which the tracker is left alone
+and the run goes on: ``cnnbench track RUN_DIR`` uploads the finished run from its folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from .client import PARENT_TAG, Tracker, failure_reason, quiet_mlflow
+from .record import (
+    Point,
+    experiment_name,
+    metric_points,
+    params_of,
+    read_ids,
+    resolve_tracking_uri,
+    sweep_dir_of,
+    ui_command,
+)
+
+logger = logging.getLogger(__name__)
+
+FLUSH_S = 60.0  # seconds: a long epoch still shows its train points this often
+
+
+class NoTracker:
+    """``logger=tensorboard``: nothing beyond the run folder."""
+
+    warning: str | None = None
+
+    def start(self) -> None:
+        pass
+
+    def log(self, kind: str, record: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        pass
+
+
+class MlflowTracker:
+    """One run's MLflow logging, on a worker thread (see the module's docstring)."""
+
+    def __init__(self, logger_cfg: DictConfig, cfg: DictConfig, run_dir: Path, overrides: list[str],
+                 resuming: bool) -> None:
+        self.uri = resolve_tracking_uri(logger_cfg.tracking_uri)
+        self.run_dir = run_dir
+        self.with_model = bool(logger_cfg.log_model)
+        self.finish_timeout_s = float(logger_cfg.finish_timeout_s)
+        self.warning: str | None = None  # the one warning of a failed tracker
+        self.run_id: str | None = None
+        self._pending: list[Point] = []
+        self._last_send = time.monotonic()
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        sweep_dir = sweep_dir_of(run_dir)
+        experiment = experiment_name(logger_cfg.experiment, sweep_dir)
+        logger.info("MLflow: experiment '%s' at %s; to browse: %s", experiment, self.uri, ui_command(self.uri))
+        self._thread = threading.Thread(target=self._work, name="cnnbench-mlflow", daemon=True)
+        # MLflow's import and the client (a local store opened, its tables made the first time) are ~2 s of
+        # CPU-bound Python, done here, before the run starts: on the worker they would hold the GIL beside
+        # the training loop. They touch no server; requests go from the worker.
+        try:
+            quiet_mlflow(float(logger_cfg.timeout_s), int(logger_cfg.retries))
+            self._tracker = Tracker(self.uri)
+        except Exception as exc:  # a broken local store, a bad URI: the tracker's problem, never the run's
+            self._warn(failure_reason(exc))
+        params = params_of(cfg, overrides)  # here: the config is the training thread's to change
+        self._submit(lambda: self._open(params, experiment, sweep_dir, resuming))
+
+    # ------------------------------------------------------------------------ the training thread
+
+    def start(self) -> None:
+        """Start sending, once the run is built: the worker's requests must not run beside the build's
+        autotuning, whose timings they would skew."""
+        if not self._thread.is_alive() and self._thread.ident is None:
+            self._thread.start()
+
+    def log(self, kind: str, record: dict[str, Any]) -> None:
+        """Queue one metrics.jsonl record; send the queue at an epoch's end or after FLUSH_S seconds."""
+        if self.warning is not None:
+            return
+        self._pending += metric_points([record])
+        if kind == "epoch" or time.monotonic() - self._last_send > FLUSH_S:
+            self._send_pending()
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """The end of the run (after summary.json is written): the rest of the points, final figures,
+        tags, artifacts and status; waits up to ``finish_timeout_s`` for the worker, never raises."""
+        self.start()  # a run that failed to build is recorded too
+        self._send_pending()
+        self._submit(lambda: self._tracker.finish_run(self.run_id, self.run_dir, summary, self.with_model))
+        self._queue.put(None)
+        self._thread.join(self.finish_timeout_s)
+        if self._thread.is_alive():
+            self._warn(f"MLflow did not finish within {self.finish_timeout_s:g} s (logger.finish_timeout_s)")
+
+    def _send_pending(self) -> None:
+        points, self._pending = self._pending, []
+        self._last_send = time.monotonic()
+        if points:
+            self._submit(lambda: self._tracker.log_points(self.run_id, points))
+
+    def _submit(self, call: Callable[[], None]) -> None:
+        self._queue.put(call)
+
+    # ------------------------------------------------------------------------ the worker thread
+
+    def _open(self, params: dict[str, str], experiment: str, sweep_dir: Path | None, resuming: bool) -> None:
+        tags = {}
+        if sweep_dir is not None:
+            parent = read_ids(sweep_dir, self.uri)  # the launcher opened it; else open it here
+            tags[PARENT_TAG] = parent["run_id"] if parent else self._tracker.open_sweep(sweep_dir, experiment)
+        self.run_id, continued = self._tracker.open_run(self.run_dir, experiment, tags, resume=resuming)
+        changed = self._tracker.log_params(self.run_id, params)
+        if continued:
+            logger.info("MLflow: continuing run %s%s", self.run_id,
+                        f" (params kept as first logged: {', '.join(changed)})" if changed else "")
+
+    def _work(self) -> None:
+        while True:
+            call = self._queue.get()
+            if call is None:
+                return
+            if self.warning is not None:
+                continue  # the tracker failed once: the run's files are the record now
+            try:
+                call()
+            except Exception as exc:  # any failure of the tracker is the tracker's, never the run's
+                self._warn(failure_reason(exc))
+
+    def _warn(self, reason: str) -> None:
+        if self.warning is not None:
+            return
+        self.warning = (f"MLflow logging to {self.uri} stopped ({reason}); the run goes on and its folder is "
+                        f"complete: upload it later with `cnnbench track {self.run_dir}`")
+        logger.warning("%s", self.warning)
+
+
+def open_tracker(cfg: DictConfig, run_dir: Path, overrides: list[str], resuming: bool) -> NoTracker | MlflowTracker:
+    """The run's tracker: MLflow with ``logger=mlflow``, else nothing beyond the run folder. A run that
+    resumes from a checkpoint continues its folder's MLflow run; a fresh start gets a new one."""
+    logger_cfg = cfg.get("logger")
+    if logger_cfg is None or logger_cfg.get("name") != "mlflow":
+        return NoTracker()
+    return MlflowTracker(logger_cfg, cfg, run_dir, overrides, resuming)
+
+
+# ------------------------------------------------------------------------------------------- sweeps
+
+
+def start_sweep(cfg: DictConfig, sweep_dir: Path) -> str | None:
+    """Before a sweep's jobs start (in the launching process): its parent run, so that parallel jobs
+    find one. A failure is one warning (the jobs then try themselves); returns the run id or None."""
+    logger_cfg = cfg.get("logger")
+    if logger_cfg is None or logger_cfg.get("name") != "mlflow":
+        return None
+    uri = resolve_tracking_uri(logger_cfg.tracking_uri)
+    try:
+        quiet_mlflow(float(logger_cfg.timeout_s), int(logger_cfg.retries))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        return Tracker(uri).open_sweep(sweep_dir, experiment_name(logger_cfg.experiment, sweep_dir))
+    except Exception as exc:
+        logger.warning("MLflow: the sweep's parent run could not be opened at %s (%s); each job tries on its own",
+                       uri, failure_reason(exc))
+        return None
+
+
+def end_sweep(cfg: DictConfig, sweep_dir: Path, outcomes: list[dict[str, Any]]) -> None:
+    """After the jobs: the parent run's counts of jobs and its status (FINISHED when every job completed)."""
+    logger_cfg = cfg.get("logger")
+    if logger_cfg is None or logger_cfg.get("name") != "mlflow":
+        return
+    uri = resolve_tracking_uri(logger_cfg.tracking_uri)
+    ids = read_ids(sweep_dir, uri)
+    if ids is None:
+        return
+    try:
+        tracker = Tracker(uri)
+        end_parent(tracker, ids["run_id"], sweep_dir, outcomes)
+    except Exception as exc:
+        logger.warning("MLflow: the sweep's parent run could not be closed at %s (%s)", uri, failure_reason(exc))
+
+
+def end_parent(tracker: Tracker, run_id: str, sweep_dir: Path, outcomes: list[dict[str, Any]]) -> None:
+    """A sweep's parent run at its end: jobs and completed jobs, Hydra's multirun.yaml, its status."""
+    from .record import SWEEP_RECORD
+
+    completed = sum(o.get("status") == "completed" for o in outcomes)
+    tracker.log_metrics(run_id, {"sweep/jobs": len(outcomes), "sweep/completed": completed}, 0,
+                        int(time.time() * 1000))
+    if (sweep_dir / SWEEP_RECORD).is_file():
+        tracker.client.log_artifact(run_id, str(sweep_dir / SWEEP_RECORD))
+    tracker.end(run_id, "FINISHED" if outcomes and completed == len(outcomes) else "FAILED")
