@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from ..config import override_key, split_override
+from ..data.sources import settle_dataset
 from ..errors import ConfigError, ResumeRefused, RunFolderInUse
 from ..run.distributed import broadcast_object, current, init_from_env, launched_by_torchrun, shutdown
 from ..run.resume import check_resume
@@ -228,6 +229,7 @@ def _claim_run_folder(run_dir: Path, args: Sequence[str], held: contextlib.ExitS
     from ..run.checkpoint import resolve_resume
 
     cfg = compose_config(overrides_only(args))
+    settle_dataset(cfg)  # as the run will record it (its classes, channels, normalization)
     check_resume(cfg, resolve_resume(cfg, run_dir), announce=False)  # train() logs the changes
     ctx = current()
     refusal = None

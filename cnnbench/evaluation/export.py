@@ -107,7 +107,7 @@ def check_images(run: LoadedRun, data_root: str | None) -> tuple[torch.Tensor, s
 
     side, channels = run.contract.side, run.contract.channels
     try:
-        test = load_splits(with_data_root(run.cfg, data_root).dataset)[1]
+        test = load_splits(with_data_root(run.cfg, data_root)).test
     except DataError as exc:
         logger.warning("dataset not found (%s); checking the export on random images", str(exc).split(".")[0])
         gen = torch.Generator().manual_seed(0)

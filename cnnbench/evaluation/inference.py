@@ -20,7 +20,6 @@ from torch import nn
 from ..confusion import class_names
 from ..data import DeviceLoader, Split, load_splits
 from ..data.loader import normalization
-from ..data.split import split_train_val
 from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, RunFolderError
 from ..models.configured import image_size, model_from_config
@@ -188,11 +187,8 @@ def eval_split(cfg: DictConfig, split: str) -> Split:
     (``dataset.val_size`` examples held out of the training split, stratified, seeded by ``dataset.val_seed``)."""
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; use test or val")
-    train, test = load_splits(cfg.dataset)
-    if split == "test":
-        return test
-    val_size = cfg.dataset.get("val_size", 0)
-    if not val_size:
-        raise ConfigError(f"the run has no validation split (dataset.val_size is {val_size or 0}); "
+    if split == "val" and not cfg.dataset.get("val_size", 0):
+        raise ConfigError(f"the run has no validation split (dataset.val_size is {cfg.dataset.get('val_size') or 0}); "
                           "evaluate it with --split test")
-    return split_train_val(train, val_size, int(cfg.dataset.get("val_seed", 0)))[1]
+    splits = load_splits(cfg)
+    return splits.test if split == "test" else splits.val
