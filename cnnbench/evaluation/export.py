@@ -1,6 +1,6 @@
 """``cnnbench export RUN_DIR --format onnx|torchscript``: a trained network as a file other tools run.
 
-The file takes a dynamic batch of (1, S, S) float images and returns logits; its input contract (side,
+The file takes a dynamic batch of (C, S, S) float images and returns logits; its input contract (side,
 scaling to [0, 1], normalization, class names) is stored inside it (ONNX ``metadata_props`` key
 ``cnnbench``; TorchScript extra file ``cnnbench.json``) and beside it (``<file>.json``). Every export is
 checked: the written file runs on a batch of test images (onnxruntime for ONNX, ``torch.jit.load`` for

@@ -20,6 +20,7 @@ from torch import nn
 from ..confusion import class_names
 from ..data import DeviceLoader, Split, load_splits
 from ..data.loader import normalization
+from ..data.sources import data_format
 from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, RunFolderError
 from ..models.configured import image_size, model_from_config
@@ -36,19 +37,24 @@ CHECKPOINT_NAMES = {"last": CHECKPOINT, "best": BEST_CHECKPOINT}
 @dataclass(frozen=True)
 class InputContract:
     """What the network expects: (channels, side, side) float images scaled to [0, 1], then optionally
-    standardized, light objects on a dark background as in the MNIST family; and what its outputs mean."""
+    standardized per channel; light objects on a dark background for the MNIST family (``mnist_style``),
+    pictures as they are (RGB order for three channels) for image folders and CIFAR; and what its
+    outputs mean."""
 
     channels: int
     side: int  # pixels
-    normalize: tuple[float, float] | None  # (mean, std) applied after scaling to [0, 1]
+    normalize: tuple[list[float], list[float]] | None  # per-channel (mean, std) applied after scaling to [0, 1]
     classes: list[str]  # output index -> class name
+    mnist_style: bool = True  # IDX datasets: light on dark, centred in 28x28 (predict converts pictures so)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "input": f"float32 (batch, {self.channels}, {self.side}, {self.side})",
             "scale": "uint8 pixels / 255 -> [0, 1]",
             "normalize": None if self.normalize is None else {"mean": self.normalize[0], "std": self.normalize[1]},
-            "convention": "light object on a dark background (as the training images)",
+            "channels": "grey" if self.channels == 1 else "RGB",
+            "convention": ("light object on a dark background, centred (as the MNIST family's images)"
+                           if self.mnist_style else "pictures as they are, resized to the side (as the training images)"),
             "output": "logits (batch, classes); softmax gives probabilities",
             "classes": self.classes,
         }
@@ -163,7 +169,8 @@ def load_run(run_dir: Path | str, checkpoint: str = "last", device: str = "auto"
     model = model_from_config(cfg)
     step = load_weights(model, cfg, path)
     target = resolve_device(device)
-    contract = InputContract(int(cfg.dataset.in_channels), image_size(cfg), normalization(cfg), class_names(cfg))
+    contract = InputContract(int(cfg.dataset.in_channels), image_size(cfg), normalization(cfg), class_names(cfg),
+                             mnist_style=data_format(cfg.dataset) == "idx")
     summary, _ = read_summary(run_dir)  # {} when missing or unreadable
     if (summary.get("speed") or {}).get("channels_last"):
         model.to(memory_format=torch.channels_last)
