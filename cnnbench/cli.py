@@ -34,10 +34,17 @@ COMMANDS: dict[str, str] = {
 def _cmd_models(args: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="cnnbench models", description=COMMANDS["models"])
     parser.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'vgg*'")
+    parser.add_argument("--channels", type=int, default=1, choices=(1, 3),
+                        help="input channels: 1 (grey, default) or 3 (colour: image folders, CIFAR)")
+    parser.add_argument("--classes", type=int, default=10, help="output classes (default 10)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="input side in pixels (e.g. 32 for CIFAR): FLOPs there, and whether each network builds")
     ns = parser.parse_args(args)
+    if ns.classes < 2 or (ns.size is not None and ns.size < 1):
+        parser.error("--classes must be at least 2 and --size at least 1")
     from .models.stats import models_table
 
-    print(models_table(ns.pattern))
+    print(models_table(ns.pattern, ns.channels, ns.classes, ns.size))
     return 0
 
 
@@ -50,6 +57,10 @@ def _cmd_summary(args: Sequence[str]) -> int:
     from .models.stats import summary_text
 
     cfg = compose_config(args)
+    if cfg.dataset.in_channels is None:  # an image folder: its channels and classes come from its images
+        from .data.sources import settle_dataset
+
+        settle_dataset(cfg)
     model, size = model_from_config(cfg), image_size(cfg)
     print(f"{cfg.model.name} at {size}x{size}")
     print(summary_text(model, cfg.dataset.in_channels, size))
