@@ -65,13 +65,23 @@ class Listing:
         return [self.root / rel for rel, _ in self.files.get(split, [])]
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """Image files below ``folder``, recursively (symbolic links followed, as ImageFolder), sorted."""
+def _image_files(folder: str) -> list[tuple[str, int, int]]:
+    """(path, bytes, modification ns) of the image files below ``folder``, recursively (symbolic links
+    followed, as ImageFolder), in os.walk's order with names sorted: ImageFolder's order."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath) / f for f in sorted(filenames)
-                  if not f.startswith(".") and f.lower().endswith(IMG_EXTENSIONS)]
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        if e.is_dir():
+            continue
+        if e.name.lower().endswith(IMG_EXTENSIONS) and e.is_file():
+            st = e.stat()
+            found.append((e.path, st.st_size, st.st_mtime_ns))
+    for e in entries:  # os.walk gives a folder's files before its sub-folders' files
+        if e.is_dir() and not e.name.startswith("."):
+            found += _image_files(e.path)
     return found
 
 
@@ -104,6 +114,7 @@ def list_folder(path: str | None) -> Listing:
     index = {c: i for i, c in enumerate(classes)}
     files: dict[str, list[tuple[str, int]]] = {}
     empty: dict[str, list[str]] = {}
+    stats: dict[str, list[str]] = {s: [] for s in SPLITS}  # "bytes\0modification ns" of each file, in order
     for split in SPLITS:
         folder = root / split
         if not folder.is_dir():
@@ -116,10 +127,12 @@ def list_folder(path: str | None) -> Listing:
                             "(add its training images, or remove the folder)")
         files[split] = []
         for name in names:
-            images = _image_files(folder / name)
+            images = _image_files(str(folder / name))
             if not images:
                 empty.setdefault(split, []).append(name)
-            files[split] += [(str(p.relative_to(root)), index[name]) for p in images]
+            cut = len(str(root)) + 1  # the paths start with ROOT/
+            files[split] += [(p[cut:], index[name]) for p, _, _ in images]
+            stats[split] += [f"{size}\0{mtime}" for _, size, mtime in images]
     extensions = " ".join(IMG_EXTENSIONS)
     if not any(files.values()):
         raise DataError(f"{root} holds no images at all (extensions read: {extensions})")
@@ -134,9 +147,8 @@ def list_folder(path: str | None) -> Listing:
         files.pop("val", None)  # an empty val/ folder: no validation split from the folder
     digest = hashlib.sha256(f"v{CACHE_VERSION}".encode())
     for split, entries in files.items():
-        for rel, label in entries:
-            st = (root / rel).stat()
-            digest.update(f"{split}\0{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        lines = (f"{split}\0{rel}\0{label}\0{st}\n" for (rel, label), st in zip(entries, stats[split], strict=True))
+        digest.update("".join(lines).encode())
     return Listing(root, classes, files, digest.hexdigest())
 
 
