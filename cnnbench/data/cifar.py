@@ -146,8 +146,9 @@ def missing_message(name: str, root: str | None, download: bool) -> str:
               or (p / fmt.folder.replace("-python", "-binary")).is_dir()]
     hint = (f" Found the binary version in {binary[0]}: cnnbench reads the python version "
             f"({fmt.folder}, as torchvision downloads it)." if binary else "")
+    tried = "Download failed (offline?). " if download else "Download is off (dataset.download=false). "
     return (f"{fmt.name} not found. Searched: {searched}; expected {', '.join((*fmt.train, fmt.test, fmt.meta))} "
-            f"there.{hint} {'Download failed (offline?). ' if download else 'Download is off (dataset.download=false). '}"
+            f"there.{hint} {tried}"
             f"Point cnnbench at a copy with dataset.root=/path/to/data (holding {fmt.folder}/).")
 
 

@@ -26,6 +26,7 @@ import json
 import logging
 import multiprocessing
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -365,15 +366,20 @@ def load_folder(path: str | None, channels: int | None, image_size: int, on_bad_
                 workers: int | None = None) -> FolderData:
     """The image folder at ``path`` as tensors: from the cache when its files are unchanged, else
     decoded (and cached). ``channels`` None: 3 when any image has colour, else 1."""
+    start = time.perf_counter()
     listing = list_folder(path)
     size = _storage_size(listing, image_size, workers)
     cached = cache_file(listing, channels, size)
     data = _load(cached)
+    count = sum(len(entries) for entries in listing.files.values())
     if data is not None:
-        logger.info("read %s's decoded images from the cache %s", listing.root, cached)
+        logger.info("%s: %d images read from the cache %s in %.1f s", listing.root, count, cached,
+                    time.perf_counter() - start)
     else:
         data = decode_folder(listing, channels, size, workers)
         _save(data, cached)
+        logger.info("%s: %d images decoded in %.1f s, cached in %s", listing.root, count,
+                    time.perf_counter() - start, cached)
     _report_skipped(listing, data, on_bad_image)
     if channels is None and data.grey and data.colour:
         logger.warning("%s: %d grey images among %d colour ones, read with their grey repeated on 3 channels",

@@ -35,7 +35,7 @@ class DeviceLoader:
         resize: int = NATIVE_SIDE,
         shuffle: bool = True,
         seed: int = 0,
-        normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+        normalize: tuple[Sequence[float] | float, Sequence[float] | float] | None = None,
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
@@ -48,8 +48,9 @@ class DeviceLoader:
         self.resize = resize
         self.shuffle = shuffle
         self.seed = seed
-        self.normalize = None if normalize is None else tuple(  # mean, std: (1, C, 1, 1) float on the device
-            torch.tensor(list(v), dtype=torch.float32, device=device).view(1, -1, 1, 1) for v in normalize)
+        self.normalize = None if normalize is None else tuple(  # mean, std: (1, C or 1, 1, 1) float on the device
+            torch.tensor([v] if isinstance(v, (int, float)) else list(v), dtype=torch.float32,
+                         device=device).view(1, -1, 1, 1) for v in normalize)
         self.channels_last = channels_last
         self.rank = rank
         self.world_size = world_size

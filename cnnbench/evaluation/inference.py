@@ -54,7 +54,7 @@ class InputContract:
             "normalize": None if self.normalize is None else {"mean": self.normalize[0], "std": self.normalize[1]},
             "channels": "grey" if self.channels == 1 else "RGB",
             "convention": ("light object on a dark background, centred (as the MNIST family's images)"
-                           if self.mnist_style else "pictures as they are, resized to the side (as the training images)"),
+                           if self.mnist_style else "pictures as they are, resized to the side (as in training)"),
             "output": "logits (batch, classes); softmax gives probabilities",
             "classes": self.classes,
         }

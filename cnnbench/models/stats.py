@@ -119,7 +119,9 @@ def models_table(pattern: str | None = None, in_channels: int = 1, num_classes: 
     at = f"FLOPs@{size}" if size else "FLOPs/img"
     header = f"{'name':<12} {'family':<10} {'params':>12} {at:>10} {'book res':>8} {'min res':>7}"
     header += f"  {f'{in_channels}x{size}x{size}':<12}" if size else ""
-    rows = [f"inputs: {in_channels} channel(s), {num_classes} classes", header, "-" * len(header)]
+    rows = [header, "-" * len(header)]
+    if (in_channels, num_classes, size) != (1, 10, None):  # say what the numbers are for
+        rows.insert(0, f"inputs: {in_channels} channel(s), {num_classes} classes")
     for name in list_models(pattern):
         spec = get_model_spec(name)
         side = size or spec.book_resolution
