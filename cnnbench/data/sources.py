@@ -153,6 +153,26 @@ def _agree(dataset: DictConfig, key: str, found, what: str, hint: str = "") -> N
     dataset[key] = found
 
 
+OTHER_GROUPS = ("cifar10", "cifar100", "image_folder")  # dataset options that are not read from IDX files
+
+
+def check_data_present(cfg: DictConfig) -> None:
+    """The MNIST family's files are there (downloaded now when missing and allowed), so that a missing
+    dataset is refused before the run folder exists; ``dataset.name=cifar10`` on an IDX dataset (which
+    only renames it) is refused, naming the option that reads CIFAR-10. Other formats were read by
+    :func:`settle_dataset` already."""
+    dataset = cfg.dataset
+    if data_format(dataset) != "idx":
+        return
+    if str(dataset.name) in OTHER_GROUPS:
+        raise ConfigError(f"dataset.name={dataset.name} only renames the {dataset.folder} IDX dataset; choose "
+                          f"the dataset with dataset={dataset.name}")
+    if str(dataset.name) != "fashion_mnist_mini":
+        from .idx import locate
+
+        locate(dataset)
+
+
 def settle_dataset(cfg: DictConfig) -> None:
     """Fill in what the config leaves to the data (see the module's docstring); idempotent. Bad data is
     one DataError or ConfigError sentence."""
