@@ -392,3 +392,26 @@ def test_augmentation_on_three_channels():
     assert out.shape == x.shape
     assert torch.equal(erased[:, 0], erased[:, 1]) and torch.equal(erased[:, 1], erased[:, 2])  # every channel
     assert erased.any()
+
+
+def test_eval_data_root_moves_the_image_folder(colour_run, tmp_path):
+    """--data-root names the folder's new place; the relative dataset.path of a command-line run is anchored
+    at the folder it was started from."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from cnnbench.evaluation.evaluate import evaluate_run
+    from cnnbench.evaluation.inference import read_run_config, with_data_root
+
+    run_dir, root, _ = colour_run
+    moved = shutil.copytree(root, tmp_path / "moved")
+    record, _ = evaluate_run(run_dir, "last", "test", "cpu", str(moved), tensorboard=False)
+    assert record["examples"] == 18
+    assert with_data_root(read_run_config(run_dir), str(moved)).dataset.path == str(moved)
+    copy = shutil.copytree(run_dir, tmp_path / "run")
+    cfg = OmegaConf.load(copy / ".hydra" / "config.yaml")
+    cfg.dataset.path = "moved"
+    OmegaConf.save(cfg, copy / ".hydra" / "config.yaml")
+    OmegaConf.save({"hydra": {"runtime": {"cwd": str(tmp_path)}}}, copy / ".hydra" / "hydra.yaml")
+    assert read_run_config(copy).dataset.path == str(moved)

@@ -188,7 +188,8 @@ def cmd_eval(args: Sequence[str]) -> int:
     parser.add_argument("--checkpoint", default="last", help="last (default), best, or a checkpoint's path")
     parser.add_argument("--split", default="test", choices=SPLITS, help="test (default) or val")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
-    parser.add_argument("--data-root", default=None, help="where the dataset is, when not where the run found it")
+    parser.add_argument("--data-root", default=None,
+                        help="where the dataset is, when it moved since the run (dataset.root; an image folder's ROOT)")
     parser.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events")
     ns = parser.parse_args(args)
     runs = find_runs(ns.run_dir)

@@ -133,7 +133,8 @@ def cmd_export(args: Sequence[str]) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="file to write (default: RUN_DIR/export/MODEL.onnx or MODEL.torchscript.pt)")
     parser.add_argument("--checkpoint", default="last", help="last (default), best, or a checkpoint's path")
-    parser.add_argument("--data-root", default=None, help="where the dataset is, when not where the run found it")
+    parser.add_argument("--data-root", default=None,
+                        help="where the dataset is, when it moved since the run (dataset.root; an image folder's ROOT)")
     ns = parser.parse_args(args)
     if ns.fmt == "onnx":
         _require_onnx()

@@ -111,16 +111,18 @@ def read_run_config(run_dir: Path) -> DictConfig:
 
 
 def _anchor_data_root(cfg: DictConfig, run_dir: Path) -> None:
-    """A relative ``dataset.root`` (``../shared/data``) was relative to the folder the run was started
-    from, which Hydra records (``hydra.runtime.cwd``): make it absolute, so any folder can read the run."""
-    root = cfg.dataset.get("root")
-    if not root or Path(str(root)).is_absolute():
+    """A relative ``dataset.root`` (``../shared/data``) or image-folder ``dataset.path`` was relative to the
+    folder the run was started from, which Hydra records (``hydra.runtime.cwd``): make it absolute, so any
+    folder can read the run."""
+    relative = [k for k in ("root", "path") if cfg.dataset.get(k) and not Path(str(cfg.dataset.get(k))).is_absolute()]
+    if not relative:
         return
     try:
         cwd = OmegaConf.load(run_dir / HYDRA_DIR / "hydra.yaml").hydra.runtime.cwd
-    except Exception:  # no Hydra record (a run made by train() directly): the root stays as it is
+    except Exception:  # no Hydra record (a run made by train() directly): the paths stay as they are
         return
-    cfg.dataset.root = str(Path(str(cwd)) / str(root))
+    for key in relative:
+        cfg.dataset[key] = str(Path(str(cwd)) / str(cfg.dataset[key]))
 
 
 def checkpoint_path(run_dir: Path, which: str) -> Path:
@@ -179,12 +181,12 @@ def load_run(run_dir: Path | str, checkpoint: str = "last", device: str = "auto"
 
 
 def with_data_root(cfg: DictConfig, root: str | None) -> DictConfig:
-    """The config with ``dataset.root`` replaced (a run's recorded root may be relative to another
-    working folder) and downloads off, so evaluation never fetches data by surprise."""
+    """The config with ``dataset.root`` (an image folder's ``dataset.path``) replaced, for data that moved
+    since the run, and downloads off, so evaluation never fetches data by surprise."""
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, False)
     if root is not None:
-        cfg.dataset.root = root
+        cfg.dataset["path" if data_format(cfg.dataset) == "image_folder" else "root"] = root
     cfg.dataset.download = False
     return cfg
 
