@@ -5,6 +5,7 @@ predict with the folder's class names."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,7 @@ def _odd_folder(root: Path) -> Path:
     Image.new("L", (12, 12)).save(root / "train" / "dog" / "nested" / "A.PNG")
     (root / "train" / "cat" / "notes.txt").write_text("not an image")
     (root / "train" / "cat" / ".DS_Store").write_bytes(b"\0")
+    (root / "train" / "cat" / "._000.png").write_bytes(b"\0")  # macOS's resource fork beside a copied file
     return root
 
 
@@ -86,7 +88,7 @@ def test_listing_is_torchvisions(tmp_path):
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     root = _odd_folder(tmp_path / "f")
-    (root / "train" / "cat" / ".DS_Store").unlink()  # which ImageFolder would keep (and fail to read)
+    (root / "train" / "cat" / "._000.png").unlink()  # which ImageFolder would keep (and fail to read)
     listing = list_folder(str(root))
     ours = [(str(root / rel), label) for rel, label in listing.files["train"]]
     assert folder_mod.IMG_EXTENSIONS == IMG_EXTENSIONS
@@ -149,7 +151,11 @@ def test_decoded_once_then_read_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(folder_mod, "decode_folder", no_decoding)
     again = load_folder(str(root), None, 28)
     assert torch.equal(again.splits["train"].images, first.splits["train"].images)
-    Image.fromarray(picture(0, np.random.default_rng(9))).save(root / "train" / "cat" / "000.png")  # changed
+    touched = root / "train" / "cat" / "000.png"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))  # same bytes, newer
+    with pytest.raises(AssertionError, match="decoded again"):
+        load_folder(str(root), None, 28)
+    (root / "test" / "dog" / "003.png").unlink()  # a file fewer
     with pytest.raises(AssertionError, match="decoded again"):
         load_folder(str(root), None, 28)
 
