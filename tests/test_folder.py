@@ -421,3 +421,21 @@ def test_eval_data_root_moves_the_image_folder(colour_run, tmp_path):
     OmegaConf.save(cfg, copy / ".hydra" / "config.yaml")
     OmegaConf.save({"hydra": {"runtime": {"cwd": str(tmp_path)}}}, copy / ".hydra" / "hydra.yaml")
     assert read_run_config(copy).dataset.path == str(moved)
+
+
+def test_export_contract_of_a_colour_run(colour_run, capsys):
+    """The export's input contract: 3 RGB channels at the run's side, per-channel normalization, the folder's
+    classes, pictures as they are; checked on the folder's own test images."""
+    import json
+
+    from cnnbench.evaluation.export import cmd_export
+    from cnnbench.evaluation.inference import load_run
+
+    run_dir, _, _ = colour_run
+    assert cmd_export([str(run_dir), "--format", "torchscript"]) == 0
+    side = load_run(run_dir, device="cpu").contract.side
+    contract = json.loads((run_dir / "export" / "lenet_bn.torchscript.pt.json").read_text())
+    assert contract["input"] == f"float32 (batch, 3, {side}, {side})" and contract["channels"] == "RGB"
+    assert len(contract["normalize"]["mean"]) == 3 and contract["classes"] == list(CLASSES)
+    assert contract["convention"].startswith("pictures as they are")
+    assert "the first 18 test images" in capsys.readouterr().out
