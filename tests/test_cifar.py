@@ -164,3 +164,15 @@ def test_resnet18_with_the_books_cifar_stem():
     assert first(torch.zeros(1, 3, 32, 32)).shape == (1, 64, 32, 32)
     assert torch.nn.Sequential(*list(book)[:2])(torch.zeros(1, 3, 32, 32)).shape == (1, 64, 8, 8)
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_cli_refuses_missing_data_before_a_run_folder(tmp_path, capsys, no_data_env):
+    from cnnbench.cli import main
+
+    run_dir = tmp_path / "run"
+    for overrides, words in ((["dataset.name=cifar10"], "dataset.name=cifar10 only renames"),
+                             (["dataset=cifar10", "dataset.download=false"], "CIFAR-10 not found"),
+                             (["dataset.download=false"], "fashion_mnist not found")):
+        assert main(["train", *overrides, "device=cpu", f"hydra.run.dir={run_dir}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err and not run_dir.exists()

@@ -18,10 +18,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..config import override_key, split_override
-from ..data.sources import settle_dataset
+from ..data.sources import check_data_present, settle_dataset
 from ..errors import ConfigError, ResumeRefused, RunFolderInUse
 from ..run.distributed import broadcast_object, current, init_from_env, launched_by_torchrun, shutdown
 from ..run.resume import check_resume
@@ -100,6 +100,7 @@ def preflight(args: Sequence[str]) -> str | None:
     multirun = is_multirun(args)
     groups = {p.name for p in config_dir().iterdir() if p.is_dir()}
     out_dir = None
+    datasets: dict[str, DictConfig] = {}  # each distinct dataset of the jobs, checked once after every value
     for job in _jobs(args):
         added = [o for o in job if o.startswith("+")]
         try:
@@ -120,6 +121,9 @@ def preflight(args: Sequence[str]) -> str | None:
         with open_dict(cfg):
             del cfg["hydra"]  # its job-time values (hydra.job.num) do not exist yet
         validate_config(cfg)
+        datasets.setdefault(OmegaConf.to_yaml(cfg.dataset), cfg)
+    for cfg in datasets.values():  # after every job's values: it may download
+        check_data_present(cfg)
     return out_dir
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import override_key
-from ..data.sources import check_data_present, settle_dataset, train_size
+from ..data.sources import settle_dataset, train_size
 from ..errors import ConfigError, one_line
 from ..models import get_model_spec, input_side
 from ..models.configured import model_kwargs
@@ -132,11 +132,10 @@ def check_device(cfg: DictConfig) -> None:
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Every check that needs only the composed config (no Hydra run folder), the data's presence included."""
+    """Every check that needs only the composed config (no Hydra run folder)."""
     check_values(cfg)
     check_device(cfg)
     check_memory(cfg)
-    check_data_present(cfg)  # last: it may download
 
 
 def check_memory(cfg: DictConfig) -> None:
