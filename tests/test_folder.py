@@ -304,6 +304,8 @@ def test_settle_writes_what_the_data_says(tmp_path):
         sources.settle_dataset(_cfg(root, "dataset.val_size=3"))
     with pytest.raises(ConfigError, match="dataset.num_classes=5 but .* has 3 classes"):
         sources.settle_dataset(_cfg(root, "dataset.num_classes=5"))
+    with pytest.raises(ConfigError, match="dataset.mean has 3 values but the images of .* have 1 channel"):
+        sources.settle_dataset(_cfg(root, "dataset.channels=1", "dataset.mean=[0.1,0.2,0.3]", "dataset.std=0.3"))
 
 
 def test_per_channel_normalization_reaches_the_batches(tmp_path):

@@ -199,3 +199,8 @@ def settle_dataset(cfg: DictConfig) -> None:
         mean, std = channel_stats(load_splits(cfg).train.images)  # after a val_size hold-out: training only
         dataset.mean, dataset.std = mean, std
         logger.info("normalization from %s's training images: mean %s, std %s", where, mean, std)
+    for key in ("mean", "std"):
+        value = dataset.get(key)
+        if OmegaConf.is_list(value) and len(value) not in (1, channels):
+            raise ConfigError(f"dataset.{key} has {len(value)} values but the images of {where} have {channels} "
+                              f"channel(s): give one number, or one per channel")
