@@ -293,6 +293,7 @@ def test_settle_writes_what_the_data_says(tmp_path):
     sources.settle_dataset(cfg)
     d = cfg.dataset
     assert (d.in_channels, d.num_classes, list(d.classes), d.val_size) == (3, 3, list(CLASSES), 6)
+    assert d.name == "f"  # the folder's name, for summaries, reports and TensorBoard
     train = sources.load_splits(cfg).train.images
     expected = (train.double() / 255).mean(dim=(0, 2, 3))
     assert np.allclose(list(d.mean), expected.tolist(), atol=1e-5)

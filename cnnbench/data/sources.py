@@ -16,6 +16,7 @@ import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -57,7 +58,7 @@ def read_dataset(dataset: DictConfig, side: int) -> tuple[list[str] | None, dict
     the run's input side (an image folder of mixed sizes is stored at it). Image folders and CIFAR are
     kept for the next call (the pre-launch checks, the run and every in-process sweep job read them)."""
     plain = OmegaConf.to_container(dataset, resolve=True)
-    key = json.dumps([plain.get(k) for k in ("format", "name", "folder", "root", "path", "channels",
+    key = json.dumps([plain.get(k) for k in ("format", "folder", "root", "path", "channels",
                                              "image_size", "on_bad_image")] + [side], default=str)
     if key in _READ:
         _READ.move_to_end(key)
@@ -182,6 +183,8 @@ def settle_dataset(cfg: DictConfig) -> None:
         return  # the MNIST family: everything is in its YAML
     classes, splits = read_dataset(dataset, input_side_of(cfg))
     where = dataset.get("path") or dataset.name
+    if fmt == "image_folder" and dataset.name == "image_folder":  # the option's own name: say which folder
+        dataset.name = Path(str(where)).expanduser().absolute().name  # what summary, report and TensorBoard show
     if classes is not None:
         _agree(dataset, "num_classes", len(classes), f"{where} has {len(classes)} classes")
         _agree(dataset, "classes", list(classes), f"{where}'s classes are {', '.join(classes[:10])}")
