@@ -191,7 +191,7 @@ class DatasetConfig(Section):
 class ImageFolderConfig(DatasetConfig):
     path: Optional[str] = MISSING  # noqa: UP045 - ROOT holding train/<class>/, test/<class>/, optionally val/<class>/
     channels: Any = MISSING  # auto (3 when any image has colour, else 1) | 1 | 3
-    image_size: Optional[int] = MISSING  # noqa: UP045 - stored side when the images' sizes differ (null: the run's)
+    image_size: Optional[int] = MISSING  # noqa: UP045 - stored side when sizes differ or exceed it (null: the run's)
     on_bad_image: str = MISSING  # skip (a warning naming them) | error
     decode_workers: Optional[int] = MISSING  # noqa: UP045 - processes decoding (null: one per CPU, at most 16)
     RANGES = {**DatasetConfig.RANGES, "image_size": COUNT, "decode_workers": COUNT}

@@ -138,6 +138,13 @@ def test_mixed_sizes_stored_at_the_run_side(tmp_path):
     assert data.splits["test"].images.shape[1:] == (3, 16, 16)
 
 
+def test_big_pictures_stored_at_the_run_side(tmp_path):
+    """One size for all, but larger than the run's side: stored at the side, not at full size."""
+    root = make_folder(tmp_path / "f", side=40)
+    assert load_folder(str(root), None, 16).splits["train"].images.shape[1:] == (3, 16, 16)
+    assert load_folder(str(root), None, 64).splits["train"].images.shape[1:] == (3, 40, 40)
+
+
 def test_decoded_once_then_read_from_the_cache(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "f")
     first = load_folder(str(root), None, 28)

@@ -14,9 +14,10 @@ job of a sweep, read the saved tensors. Pictures are read as torchvision's ``def
 them (``convert("RGB")``, or ``"L"`` for one channel: alpha is dropped); a picture counts as colour
 when its red, green and blue differ somewhere, so an RGB file of a grey picture stays grey.
 
-Storage size: when every image has one size (Fashion-MNIST PNGs, CIFAR, most prepared datasets) they
-are kept as they are; otherwise each is resized (Pillow bilinear, antialiased) to ``dataset.image_size``
-pixels a side, by default the run's input side. The loader resizes to the run's side on the device.
+Storage size: when every image has one size no larger than ``dataset.image_size`` (by default the run's
+input side; Fashion-MNIST PNGs, CIFAR, most prepared datasets) they are kept as they are; otherwise
+(sizes that differ, or big photographs) each is resized (Pillow bilinear, antialiased) to
+``dataset.image_size`` pixels a side. The loader resizes to the run's side on the device.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")  # sub-folders of dataset.path; val is optional
 CACHE_DIR = "image_folders"
-CACHE_VERSION = 1  # bump when what is stored changes
+CACHE_VERSION = 2  # bump when what is stored changes
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La"}
 SERIAL_BELOW = 512  # files: fewer are decoded in this process (a pool's start costs more)
 MAX_WORKERS = 16
@@ -268,19 +269,23 @@ def _split_channels(listing: Listing, results: list) -> dict[str, tuple[int, int
 
 
 def _storage_size(listing: Listing, image_size: int, workers: int | None) -> tuple[int, int] | None:
-    """The (height, width) every image is stored at when they differ; None when they share one size.
-    The headers' verdict is cached beside the tensors (reading 70,000 headers costs seconds)."""
+    """The (height, width) every image is stored at: None (as they are) when they share one size no
+    larger than ``image_size``; else ``image_size`` square (sizes that differ, or big pictures that would
+    fill the device's memory at full size only to be shrunk for every batch). The headers' verdict is
+    cached beside the tensors (reading 70,000 headers costs seconds)."""
     index = cache_root() / CACHE_DIR / f"{listing.key}.json"
     try:
-        uniform = json.loads(index.read_text())["uniform"]
+        size = json.loads(index.read_text())["size"]
     except (OSError, ValueError, KeyError):
         paths = [str(p) for split in listing.files for p in listing.paths(split)]
         sizes = {s for s in _map(_size_one, paths, workers, "reading image sizes") if not isinstance(s, str)}
-        uniform = len(sizes) <= 1
+        size = list(sizes.pop()) if len(sizes) == 1 else None  # the one (height, width), or null: they differ
         index.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(index) as tmp:
-            tmp.write_text(json.dumps({"uniform": uniform, "root": str(listing.root)}))
-    return None if uniform else (image_size, image_size)
+            tmp.write_text(json.dumps({"size": size, "root": str(listing.root)}))
+    if size is not None and max(size) <= image_size:
+        return None
+    return image_size, image_size
 
 
 def cache_file(listing: Listing, channels: int | None, size: tuple[int, int] | None) -> Path:
