@@ -136,6 +136,11 @@ def test_mixed_sizes_stored_at_the_run_side(tmp_path):
     data = load_folder(str(root), None, 16)
     assert data.splits["train"].images.shape[1:] == (3, 16, 16)
     assert data.splits["test"].images.shape[1:] == (3, 16, 16)
+    small, _ = decode_image(str(root / "test" / "dog" / "001.png"), None, (16, 16))  # as if read at 16 px
+    assert torch.equal(data.splits["test"].images[5], torch.from_numpy(small))
+    again = load_folder(str(root), None, 16)  # the sizes are recorded: the cache is found
+    assert torch.equal(again.splits["train"].images, data.splits["train"].images)
+    assert len(list((tmp_path / "xdg-cache").rglob("*.pt"))) == 1
 
 
 def test_big_pictures_stored_at_the_run_side(tmp_path):

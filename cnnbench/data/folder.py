@@ -157,27 +157,27 @@ def list_folder(path: str | None) -> Listing:
 # ------------------------------------------------------------------------------------------- decoding
 
 
-def read_size(path: str) -> tuple[int, int] | str:
-    """(height, width) from the file's header, or the reason it cannot be read (one line)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return im.size[1], im.size[0]
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for a bad file; all mean "unreadable"
-        return _reason(exc)
-
-
 def decode_image(path: str, channels: int | None, size: tuple[int, int] | None) -> tuple[np.ndarray, bool] | str:
     """((C, H, W) uint8, whether it has colour) of one file, or the reason it cannot be read.
 
     ``channels`` 1 or 3 converts (Pillow's ITU-R 601 luma, or grey repeated); None keeps a grey picture
     at one channel and a colour one at three. ``size`` (height, width) resizes when the file differs.
     """
+    decoded = _decode(path, channels, size, None)
+    return decoded if isinstance(decoded, str) else decoded[:2]
+
+
+def _decode(path: str, channels: int | None, size: tuple[int, int] | None,
+            cap: int | None) -> tuple[np.ndarray, bool, tuple[int, int]] | str:
+    """:func:`decode_image` plus the file's own (height, width); ``cap``: a picture larger than ``cap`` on
+    a side is resized to ``cap`` square (so a first decode of unknown sizes never holds full photographs)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
+            own = (im.height, im.width)
+            if size is None and cap is not None and max(own) > cap:
+                size = (cap, cap)
             im.load()  # the whole file: a truncated one fails here
             rgb = None if im.mode in GREY_MODES else np.asarray(im.convert("RGB"))
             colour = rgb is not None and bool((rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any())
@@ -191,7 +191,18 @@ def decode_image(path: str, channels: int | None, size: tuple[int, int] | None) 
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)  # (C, H, W)
     if channels == 3 and array.shape[0] == 1:
         array = np.repeat(array, 3, axis=0)
-    return np.ascontiguousarray(array), colour
+    return np.ascontiguousarray(array), colour, own
+
+
+def _resized(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, H, W) uint8 resized to ``size`` (height, width) as :func:`_decode` resizes (Pillow bilinear)."""
+    from PIL import Image
+
+    if array.shape[1:] == size:
+        return array
+    planes = [np.asarray(Image.fromarray(plane).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+              for plane in array]  # per channel: the same filter as on an RGB picture
+    return np.stack(planes)
 
 
 def _reason(exc: Exception) -> str:
@@ -199,12 +210,8 @@ def _reason(exc: Exception) -> str:
     return "not an image Pillow can read" if "cannot identify image file" in text else text
 
 
-def _decode_one(args: tuple[str, int | None, tuple[int, int] | None]) -> tuple[np.ndarray, bool] | str:
-    return decode_image(*args)
-
-
-def _size_one(path: str) -> tuple[int, int] | str:
-    return read_size(path)
+def _decode_one(args: tuple[str, int | None, tuple[int, int] | None, int | None]):
+    return _decode(*args)
 
 
 def _executor(n: int, workers: int | None) -> Executor | None:
@@ -268,24 +275,37 @@ def _split_channels(listing: Listing, results: list) -> dict[str, tuple[int, int
     return {s: (g, c) for s, (g, c) in counts.items()}
 
 
-def _storage_size(listing: Listing, image_size: int, workers: int | None) -> tuple[int, int] | None:
-    """The (height, width) every image is stored at: None (as they are) when they share one size no
-    larger than ``image_size``; else ``image_size`` square (sizes that differ, or big pictures that would
-    fill the device's memory at full size only to be shrunk for every batch). The headers' verdict is
-    cached beside the tensors (reading 70,000 headers costs seconds)."""
-    index = cache_root() / CACHE_DIR / f"{listing.key}.json"
+MISSING = "missing"  # no record of the files' sizes yet
+
+
+def storage_size(own: tuple[int, int] | None, image_size: int) -> tuple[int, int] | None:
+    """The (height, width) every image is stored at: None (as they are) when they share one size ``own``
+    no larger than ``image_size``; else ``image_size`` square (sizes that differ, or big pictures that
+    would fill the device's memory at full size only to be shrunk for every batch)."""
+    return None if own is not None and max(own) <= image_size else (image_size, image_size)
+
+
+def _index(listing: Listing) -> Path:
+    return cache_root() / CACHE_DIR / f"{listing.key}.json"
+
+
+def _own_size(listing: Listing) -> tuple[int, int] | None | str:
+    """The one (height, width) the files share, None when they differ, MISSING before a first decode."""
     try:
-        size = json.loads(index.read_text())["size"]
+        size = json.loads(_index(listing).read_text())["size"]
     except (OSError, ValueError, KeyError):
-        paths = [str(p) for split in listing.files for p in listing.paths(split)]
-        sizes = {s for s in _map(_size_one, paths, workers, "reading image sizes") if not isinstance(s, str)}
-        size = list(sizes.pop()) if len(sizes) == 1 else None  # the one (height, width), or null: they differ
+        return MISSING
+    return None if size is None else (int(size[0]), int(size[1]))
+
+
+def _write_own_size(listing: Listing, own: tuple[int, int] | None) -> None:
+    index = _index(listing)
+    try:
         index.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(index) as tmp:
-            tmp.write_text(json.dumps({"size": size, "root": str(listing.root)}))
-    if size is not None and max(size) <= image_size:
-        return None
-    return image_size, image_size
+            tmp.write_text(json.dumps({"size": None if own is None else list(own), "root": str(listing.root)}))
+    except OSError as exc:
+        logger.warning("could not write %s (%s)", index, exc)
 
 
 def cache_file(listing: Listing, channels: int | None, size: tuple[int, int] | None) -> Path:
@@ -293,11 +313,22 @@ def cache_file(listing: Listing, channels: int | None, size: tuple[int, int] | N
     return cache_root() / CACHE_DIR / f"{listing.key}-{shape}-c{channels or 'auto'}.pt"
 
 
-def decode_folder(listing: Listing, channels: int | None, size: tuple[int, int] | None,
-                  workers: int | None) -> FolderData:
-    """Decode every listed file (in worker processes, with a progress bar) into the splits' tensors."""
-    items = [(str(p), channels, size) for split in listing.files for p in listing.paths(split)]
+def decode_folder(listing: Listing, channels: int | None, size: tuple[int, int] | None | str,
+                  workers: int | None, image_size: int | None = None) -> tuple[FolderData, tuple[int, int] | None]:
+    """Decode every listed file (in worker processes, with a progress bar) into the splits' tensors, stored
+    at ``size`` (None: as they are); ``size`` MISSING: sizes not known yet, decided here by
+    :func:`storage_size` with ``image_size`` (pictures larger than it are shrunk in the workers). Returns
+    the data and the one size all files share (None when they differ)."""
+    known = size != MISSING
+    cap = None if known else image_size
+    items = [(str(p), channels, size if known else None, cap) for split in listing.files for p in listing.paths(split)]
     results = list(_map(_decode_one, items, workers, f"decoding {listing.root.name}"))
+    owns = {r[2] for r in results if not isinstance(r, str)}
+    own = next(iter(owns)) if len(owns) == 1 else None
+    if not known:
+        size = storage_size(own, image_size)
+        if size is not None:  # the few not shrunk by the workers (no larger than the side) follow
+            results = [r if isinstance(r, str) else (_resized(r[0], size), *r[1:]) for r in results]
     counts = _split_channels(listing, results)
     if channels is None:
         channels = 3 if any(c for _, c in counts.values()) else 1
@@ -320,12 +351,12 @@ def decode_folder(listing: Listing, channels: int | None, size: tuple[int, int] 
             raise DataError(f"{listing.root / split}: none of its {len(entries)} images could be read "
                             f"({skipped[-1][0]}: {skipped[-1][1]})")
         shapes = {a.shape[1:] for a in arrays}
-        if len(shapes) > 1:  # the headers agreed but the pictures do not (a file changed in between)
+        if len(shapes) > 1:  # the recorded sizes do not hold (a file changed since): decode afresh
             raise DataError(f"{listing.root}: the images changed while being read; run again")
         splits[split] = Split(torch.from_numpy(np.stack(arrays)), torch.tensor(labels, dtype=torch.long))
     grey = sum(g for g, _ in counts.values())
     colour = sum(c for _, c in counts.values())
-    return FolderData(listing.classes, splits, skipped, grey, colour)
+    return FolderData(listing.classes, splits, skipped, grey, colour), own
 
 
 def _check_split_channels(listing: Listing, counts: dict[str, tuple[int, int]]) -> None:
@@ -373,15 +404,17 @@ def load_folder(path: str | None, channels: int | None, image_size: int, on_bad_
     decoded (and cached). ``channels`` None: 3 when any image has colour, else 1."""
     start = time.perf_counter()
     listing = list_folder(path)
-    size = _storage_size(listing, image_size, workers)
-    cached = cache_file(listing, channels, size)
-    data = _load(cached)
+    own = _own_size(listing)  # recorded by the first decode of these files
+    size = MISSING if own == MISSING else storage_size(own, image_size)
+    data = None if size == MISSING else _load(cache_file(listing, channels, size))
     count = sum(len(entries) for entries in listing.files.values())
     if data is not None:
-        logger.info("%s: %d images read from the cache %s in %.1f s", listing.root, count, cached,
-                    time.perf_counter() - start)
+        logger.info("%s: %d images read from the cache %s in %.1f s", listing.root, count,
+                    cache_file(listing, channels, size), time.perf_counter() - start)
     else:
-        data = decode_folder(listing, channels, size, workers)
+        data, own = decode_folder(listing, channels, size, workers, image_size)
+        _write_own_size(listing, own)
+        cached = cache_file(listing, channels, storage_size(own, image_size))
         _save(data, cached)
         logger.info("%s: %d images decoded in %.1f s, cached in %s", listing.root, count,
                     time.perf_counter() - start, cached)
