@@ -143,10 +143,15 @@ def test_mixed_sizes_stored_at_the_run_side(tmp_path):
     assert len(list((tmp_path / "xdg-cache").rglob("*.pt"))) == 1
 
 
-def test_big_pictures_stored_at_the_run_side(tmp_path):
-    """One size for all, but larger than the run's side: stored at the side, not at full size."""
+def test_big_pictures_stored_at_the_run_side(tmp_path, monkeypatch):
+    """One size for all, but larger than the run's side: stored at the side, not at full size; shrunk as
+    they are read, so a first decode never holds the full pictures."""
     root = make_folder(tmp_path / "f", side=40)
+    seen = []
+    resized = folder_mod._resized
+    monkeypatch.setattr(folder_mod, "_resized", lambda a, size: seen.append(a.shape) or resized(a, size))
     assert load_folder(str(root), None, 16).splits["train"].images.shape[1:] == (3, 16, 16)
+    assert seen and all(max(shape[1:]) <= 16 for shape in seen)
     assert load_folder(str(root), None, 64).splits["train"].images.shape[1:] == (3, 40, 40)
 
 
