@@ -326,6 +326,15 @@ def test_settle_writes_what_the_data_says(tmp_path):
         sources.settle_dataset(_cfg(root, "dataset.channels=1", "dataset.mean=[0.1,0.2,0.3]", "dataset.std=0.3"))
 
 
+def test_images_added_during_a_session_are_read(tmp_path):
+    """In one process (a notebook, an in-process sweep) the data read is reused until the folder changes."""
+    root = make_folder(tmp_path / "f")
+    cfg = _cfg(root)
+    assert len(sources.load_splits(cfg).train) == 24
+    Image.fromarray(picture(0, np.random.default_rng(3))).save(root / "train" / "cat" / "new.png")
+    assert len(sources.load_splits(cfg).train) == 25
+
+
 def test_per_channel_normalization_reaches_the_batches(tmp_path):
     from cnnbench.data import DeviceLoader
     from cnnbench.data.loader import normalization

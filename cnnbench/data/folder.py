@@ -154,6 +154,21 @@ def list_folder(path: str | None) -> Listing:
     return Listing(root, classes, files, digest.hexdigest())
 
 
+def folder_stamp(path: str | None) -> str:
+    """Modification times of ROOT's split and class folders: they change when a file is added, removed or
+    renamed there (not when one is rewritten in place). A few dozen stats: what an in-process reader
+    checks before reusing what it read."""
+    if not path:
+        return ""
+    root = Path(path).expanduser()
+    stamps = []
+    for split in SPLITS:
+        folder = root / split
+        if folder.is_dir():
+            stamps += [f"{p}:{p.stat().st_mtime_ns}" for p in (folder, *sorted(folder.iterdir())) if p.is_dir()]
+    return ";".join(stamps)
+
+
 # ------------------------------------------------------------------------------------------- decoding
 
 

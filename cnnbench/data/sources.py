@@ -58,12 +58,17 @@ def read_dataset(dataset: DictConfig, side: int) -> tuple[list[str] | None, dict
     the run's input side (an image folder of mixed sizes is stored at it). Image folders and CIFAR are
     kept for the next call (the pre-launch checks, the run and every in-process sweep job read them)."""
     plain = OmegaConf.to_container(dataset, resolve=True)
+    fmt = data_format(dataset)
+    stamp = ""
+    if fmt == "image_folder":  # images added or removed since: read again (a notebook's second run)
+        from .folder import folder_stamp
+
+        stamp = folder_stamp(dataset.get("path"))
     key = json.dumps([plain.get(k) for k in ("format", "folder", "root", "path", "channels",
-                                             "image_size", "on_bad_image")] + [side], default=str)
+                                             "image_size", "on_bad_image")] + [side, stamp], default=str)
     if key in _READ:
         _READ.move_to_end(key)
         return _READ[key]
-    fmt = data_format(dataset)
     if fmt == "image_folder":
         from .folder import load_folder
 
