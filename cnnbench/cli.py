@@ -42,13 +42,20 @@ def _sentence(text: str) -> str:
 def _cmd_models(args: Sequence[str]) -> int:
     parser = command_parser("cnnbench models", _sentence(COMMANDS["models"]) + " (at each one's book resolution).")
     parser.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'vgg*' (none: all)")
+    parser.add_argument("--channels", type=int, default=1, choices=(1, 3),
+                        help="input channels: 1 (grey) or 3 (colour: image folders, CIFAR)")
+    parser.add_argument("--classes", type=int, default=10, help="output classes")
+    parser.add_argument("--size", type=int, default=None,
+                        help="input side in pixels (e.g. 32 for CIFAR): FLOPs there, and whether each network builds")
     ns = parser.parse_args(args)
+    if ns.classes < 2 or (ns.size is not None and ns.size < 1):
+        parser.error("--classes must be at least 2 and --size at least 1")
     from .models import list_models
     from .models.stats import models_table
 
     if ns.pattern and not list_models(ns.pattern):
         raise ConfigError(f"no model matches {ns.pattern!r}; the models: {', '.join(list_models())}")
-    print(models_table(ns.pattern))
+    print(models_table(ns.pattern, ns.channels, ns.classes, ns.size))
     return 0
 
 
@@ -73,6 +80,10 @@ def _cmd_summary(args: Sequence[str]) -> int:
     from .models.stats import summary_text
 
     cfg = compose_config(summary_overrides(ns.items))
+    if cfg.dataset.in_channels is None:  # an image folder: its channels and classes come from its images
+        from .data.sources import settle_dataset
+
+        settle_dataset(cfg)
     model, size = model_from_config(cfg), image_size(cfg)
     print(f"{cfg.model.name} at {size}x{size}")
     print(summary_text(model, cfg.dataset.in_channels, size))

@@ -114,8 +114,8 @@ def _colour_bar(image: Any, draw: Any, corner: tuple[int, int], length: int, fon
 
 def mistakes_figure(images: np.ndarray, true: Sequence[str], predicted: Sequence[str], probs: Sequence[float],
                     columns: int = 8, title: str = "most confident mistakes") -> Any:
-    """A grid of images (N, H, W) uint8, light on dark, each titled "true -> predicted" and the
-    predicted class's probability, like the book's predict_ch3."""
+    """A grid of images, (N, H, W) or (N, C, H, W) uint8 (one channel grey, three in colour), each titled
+    "true -> predicted" and the predicted class's probability, like the book's predict_ch3."""
     plt = pyplot()
     n = len(images)
     columns = max(1, min(columns, n))
@@ -125,7 +125,10 @@ def mistakes_figure(images: np.ndarray, true: Sequence[str], predicted: Sequence
         ax.axis("off")
         if k >= n:
             continue
-        ax.imshow(images[k], cmap="gray", vmin=0, vmax=255)
+        image = images[k] if images[k].ndim == 2 else images[k].transpose(1, 2, 0)  # (H, W) or (H, W, C)
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[..., 0]
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
         ax.set_title(f"{true[k]}\n-> {predicted[k]} {probs[k]:.2f}", fontsize=7, color="#b00020")
     if n == 0:
         axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")

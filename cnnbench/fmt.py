@@ -55,7 +55,8 @@ def add_data_root(parser: argparse.ArgumentParser, *aliases: str, help: str | No
     """``--data-root DIR``, the one name of the data folder in every command that reads a dataset (train
     spells it ``dataset.root=``); ``aliases`` are older spellings kept working."""
     parser.add_argument("--data-root", *aliases, dest="data_root", default=None, metavar="DIR",
-                        help=help or "folder holding the dataset, when it is not where the run found it")
+                        help=help or "folder holding the dataset when it moved since the run (dataset.root; "
+                        "an image folder's ROOT)")
 
 
 def human(n: float, unit: str = "") -> str:

@@ -140,23 +140,71 @@ class TrainerConfig(Section):
 # ------------------------------------------------------------------------------------------------- groups
 
 
+DATA_FORMATS = ("idx", "image_folder", "cifar")
+
+
 @dataclass
 class DatasetConfig(Section):
+    """A dataset; ``in_channels``, ``num_classes`` and ``classes`` null: read from the data (image folders,
+    CIFAR) and written into the run's config before its folder exists (:func:`cnnbench.data.settle_dataset`);
+    ``mean``/``std`` a number, one per channel, or null: computed from the training images."""
+
     name: str = MISSING
-    folder: str = MISSING  # torchvision's layout: <root>/<folder>/raw/<four IDX files>
+    format: str = "idx"  # idx (MNIST family) | image_folder | cifar
+    folder: Optional[str] = MISSING  # noqa: UP045 - idx: torchvision's layout <root>/<folder>/raw/<four IDX files>
     root: Optional[str] = MISSING  # noqa: UP045
     download: bool = MISSING
     resize: Optional[int] = MISSING  # noqa: UP045
     val_size: int = MISSING
     val_seed: int = MISSING
-    in_channels: int = MISSING
-    num_classes: int = MISSING
+    in_channels: Optional[int] = MISSING  # noqa: UP045
+    num_classes: Optional[int] = MISSING  # noqa: UP045
     normalize: bool = MISSING
-    mean: float = MISSING
-    std: float = MISSING
-    classes: list[str] = MISSING
+    mean: Any = MISSING  # float | list[float] (one per channel) | null (computed from the training images)
+    std: Any = MISSING
+    classes: Optional[list[str]] = MISSING  # noqa: UP045
     RANGES = {"resize": COUNT, "val_size": NON_NEGATIVE_INT, "in_channels": COUNT,
-              "num_classes": Range(2.0, integer=True), "std": POSITIVE}
+              "num_classes": Range(2.0, integer=True)}
+
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        if self.format not in DATA_FORMATS:
+            raise ConfigError(f"{prefix}.format must be {' or '.join(DATA_FORMATS)}, got {self.format!r}")
+        for key, allowed in (("mean", Range(0.0, 1.0, high_open=False)), ("std", POSITIVE)):
+            value = getattr(self, key)
+            values = list(value) if isinstance(value, (list, tuple)) else [value]
+            if value is None:
+                continue
+            if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                raise ConfigError(f"{prefix}.{key} must be a number, a list of one number per channel, or null "
+                                  f"(computed from the training images), got {value!r}")
+            for v in values:
+                if not allowed.contains(v):
+                    raise ConfigError(f"{prefix}.{key} must be {allowed.words()} (per channel), got {value!r}")
+            if len(values) > 1 and self.in_channels is not None and len(values) != self.in_channels:
+                raise ConfigError(f"{prefix}.{key} has {len(values)} values for {self.in_channels} channels")
+        if self.classes is not None and self.num_classes is not None and len(self.classes) != self.num_classes:
+            raise ConfigError(f"{prefix}.classes has {len(self.classes)} names for {self.num_classes} classes")
+
+
+@dataclass
+class ImageFolderConfig(DatasetConfig):
+    path: Optional[str] = MISSING  # noqa: UP045 - ROOT holding train/<class>/, test/<class>/, optionally val/<class>/
+    channels: Any = MISSING  # auto (3 when any image has colour, else 1) | 1 | 3
+    image_size: Optional[int] = MISSING  # noqa: UP045 - stored side when sizes differ or exceed it (null: the run's)
+    on_bad_image: str = MISSING  # skip (a warning naming them) | error
+    decode_workers: Optional[int] = MISSING  # noqa: UP045 - processes decoding (null: one per CPU, at most 16)
+    RANGES = {**DatasetConfig.RANGES, "image_size": COUNT, "decode_workers": COUNT}
+
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        if self.channels not in ("auto", 1, 3):
+            raise ConfigError(f"{prefix}.channels must be auto, 1 or 3, got {self.channels!r}")
+        if self.on_bad_image not in ("skip", "error"):
+            raise ConfigError(f"{prefix}.on_bad_image must be skip or error, got {self.on_bad_image!r}")
+        if not self.path:
+            raise ConfigError(f"{prefix}.path is not set: dataset=image_folder needs {prefix}.path=ROOT, a folder "
+                              "holding train/<class>/ and test/<class>/ sub-folders of images")
 
 
 @dataclass
@@ -316,7 +364,7 @@ class TrainSchema:
 # group -> {schema name: dataclass}; a YAML option lists its schema first in its defaults
 # (kept under schema/GROUP, not in the group itself, so that they are not offered as options)
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
-    "dataset": {"dataset": DatasetConfig},
+    "dataset": {"dataset": DatasetConfig, "image_folder": ImageFolderConfig},
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig},
     "scheduler": {"none": NoScheduleConfig, "cosine": CosineConfig, "step": StepConfig, "onecycle": OneCycleConfig},
     "device": {"device": DeviceConfig},

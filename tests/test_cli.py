@@ -228,3 +228,13 @@ def test_the_first_epoch_resumes_a_paused_collector(fake_data, tmp_path) -> None
         collector.resume()
         gc.enable()
         gc.unfreeze()
+
+
+def test_models_for_colour_32_pixel_inputs(capsys):
+    """--channels 3 --size 32: parameters of colour networks, FLOPs at 32 px, which are too small there."""
+    assert main(["models", "--channels", "3", "--size", "32"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "inputs: 3 channel(s), 10 classes"
+    rows = {line.split()[0]: line for line in lines[3:]}
+    assert "too small: dataset.resize=65 or more" in rows["alexnet"] and rows["resnet18"].endswith("builds")
+    assert rows["lenet"].split()[2] == "83,126"  # the first convolution sees 3 channels (61,706 for grey)

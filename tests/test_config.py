@@ -91,8 +91,26 @@ def test_experiments_are_the_books_recipes(experiment):
 BEYOND_THE_BOOK = {"quickstart", "fast_cpu", "fast_gpu", "best"}
 
 
+# CIFAR-10 recipes (issue 26): the book's chapter 14.13 and the FastNet recipes at 32 pixels
+CIFAR_RECIPES = {"cifar10_resnet18", "cifar10_fast_cpu", "cifar10_fast_gpu"}
+
+
 def test_experiment_list_is_complete():
-    assert set(options("experiment")) == set(RECIPES) | BEYOND_THE_BOOK
+    assert set(options("experiment")) == set(RECIPES) | BEYOND_THE_BOOK | CIFAR_RECIPES
+
+
+def test_cifar10_resnet18_is_the_books_chapter_14_13():
+    """D2L 14.13 sums the loss (lr 2e-4, wd 5e-4 at batch 128); averaged here: lr x128, wd /128."""
+    cfg = compose_config(["experiment=cifar10_resnet18"])
+    assert (cfg.dataset.name, cfg.model.name, cfg.model.stem, image_size(cfg)) == ("cifar10", "resnet18", "cifar", 32)
+    assert cfg.trainer.batch_size == 128 and cfg.trainer.epochs == 20 and cfg.trainer.init == "default"
+    assert cfg.optimizer.lr == pytest.approx(2e-4 * 128) and cfg.optimizer.weight_decay == pytest.approx(5e-4 / 128)
+    assert cfg.optimizer.momentum == 0.9 and (cfg.scheduler.name, cfg.scheduler.step_epochs, cfg.scheduler.gamma) == (
+        "step", 4, 0.9)
+    assert list(cfg.dataset.mean) == [0.4914, 0.4822, 0.4465] and list(cfg.dataset.std) == [0.2023, 0.1994, 0.2010]
+    for fast in ("cifar10_fast_cpu", "cifar10_fast_gpu"):
+        cfg = compose_config([f"experiment={fast}"])
+        assert cfg.dataset.name == "cifar10" and image_size(cfg) == 32 and cfg.augment.crop_padding == 4
 
 
 def test_defaults_are_the_lenet_recipe():

@@ -10,8 +10,8 @@ import torch
 from omegaconf import OmegaConf
 
 from cnnbench.config import compose_config
-from cnnbench.data import DeviceLoader, find_data_root, load_splits
-from cnnbench.data.idx import candidate_roots, load_mini, read_split
+from cnnbench.data import DeviceLoader, find_data_root
+from cnnbench.data.idx import candidate_roots, load_mini, load_splits, read_split
 from cnnbench.errors import ConfigError, DataError
 from cnnbench.run.validate import check_values
 

@@ -27,7 +27,7 @@ FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 
 
 def test_confusion_matrix_sums_to_the_test_set_and_its_diagonal_is_the_accuracy(fake_data):
-    _, test = load_splits(compose_fast(fake_data).dataset)
+    test = load_splits(compose_fast(fake_data)).test
     loader = DeviceLoader(test, 50, torch.device("cpu"), shuffle=False)  # 128 = 50 + 50 + 28: a short last batch
     torch.manual_seed(0)
     result = evaluate(build_model("lenet_bn").eval(), loader, Precision.create("fp32", torch.device("cpu")),

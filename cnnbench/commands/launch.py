@@ -22,6 +22,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..config import PRIMARY_CONFIG, ConfigSource, override_key, split_override
+from ..data.sources import check_data_present, settle_dataset
 from ..errors import ConfigError, ResumeRefused, RunFolderInUse
 from ..run.distributed import broadcast_object, current, init_from_env, launched_by_torchrun, shutdown
 from ..run.resume import check_resume
@@ -131,6 +132,7 @@ def preflight(line: CommandLine) -> str | None:
     folders = [config_dir(), *([Path(source.extra_dir)] if source.extra_dir else [])]
     groups = {p.name for folder in folders for p in folder.iterdir() if p.is_dir()}
     out_dir = None
+    datasets: dict[str, DictConfig] = {}  # each distinct dataset of the jobs, checked once after every value
     for job in _jobs(line):
         added = [o for o in job if o.startswith("+")]
         try:
@@ -152,6 +154,9 @@ def preflight(line: CommandLine) -> str | None:
         with open_dict(cfg):
             del cfg["hydra"]  # its job-time values (hydra.job.num) do not exist yet
         validate_config(cfg)
+        datasets.setdefault(OmegaConf.to_yaml(cfg.dataset), cfg)
+    for cfg in datasets.values():  # after every job's values: it may download
+        check_data_present(cfg)
     return out_dir
 
 
@@ -346,6 +351,7 @@ def _claim_run_folder(run_dir: Path, line: CommandLine, held: contextlib.ExitSta
     from ..run.checkpoint import resolve_resume
 
     cfg = compose_config(line.overrides, source=line.source)
+    settle_dataset(cfg)  # as the run will record it (its classes, channels, normalization)
     check_resume(cfg, resolve_resume(cfg, run_dir), announce=False)  # train() logs the changes
     ctx = current()
     refusal = None

@@ -223,15 +223,22 @@ def _missing_message(cfg: DictConfig) -> str:
     )
 
 
-def load_splits(cfg: DictConfig) -> tuple[Split, Split]:
-    """Train and test splits for the ``dataset`` config group."""
-    if cfg.name == "fashion_mnist_mini":
-        return load_mini()
+def locate(cfg: DictConfig) -> Path:
+    """The folder holding the ``dataset`` group's four files, downloaded first when missing and allowed;
+    missing, one DataError saying where it looked and what to do."""
     folder = find_data_root(cfg.folder, cfg.root)
     if folder is None and cfg.download:
         folder = _download(cfg.folder, cfg.root)
     if folder is None:
         raise DataError(_missing_message(cfg))
+    return folder
+
+
+def load_splits(cfg: DictConfig) -> tuple[Split, Split]:
+    """Train and test splits for the ``dataset`` config group."""
+    if cfg.name == "fashion_mnist_mini":
+        return load_mini()
+    folder = locate(cfg)
     logger.debug("reading %s from %s", cfg.name, folder)
     return read_split(folder, "train", cfg.num_classes), read_split(folder, "test", cfg.num_classes)
 

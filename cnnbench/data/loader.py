@@ -1,12 +1,16 @@
-"""Batches drawn from device-resident uint8 tensors: gather, convert and resize on the device."""
+"""Batches drawn from device-resident uint8 tensors: gather, convert and resize on the device.
+
+A split's images are (N, H, W) uint8 (the MNIST family, one channel) or (N, C, H, W) uint8 (image
+folders, CIFAR); either becomes (B, C, S, S) float batches.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 from torch.nn import functional as F
 
 from .augment import Augment, Draws
@@ -31,20 +35,22 @@ class DeviceLoader:
         resize: int = NATIVE_SIDE,
         shuffle: bool = True,
         seed: int = 0,
-        normalize: tuple[float, float] | None = None,
+        normalize: tuple[Sequence[float] | float, Sequence[float] | float] | None = None,
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
         augment: Augment | None = None,
     ) -> None:
-        self.images = split.images.to(device)  # (N, 28, 28) uint8
+        self.images = split.images.to(device)  # (N, H, W) or (N, C, H, W) uint8
         self.labels = split.labels.to(device)  # (N,) int64
         self.batch_size = batch_size  # global batch, all ranks together
         self.device = device
         self.resize = resize
         self.shuffle = shuffle
         self.seed = seed
-        self.normalize = normalize
+        self.normalize = None if normalize is None else tuple(  # mean, std: (1, C or 1, 1, 1) float on the device
+            torch.tensor([v] if isinstance(v, (int, float)) else list(v), dtype=torch.float32,
+                         device=device).view(1, -1, 1, 1) for v in normalize)
         self.channels_last = channels_last
         self.rank = rank
         self.world_size = world_size
@@ -92,14 +98,14 @@ class DeviceLoader:
         return draws
 
     def prepare(self, images: torch.Tensor, draws: Draws | None = None) -> torch.Tensor:
-        """(B, 28, 28) uint8 -> (B, 1, S, S) float in [0, 1] (augmented with ``draws``, optionally
-        standardized)."""
-        x = images.unsqueeze(1).float().div_(255.0)
-        if self.resize != x.shape[-1]:
+        """(B, H, W) or (B, C, H, W) uint8 -> (B, C, S, S) float in [0, 1] (augmented with ``draws``,
+        optionally standardized per channel)."""
+        x = (images.unsqueeze(1) if images.dim() == 3 else images).float().div_(255.0)
+        if x.shape[-2:] != (self.resize, self.resize):
             # Bilinear like the book's PIL Resize; antialias only matters when shrinking.
             x = F.interpolate(
                 x, size=(self.resize, self.resize), mode="bilinear", align_corners=False,
-                antialias=self.resize < x.shape[-1],
+                antialias=self.resize < max(x.shape[-2:]),
             )
         if draws is not None:
             x = self.augment.apply(x, draws)
@@ -111,6 +117,15 @@ class DeviceLoader:
         return x
 
 
-def normalization(cfg: DictConfig) -> tuple[float, float] | None:
-    """(mean, std) subtracted from and divided into inputs scaled to [0, 1], or None (the book's way)."""
-    return (float(cfg.dataset.mean), float(cfg.dataset.std)) if cfg.dataset.normalize else None
+def normalization(cfg: DictConfig) -> tuple[list[float], list[float]] | None:
+    """Per-channel (mean, std) subtracted from and divided into inputs scaled to [0, 1], or None (the
+    book's way). A single number applies to every channel."""
+    if not cfg.dataset.normalize:
+        return None
+    channels = int(cfg.dataset.in_channels)
+
+    def per_channel(value) -> list[float]:
+        values = [float(v) for v in value] if isinstance(value, (list, tuple, ListConfig)) else [float(value)]
+        return values * channels if len(values) == 1 else values
+
+    return per_channel(cfg.dataset.mean), per_channel(cfg.dataset.std)

@@ -92,7 +92,7 @@ def confident_mistakes(p: Predictions, n: int = MISTAKES_SHOWN) -> list[int]:
 def write_outputs(run: LoadedRun, split: str, images: torch.Tensor, p: Predictions,
                   record: dict[str, Any], tensorboard: bool = True) -> dict[str, Path]:
     """eval/<split>.json and its two pictures; the pictures and PR curves also into TensorBoard.
-    ``images`` are the split's (N, 28, 28) uint8 images, in the order of ``p``."""
+    ``images`` are the split's (N, H, W) or (N, C, H, W) uint8 images, in the order of ``p``."""
     from ..figures import close, confusion_image, mistakes_figure, save_png
 
     names = run.contract.classes

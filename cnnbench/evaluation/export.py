@@ -1,6 +1,6 @@
 """``cnnbench export RUN_DIR --format onnx|torchscript``: a trained network as a file other tools run.
 
-The file takes a dynamic batch of (1, S, S) float images and returns logits; its input contract (side,
+The file takes a dynamic batch of (C, S, S) float images and returns logits; its input contract (side,
 scaling to [0, 1], normalization, class names) is stored inside it (ONNX ``metadata_props`` key
 ``cnnbench``; TorchScript extra file ``cnnbench.json``) and beside it (``<file>.json``). Every export is
 checked: the written file runs on a batch of test images (onnxruntime for ONNX, ``torch.jit.load`` for
@@ -107,7 +107,7 @@ def check_images(run: LoadedRun, data_root: str | None) -> tuple[torch.Tensor, s
 
     side, channels = run.contract.side, run.contract.channels
     try:
-        test = load_splits(with_data_root(run.cfg, data_root).dataset)[1]
+        test = load_splits(with_data_root(run.cfg, data_root)).test
     except DataError as exc:
         logger.warning("dataset not found (%s); checking the export on random images", str(exc).split(".")[0])
         gen = torch.Generator().manual_seed(0)

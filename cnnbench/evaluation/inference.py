@@ -20,7 +20,7 @@ from torch import nn
 from ..confusion import class_names
 from ..data import DeviceLoader, Split, load_splits
 from ..data.loader import normalization
-from ..data.split import split_train_val
+from ..data.sources import data_format
 from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, RunFolderError
 from ..models.configured import image_size, model_from_config
@@ -37,19 +37,24 @@ CHECKPOINT_NAMES = {"last": CHECKPOINT, "best": BEST_CHECKPOINT}
 @dataclass(frozen=True)
 class InputContract:
     """What the network expects: (channels, side, side) float images scaled to [0, 1], then optionally
-    standardized, light objects on a dark background as in the MNIST family; and what its outputs mean."""
+    standardized per channel; light objects on a dark background for the MNIST family (``mnist_style``),
+    pictures as they are (RGB order for three channels) for image folders and CIFAR; and what its
+    outputs mean."""
 
     channels: int
     side: int  # pixels
-    normalize: tuple[float, float] | None  # (mean, std) applied after scaling to [0, 1]
+    normalize: tuple[list[float], list[float]] | None  # per-channel (mean, std) applied after scaling to [0, 1]
     classes: list[str]  # output index -> class name
+    mnist_style: bool = True  # IDX datasets: light on dark, centred in 28x28 (predict converts pictures so)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "input": f"float32 (batch, {self.channels}, {self.side}, {self.side})",
             "scale": "uint8 pixels / 255 -> [0, 1]",
             "normalize": None if self.normalize is None else {"mean": self.normalize[0], "std": self.normalize[1]},
-            "convention": "light object on a dark background (as the training images)",
+            "channels": "grey" if self.channels == 1 else "RGB",
+            "convention": ("light object on a dark background, centred (as the MNIST family's images)"
+                           if self.mnist_style else "pictures as they are, resized to the side (as in training)"),
             "output": "logits (batch, classes); softmax gives probabilities",
             "classes": self.classes,
         }
@@ -106,16 +111,18 @@ def read_run_config(run_dir: Path) -> DictConfig:
 
 
 def _anchor_data_root(cfg: DictConfig, run_dir: Path) -> None:
-    """A relative ``dataset.root`` (``../shared/data``) was relative to the folder the run was started
-    from, which Hydra records (``hydra.runtime.cwd``): make it absolute, so any folder can read the run."""
-    root = cfg.dataset.get("root")
-    if not root or Path(str(root)).is_absolute():
+    """A relative ``dataset.root`` (``../shared/data``) or image-folder ``dataset.path`` was relative to the
+    folder the run was started from, which Hydra records (``hydra.runtime.cwd``): make it absolute, so any
+    folder can read the run."""
+    relative = [k for k in ("root", "path") if cfg.dataset.get(k) and not Path(str(cfg.dataset.get(k))).is_absolute()]
+    if not relative:
         return
     try:
         cwd = OmegaConf.load(run_dir / HYDRA_DIR / "hydra.yaml").hydra.runtime.cwd
-    except Exception:  # no Hydra record (a run made by train() directly): the root stays as it is
+    except Exception:  # no Hydra record (a run made by train() directly): the paths stay as they are
         return
-    cfg.dataset.root = str(Path(str(cwd)) / str(root))
+    for key in relative:
+        cfg.dataset[key] = str(Path(str(cwd)) / str(cfg.dataset[key]))
 
 
 def checkpoint_path(run_dir: Path, which: str) -> Path:
@@ -164,7 +171,8 @@ def load_run(run_dir: Path | str, checkpoint: str = "last", device: str = "auto"
     model = model_from_config(cfg)
     step = load_weights(model, cfg, path)
     target = resolve_device(device)
-    contract = InputContract(int(cfg.dataset.in_channels), image_size(cfg), normalization(cfg), class_names(cfg))
+    contract = InputContract(int(cfg.dataset.in_channels), image_size(cfg), normalization(cfg), class_names(cfg),
+                             mnist_style=data_format(cfg.dataset) == "idx")
     summary, _ = read_summary(run_dir)  # {} when missing or unreadable
     if (summary.get("speed") or {}).get("channels_last"):
         model.to(memory_format=torch.channels_last)
@@ -173,12 +181,12 @@ def load_run(run_dir: Path | str, checkpoint: str = "last", device: str = "auto"
 
 
 def with_data_root(cfg: DictConfig, root: str | None) -> DictConfig:
-    """The config with ``dataset.root`` replaced (a run's recorded root may be relative to another
-    working folder) and downloads off, so evaluation never fetches data by surprise."""
+    """The config with ``dataset.root`` (an image folder's ``dataset.path``) replaced, for data that moved
+    since the run, and downloads off, so evaluation never fetches data by surprise."""
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, False)
     if root is not None:
-        cfg.dataset.root = root
+        cfg.dataset["path" if data_format(cfg.dataset) == "image_folder" else "root"] = root
     cfg.dataset.download = False
     return cfg
 
@@ -188,11 +196,8 @@ def eval_split(cfg: DictConfig, split: str) -> Split:
     (``dataset.val_size`` examples held out of the training split, stratified, seeded by ``dataset.val_seed``)."""
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; use test or val")
-    train, test = load_splits(cfg.dataset)
-    if split == "test":
-        return test
-    val_size = cfg.dataset.get("val_size", 0)
-    if not val_size:
-        raise ConfigError(f"the run has no validation split (dataset.val_size is {val_size or 0}); "
+    if split == "val" and not cfg.dataset.get("val_size", 0):
+        raise ConfigError(f"the run has no validation split (dataset.val_size is {cfg.dataset.get('val_size') or 0}); "
                           "evaluate it with --split test")
-    return split_train_val(train, val_size, int(cfg.dataset.get("val_seed", 0)))[1]
+    splits = load_splits(cfg)
+    return splits.test if split == "test" else splits.val

@@ -5,6 +5,10 @@ the dataset's (:func:`to_dataset_style`): grayscale; inverted when it is dark on
 photographed on white paper), since the MNIST family is light on dark; the background level taken off;
 the object cropped and fitted into 28x28 keeping its aspect ratio, as Fashion-MNIST's own images were
 made. From there the run's own preparation (resize to the model's side, normalization) takes over.
+
+A run on an image folder or CIFAR gets none of that: its pictures are read as the training images were
+(:func:`cnnbench.data.folder.decode_image`: its channels, grey or RGB, no inversion) and resized to
+the run's side, then prepared by the run's own loader (its per-channel normalization).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ class Picture:
     """One input file and what became of it."""
 
     path: Path
-    image: np.ndarray | None = None  # (28, 28) uint8, light object on dark
+    image: np.ndarray | None = None  # (28, 28) uint8 light object on dark, or (C, S, S) uint8 as read
     inverted: bool = False
     error: str | None = None
     top: list[tuple[str, float]] = field(default_factory=list)  # (class, probability), best first
@@ -101,10 +105,19 @@ def gather_files(items: Sequence[str]) -> list[Path]:
     return files
 
 
-def load_picture(path: Path) -> Picture:
-    """Read and convert one file; an unreadable one keeps its error, one line."""
+def load_picture(path: Path, run: LoadedRun | None = None) -> Picture:
+    """Read and convert one file for ``run`` (None: the MNIST family's way); an unreadable one keeps its
+    error, one line."""
     if not path.exists():
         return Picture(path, error="no such file")
+    if run is not None and not run.contract.mnist_style:
+        from ..data.folder import decode_image
+
+        side = run.contract.side
+        decoded = decode_image(str(path), run.contract.channels, (side, side))
+        if isinstance(decoded, str):
+            return Picture(path, error=f"not a readable image ({decoded})")
+        return Picture(path, image=decoded[0])
     try:
         image, inverted = to_dataset_style(read_gray(path))
     except (OSError, ValueError, SyntaxError) as exc:  # Pillow's UnidentifiedImageError is an OSError
@@ -119,7 +132,7 @@ def classify(run: LoadedRun, pictures: list[Picture], topk: int) -> None:
     good = [p for p in pictures if p.image is not None]
     if not good:
         return
-    images = torch.from_numpy(np.stack([p.image for p in good]))  # (N, 28, 28) uint8
+    images = torch.from_numpy(np.stack([p.image for p in good]))  # (N, 28, 28) or (N, C, S, S) uint8
     split = Split(images, torch.zeros(len(good), dtype=torch.long))
     loader = run.loader(split, batch_size=len(good))
     x, _ = next(loader.batches(epoch=0))  # (N, 1, S, S), prepared like the run's test images
@@ -161,7 +174,7 @@ def cmd_predict(args: Sequence[str]) -> int:
     if ns.topk < 1:
         parser.error("--topk must be at least 1")
     run = load_run(ns.run_dir, ns.checkpoint, ns.device)
-    pictures = [load_picture(path) for path in gather_files(ns.images)]
+    pictures = [load_picture(path, run) for path in gather_files(ns.images)]
     if not pictures:
         parser.error("no image files found in the given folders")
     classify(run, pictures, ns.topk)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .registry import register_model
+from .registry import ModelKwarg, register_model
 
 # (output channels, number of Residual blocks) per stage; stages after the first halve the side.
 STAGE_TABLES: dict[str, Sequence[tuple[int, int]]] = {
@@ -50,8 +50,16 @@ def resnet_stage(in_channels: int, out_channels: int, num_residuals: int, first:
     return nn.Sequential(*blocks)
 
 
-def resnet_stem(in_channels: int, channels: int = 64) -> nn.Sequential:
-    """b1: 7x7/2 conv, BN, ReLU, 3x3/2 max pool (the side shrinks by 4)."""
+STEMS = ("book", "cifar")  # model.stem
+
+
+def resnet_stem(in_channels: int, channels: int = 64, stem: str = "book") -> nn.Sequential:
+    """b1: 7x7/2 conv, BN, ReLU, 3x3/2 max pool (the side shrinks by 4); ``stem="cifar"``: the book's
+    CIFAR-10 ResNet-18 (D2L 13.6 ``resnet18``, used in 14.13): one 3x3/1 conv, BN, ReLU, no pooling,
+    so a 32-pixel image keeps its side into the first stage."""
+    if stem == "cifar":
+        return nn.Sequential(nn.Conv2d(in_channels, channels, kernel_size=3, stride=1, padding=1),
+                             nn.BatchNorm2d(channels), nn.ReLU())
     return nn.Sequential(
         nn.Conv2d(in_channels, channels, kernel_size=7, stride=2, padding=3),
         nn.BatchNorm2d(channels),
@@ -69,13 +77,14 @@ class ResNet(nn.Sequential):
         in_channels: int = 1,
         num_classes: int = 10,
         image_size: int = 96,
+        stem: str = "book",
     ) -> None:
         blocks, channels = [], stages[0][0]
         for i, (out_channels, num_residuals) in enumerate(stages):
             blocks.append(resnet_stage(channels, out_channels, num_residuals, first=i == 0))
             channels = out_channels
         super().__init__(
-            resnet_stem(in_channels, stages[0][0]),
+            resnet_stem(in_channels, stages[0][0], stem),
             *blocks,
             nn.AdaptiveAvgPool2d((1, 1)),  # (B, 512, 1, 1)
             nn.Flatten(),
@@ -89,7 +98,8 @@ def _register(name: str, doc: str) -> None:
 
     factory.__doc__ = doc
     # Every layer pads enough that even a 1x1 input keeps one pixel, so any size builds.
-    register_model(name, family="resnet", book_resolution=96, min_resolution=1)(factory)
+    stem = ModelKwarg("book (7x7/2 conv and max pool) or cifar (3x3/1 conv, D2L 13.6)", lambda v: v in STEMS, "cifar")
+    register_model(name, family="resnet", book_resolution=96, min_resolution=1, kwargs={"stem": stem})(factory)
 
 
 _register("resnet18", "ResNet-18 as in D2L 7.6 (four stages of two Residual blocks).")

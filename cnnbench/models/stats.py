@@ -112,19 +112,29 @@ def activation_bytes(model: nn.Module, in_channels: int, image_size: int) -> int
     return total
 
 
-def models_table(pattern: str | None = None, in_channels: int = 1, num_classes: int = 10) -> str:
-    """A text table of every registered network at its book resolution."""
-    header = f"{'name':<12} {'family':<10} {'params':>12} {'FLOPs/img':>10} {'book res':>8} {'min res':>7}"
+def models_table(pattern: str | None = None, in_channels: int = 1, num_classes: int = 10,
+                 size: int | None = None) -> str:
+    """A text table of every registered network for ``in_channels`` x ``num_classes``, at its book resolution,
+    or at ``size`` pixels (then a column says whether that side is above the network's minimum)."""
+    at = f"FLOPs@{size}" if size else "FLOPs/img"
+    header = f"{'name':<12} {'family':<10} {'params':>12} {at:>10} {'book res':>8} {'min res':>7}"
+    header += f"  {f'{in_channels}x{size}x{size}':<12}" if size else ""
     rows = [header, "-" * len(header)]
+    if (in_channels, num_classes, size) != (1, 10, None):  # say what the numbers are for
+        rows.insert(0, f"inputs: {in_channels} channel(s), {num_classes} classes")
     for name in list_models(pattern):
         spec = get_model_spec(name)
-        model = build_model(name, in_channels=in_channels, num_classes=num_classes)
+        side = size or spec.book_resolution
+        fits = side >= spec.min_resolution
+        model = build_model(name, in_channels=in_channels, num_classes=num_classes,
+                            image_size=side if fits else spec.book_resolution)
         params = count_parameters(model)
-        flops = forward_flops(model, in_channels, spec.book_resolution)
-        rows.append(
-            f"{name:<12} {spec.family:<10} {params:>12,} {human(flops):>10} "
-            f"{spec.book_resolution:>8} {spec.min_resolution:>7}"
-        )
+        flops = human(forward_flops(model, in_channels, side)) if fits else "-"
+        row = (f"{name:<12} {spec.family:<10} {params:>12,} {flops:>10} "
+               f"{spec.book_resolution:>8} {spec.min_resolution:>7}")
+        if size:
+            row += "  builds" if fits else f"  too small: dataset.resize={spec.min_resolution} or more"
+        rows.append(row)
     return "\n".join(rows)
 
 

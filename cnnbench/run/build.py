@@ -22,7 +22,6 @@ from torch import nn
 from ..data import DeviceLoader, load_splits
 from ..data.augment import Augment
 from ..data.loader import normalization
-from ..data.split import split_train_val
 from ..devices import resolve_device
 from ..errors import ConfigError
 from ..models.configured import image_size, init_weights, model_from_config
@@ -136,11 +135,8 @@ def build_loaders(cfg: DictConfig, device: torch.device, size: int,
                   ctx: DistContext) -> tuple[DeviceLoader, DeviceLoader | None, DeviceLoader]:
     """Train, validation (None without a split) and test loaders: each split once on the device,
     this rank's share of every batch."""
-    train_split, test_split = load_splits(cfg.dataset)
-    val_split = None
-    val_size = int(cfg.dataset.get("val_size", 0) or 0)
-    if val_size:
-        train_split, val_split = split_train_val(train_split, val_size, int(cfg.dataset.get("val_seed", 0)))
+    splits = load_splits(cfg)
+    train_split, val_split, test_split = splits.train, splits.val, splits.test
     common = dict(device=device, resize=size, normalize=normalization(cfg), rank=ctx.rank, world_size=ctx.world_size)
     train_loader = DeviceLoader(train_split, int(cfg.trainer.batch_size), shuffle=True,
                                 seed=int(cfg.trainer.seed), augment=Augment.from_config(cfg.get("augment")), **common)

@@ -109,9 +109,9 @@ def estimate_step_memory(cfg: DictConfig) -> StepMemory:
 
 
 def _dataset_bytes(cfg: DictConfig) -> int:
-    from ..data.idx import train_size
+    from ..data.sources import dataset_bytes
 
-    return ((train_size(cfg.dataset) or 60_000) + DEFAULT_TEST_SIZE) * IMAGE_BYTES
+    return dataset_bytes(cfg, DEFAULT_TEST_SIZE)
 
 
 # ------------------------------------------------------------------------------------ what is there

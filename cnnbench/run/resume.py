@@ -34,6 +34,7 @@ MEANING_KEYS: tuple[str, ...] = (
     "model",  # the network and its keyword arguments
     "dataset.name", "dataset.folder", "dataset.resize", "dataset.in_channels", "dataset.num_classes",
     "dataset.normalize", "dataset.mean", "dataset.std",
+    "dataset.format", "dataset.classes", "dataset.channels", "dataset.image_size",  # what the images are
     "dataset.val_size", "dataset.val_seed",  # which training images are held out
     "trainer.monitor",  # the metric best.pt's kept state was chosen by
     "trainer.batch_size",  # an epoch's order is drawn per batch index: another batch neither repeats nor continues it
@@ -50,7 +51,7 @@ MEANING_KEYS: tuple[str, ...] = (
 # settings it simply predates (absent on both sides compares equal anyway).
 ABSENT_MEANS: dict[str, Any] = {
     "augment.name": "none", "trainer.label_smoothing": 0.0, "trainer.ema.decay": None,
-    "dataset.val_size": 0, "dataset.val_seed": 0, "trainer.monitor": "auto",
+    "dataset.val_size": 0, "dataset.val_seed": 0, "trainer.monitor": "auto", "dataset.format": "idx",
 }
 # Optimizer param_group entries that say how the step runs on this device, not what it computes: always
 # the new run's (a fused or foreach step taken on another device must not come back from the checkpoint).

@@ -28,6 +28,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..confusion import class_names
+from ..data.sources import settle_dataset
 from ..errors import CnnbenchError, RunFileWriteError, TrainingDiverged
 from ..runfolder.disk import DISK_ERRNOS, low_space_warning, os_error_in, resume_fields, writing
 from ..runfolder.lock import run_folder_lock
@@ -57,6 +58,7 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict:
     exceptions, a full disk, out of memory, signals) never escape: they are recorded in the returned
     summary and in ``summary.json`` with their status, so a sweep can go on with the next job.
     """
+    settle_dataset(cfg)  # what only the data knows, into the config it records; bad data refused here
     ctx = init_from_env(str(cfg.device.type))  # a single process unless started by torchrun
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     resume_from = resolve_resume(cfg, run_dir)

@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import override_key
-from ..data.idx import train_size
+from ..data.sources import settle_dataset, train_size
 from ..errors import ConfigError, one_line
 from ..models import get_model_spec, input_side
 from ..models.configured import model_kwargs
@@ -54,6 +54,7 @@ def check_values(cfg: DictConfig) -> None:
     check_finite(cfg)
     spec = get_model_spec(str(cfg.model.name))  # unknown names raise with the valid list
     check_sections(cfg)
+    settle_dataset(cfg)  # what only the data knows (image folders, CIFAR): bad data refused here
     check_min_size(spec.name, input_side(spec.name, cfg.dataset.resize), spec.min_resolution)
     _check_names(cfg)
     check_model_kwargs(spec.name, model_kwargs(cfg))
@@ -66,7 +67,7 @@ def _check_selection(cfg: DictConfig) -> None:
     from .selection import Monitor
 
     val_size = int(cfg.dataset.val_size)  # an integer >= 0 (schema)
-    n = train_size(cfg.dataset)
+    n = train_size(cfg)
     if n is not None and val_size >= n:
         raise ConfigError(f"dataset.val_size={val_size} leaves no training examples ({n} examples of "
                           f"{cfg.dataset.name})")
@@ -92,7 +93,7 @@ def check_global_batch(batch_size: int, world_size: int) -> None:
 
 
 def _check_batch_fits(cfg: DictConfig) -> None:
-    n = train_size(cfg.dataset)
+    n = train_size(cfg)
     if n is not None and cfg.trainer.batch_size > n:
         raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is larger than the training set "
                           f"({n} examples of {cfg.dataset.name})")
