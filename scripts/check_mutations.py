@@ -3,7 +3,8 @@
     python scripts/check_mutations.py            # every mutation (a few minutes on 2 cores)
     python scripts/check_mutations.py resume     # only those whose name contains "resume"
     python scripts/check_mutations.py --list
-    python scripts/check_mutations.py --shard 2/2  # every second entry from the second (parallel runs)
+    python scripts/check_mutations.py --shard 2/2  # every second entry from the second (parallel runs,
+                                                   # each in its own checkout: see --shard)
 
 Each entry replaces one exact piece of code (it must occur once in its file), runs the tests that
 guard it (slow ones included: the marker filter is cleared), restores the file and reports
@@ -926,6 +927,17 @@ def main() -> int:
         for m in chosen:
             print(f"{m.name}: {m.path}: {m.old.strip()!r} -> {m.new.strip()!r}")
         return 0
+    # Two runs in one checkout would each "restore" a file to what the other had mutated (seen: mutations
+    # left in the tree) and test each other's mutations: one run per checkout.
+    import fcntl
+
+    guard = open(REPO / ".check_mutations.lock", "w")  # noqa: SIM115 - held until the process ends
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"another check_mutations.py runs in {REPO}: run shards in separate checkouts "
+              "(git worktree add, each with its own editable install)", file=sys.stderr)
+        return 2
     counts: dict[str, int] = {}
     baseline: dict[tuple[str, ...], bool] = {}
     for m in chosen:
