@@ -74,10 +74,6 @@ def parse_command_line(args: Sequence[str]) -> CommandLine:
                        source=ConfigSource(config_name=ns.config_name or PRIMARY_CONFIG, extra_dir=extra_dir))
 
 
-def is_multirun(args: Sequence[str]) -> bool:
-    return bool({"-m", "--multirun"} & set(args))
-
-
 def override_value(text: str) -> str:
     """``text`` as a Hydra override value: as it is when plain, else quoted (spaces, commas, brackets)."""
     if re.fullmatch(r"[\w./:@+-]+", text):

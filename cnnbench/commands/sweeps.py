@@ -29,12 +29,7 @@ REFUSED_STATUS = {RunFolderInUse: "in use", ResumeRefused: "refused"}
 PREVIOUS_SUMMARY = "summary.previous.json"  # a rerun job's earlier summary, kept
 
 
-def overrides_only(args: Sequence[str]) -> list[str]:
-    """The ``key=value`` overrides of a command line, without its flags (``-m``, ``--cfg``)."""
-    return [a for a in args if not a.startswith("-")]
-
-
-def sweep_naming_overrides(args: Sequence[str]) -> list[str]:
+def sweep_naming_overrides(overrides: Sequence[str]) -> list[str]:
     """Name sweep job folders by the swept values only (``3_model=nin,optimizer.lr=0.1``).
 
     Hydra's ``override_dirname`` lists every override, paths included; overrides that are the same
@@ -42,11 +37,10 @@ def sweep_naming_overrides(args: Sequence[str]) -> list[str]:
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    overrides = overrides_only(args)
     if any(a.startswith("hydra.job.config.override_dirname.exclude_keys") for a in overrides):
         return []
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
     except Exception:  # Hydra reports bad overrides itself, with its own message
         return []
     fixed = sorted({o.key_or_group for o in parsed if not o.is_sweep_override()} | {RESUME_SWEEP_KEY})
@@ -58,9 +52,9 @@ def _comparable(overrides: Sequence[str]) -> list[str]:
     return sorted(o for o in overrides if override_key(o) != RESUME_SWEEP_KEY)
 
 
-def find_sweep_to_resume(args: Sequence[str], base: Path = Path("outputs/multirun")) -> Path:
-    """The newest sweep folder under ``base`` that ran the same overrides as ``args``."""
-    wanted = _comparable([a for a in overrides_only(args) if not a.startswith("hydra.")])
+def find_sweep_to_resume(overrides: Sequence[str], base: Path = Path("outputs/multirun")) -> Path:
+    """The newest sweep folder under ``base`` that ran the same overrides."""
+    wanted = _comparable([a for a in overrides if not a.startswith("hydra.")])
     matches = []
     for record in base.glob("*/*/multirun.yaml"):
         try:
