@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 
 from hydra.errors import HydraException
 
-from . import __version__
 from .errors import CnnbenchError, ConfigError, one_line
 from .fmt import command_parser
 from .speed import collector
@@ -174,7 +173,8 @@ def _top_parser() -> argparse.ArgumentParser:
         epilog=f"commands:\n{lines}\n\n'cnnbench COMMAND --help' for a command's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"cnnbench {__version__}")
+    parser.add_argument("--version", action="store_true",
+                        help="cnnbench's version, the commit it runs from (or was built from) and torch's version")
     parser.add_argument("command", choices=list(HANDLERS), metavar="COMMAND")
     return parser
 
@@ -186,7 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] in (["-sc"], ["--shell-completion"]):  # the shell asks (installed by `train -sc install=`)
         return _complete(argv[1:])
     parser = _top_parser()
-    if not argv or argv[0] in ("-h", "--help", "--version"):
+    if argv[:1] == ["--version"]:
+        from .machine import version_line  # imports torch: only when asked
+
+        print(version_line())
+        return 0
+    if not argv or argv[0] in ("-h", "--help"):
         parser.parse_args(argv or ["--help"])
         return 0
     command, rest = argv[0], argv[1:]

@@ -10,6 +10,7 @@ when the summary is written, not at start-up: a git call costs a few millisecond
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
@@ -28,6 +29,7 @@ CPUINFO = Path("/proc/cpuinfo")
 CPU_NAME_KEYS = ("model name", "Model", "Hardware", "cpu model")  # x86, then what ARM / MIPS kernels print
 GIT_TIMEOUT_S = 5.0
 PACKAGE_DIR = Path(__file__).resolve().parent
+BUILD_INFO = "build_info.json"  # written into a wheel or sdist by setup.py: the commit it was built from
 
 
 @lru_cache(maxsize=1)
@@ -84,19 +86,45 @@ def _git(checkout: Path, *args: str) -> str | None:
 
 @lru_cache(maxsize=1)
 def source_info(package_dir: Path = PACKAGE_DIR) -> dict:
-    """cnnbench's source: its version, and when it runs from a git checkout (the checkout's top holds
-    pyproject.toml and this package) the commit and whether files differed from it (``dirty``: modified,
-    staged or untracked files, ignored ones not counted). An installed wheel: commit and dirty are None."""
-    info: dict = {"version": __version__, "path": str(package_dir.parent), "commit": None, "dirty": None}
+    """cnnbench's source: its version, the commit and whether files differed from it (``dirty``), and where
+    those two come from (``from``): ``git`` when it runs from a checkout (the checkout's top holds
+    pyproject.toml and this package; dirty = modified, staged or untracked files, ignored ones not counted),
+    ``build`` for an installed wheel built from a checkout (its ``build_info.json``: the commit at build time,
+    dirty = tracked files changed then), None when neither says (commit and dirty None)."""
+    info: dict = {"version": __version__, "path": str(package_dir.parent), "commit": None, "dirty": None,
+                  "from": None}
     top = _git(package_dir, "rev-parse", "--show-toplevel")
     if not top or not (Path(top.strip()) / "pyproject.toml").is_file() \
             or Path(top.strip()).resolve() / package_dir.name != package_dir:
-        return info  # not a checkout of cnnbench (a site-packages folder inside someone's repository)
+        return {**info, **_build_info(package_dir)}  # not a checkout of cnnbench: an installed copy
     commit = _git(package_dir, "rev-parse", "HEAD")
     status = _git(package_dir, "status", "--porcelain")
     info["commit"] = commit.strip() if commit else None
     info["dirty"] = None if status is None else bool(status.strip())
+    info["from"] = "git" if info["commit"] else None
     return info
+
+
+def _build_info(package_dir: Path) -> dict:
+    """The commit an installed wheel was built from, from its build_info.json; {} when it has none."""
+    try:
+        recorded = json.loads((package_dir / BUILD_INFO).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("commit"), str):
+        return {}
+    return {"commit": recorded["commit"], "dirty": bool(recorded.get("dirty")), "from": "build"}
+
+
+def version_line() -> str:
+    """'cnnbench 0.1.0 (commit 68947eb, local changes; torch 2.14.1)': what ``cnnbench --version`` prints and
+    the run header starts with. The commit is the checkout's, or the one an installed wheel was built from."""
+    info = source_info()
+    where = "no source commit recorded"
+    if info["commit"]:
+        built = "built from " if info["from"] == "build" else ""
+        where = f"{built}commit {info['commit'][:12]}" + (", local changes" if info["dirty"] else "")
+    return f"cnnbench {info['version']} ({where}; torch {torch.__version__.split('+')[0]})"
 
 
 def machine_info(device: torch.device) -> dict:

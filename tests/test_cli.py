@@ -238,3 +238,15 @@ def test_models_for_colour_32_pixel_inputs(capsys):
     rows = {line.split()[0]: line for line in lines[3:]}
     assert "too small: dataset.resize=65 or more" in rows["alexnet"] and rows["resnet18"].endswith("builds")
     assert rows["lenet"].split()[2] == "83,126"  # the first convolution sees 3 channels (61,706 for grey)
+
+
+def test_version_names_the_commit_it_runs_from(capsys):
+    from cnnbench import __version__
+    from cnnbench.machine import source_info
+
+    assert main(["--version"]) == 0
+    out = capsys.readouterr().out.strip()
+    commit = source_info()["commit"]
+    assert out.startswith(f"cnnbench {__version__} (") and "torch 2." in out
+    # a checkout names its commit; an unpacked sdist the one it was built from; a bare copy says there is none
+    assert (commit[:12] in out) if commit else ("no source commit recorded" in out)

@@ -216,6 +216,10 @@ def test_source_info_says_commit_and_local_changes(tmp_path):
     outside = tmp_path / "site" / "cnnbench"  # an installed copy, no git around it
     outside.mkdir(parents=True)
     assert source_info.__wrapped__(outside)["commit"] is None
+    # a wheel built from a checkout carries the commit it was built from (setup.py writes build_info.json)
+    (outside / "build_info.json").write_text(json.dumps({"commit": "a" * 40, "dirty": False}))
+    built = source_info.__wrapped__(outside)
+    assert (built["commit"], built["dirty"], built["from"]) == ("a" * 40, False, "build")
 
 
 def test_the_gpu_driver_is_read_from_the_kernel_modules_file(tmp_path, monkeypatch):

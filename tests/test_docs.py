@@ -104,6 +104,15 @@ def test_readme_has_the_commands_ci_runs():
     assert [c for c in commands if c not in readme] == []
 
 
+def test_readme_command_table_lists_every_command():
+    """The README's table under "Commands" has a row per subcommand of the CLI (cli.COMMANDS), and no other."""
+    from cnnbench.cli import COMMANDS
+
+    section = README.read_text().split("\n## Commands\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `cnnbench (\w+)", section, flags=re.MULTILINE)
+    assert sorted(rows) == sorted(COMMANDS)
+
+
 def test_quickstart_points_to_a_readme_section():
     """conf/experiment/quickstart.yaml names the README section that shows its measured run."""
     named = re.search(r'README \("([^"]+)"\)', (REPO / "conf" / "experiment" / "quickstart.yaml").read_text())

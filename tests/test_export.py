@@ -1,4 +1,4 @@
-"""``cnnbench export``: ONNX and TorchScript files that reproduce PyTorch's logits, for every network."""
+"""``cnnbench export``: ONNX, pt2 (torch.export) and TorchScript files reproducing PyTorch's logits, every network."""
 
 from __future__ import annotations
 

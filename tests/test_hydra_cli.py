@@ -193,6 +193,9 @@ def test_a_run_starts_with_its_header_and_ends_with_one_result_line(fake_data, t
     messages = logged(capsys.readouterr().out)
     start = next(i for i, m in enumerate(messages) if m.startswith("lenet_bn: "))
     header = messages[start:start + 6]
+    from cnnbench.machine import version_line
+
+    assert messages[start - 1] == version_line()  # the header opens with cnnbench's version and commit
     assert header[0].startswith("lenet_bn: 44.9k parameters, ") and "28x28 input, 1 channel, 10 classes" in header[0]
     assert header[1] == "data: fashion_mnist, 192 train, 64 validation, 128 test images"
     assert header[2].startswith("device: ") and "fp32" in header[2]

@@ -1,10 +1,14 @@
-"""``cnnbench export RUN_DIR --format onnx|torchscript``: a trained network as a file other tools run.
+"""``cnnbench export RUN_DIR --format onnx|pt2|torchscript``: a trained network as a file other tools run.
 
 The file takes a dynamic batch of (C, S, S) float images and returns logits; its input contract (side,
 scaling to [0, 1], normalization, class names) is stored inside it (ONNX ``metadata_props`` key
-``cnnbench``; TorchScript extra file ``cnnbench.json``) and beside it (``<file>.json``). Every export is
-checked: the written file runs on a batch of test images (onnxruntime for ONNX, ``torch.jit.load`` for
-TorchScript) and on a second batch size, and its logits must match PyTorch's within :data:`TOLERANCE`.
+``cnnbench``; the ExportedProgram's and TorchScript's extra file ``cnnbench.json``) and beside it
+(``<file>.json``). Every export is checked: the written file runs on a batch of test images (onnxruntime for
+ONNX, ``torch.export.load`` for pt2, ``torch.jit.load`` for TorchScript) and on a second batch size, and its
+logits must match PyTorch's within :data:`TOLERANCE`.
+
+pt2 is PyTorch's own format (``torch.export.save``), the successor of TorchScript, which torch 2.14 marks
+deprecated: TorchScript stays while torch ships it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from .inference import LoadedRun, load_run, with_data_root
 
 logger = logging.getLogger(__name__)
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".torchscript.pt"}
 TOLERANCE = 1e-4  # largest allowed |logit difference| in fp32
 ONNX_OPSET = 18
 METADATA_KEY = "cnnbench"  # ONNX metadata_props key; TorchScript extra file is METADATA_KEY + ".json"
@@ -36,11 +40,16 @@ CHECK_IMAGES = 64  # test images the exported file is checked on
 SECOND_BATCH = 3  # a second batch size, proving the batch dimension is dynamic
 
 
+def _batch_dim() -> torch.export.Dim:
+    """The exported input's dynamic batch dimension (dim 0 of (B, C, S, S))."""
+    return torch.export.Dim("batch", min=1, max=65536)
+
+
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any]) -> None:
     """``model`` to ONNX through torch.export (the dynamo exporter), batch dimension dynamic."""
     import onnx
 
-    batch = torch.export.Dim("batch", min=1, max=65536)
+    batch = _batch_dim()
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
         torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=["images"],
                           output_names=["logits"], dynamic_shapes=({0: batch},), opset_version=ONNX_OPSET,
@@ -59,6 +68,18 @@ def run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
 
 
+def export_pt2(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any]) -> None:
+    """``model`` as a torch.export ExportedProgram (``torch.export.save``), batch dimension dynamic."""
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: _batch_dim()},))
+    torch.export.save(program, str(path), extra_files={f"{METADATA_KEY}.json": json.dumps(metadata)})
+
+
+def run_pt2(path: Path, x: torch.Tensor) -> torch.Tensor:
+    program = torch.export.load(str(path))
+    with torch.no_grad():
+        return program.module()(x)
+
+
 def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any]) -> None:
     """``model`` traced to TorchScript (traced shapes read the batch size at run time)."""
     with warnings.catch_warnings():  # torch 2.14 marks torch.jit deprecated; TorchScript is still the format asked for
@@ -75,7 +96,8 @@ def run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
         return loaded(x)
 
 
-WRITERS = {"onnx": (export_onnx, run_onnx), "torchscript": (export_torchscript, run_torchscript)}
+WRITERS = {"onnx": (export_onnx, run_onnx), "pt2": (export_pt2, run_pt2),
+           "torchscript": (export_torchscript, run_torchscript)}
 
 
 @torch.no_grad()
@@ -125,13 +147,16 @@ def metadata_of(run: LoadedRun, fmt: str) -> dict[str, Any]:
 
 def cmd_export(args: Sequence[str]) -> int:
     parser = command_parser("cnnbench export", description=(
-        "Write a trained run's network as ONNX or TorchScript with a dynamic batch dimension and its input "
-        "contract, then check the file against PyTorch on test images (fails above "
-        f"{TOLERANCE:g} largest logit difference)."))
+        "Write a trained run's network as ONNX, a PyTorch ExportedProgram (pt2: torch.export.save) or "
+        "TorchScript, with a dynamic batch dimension and its input contract, then check the file against PyTorch "
+        f"on test images (fails above {TOLERANCE:g} largest logit difference). TorchScript is deprecated in "
+        "torch 2.14 (pt2 is its successor); it stays while torch ships it."))
     parser.add_argument("run_dir", type=Path, help="a run folder (cnnbench train's output)")
-    parser.add_argument("--format", required=True, choices=list(FORMATS), dest="fmt", help="the file's format")
+    parser.add_argument("--format", required=True, choices=list(FORMATS), dest="fmt",
+                        help="onnx (onnxruntime and other runtimes), pt2 (torch.export.load), torchscript "
+                             "(torch.jit.load; deprecated in torch 2.14)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="file to write (default: RUN_DIR/export/MODEL.onnx or MODEL.torchscript.pt)")
+                        help="file to write (default: RUN_DIR/export/MODEL.onnx, MODEL.pt2 or MODEL.torchscript.pt)")
     parser.add_argument("--checkpoint", default="last", help="last, best, or a checkpoint's path")
     add_data_root(parser)
     ns = parser.parse_args(args)

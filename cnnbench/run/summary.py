@@ -23,7 +23,7 @@ from ..confusion import class_names, per_class_accuracy
 from ..devices import device_name
 from ..errors import TrainingDiverged
 from ..fmt import human
-from ..machine import machine_info
+from ..machine import machine_info, source_info, version_line
 from ..models.configured import image_size
 from ..runfolder.names import BEST_CHECKPOINT
 from .build import Run
@@ -98,21 +98,10 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
 
 
 def source_commit() -> dict[str, Any]:
-    """``source_commit`` (the git commit of cnnbench's code) and ``source_dirty`` (uncommitted changes to
-    tracked files), when the code runs from a git checkout; None otherwise (an installed wheel)."""
-    import subprocess
-
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return {"source_commit": None, "source_dirty": None}
-    if head.returncode != 0:
-        return {"source_commit": None, "source_dirty": None}
-    return {"source_commit": head.stdout.strip(), "source_dirty": bool(dirty.stdout.strip())}
+    """``source_commit`` (the git commit of cnnbench's code: the checkout's, or the one an installed wheel was
+    built from) and ``source_dirty`` (its files differed from that commit); None when neither is known."""
+    info = source_info()
+    return {"source_commit": info["commit"], "source_dirty": info["dirty"]}
 
 
 def book_line(book: dict[str, Any]) -> str:
@@ -140,7 +129,8 @@ def _safe(fn: Callable[[], Any]) -> Any:
 
 
 def header_lines(run: Run, resumed_at_epoch: int | None) -> list[str]:
-    """What a run is, said once at its start: network, data, device and precision, schedule, folder."""
+    """What a run is, said once at its start: cnnbench's version, network, data, device and precision,
+    schedule, folder."""
     cfg, speed = run.cfg, run.speed
     side = image_size(cfg)
     sizes = [f"{len(run.train_loader.labels):,} train"]
@@ -155,6 +145,7 @@ def header_lines(run: Run, resumed_at_epoch: int | None) -> list[str]:
     world = f" x {run.dist.world_size} processes" if run.dist.world_size > 1 else ""
     schedule = cfg.scheduler.name if cfg.get("scheduler") else "none"
     lines = [
+        version_line(),
         f"{cfg.model.name}: {human(run.params)} parameters, {human(run.flops)} FLOPs per image, "
         f"{side}x{side} input, {_count(cfg.dataset.in_channels, 'channel')}, {cfg.dataset.num_classes} classes",
         f"data: {cfg.dataset.name}, {', '.join(sizes)} images",
