@@ -4,6 +4,7 @@ configuration reference that is exactly what its generator writes from the schem
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -111,6 +112,46 @@ def test_readme_command_table_lists_every_command():
     section = README.read_text().split("\n## Commands\n", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| `cnnbench (\w+)", section, flags=re.MULTILINE)
     assert sorted(rows) == sorted(COMMANDS)
+
+
+def _reproduce_book():
+    """scripts/reproduce_book.py as a module (scripts/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce_book", REPO / "scripts" / "reproduce_book.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_results_table_is_the_records():
+    """The README's results table is what scripts/reproduce_book.py makes from the records under results/."""
+    assert _reproduce_book().write_table(check=True) == 0
+
+
+def test_the_results_table_reads_a_record(tmp_path, monkeypatch):
+    """A completed d2l_* record under results/ fills its row: accuracy and its link, the book's verdict, the swing
+    over the last epochs, precision, the summed whole-command time of its starts and the machine."""
+    book = _reproduce_book()
+    monkeypatch.setattr(book, "REPO", tmp_path)
+    monkeypatch.setattr(book, "RESULTS", tmp_path / "results")
+    record = tmp_path / "results" / "intel-xeon-processor-2core-2026-12-07" / "d2l_densenet"
+    record.mkdir(parents=True)
+    summary = {"status": "completed", "seed": 0, "test/acc": 0.8391, "precision": "bf16", "device": "cpu",
+               "wall_time_s": 1000.0, "machine": {"cpu": "Intel(R) Xeon(R) Processor", "cpu_count": 2},
+               "book": {"recipe": "d2l_densenet", "reproduced": False, "test_acc": {"position": "below"}}}
+    (record / "summary.json").write_text(json.dumps(summary))
+    accs = [0.70, 0.80, 0.75, 0.85, 0.86, 0.749, 0.884, 0.80, 0.87, 0.8391]
+    (record / "metrics.jsonl").write_text("".join(json.dumps({"kind": "epoch", "epoch": i + 1, "test/acc": a}) + "\n"
+                                                  for i, a in enumerate(accs)))
+    (record / "command_times.jsonl").write_text(json.dumps({"start": 0.0, "end": 1800.0}) + "\n"
+                                                + json.dumps({"start": 5000.0, "end": 6500.0}) + "\n")
+    row = next(line for line in book.table().splitlines() if line.startswith("| `d2l_densenet`"))
+    assert "[0.839](results/intel-xeon-processor-2core-2026-12-07/d2l_densenet/summary.json)" in row
+    assert "(below; train figures off the book's)" in row and "| 0.749-0.884 |" in row and "| bf16 |" in row
+    assert "55 min (Intel(R) Xeon(R) Processor, 2 cores, 2 starts)" in row and row.endswith("| not measured yet |")
+    other = next(line for line in book.table().splitlines() if line.startswith("| `d2l_alexnet`"))
+    assert "| not measured yet |" in other
 
 
 def test_quickstart_points_to_a_readme_section():
