@@ -256,8 +256,15 @@ def hydra_main(args: Sequence[str]) -> int:
     with contextlib.ExitStack() as held:
         if not multirun:  # before Hydra writes anything into the folder
             _claim_run_folder(Path(_given(overrides, "hydra.run.dir") or out_dir), line, held)
+        sweeper_failed = False
         try:
             _run_hydra([*hydra_argv(line), *extra], job)
+        except SystemExit:
+            # A sweeper that fails after its jobs ran (Optuna when no trial completed: "No trials are
+            # completed yet"), reported by Hydra: the jobs' outcome is still said, and the exit code is 1.
+            if not multirun or not Path(out_dir).is_dir():
+                raise
+            sweeper_failed = True
         finally:
             shutdown()
     if multirun:
@@ -265,7 +272,7 @@ def hydra_main(args: Sequence[str]) -> int:
         if tracked is not None:
             end_sweep(tracked, Path(out_dir), merged)
         sweep_closing_lines(Path(out_dir), merged)
-        return exit_code(merged, multirun=True)
+        return max(exit_code(merged, multirun=True), int(sweeper_failed))
     return exit_code(outcomes, multirun=False)
 
 
