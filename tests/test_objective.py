@@ -174,3 +174,17 @@ def test_a_search_reports_the_job_with_the_best_objective(fake_data, tmp_path, o
     result = yaml.safe_load((out / "optimization_results.yaml").read_text())
     assert result["best_value"] == best_value
     assert build_report(out).selected.path == folder
+
+
+@pytest.mark.slow  # a 2-trial Optuna search (~8 s)
+def test_a_search_where_no_trial_completes_still_ends_with_its_outcome(fake_data, tmp_path):
+    """Every trial failed (returned as failed, not as a number): Optuna's sweeper then raises "No trials are
+    completed yet" itself; the command still lists the jobs and exits 1."""
+    out = tmp_path / "sweep"
+    proc = search(fake_data, out, "hydra.sweeper.n_trials=2", "hydra.sweeper.direction=maximize",
+                  "optimizer.lr=choice(1000000.0)")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1, log
+    assert [s["status"] for s in summaries(out).values()] == ["diverged", "diverged"]
+    assert "No trials are completed yet" in log and f"sweep: 0 of 2 jobs completed in {out}" in log
+    assert "best of" not in log
