@@ -92,8 +92,17 @@ def test_a_direction_that_agrees_passes_silently(sweeper, objective):
 def test_a_sweeper_whose_direction_cannot_be_read_gets_a_warning_naming_the_objective():
     sweeper = OmegaConf.create({"_target_": "my.sweepers.Bayes", "params": {"direction": "choice(a,b)"}})
     warning = check_sweeper_direction(sweeper, "val/loss")
-    assert warning and "my.sweepers.Bayes states no direction" in warning
-    assert "minimizes val/loss (lower is better)" in warning
+    assert warning == ("the sweeper my.sweepers.Bayes states no direction cnnbench can read: make sure it minimizes "
+                       "val/loss (lower is better), the value each job returns")
+    odd = OmegaConf.create({"_target_": "my.sweepers.Bayes", "direction": "up"})
+    assert "states hydra.sweeper.direction=up, neither minimize nor maximize" in check_sweeper_direction(odd, "val/acc")
+
+
+def test_several_optuna_objectives_are_refused():
+    sweeper = OmegaConf.create({"_target_": OPTUNA, "direction": ["maximize", "minimize"]})
+    with pytest.raises(ConfigError, match=r"asks for 2 objectives, but each job returns one, val/acc \(higher is "
+                                          r"better\): set hydra.sweeper.direction=maximize$"):
+        check_sweeper_direction(sweeper, "val/acc")
 
 
 def test_the_test_set_is_refused_as_objective(fake_data):

@@ -26,6 +26,7 @@ from ..data.sources import check_data_present, settle_dataset
 from ..errors import ConfigError, ResumeRefused, RunFolderInUse
 from ..run.distributed import broadcast_object, current, init_from_env, launched_by_torchrun, shutdown
 from ..run.resume import check_resume
+from ..run.selection import objective_name
 from ..run.validate import validate_config
 from ..runfolder.lock import run_folder_lock
 from ..tracking.live import end_sweep, start_sweep
@@ -132,7 +133,7 @@ def preflight(line: CommandLine) -> str | None:
     groups = {p.name for folder in folders for p in folder.iterdir() if p.is_dir()}
     out_dir = None
     datasets: dict[str, DictConfig] = {}  # each distinct dataset of the jobs, checked once after every value
-    warnings: dict[str, None] = {}  # said once for the whole sweep, not once per job
+    sweeper_warnings: dict[str, None] = {}  # said once for the whole sweep, not once per job
     for job in _jobs(line):
         added = [o for o in job if o.startswith("+")]
         try:
@@ -144,7 +145,7 @@ def preflight(line: CommandLine) -> str | None:
         except HydraException as exc:
             raise ConfigError(explain_override_error(exc, flat_keys(compose_config([], source=source)))) from None
         if multirun:
-            warnings.update(dict.fromkeys(w for w in [_check_optimizing_sweep(cfg)] if w))
+            sweeper_warnings.update(dict.fromkeys(w for w in [_check_optimizing_sweep(cfg)] if w))
         if added:
             base = compose_config([o for o in job if not o.startswith("+")], source=source)
             check_added_keys(added, base, groups)
@@ -157,7 +158,7 @@ def preflight(line: CommandLine) -> str | None:
         datasets.setdefault(OmegaConf.to_yaml(cfg.dataset), cfg)
     for cfg in datasets.values():  # after every job's values: it may download
         check_data_present(cfg)
-    for warning in warnings:
+    for warning in sweeper_warnings:
         logger.warning("%s", warning)
     return out_dir
 
@@ -177,8 +178,6 @@ def _sweeper_fixed_params(cfg: DictConfig, job: Sequence[str]) -> list[str]:
 def _check_optimizing_sweep(cfg: DictConfig) -> str | None:
     """A searching sweeper optimizes the jobs' objective (``trainer.objective``) on validation data, never on
     the test set, and in the objective's direction; returns a warning when its direction cannot be read."""
-    from ..run.selection import objective_name
-
     warning = check_sweeper_direction(cfg.hydra.sweeper, objective_name(cfg))
     if warning is None and is_searching(cfg.hydra.sweeper) and not int(cfg.dataset.get("val_size", 0) or 0):
         raise ConfigError("a sweep that optimizes a metric needs a validation split, or it would choose on the "
@@ -235,8 +234,6 @@ def hydra_main(args: Sequence[str]) -> int:
     outcomes: list[dict] = []
 
     def job(cfg: DictConfig) -> float | None:
-        from ..run.selection import objective_name
-
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
             with run_folder_lock(run_dir, enabled=current().is_main):

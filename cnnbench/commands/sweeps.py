@@ -169,9 +169,13 @@ def check_sweeper_direction(sweeper: DictConfig, objective: str) -> str | None:
     wanted = objective_direction(objective)
     sense = f"{objective} ({SENSE_WORDS[wanted]})"
     stated = stated_direction(sweeper)
+    if stated is not None and isinstance(stated[1], list) and len(stated[1]) > 1:  # Optuna's several objectives
+        raise ConfigError(f"{stated[0]}={_shown(stated[1])} asks for {len(stated[1])} objectives, but each job "
+                          f"returns one, {sense}: set {stated[0]}={wanted}")
     if stated is None or direction_of(*stated) is None:
-        what = f"{stated[0]}={stated[1]!r} is not minimize or maximize" if stated else "states no direction"
-        return (f"the sweeper {sweeper.get('_target_')} {what} that cnnbench can read: make sure it "
+        what = (f"states {stated[0]}={_shown(stated[1])}, neither minimize nor maximize" if stated
+                else "states no direction cnnbench can read")
+        return (f"the sweeper {sweeper.get('_target_')} {what}: make sure it "
                 f"{'maximizes' if wanted == 'maximize' else 'minimizes'} {sense}, the value each job returns")
     setting, value = stated
     if direction_of(setting, value) != wanted:
