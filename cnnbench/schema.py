@@ -118,6 +118,7 @@ class TrainerConfig(Section):
     progress_bar: Any = MISSING  # auto | true | false
     monitor: Optional[str] = MISSING  # noqa: UP045
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    objective: str = MISSING  # checked by cnnbench.run.selection.objective_name
     RANGES = {
         "epochs": COUNT, "batch_size": COUNT, "eval_batch_size": COUNT,
         "limit_train_batches": COUNT, "limit_eval_batches": COUNT, "grad_clip_norm": POSITIVE,

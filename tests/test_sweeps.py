@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import re
 import signal
 import subprocess
@@ -296,15 +295,6 @@ def test_plain_logs_route_optunas_records_through_the_standard_handlers(caplog, 
         optuna.logging.disable_propagation()
         optuna.logging.enable_default_handler()
         logging.getLogger("alembic").setLevel(logging.NOTSET)
-
-
-def test_sweep_objective_is_the_selected_checkpoints_validation_accuracy():
-    from cnnbench.commands.launch import sweep_objective
-
-    done = {"status": "completed", "best/val_acc": 0.91, "test/acc": 0.95, "best/test_acc": 0.93}
-    assert sweep_objective(done) == 0.91  # never a test figure when there is a validation split
-    assert sweep_objective({**done, "best/val_acc": None}) == 0.95  # no split: a plain sweep's figure
-    assert math.isnan(sweep_objective({**done, "status": "diverged"}))
 
 
 def test_optimizing_sweep_without_a_validation_split_is_refused(fake_data, tmp_path):

@@ -26,14 +26,18 @@ from ..data.sources import check_data_present, settle_dataset
 from ..errors import ConfigError, ResumeRefused, RunFolderInUse
 from ..run.distributed import broadcast_object, current, init_from_env, launched_by_torchrun, shutdown
 from ..run.resume import check_resume
+from ..run.selection import objective_name
 from ..run.validate import validate_config
 from ..runfolder.lock import run_folder_lock
 from ..tracking.live import end_sweep, start_sweep
 from .sweeps import (
     REFUSED_STATUS,
     RESUME_SWEEP_KEY,
+    check_sweeper_direction,
     exit_code,
     find_sweep_to_resume,
+    is_searching,
+    job_return,
     merge_outcomes,
     prepare_resumed_job,
     sweep_closing_lines,
@@ -129,6 +133,7 @@ def preflight(line: CommandLine) -> str | None:
     groups = {p.name for folder in folders for p in folder.iterdir() if p.is_dir()}
     out_dir = None
     datasets: dict[str, DictConfig] = {}  # each distinct dataset of the jobs, checked once after every value
+    sweeper_warnings: dict[str, None] = {}  # said once for the whole sweep, not once per job
     for job in _jobs(line):
         added = [o for o in job if o.startswith("+")]
         try:
@@ -140,7 +145,7 @@ def preflight(line: CommandLine) -> str | None:
         except HydraException as exc:
             raise ConfigError(explain_override_error(exc, flat_keys(compose_config([], source=source)))) from None
         if multirun:
-            _check_optimizing_sweep(cfg)
+            sweeper_warnings.update(dict.fromkeys(w for w in [_check_optimizing_sweep(cfg)] if w))
         if added:
             base = compose_config([o for o in job if not o.startswith("+")], source=source)
             check_added_keys(added, base, groups)
@@ -153,6 +158,8 @@ def preflight(line: CommandLine) -> str | None:
         datasets.setdefault(OmegaConf.to_yaml(cfg.dataset), cfg)
     for cfg in datasets.values():  # after every job's values: it may download
         check_data_present(cfg)
+    for warning in sweeper_warnings:
+        logger.warning("%s", warning)
     return out_dir
 
 
@@ -168,23 +175,14 @@ def _sweeper_fixed_params(cfg: DictConfig, job: Sequence[str]) -> list[str]:
     return [p.input_line for p in parsed if not p.is_sweep_override()]
 
 
-def _check_optimizing_sweep(cfg: DictConfig) -> None:
-    """A sweeper that optimizes (Optuna) must optimize on validation data, never on the test set."""
-    target = str(cfg.hydra.sweeper.get("_target_", ""))
-    if "optuna" in target and not int(cfg.dataset.get("val_size", 0) or 0):
+def _check_optimizing_sweep(cfg: DictConfig) -> str | None:
+    """A searching sweeper optimizes the jobs' objective (``trainer.objective``) on validation data, never on
+    the test set, and in the objective's direction; returns a warning when its direction cannot be read."""
+    warning = check_sweeper_direction(cfg.hydra.sweeper, objective_name(cfg))
+    if warning is None and is_searching(cfg.hydra.sweeper) and not int(cfg.dataset.get("val_size", 0) or 0):
         raise ConfigError("a sweep that optimizes a metric needs a validation split, or it would choose on the "
                           "test set: set dataset.val_size (e.g. 5000; hydra/sweeper=lr_search sets it)")
-
-
-def sweep_objective(summary: dict) -> float:
-    """What a job returns to a searching sweeper: the validation accuracy of the checkpoint it selected
-    (best.pt); without a validation split the final test accuracy (basic sweeps ignore it); NaN for a
-    job that did not complete."""
-    if summary.get("status") != "completed":
-        return float("nan")
-    value = summary.get("best/val_acc")
-    value = summary.get("test/acc") if value is None else value
-    return float("nan") if value is None else float(value)
+    return warning
 
 
 def _check_distributed(cfg: DictConfig) -> None:
@@ -235,7 +233,7 @@ def hydra_main(args: Sequence[str]) -> int:
         out_dir = _given(overrides, "hydra.sweep.dir")
     outcomes: list[dict] = []
 
-    def job(cfg: DictConfig) -> float:
+    def job(cfg: DictConfig) -> float | None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
             with run_folder_lock(run_dir, enabled=current().is_main):
@@ -246,7 +244,8 @@ def hydra_main(args: Sequence[str]) -> int:
             summary = {"status": REFUSED_STATUS[type(exc)], "error": f"{type(exc).__name__}: {exc}",
                        "run_dir": str(run_dir)}
         outcomes.append({k: summary.get(k) for k in ("status", "error", "run_dir")})
-        return sweep_objective(summary)  # what Optuna maximizes
+        # what a searching sweeper optimizes; a failure as the sweeper counts one
+        return job_return(summary, objective_name(cfg), str(HydraConfig.get().sweeper.get("_target_") or ""))
 
     tracked = _sweep_config(line) if multirun else None
     if tracked is not None:  # the sweep's parent run, before its jobs (parallel launchers) look for it
@@ -254,8 +253,15 @@ def hydra_main(args: Sequence[str]) -> int:
     with contextlib.ExitStack() as held:
         if not multirun:  # before Hydra writes anything into the folder
             _claim_run_folder(Path(_given(overrides, "hydra.run.dir") or out_dir), line, held)
+        sweeper_failed = False
         try:
             _run_hydra([*hydra_argv(line), *extra], job)
+        except SystemExit:
+            # A sweeper that fails after its jobs ran (Optuna when no trial completed: "No trials are
+            # completed yet"), reported by Hydra: the jobs' outcome is still said, and the exit code is 1.
+            if not multirun or not Path(out_dir).is_dir():
+                raise
+            sweeper_failed = True
         finally:
             shutdown()
     if multirun:
@@ -263,7 +269,7 @@ def hydra_main(args: Sequence[str]) -> int:
         if tracked is not None:
             end_sweep(tracked, Path(out_dir), merged)
         sweep_closing_lines(Path(out_dir), merged)
-        return exit_code(merged, multirun=True)
+        return max(exit_code(merged, multirun=True), int(sweeper_failed))
     return exit_code(outcomes, multirun=False)
 
 

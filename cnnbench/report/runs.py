@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from ..config import split_override
+from ..run.selection import DEFAULT_OBJECTIVE, best_index, objective_direction, objective_value, summary_objective
 from ..runfolder.names import CONFIG, METRICS, OVERRIDES, SUMMARY, find_run_folders, natural_key, read_summary
 
 logger = logging.getLogger(__package__)  # "cnnbench.report", the one name its log lines show
@@ -94,6 +95,15 @@ class RunResult:
         return finite_number(self.summary.get("best/val_acc"))
 
     @property
+    def objective(self) -> str:
+        """The metric a sweep chooses this run by (``trainer.objective``; val/acc before it existed)."""
+        return summary_objective(self.summary)
+
+    def objective_value(self, name: str) -> float | None:
+        """The objective ``name`` of the checkpoint the run selected; None without a validation split."""
+        return objective_value(self.summary, name)
+
+    @property
     def ok(self) -> bool:
         """Whether the run sorts and plots with the good ones (not failed, diverged or missing)."""
         return self.status in OK_STATUSES
@@ -153,11 +163,18 @@ class Report:
         return any(r.val_acc is not None for r in self.runs)
 
     @property
+    def objective(self) -> str:
+        """The objective the runs are chosen by: the one they recorded, val/acc when they differ."""
+        return shared_objective(self.runs)
+
+    @property
     def selected(self) -> RunResult | None:
-        """The run a sweep picks: the completed one whose selected checkpoint has the best validation
-        accuracy (never chosen by test accuracy); None when no run has a validation split."""
-        candidates = [r for r in self.runs if r.status == "completed" and r.val_acc is not None]
-        return max(candidates, key=lambda r: r.val_acc) if candidates else None
+        """The run a sweep picks: the completed one whose selected checkpoint has the best objective
+        (``trainer.objective``: val/acc, val/loss; never chosen by test accuracy), the first of equals;
+        None when no run has a validation split."""
+        candidates = [r for r in self.runs if r.status == "completed"]
+        index = best_index([r.objective_value(self.objective) for r in candidates], objective_direction(self.objective))
+        return None if index is None else candidates[index]
 
     def label(self, run: RunResult, keys: Sequence[str] | None = None) -> str:
         """Short name of a run: its values of the differing keys (or its folder when they are none)."""
@@ -380,16 +397,25 @@ def _setting_name(path: str) -> str | None:
     return next((name for name, p in SETTINGS.items() if p == path), None)
 
 
+def shared_objective(runs: Sequence[RunResult]) -> str:
+    """The objective every run with a validation split recorded; val/acc when they differ or none has one."""
+    names = {r.objective for r in runs if r.objective_value(r.objective) is not None}
+    return names.pop() if len(names) == 1 else DEFAULT_OBJECTIVE
+
+
 def sort_runs(runs: Iterable[RunResult]) -> list[RunResult]:
-    """Best first: by the validation accuracy of the selected checkpoint when runs have a validation
-    split (a ranking by test accuracy would be a choice made on the test set), else by final test
-    accuracy; failed, diverged and missing runs last; folder order breaks ties."""
+    """Best first: by the objective of the selected checkpoint (``trainer.objective``, e.g. validation
+    accuracy, higher first, or loss, lower first) when runs have a validation split (a ranking by test
+    accuracy would be a choice made on the test set), else by final test accuracy; failed, diverged and
+    missing runs last; folder order breaks ties."""
     runs = list(runs)
-    by_val = any(r.val_acc is not None for r in runs)
+    objective = shared_objective(runs)
+    by_val = any(r.objective_value(objective) is not None for r in runs)
+    sign = -1.0 if not by_val or objective_direction(objective) == "maximize" else 1.0
 
     def key(r: RunResult) -> tuple:
-        acc = r.val_acc if by_val else r.test_acc
-        return (not r.ok, acc is None, -(acc or 0.0), natural_key(r.name))
+        value = r.objective_value(objective) if by_val else r.test_acc
+        return (not r.ok, value is None, sign * (value or 0.0), natural_key(r.name))
 
     return sorted(runs, key=key)
 

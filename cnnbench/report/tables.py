@@ -39,7 +39,8 @@ SELECTION_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("best/epoch", "best epoch", "int"),
 )
 # Extra summary keys that only the CSV carries (it is the machine-readable, complete copy).
-CSV_EXTRA_KEYS = ("val/acc", "best/val_acc", "best/test_acc", "best/epoch", "monitor", "stop_reason",
+CSV_EXTRA_KEYS = ("val/acc", "best/val_acc", "best/test_acc", "best/epoch", "monitor", "objective",
+                  "objective_value", "stop_reason",
                   "time_to_target_s", "epochs",
                   "model", "resize", "seed", "device")
 
@@ -104,8 +105,10 @@ TARGET_COLUMNS: tuple[tuple[str, str, str], ...] = (("time_to_target_s", "time t
 def metric_columns(report: Report) -> tuple[tuple[str, str, str], ...]:
     """The number columns of this report: the selection and target columns only when some run has them."""
     reached = any(finite_number(r.summary.get("time_to_target_s")) is not None for r in report.runs)
-    return ((SELECTION_COLUMNS if report.selects_on_validation else ()) + METRIC_COLUMNS
-            + (TARGET_COLUMNS if reached else ()))
+    selection = SELECTION_COLUMNS if report.selects_on_validation else ()
+    if selection and report.objective == "val/loss":  # the figure the runs are chosen by, shown first
+        selection = (("best/val_loss", "val loss (best)", "loss"), *selection)
+    return selection + METRIC_COLUMNS + (TARGET_COLUMNS if reached else ())
 
 
 def run_rows(report: Report) -> tuple[list[str], list[list[str]], list[bool]]:
@@ -175,13 +178,20 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric
 # ----------------------------------------------------------------------------------------- report
 
 
+# The words of each objective (trainer.objective) in the selection line: (name, short name, cell format).
+OBJECTIVE_WORDS = {"val/acc": ("validation accuracy", "val acc", "acc"),
+                   "val/loss": ("validation loss", "val loss", "loss")}
+
+
 def selection_line(report: Report) -> str | None:
     """'selected by validation accuracy: model=lenet_bn, optimizer.lr=0.3 (val acc 0.9123; test acc of
-    that checkpoint 0.9050)', or None when no run held out a validation split."""
+    that checkpoint 0.9050)', by the runs' objective, or None when no run held out a validation split."""
     r = report.selected
     if r is None:
         return None
-    return (f"selected by validation accuracy: {report.label(r)} (val acc {format_value(r.val_acc, 'acc')}; "
+    words, short, kind = OBJECTIVE_WORDS[report.objective]
+    return (f"selected by {words}: {report.label(r)} ({short} "
+            f"{format_value(r.objective_value(report.objective), kind)}; "
             f"test acc of that checkpoint {format_value(r.summary.get('best/test_acc'), 'acc')}, "
             f"epoch {format_value(r.summary.get('best/epoch'), 'int')})")
 

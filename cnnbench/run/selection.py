@@ -1,14 +1,21 @@
-"""Model selection: which metric a run monitors, when it improved (best.pt), when to stop early.
+"""Model selection: which metric a run monitors, when it improved (best.pt), when to stop early, and the
+objective a run offers a sweep that searches (``trainer.objective``).
 
 The book has no validation split, so its recipes select nothing: the summary reports the final epoch.
 With ``dataset.val_size > 0`` the default monitor is ``val/acc``; monitoring a test metric is allowed
 but warned about, since a choice made on the test set overstates the test accuracy it then reports.
+The objective is stricter: a validation metric only, since a search chooses among runs by it.
+
+Never imports torch: ``cnnbench report`` ranks runs by their objective too.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -83,3 +90,56 @@ class Monitor:
                 f"{self.patience} evaluation{'s' if self.patience != 1 else ''}; best {state.best_value:.4f} "
                 f"at epoch {state.best_epoch}")
         return improved
+
+
+# ------------------------------------------------------------------------------------------ objective
+
+# What a run returns to a searching sweeper, and which way is better: a validation metric of the checkpoint
+# it selected (best.pt), or of its last evaluation when it selected none (trainer.monitor=null).
+OBJECTIVES: dict[str, str] = {"val/acc": "maximize", "val/loss": "minimize"}
+DEFAULT_OBJECTIVE = "val/acc"  # what summaries written before trainer.objective existed were chosen by
+
+
+def objective_name(cfg: DictConfig) -> str:
+    """``trainer.objective``, checked: a validation metric, never a test one."""
+    name = str(cfg.trainer.get("objective", DEFAULT_OBJECTIVE))
+    if name.startswith("test/"):
+        raise ConfigError(f"trainer.objective={name} would choose among runs on the test set, so the test accuracy "
+                          "reported for the choice is optimistic: use val/acc or val/loss (with dataset.val_size)")
+    if name not in OBJECTIVES:
+        raise ConfigError(f"trainer.objective must be one of {', '.join(OBJECTIVES)}, got {name!r}")
+    return name
+
+
+def objective_direction(name: str) -> str:
+    """``maximize`` or ``minimize``: which way the objective ``name`` is better."""
+    return OBJECTIVES[name]
+
+
+def summary_objective(summary: Mapping[str, Any]) -> str:
+    """The objective a summary.json records (older ones: the default, val/acc)."""
+    name = summary.get("objective")
+    return str(name) if name in OBJECTIVES else DEFAULT_OBJECTIVE
+
+
+def selected_metric(summary: Mapping[str, Any], name: str) -> float | None:
+    """The metric ``name`` (``val/acc``, ``test/acc``) of the checkpoint a run selected (summary.json's
+    ``best/val_acc``), or of its last evaluation when it selected none; None when absent or not finite."""
+    key = "best/" + name.replace("/", "_") if summary.get("best/epoch") is not None else name
+    value = summary.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def objective_value(summary: Mapping[str, Any], name: str | None = None) -> float | None:
+    """A run's objective ``name`` (default: the one its summary records): its selected checkpoint's value.
+    The run's status is the caller's to judge."""
+    return selected_metric(summary, summary_objective(summary) if name is None else name)
+
+
+def best_index(values: list[float | None], direction: str) -> int | None:
+    """The position of the best value (the first of equals, as Optuna's ``best_trial``), skipping None;
+    None when there is no value."""
+    scored = [(v if direction == "minimize" else -v, i) for i, v in enumerate(values) if v is not None]
+    return min(scored)[1] if scored else None

@@ -27,6 +27,7 @@ from ..machine import machine_info, source_info, version_line
 from ..models.configured import image_size
 from ..runfolder.names import BEST_CHECKPOINT
 from .build import Run
+from .selection import objective_name, objective_value
 from .state import RunState
 
 logger = logging.getLogger("cnnbench.run.train")  # the closing lines belong to the train command's log
@@ -61,6 +62,8 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "best/val_loss": s.best_eval.get("val/loss"),
         "best/test_acc": s.best_eval.get("test/acc"),
         "best/test_loss": s.best_eval.get("test/loss"),
+        # What the run offers a searching sweep (trainer.objective) and its value: that checkpoint's figure.
+        "objective": _safe(lambda: objective_name(cfg)),
         "stopped_early": s.stop_reason is not None,
         "stop_reason": s.stop_reason,
         "test/per_class_acc": _safe(lambda: per_class_accuracy(s.test_confusion, class_names(cfg)))
@@ -90,6 +93,7 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         # what a reader needs to repeat the run: host, CPU, GPU and driver, cnnbench's commit, package versions
         "machine": _safe(lambda: machine_info(run.device if run else torch.device("cpu"))),
     }
+    summary["objective_value"] = objective_value(summary) if summary["objective"] else None
     if isinstance(error, TrainingDiverged):
         summary.update({"diverged_at_step": error.step, "diverged_loss": error.loss,
                         "last_finite_loss": error.last_finite_loss})

@@ -63,8 +63,8 @@ def check_values(cfg: DictConfig) -> None:
 
 
 def _check_selection(cfg: DictConfig) -> None:
-    """The validation split, the monitor and early stopping."""
-    from .selection import Monitor
+    """The validation split, the monitor, early stopping and the objective."""
+    from .selection import Monitor, objective_name
 
     val_size = int(cfg.dataset.val_size)  # an integer >= 0 (schema)
     n = train_size(cfg)
@@ -75,6 +75,7 @@ def _check_selection(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is larger than the training set left "
                           f"after holding out dataset.val_size={val_size} ({n - val_size} examples)")
     Monitor.from_config(cfg)  # an unknown monitor, val/* without a split, early stopping without a monitor
+    objective_name(cfg)  # a test metric or an unknown name (a split is needed only by a searching sweep)
 
 
 def _check_names(cfg: DictConfig) -> None:
