@@ -44,7 +44,7 @@ __all__ = [
     "config_dirs",
     "import_target",
     "check_output",
-    "model_record",
+    "network_record",
     "torchvision_names",
     "TIMM_INSTALL",
 ]
@@ -219,7 +219,8 @@ def torchvision_network(in_channels: int = 1, num_classes: int = 10, image_size:
     if arch.startswith("maxvit"):
         args["input_size"] = (image_size, image_size)
     args.update(kwargs or {})
-    model = _call(f"torchvision.models.get_model({arch!r})", lambda: tvm.get_model(arch, **args))
+    model = _call(f"torchvision.models.get_model({arch!r}) for {image_size}-pixel inputs (dataset.resize sets the side)",
+                  lambda: tvm.get_model(arch, **args))
     return adapt_first_conv(model, in_channels)
 
 
@@ -253,8 +254,13 @@ def timm_network(in_channels: int = 1, num_classes: int = 10, image_size: int = 
     names = timm_lib.list_models()
     if arch not in names:
         raise _unknown("timm", arch, names)
-    args = {"pretrained": False, "in_chans": in_channels, "num_classes": num_classes, **(kwargs or {})}
-    return _call(f"timm.create_model({arch!r})", lambda: timm_lib.create_model(arch, **args))
+    args = {"pretrained": False, "in_chans": in_channels, "num_classes": num_classes}
+    pretrained_cfg = timm_lib.models.get_pretrained_cfg(arch)
+    if pretrained_cfg is not None and getattr(pretrained_cfg, "fixed_input_size", False):
+        args["img_size"] = image_size  # ViT-like: position embeddings sized for the input (pixels)
+    args.update(kwargs or {})
+    return _call(f"timm.create_model({arch!r}) for {image_size}-pixel inputs (dataset.resize sets the side)",
+                 lambda: timm_lib.create_model(arch, **args))
 
 
 # ------------------------------------------------------------------------------------------- checks, records
@@ -270,7 +276,7 @@ def check_output(model: nn.Module, in_channels: int, num_classes: int, image_siz
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             out = model(x)
     except Exception as exc:  # noqa: BLE001 - the network's own forward: its message, one line
-        raise ModelBuildError(f"{what} fails on a {tuple(x.shape)} input ({in_channels} channels, {image_size} "
+        raise ModelBuildError(f"{what} fails on a {tuple(x.shape)} input ({in_channels} channel(s), {image_size} "
                               f"pixels; dataset.resize sets the side): {_first_line(exc)}") from None
     finally:
         model.train(was_training)
@@ -282,10 +288,10 @@ def check_output(model: nn.Module, in_channels: int, num_classes: int, image_siz
                               f"(batch, classes) = (2, {num_classes})")
 
 
-def model_record(name: str, kwargs: Mapping[str, Any], model: nn.Module) -> dict[str, Any]:
-    """What a run records about its network beyond its config: the module file a custom target came from,
-    the library version of torchvision/timm, and a digest of the parameter names and shapes (resume
-    compares it: the same config may build another network once the file has changed)."""
+def network_record(name: str, kwargs: Mapping[str, Any], model: nn.Module) -> dict[str, Any]:
+    """What a run records about its network beyond its config (checkpoint and summary.json): the module file
+    a custom target came from, the torchvision/timm version, and a digest of the parameter and buffer names
+    and shapes, which a resume compares (the same config builds another network once the file changed)."""
     layers = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
     record: dict[str, Any] = {
         "name": name,
@@ -294,8 +300,9 @@ def model_record(name: str, kwargs: Mapping[str, Any], model: nn.Module) -> dict
     }
     if name == "custom":
         module = sys.modules.get(str(kwargs.get("target", "")).partition(":")[0])
+        record["target"] = kwargs.get("target")
         record["module_file"] = getattr(module, "__file__", None)
     elif name in ("torchvision", "timm"):
-        library = sys.modules.get(name if name == "timm" else "torchvision")
-        record["library"] = f"{name} {getattr(library, '__version__', '?')}"
+        record["arch"] = kwargs.get("arch")
+        record["library"] = f"{name} {getattr(sys.modules.get(name), '__version__', '?')}"
     return record

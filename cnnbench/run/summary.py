@@ -24,7 +24,7 @@ from ..devices import device_name
 from ..errors import TrainingDiverged
 from ..fmt import human
 from ..machine import machine_info
-from ..models.configured import image_size
+from ..models.configured import image_size, network_record
 from ..runfolder.names import BEST_CHECKPOINT
 from .build import Run
 from .state import RunState
@@ -42,6 +42,7 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "traceback": None if error is None or isinstance(error, TrainingDiverged)
         else "".join(traceback.format_exception(error)),
         "model": cfg.model.name,
+        "network": _safe(lambda: network_record(cfg, run.raw_model)) if run else None,  # module file, digest
         "dataset": cfg.dataset.name,
         "resize": _safe(lambda: image_size(cfg)),
         "epochs": int(cfg.trainer.epochs),
