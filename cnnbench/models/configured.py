@@ -29,6 +29,16 @@ def model_from_config(cfg: DictConfig) -> nn.Module:
                        image_size=image_size(cfg), **model_kwargs(cfg))
 
 
+def network_label(cfg: DictConfig) -> str:
+    """The network in a few words: ``lenet``, ``torchvision resnet18``, ``model.target mynets:small_cnn``."""
+    model = cfg.model
+    if model.get("name") == "custom" and model.get("target"):
+        return f"model.target {model.target}"
+    if model.get("arch"):
+        return f"{model.name} {model.arch}"
+    return str(model.name)
+
+
 def network_record(cfg: DictConfig, model: nn.Module) -> dict:
     """The run's record of its network beyond the config (module file, library version, layer digest)."""
     return _record(str(cfg.model.name), model_kwargs(cfg), model)

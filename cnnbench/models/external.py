@@ -46,6 +46,7 @@ __all__ = [
     "check_output",
     "network_record",
     "torchvision_names",
+    "library_names",
     "TIMM_INSTALL",
 ]
 
@@ -189,6 +190,21 @@ def torchvision_names() -> list[str]:
     import torchvision.models as tvm
 
     return list(tvm.list_models(module=tvm))
+
+
+def library_names(library: str, pattern: str | None = None) -> list[str]:
+    """The names ``model=torchvision`` or ``model=timm`` take as ``model.arch``, filtered by a shell pattern."""
+    import fnmatch
+
+    if library == "timm":
+        try:
+            import timm as timm_lib
+        except ImportError:
+            raise ModelBuildError(f"model=timm needs timm, which is not installed: {TIMM_INSTALL}") from None
+        names = timm_lib.list_models()
+    else:
+        names = torchvision_names()
+    return [n for n in names if not pattern or fnmatch.fnmatch(n, pattern)]
 
 
 def _unknown(library: str, arch: str, names: list[str]) -> ModelBuildError:

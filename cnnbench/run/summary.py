@@ -24,7 +24,7 @@ from ..devices import device_name
 from ..errors import TrainingDiverged
 from ..fmt import human
 from ..machine import machine_info
-from ..models.configured import image_size, network_record
+from ..models.configured import image_size, network_label, network_record
 from ..runfolder.names import BEST_CHECKPOINT
 from .build import Run
 from .state import RunState
@@ -156,7 +156,7 @@ def header_lines(run: Run, resumed_at_epoch: int | None) -> list[str]:
     world = f" x {run.dist.world_size} processes" if run.dist.world_size > 1 else ""
     schedule = cfg.scheduler.name if cfg.get("scheduler") else "none"
     lines = [
-        f"{cfg.model.name}: {human(run.params)} parameters, {human(run.flops)} FLOPs per image, "
+        f"{network_label(cfg)}: {human(run.params)} parameters, {human(run.flops)} FLOPs per image, "
         f"{side}x{side} input, {_count(cfg.dataset.in_channels, 'channel')}, {cfg.dataset.num_classes} classes",
         f"data: {cfg.dataset.name}, {', '.join(sizes)} images",
         f"device: {device_name(run.device)}{threads}{world}, {speed.precision}{tuned}"

@@ -68,7 +68,7 @@ def check_network_runs(cfg: DictConfig) -> None:
     on two images of the data's shape here, so an import error, a factory that raises or an output that is
     not (batch, classes) is one sentence before any run folder exists. The book's networks are checked by
     the tests instead (and VGG at 224 pixels would cost seconds)."""
-    from ..models.configured import image_size, model_from_config
+    from ..models.configured import image_size, model_from_config, network_label
     from ..models.external import check_output
     from ..models.registry import load_entry_points
 
@@ -80,17 +80,7 @@ def check_network_runs(cfg: DictConfig) -> None:
     with torch.random.fork_rng(devices=[]):  # building draws initial weights: not from the run's generator
         model = model_from_config(cfg)
         check_output(model, int(cfg.dataset.in_channels), int(cfg.dataset.num_classes), image_size(cfg),
-                     describe_network(cfg))
-
-
-def describe_network(cfg: DictConfig) -> str:
-    """``model.target mynets:small_cnn``, ``torchvision resnet18``, or the network's name."""
-    model = cfg.model
-    if model.get("target"):
-        return f"model.target {model.target}"
-    if model.get("arch"):
-        return f"{model.name} {model.arch}"
-    return str(model.name)
+                     network_label(cfg))
 
 
 def _check_selection(cfg: DictConfig) -> None:
