@@ -105,6 +105,8 @@ def _where() -> str:
 
 def import_target(target: str) -> Callable[..., Any]:
     """The callable ``package.module:attribute`` names, imported from the environment or a config dir."""
+    if target in (None, "", "???"):
+        raise ModelBuildError("model.target is not set: model=custom needs model.target=package.module:factory")
     if not isinstance(target, str) or not TARGET_PATTERN.match(target):
         raise ModelBuildError(f"model.target must be package.module:factory (e.g. mynets:small_cnn), got {target!r}")
     module_name, _, attribute = target.partition(":")
@@ -207,6 +209,12 @@ def library_names(library: str, pattern: str | None = None) -> list[str]:
     return [n for n in names if not pattern or fnmatch.fnmatch(n, pattern)]
 
 
+def _check_arch_given(library: str, arch: str) -> None:
+    if arch in (None, "", "???"):
+        raise ModelBuildError(f"model.arch is not set: model={library} needs model.arch=NAME "
+                              f"(cnnbench models --from {library} lists the names)")
+
+
 def _unknown(library: str, arch: str, names: list[str]) -> ModelBuildError:
     close = difflib.get_close_matches(arch, names, n=5, cutoff=0.5)
     hint = f"; closest: {', '.join(close)}" if close else ""
@@ -222,6 +230,7 @@ def torchvision_network(in_channels: int = 1, num_classes: int = 10, image_size:
     """``torchvision.models.get_model(arch)`` untrained, its first convolution taking ``in_channels``."""
     import torchvision.models as tvm
 
+    _check_arch_given("torchvision", arch)
     names = torchvision_names()
     if arch not in names:
         raise _unknown("torchvision", arch, names)
@@ -267,6 +276,7 @@ def timm_network(in_channels: int = 1, num_classes: int = 10, image_size: int = 
         import timm as timm_lib
     except ImportError:
         raise ModelBuildError(f"model=timm needs timm, which is not installed: {TIMM_INSTALL}") from None
+    _check_arch_given("timm", arch)
     names = timm_lib.list_models()
     if arch not in names:
         raise _unknown("timm", arch, names)
