@@ -7,8 +7,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cnnbench.config import compose_config, config_dir
 from cnnbench.models import list_models
-from cnnbench.models.registry import list_sources
 from cnnbench.models.configured import image_size
+from cnnbench.models.registry import list_sources
 
 GROUPS = ["model", "dataset", "optimizer", "scheduler", "device", "augment", "experiment"]
 

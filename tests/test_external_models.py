@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from cnnbench.cli import main
-from cnnbench.models import build_model, list_models
-from cnnbench.models import registry
+from cnnbench.models import build_model, list_models, registry
 from cnnbench.models.external import ModelBuildError, adapt_first_conv, check_output, torchvision_names
 
 from .conftest import fast_overrides
@@ -58,6 +57,16 @@ def user_files(tmp_path: Path) -> tuple[Path, str]:
     return conf, module
 
 
+def forget_imports(conf: Path, module: str, monkeypatch) -> None:
+    """As a new process would start: the module not imported, its folder on no search path, so that what a
+    command imports is found by that command alone."""
+    from cnnbench.models import external
+
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.setattr(external, "_CONFIG_DIRS", [])
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(conf)])
+
+
 def train(*args: str) -> int:
     return main(["train", *args])
 
@@ -69,15 +78,18 @@ def summary_of(run: Path) -> dict:
 # ------------------------------------------------------------------------------------------- a user's file
 
 
-def test_a_network_from_a_file_beside_the_config_dir_trains_evaluates_and_exports(fake_data, tmp_path, capsys):
+def test_a_network_from_a_file_beside_the_config_dir_trains_evaluates_and_exports(fake_data, tmp_path, capsys,
+                                                                                   monkeypatch):
     conf, module = user_files(tmp_path)
     run = tmp_path / "runs" / "custom"
+    forget_imports(conf, module, monkeypatch)
     assert train("--config-dir", str(conf), "model=custom", f"model.target={module}:small_cnn",
                  "+model.kwargs.width=6", *fast_overrides(fake_data, *QUICK), f"hydra.run.dir={run}") == 0
     summary = summary_of(run)
     assert summary["status"] == "completed"
     assert summary["network"]["module_file"] == str(conf / f"{module}.py")
     assert summary["params"] == (1 * 9 + 1) * 6 + 6 * 10 + 10  # width 6 from +model.kwargs.width, 1 channel in
+    forget_imports(conf, module, monkeypatch)  # eval finds the module from the run's recorded --config-dir
     capsys.readouterr()
     assert main(["eval", str(run)]) == 0
     shown = capsys.readouterr()
@@ -93,7 +105,9 @@ def test_a_run_whose_module_is_gone_is_refused_in_one_line(fake_data, tmp_path, 
     (conf / f"{module}.py").rename(conf / f"{module}.txt")
     sys.modules.pop(module, None)
     capsys.readouterr()
-    for command in (["eval", str(run)], ["export", str(run), "--format", "torchscript"], ["predict", str(run), str(tmp_path)]):
+    commands = (["eval", str(run)], ["export", str(run), "--format", "torchscript"],
+                ["predict", str(run), str(tmp_path)])
+    for command in commands:
         assert main(command) == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.startswith(f"cnnbench {command[0]}: error: ") and "Traceback" not in err
@@ -123,7 +137,8 @@ def test_resume_refuses_a_network_whose_file_changed(fake_data, tmp_path, capsys
             *fast_overrides(fake_data, *QUICK), f"hydra.run.dir={run}"]
     assert train(*args) == 0
     source = conf / f"{module}.py"
-    source.write_text(source.read_text().replace("nn.ReLU(), nn.Adaptive", "nn.BatchNorm2d(width), nn.ReLU(), nn.Adaptive"))
+    edited = source.read_text().replace("nn.ReLU(), nn.Adaptive", "nn.BatchNorm2d(width), nn.ReLU(), nn.Adaptive")
+    source.write_text(edited)  # one BatchNorm more: 16 parameters
     sys.modules.pop(module, None)
     capsys.readouterr()
     assert train(*args, "trainer.resume=auto", "trainer.epochs=2") == 2
@@ -288,7 +303,8 @@ def installed_plugin(tmp_path, monkeypatch):
     info = site / "cnnbench_tiny_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cnnbench-tiny-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[cnnbench.models]\ntiny_plugin_net = cnnbench_tiny_plugin:tiny_plugin_net\n")
+    entry = "tiny_plugin_net = cnnbench_tiny_plugin:tiny_plugin_net"
+    (info / "entry_points.txt").write_text(f"[cnnbench.models]\n{entry}\n")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.setattr(registry, "_ENTRY_POINTS_READ", [])

@@ -244,8 +244,8 @@ def torchvision_network(in_channels: int = 1, num_classes: int = 10, image_size:
     if arch.startswith("maxvit"):
         args["input_size"] = (image_size, image_size)
     args.update(kwargs or {})
-    model = _call(f"torchvision.models.get_model({arch!r}) for {image_size}-pixel inputs (dataset.resize sets the side)",
-                  lambda: tvm.get_model(arch, **args))
+    model = _call(f"torchvision.models.get_model({arch!r}) for {image_size}-pixel inputs "
+                  "(dataset.resize sets the side)", lambda: tvm.get_model(arch, **args))
     return adapt_first_conv(model, in_channels)
 
 
