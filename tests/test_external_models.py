@@ -130,6 +130,20 @@ def test_a_target_is_not_imported_from_a_run_folder(fake_data, tmp_path, capsys)
     assert recorded_config_dir(run) is None
 
 
+def test_a_sweep_over_a_factorys_argument_is_reported_by_it(fake_data, tmp_path, capsys):
+    conf, module = user_files(tmp_path)
+    sweep = tmp_path / "sweep"
+    assert train("-m", "--config-dir", str(conf), "model=custom", f"model.target={module}:small_cnn",
+                 "+model.kwargs.width=4,8", *fast_overrides(fake_data, *QUICK), f"hydra.sweep.dir={sweep}") == 0
+    capsys.readouterr()
+    assert main(["report", str(sweep)]) == 0
+    table = (sweep / "report.csv").read_text().splitlines()
+    header = table[0].split(",")
+    assert "model.kwargs.width" in header
+    widths = sorted(row.split(",")[header.index("model.kwargs.width")] for row in table[1:])
+    assert widths == ["4", "8"]
+
+
 def test_resume_refuses_a_network_whose_file_changed(fake_data, tmp_path, capsys):
     conf, module = user_files(tmp_path)
     run = tmp_path / "runs" / "custom"
