@@ -165,7 +165,7 @@ def _takes(factory: Callable[..., Any], name: str) -> bool:
                 description="your own network: model.target=package.module:factory",
                 kwargs={"target": TARGET, "kwargs": KWARGS})
 def custom_network(in_channels: int = 1, num_classes: int = 10, image_size: int = DEFAULT_SIDE, target: str = "",
-           kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+                   kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     """The network ``factory(in_channels=C, num_classes=K, **kwargs)`` of ``target`` returns."""
     factory = import_target(target)
     args = dict(kwargs or {})
@@ -226,7 +226,7 @@ def _unknown(library: str, arch: str, names: list[str]) -> ModelBuildError:
                 description="a classification network of torchvision.models: model.arch=NAME",
                 kwargs={"arch": ARCH, "kwargs": KWARGS})
 def torchvision_network(in_channels: int = 1, num_classes: int = 10, image_size: int = DEFAULT_SIDE, arch: str = "",
-                kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+                        kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     """``torchvision.models.get_model(arch)`` untrained, its first convolution taking ``in_channels``."""
     import torchvision.models as tvm
 
@@ -270,7 +270,7 @@ def adapt_first_conv(model: nn.Module, in_channels: int) -> nn.Module:
                 description="a network of timm (pytorch-image-models): model.arch=NAME",
                 kwargs={"arch": ARCH, "kwargs": KWARGS})
 def timm_network(in_channels: int = 1, num_classes: int = 10, image_size: int = DEFAULT_SIDE, arch: str = "",
-         kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+                 kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     """``timm.create_model(arch)`` untrained, with timm's own ``in_chans`` and ``num_classes``."""
     try:
         import timm as timm_lib
