@@ -44,6 +44,17 @@ def seven_outputs(in_channels, num_classes):
 
 def no_classes(in_channels):
     return nn.Flatten()
+
+
+class Sized(nn.Module):
+    """A class as the target; its signature names image_size, so it gets the input side (pixels)."""
+
+    def __init__(self, in_channels, num_classes, image_size):
+        super().__init__()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, num_classes))
+
+    def forward(self, x):
+        return self.head(x)
 '''
 
 
@@ -95,6 +106,19 @@ def test_a_network_from_a_file_beside_the_config_dir_trains_evaluates_and_export
     shown = capsys.readouterr()
     assert f"importing module {module} from the environment or {conf}" in shown.out + shown.err  # named
     assert main(["export", str(run), "--format", "torchscript"]) == 0
+
+
+def test_a_factory_naming_image_size_gets_the_input_side(tmp_path, monkeypatch):
+    from cnnbench.config import compose_config
+    from cnnbench.models.configured import model_from_config
+    from cnnbench.models.external import use_config_dir
+
+    conf, module = user_files(tmp_path)
+    forget_imports(conf, module, monkeypatch)
+    use_config_dir(conf)
+    cfg = compose_config(["model=custom", f"model.target={module}:Sized", "dataset.resize=20"])
+    model = model_from_config(cfg)
+    assert model.head[1].in_features == 20 * 20 and model.head[1].out_features == 10
 
 
 def test_a_run_whose_module_is_gone_is_refused_in_one_line(fake_data, tmp_path, capsys):
