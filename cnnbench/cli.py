@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -46,11 +47,19 @@ def _cmd_models(args: Sequence[str]) -> int:
     parser.add_argument("--classes", type=int, default=10, help="output classes")
     parser.add_argument("--size", type=int, default=None,
                         help="input side in pixels (e.g. 32 for CIFAR): FLOPs there, and whether each network builds")
+    parser.add_argument("--from", dest="library", choices=("torchvision", "timm"), default=None,
+                        help="list the names model=torchvision / model=timm take as model.arch (pattern filters)")
     ns = parser.parse_args(args)
     if ns.classes < 2 or (ns.size is not None and ns.size < 1):
         parser.error("--classes must be at least 2 and --size at least 1")
     from .models import list_models
     from .models.stats import models_table
+
+    if ns.library:
+        from .models.external import library_names
+
+        print("\n".join(library_names(ns.library, ns.pattern)))
+        return 0
 
     if ns.pattern and not list_models(ns.pattern):
         raise ConfigError(f"no model matches {ns.pattern!r}; the models: {', '.join(list_models())}")
@@ -73,18 +82,27 @@ def _cmd_summary(args: Sequence[str]) -> int:
         "e.g. 'cnnbench summary resnet18 dataset.resize=96'.")
     parser.add_argument("items", nargs="*", metavar="NAME|KEY=VALUE",
                         help="a network (cnnbench models lists them) and Hydra overrides (default: model=lenet)")
+    parser.add_argument("--config-dir", "-cd", default=None, metavar="DIR",
+                        help="your configs, as for cnnbench train (and model.target's module beside them)")
     ns = parser.parse_args(args)
-    from .config import compose_config
-    from .models.configured import image_size, model_from_config
+    from .config import PACKAGED, ConfigSource, compose_config
+    from .models.configured import image_size, model_from_config, network_label
+    from .models.external import use_config_dir
     from .models.stats import summary_text
 
-    cfg = compose_config(summary_overrides(ns.items))
+    source = PACKAGED
+    if ns.config_dir is not None:
+        if not os.path.isdir(ns.config_dir):
+            raise ConfigError(f"--config-dir {ns.config_dir}: no such folder")
+        source = ConfigSource(extra_dir=os.path.abspath(ns.config_dir))
+        use_config_dir(source.extra_dir)
+    cfg = compose_config(summary_overrides(ns.items), source=source)
     if cfg.dataset.in_channels is None:  # an image folder: its channels and classes come from its images
         from .data.sources import settle_dataset
 
         settle_dataset(cfg)
     model, size = model_from_config(cfg), image_size(cfg)
-    print(f"{cfg.model.name} at {size}x{size}")
+    print(f"{network_label(cfg)} at {size}x{size}")
     print(summary_text(model, cfg.dataset.in_channels, size))
     return 0
 

@@ -383,6 +383,10 @@ def register_schemas() -> None:
     for group, schemas in GROUP_SCHEMAS.items():
         for name, node in schemas.items():
             store.store(group=f"schema/{group}", name=name, node=node)
+    from .models.registry import load_entry_points
+
+    for name in load_entry_points():  # an installed package's network: model=NAME, as a file in conf/model/ would
+        store.store(group="model", name=name, node={"name": name})
 
 
 def check_sections(cfg: DictConfig) -> None:

@@ -875,6 +875,28 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("hydra app: a run starts with its header", "cnnbench/run/train.py",
              '                    logger.info("%s", text)', "                    pass",
              ("tests/test_hydra_cli.py", "-k", "header")),
+    # ---- issue 34b: your own networks, torchvision, timm, entry points
+    Mutation("external: model.target is imported from the command's --config-dir", "cnnbench/commands/launch.py",
+             "    use_config_dir(line.source.extra_dir)", "    pass",
+             ("tests/test_external_models.py", "-k", "beside_the_config_dir")),
+    Mutation("external: eval imports model.target from the run's recorded --config-dir", "cnnbench/evaluation/inference.py",
+             "    use_config_dir(config_dir)", "    pass",
+             ("tests/test_external_models.py", "-k", "beside_the_config_dir")),
+    Mutation("external: never from a folder inside the run folder", "cnnbench/evaluation/inference.py",
+             "if folder.is_dir() and run not in (folder, *folder.parents):", "if folder.is_dir():",
+             ("tests/test_external_models.py", "-k", "not_imported_from_a_run_folder")),
+    Mutation("external: a torchvision network's first convolution takes the data's channels",
+             "cnnbench/models/external.py", "    return adapt_first_conv(model, in_channels)", "    return model",
+             ("tests/test_external_models.py", "-k", "torchvision")),
+    Mutation("external: the output is checked to be (batch, classes) before any folder", "cnnbench/run/validate.py",
+             "    check_network_runs(cfg)\n", "",
+             ("tests/test_external_models.py", "-k", "one_line_before_any_folder")),
+    Mutation("external: resume compares the network's layers", "cnnbench/run/resume.py",
+             "    if not meaning:\n        check_network(cfg, checkpoint, saved.get(\"network\"))\n", "",
+             ("tests/test_external_models.py", "-k", "file_changed")),
+    Mutation("external: installed packages' entry points are registered", "cnnbench/models/registry.py",
+             "    for ep in entry_points(group=ENTRY_POINT_GROUP):", "    for ep in ():",
+             ("tests/test_external_models.py", "-k", "installed_packages or broken_plugin")),
 )
 
 

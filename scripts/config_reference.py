@@ -322,7 +322,8 @@ def model_section(default: str) -> list[str]:
     out = ["## model", "",
            "`model=OPTION` picks a network; `model.KEY=VALUE` sets one of the keyword arguments its family declares "
            "in the model registry (`cnnbench/models/`), which checks them (any other key is refused). "
-           "`cnnbench models` lists the networks with their parameters and FLOPs.", ""]
+           "`cnnbench models` lists the networks with their parameters and FLOPs; `model=custom`, `model=torchvision` "
+           "and `model=timm` build any other network ([Your own networks](models.md)).", ""]
     rows = []
     for o in options:
         spec = registry.get_model_spec(o.values["name"])
@@ -331,7 +332,7 @@ def model_section(default: str) -> list[str]:
                      f"{spec.book_resolution}", f"{spec.min_resolution}", args])
     out += [*table(["option", "network", "book side (px)", "smallest side (px)", "keyword arguments set"], rows), ""]
     keys: dict[str, list[str]] = {}
-    for name in registry.list_models():
+    for name in [*registry.list_models(), *registry.list_sources()]:  # sources: custom, torchvision, timm
         for key in registry.get_model_spec(name).kwargs:
             keys.setdefault(key, []).append(name)
     rows = [["`model.name`", "all", "a registered network (`cnnbench models`)",

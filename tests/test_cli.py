@@ -43,7 +43,7 @@ def test_summary_errors_are_one_line(capsys):
                    "nothing; the smallest size that works is 65 (try dataset.resize=65 or larger)")
     assert main(["summary", "model=alexnt"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Could not find 'model/alexnt'" in err and "alexnet, densenet" in err
+    assert len(err.splitlines()) == 1 and "Could not find 'model/alexnt'" in err and "alexnet, custom, densenet" in err
 
 
 def test_python_dash_m_is_the_same_command():

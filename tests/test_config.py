@@ -8,6 +8,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from cnnbench.config import compose_config, config_dir
 from cnnbench.models import list_models
 from cnnbench.models.configured import image_size
+from cnnbench.models.registry import list_sources
 
 GROUPS = ["model", "dataset", "optimizer", "scheduler", "device", "augment", "experiment"]
 
@@ -22,7 +23,11 @@ def leaves(node, prefix: str = "") -> dict[str, object]:
         return {prefix: OmegaConf.to_container(node) if isinstance(node, ListConfig) else node}
     out: dict[str, object] = {}
     for key in node:
-        out.update(leaves(node[key], f"{prefix}.{key}" if prefix else str(key)))
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if OmegaConf.is_missing(node, key):  # "???": given on the command line (model.target, model.arch)
+            out[full] = "???"
+            continue
+        out.update(leaves(node[key], full))
     return out
 
 
@@ -45,8 +50,8 @@ def expected_values(group: str, option: str) -> dict[str, object]:
         for key, value in entry.items():
             other = key.removeprefix("override ").strip("/")
             expected.update(expected_values(other, str(value)))
-    own = {k: v for k, v in node.items() if k != "defaults"}
-    expected.update(leaves(OmegaConf.create(own), "" if is_global else group))
+    own = OmegaConf.masked_copy(node, [k for k in node if k != "defaults"])  # "???" values stay unread
+    expected.update(leaves(own, "" if is_global else group))
     return expected
 
 
@@ -56,12 +61,16 @@ def test_every_group_option_composes_to_what_it_names(group, option):
     expected = expected_values(group, option)
     assert expected, f"{group}/{option}.yaml sets nothing"
     for key, value in expected.items():
+        if value == "???":
+            parent, _, leaf = key.rpartition(".")
+            assert OmegaConf.is_missing(OmegaConf.select(cfg, parent), leaf), f"{group}={option}: {key}"
+            continue
         assert OmegaConf.select(cfg, key) == value, f"{group}={option}: {key}"
-    assert cfg.model.name in list_models()
+    assert cfg.model.name in list_models() + list_sources()
 
 
 def test_every_model_has_a_config_and_every_config_a_model():
-    assert set(options("model")) == set(list_models())
+    assert set(options("model")) == set(list_models()) | set(list_sources())
     for name in options("model"):
         assert compose_config([f"model={name}"]).model.name == name
 

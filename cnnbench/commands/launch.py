@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ..config import PRIMARY_CONFIG, ConfigSource, override_key, split_override
 from ..data.sources import check_data_present, settle_dataset
 from ..errors import ConfigError, ResumeRefused, RunFolderInUse
+from ..models.external import use_config_dir
 from ..run.distributed import broadcast_object, current, init_from_env, launched_by_torchrun, shutdown
 from ..run.resume import check_resume
 from ..run.selection import objective_name
@@ -213,6 +214,7 @@ def hydra_main(args: Sequence[str]) -> int:
             logging.getLogger().removeHandler(handler)
         return _run_hydra(args, lambda cfg: None, program="cnnbench" if _completion(args) else "cnnbench train")
     line = with_saved_settings(line)
+    use_config_dir(line.source.extra_dir)  # model.target modules may live beside the user's configs
     multirun, overrides = line.multirun, line.overrides
     out_dir = preflight(line)
     extra = sweep_naming_overrides(overrides) if multirun else []

@@ -24,6 +24,7 @@ from ..data.sources import data_format
 from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, RunFolderError
 from ..models.configured import image_size, model_from_config
+from ..models.external import ModelBuildError, use_config_dir
 from ..run.checkpoint import check_model_name, load_checkpoint
 from ..runfolder.names import BEST_CHECKPOINT, CHECKPOINT, CONFIG, HYDRA_DIR, read_summary
 from ..speed.precision import Precision
@@ -168,7 +169,7 @@ def load_run(run_dir: Path | str, checkpoint: str = "last", device: str = "auto"
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     path = checkpoint_path(run_dir, checkpoint)
-    model = model_from_config(cfg)
+    model = network_of(cfg, run_dir)
     step = load_weights(model, cfg, path)
     target = resolve_device(device)
     contract = InputContract(int(cfg.dataset.in_channels), image_size(cfg), normalization(cfg), class_names(cfg),
@@ -178,6 +179,40 @@ def load_run(run_dir: Path | str, checkpoint: str = "last", device: str = "auto"
         model.to(memory_format=torch.channels_last)
     logger.info("loaded %s (%s, step %d) from %s", cfg.model.name, path.name, step, run_dir)
     return LoadedRun(run_dir, cfg, model.to(target).eval(), path, step, target, contract, summary)
+
+
+def network_of(cfg: DictConfig, run_dir: Path) -> nn.Module:
+    """The run's network, built from its config. A custom ``model.target`` is code: it is imported from the
+    environment or the ``--config-dir`` the run was started with (where it still is, and never a folder inside
+    the run folder), and the module is named; one that no longer imports is one sentence, not a traceback."""
+    target = cfg.model.get("target") if cfg.model.get("name") == "custom" else None
+    if target is None:
+        return model_from_config(cfg)
+    config_dir = recorded_config_dir(run_dir)
+    use_config_dir(config_dir)
+    module = str(target).partition(":")[0]
+    logger.info("model.target %s: importing module %s from the environment%s", target, module,
+                f" or {config_dir}" if config_dir else "")
+    try:
+        return model_from_config(cfg)
+    except ModelBuildError as exc:
+        raise ModelBuildError(f"{run_dir} trained a network from model.target {target}: {exc}") from None
+
+
+def recorded_config_dir(run_dir: Path) -> str | None:
+    """The ``--config-dir`` of the run's first start (Hydra's record), if that folder still exists and is not
+    inside the run folder itself (a run folder holds results, never code to import)."""
+    try:
+        sources = OmegaConf.load(run_dir / HYDRA_DIR / "hydra.yaml").hydra.runtime.config_sources
+    except Exception:  # noqa: BLE001 - no Hydra record (train() called directly): the environment alone
+        return None
+    run = run_dir.resolve()
+    for source in sources:
+        if source.provider == "command-line" and source.schema == "file":
+            folder = Path(str(source.path)).resolve()
+            if folder.is_dir() and run not in (folder, *folder.parents):
+                return str(folder)
+    return None
 
 
 def with_data_root(cfg: DictConfig, root: str | None) -> DictConfig:

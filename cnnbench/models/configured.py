@@ -7,6 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..errors import ConfigError
+from .external import network_record as _record
 from .registry import build_model, input_side
 
 INIT_SCHEMES = ("xavier", "default")  # trainer.init
@@ -26,6 +27,21 @@ def model_from_config(cfg: DictConfig) -> nn.Module:
     """The configured network, sized for the dataset's channels, classes and the run's input side."""
     return build_model(cfg.model.name, in_channels=cfg.dataset.in_channels, num_classes=cfg.dataset.num_classes,
                        image_size=image_size(cfg), **model_kwargs(cfg))
+
+
+def network_label(cfg: DictConfig) -> str:
+    """The network in a few words: ``lenet``, ``torchvision resnet18``, ``model.target mynets:small_cnn``."""
+    model = cfg.model
+    if model.get("name") == "custom" and model.get("target"):
+        return f"model.target {model.target}"
+    if model.get("arch"):
+        return f"{model.name} {model.arch}"
+    return str(model.name)
+
+
+def network_record(cfg: DictConfig, model: nn.Module) -> dict:
+    """The run's record of its network beyond the config (module file, library version, layer digest)."""
+    return _record(str(cfg.model.name), model_kwargs(cfg), model)
 
 
 def init_weights(model: nn.Module, scheme: str) -> None:

@@ -3,12 +3,19 @@
 A factory is a callable ``factory(in_channels=1, num_classes=10, image_size=..., **kwargs) -> nn.Module``.
 Each registration also records the network's family and the resolution the book trains it at, so
 commands (``cnnbench models``, the trainer's default resize) can read them from one place.
+
+Three entries are *sources* rather than networks (``source=True``): ``custom``, ``torchvision`` and ``timm``
+build whatever network their arguments name (:mod:`cnnbench.models.external`), so ``list_models()`` leaves
+them out. Installed packages add networks through the entry-point group ``cnnbench.models``
+(:data:`ENTRY_POINT_GROUP`), read the first time the registry is asked.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from numbers import Number
@@ -18,6 +25,7 @@ from torch import nn
 
 from ..errors import CnnbenchError
 
+logger = logging.getLogger(__name__)
 __all__ = [
     "ModelSpec",
     "ModelKwarg",
@@ -27,6 +35,9 @@ __all__ = [
     "register_model",
     "build_model",
     "list_models",
+    "list_sources",
+    "load_entry_points",
+    "ENTRY_POINT_GROUP",
     "get_model_spec",
     "check_min_size",
     "check_model_kwargs",
@@ -102,6 +113,7 @@ class ModelSpec:
     min_resolution: int  # pixels; the smallest input side for which the network builds
     description: str = ""
     kwargs: Mapping[str, ModelKwarg] = field(default_factory=dict)  # what ``model.*`` may set
+    source: bool = False  # builds any network its arguments name (custom, torchvision, timm): not one network
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -115,11 +127,13 @@ def register_model(
     min_resolution: int = 1,
     description: str = "",
     kwargs: Mapping[str, ModelKwarg] | None = None,
+    source: bool = False,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a model factory under ``name`` (default: the function's name).
 
     ``kwargs`` declares the keyword arguments the factory takes from the ``model`` group (beyond
     in_channels, num_classes and image_size) and their allowed values; validation refuses any other.
+    ``source``: the factory builds the network its arguments name (``model=torchvision model.arch=...``).
     """
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -135,6 +149,7 @@ def register_model(
             min_resolution=min_resolution,
             description=description or first_doc_line,
             kwargs=dict(kwargs or {}),
+            source=source,
         )
         return factory
 
@@ -142,15 +157,23 @@ def register_model(
 
 
 def list_models(pattern: str | None = None) -> list[str]:
-    """Registered names in registration order, optionally filtered by a shell-style ``pattern``."""
-    names = list(_REGISTRY)
+    """Registered networks in registration order (the book's, then FastNet, then those of installed
+    packages' entry points), optionally filtered by a shell-style ``pattern``; sources are left out."""
+    load_entry_points()
+    names = [n for n, spec in _REGISTRY.items() if not spec.source]
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n, pattern)]
     return names
 
 
+def list_sources() -> list[str]:
+    """The entries that build any network their arguments name: custom, torchvision, timm."""
+    return [n for n, spec in _REGISTRY.items() if spec.source]
+
+
 def get_model_spec(name: str) -> ModelSpec:
     """The registry entry for ``name``; unknown names raise :class:`UnknownModelError`."""
+    load_entry_points()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -204,3 +227,45 @@ def build_model(
     size = input_side(name, image_size)
     check_min_size(name, size, spec.min_resolution)
     return spec.factory(in_channels=in_channels, num_classes=num_classes, image_size=size, **kwargs)
+
+
+# ------------------------------------------------------------------------------ installed packages' networks
+
+ENTRY_POINT_GROUP = "cnnbench.models"
+_ENTRY_POINTS_READ: list[str] = []  # the names registered from entry points, once read (empty list: none)
+_entry_points_loaded = False
+
+
+def load_entry_points(force: bool = False) -> list[str]:
+    """Register the networks installed packages declare in the entry-point group ``cnnbench.models``;
+    returns their names. Read once per process (``force``: again, for tests that install one).
+
+    An entry point ``NAME = package.module:factory`` registers ``factory`` as network NAME (family: the
+    distribution's name); one that names a module (``NAME = package.module``) is imported, and the module
+    registers its networks itself with :func:`register_model`. A broken plugin is skipped with a warning
+    naming it: one package must not stop every command.
+    """
+    global _entry_points_loaded
+    if _entry_points_loaded and not force:
+        return list(_ENTRY_POINTS_READ)
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        before = set(_REGISTRY)
+        dist = getattr(getattr(ep, "dist", None), "name", None) or ep.value.split(".")[0].split(":")[0]
+        try:
+            loaded = ep.load()
+            if callable(loaded) and not inspect.ismodule(loaded) and ep.name not in _REGISTRY:
+                register_model(ep.name, family=dist, book_resolution=getattr(loaded, "book_resolution", 28),
+                               min_resolution=getattr(loaded, "min_resolution", 1))(loaded)
+        except Exception as exc:  # noqa: BLE001 - any plugin error: skip it, say which
+            logger.warning("skipped the networks of entry point %s = %s (package %s): %s: %s", ep.name, ep.value,
+                           dist, type(exc).__name__, (str(exc).splitlines() or [""])[0])
+            continue
+        added = [n for n in _REGISTRY if n not in before]
+        if ep.name in before and not added:
+            logger.warning("entry point %s = %s (package %s) was not registered: a network named %r exists",
+                           ep.name, ep.value, dist, ep.name)
+        _ENTRY_POINTS_READ.extend(n for n in added if n not in _ENTRY_POINTS_READ)
+    return list(_ENTRY_POINTS_READ)

@@ -80,14 +80,38 @@ class BlockShape:
 
 
 def block_shapes(model: nn.Module, in_channels: int, image_size: int) -> list[BlockShape]:
-    """Run one image through each top-level child in turn, as the book's shape loop does."""
+    """Run one image through each top-level child in turn, as the book's shape loop does. A network whose
+    forward is not its children in a row (torchvision's, timm's, your own class) runs whole instead, and
+    each top-level child's output is recorded as it is called."""
     x = torch.zeros(1, in_channels, image_size, image_size)  # (1, C, H, W)
     shapes = []
     model.eval()
+    if not (isinstance(model, nn.Sequential) or type(model).__module__.startswith(__package__ + ".")):
+        return _called_shapes(model, x)
     with torch.no_grad():
         for child in model.children():
             x = child(x)
             shapes.append(BlockShape(type(child).__name__, tuple(x.shape)))
+    return shapes
+
+
+def _called_shapes(model: nn.Module, x: torch.Tensor) -> list[BlockShape]:
+    """The output shape of every top-level child, in the order the model's forward calls them."""
+    shapes: list[BlockShape] = []
+
+    def hook_for(name: str):  # "Sequential features": the type, as the book prints it, and which child
+        def hook(module: nn.Module, _inputs, output) -> None:
+            if isinstance(output, torch.Tensor):
+                shapes.append(BlockShape(f"{type(module).__name__} {name}", tuple(output.shape)))
+        return hook
+
+    handles = [child.register_forward_hook(hook_for(name)) for name, child in model.named_children()]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
     return shapes
 
 

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import __version__
 from ..errors import CheckpointError
+from ..models.configured import network_record
 from ..runfolder.disk import atomic_write, low_space_warning
 from ..runfolder.names import CHECKPOINT
 from .state import RunState
@@ -48,6 +49,7 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
         "run_state": run.state.as_dict(),
         "rng": rng_state(),
         "config": OmegaConf.to_container(run.cfg, resolve=True),
+        "network": network_record(run.cfg, run.raw_model),  # resume compares it (run.resume.check_network)
         "cnnbench_version": __version__,
     }
 

@@ -87,8 +87,7 @@ def estimate_step_memory(cfg: DictConfig) -> StepMemory:
     from ..models.stats import activation_bytes, count_parameters
 
     size, channels = image_size(cfg), int(cfg.dataset.in_channels)
-    with torch.device("meta"):  # shapes only: nothing is allocated, nothing is computed
-        model = model_from_config(cfg)
+    model = meta_model(cfg)
     params = count_parameters(model)
     # float32 bytes of every layer's output for one image. A small network runs one real image on the
     # CPU (milliseconds): the meta device's first forward imports torch's shape-checking and decomposition
@@ -106,6 +105,21 @@ def estimate_step_memory(cfg: DictConfig) -> StepMemory:
     fixed = 4 * params * (2 + optimizer_slots(cfg)) + _dataset_bytes(cfg) + RUNTIME_OVERHEAD
     per_example = int(per_image * factor) + 4 * channels * size * size  # + the float32 input
     return StepMemory(fixed=fixed, per_example=per_example)
+
+
+def meta_model(cfg: DictConfig) -> torch.nn.Module:
+    """The configured network on the meta device (shapes only: nothing allocated, nothing computed), or on
+    the CPU for the few that cannot be built without real values (torchvision's RegNets compute their
+    widths from tensors)."""
+    from ..models.configured import model_from_config
+    from ..models.external import ModelBuildError
+
+    try:
+        with torch.device("meta"):
+            return model_from_config(cfg)
+    except (ModelBuildError, NotImplementedError, RuntimeError):
+        with torch.random.fork_rng(devices=[]):  # its initialization draws nothing from the run's generator
+            return model_from_config(cfg)
 
 
 def _dataset_bytes(cfg: DictConfig) -> int:

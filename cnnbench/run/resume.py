@@ -141,7 +141,7 @@ def peek_checkpoint(path: Path) -> dict | None:
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return {"config": dict(state["config"]), "epoch": int(state["epoch"])}
+        return {"config": dict(state["config"]), "epoch": int(state["epoch"]), "network": state.get("network")}
     except Exception:  # noqa: BLE001 - see the docstring
         return None
 
@@ -163,6 +163,8 @@ def check_resume(cfg: DictConfig, checkpoint: Path | None, announce: bool = True
             f"{saved['epoch']} finished epochs mean: {', '.join(map(str, meaning))}; resume with the same "
             "settings, start a new run folder, or set trainer.resume_force=true to continue anyway "
             "(the changes are then recorded in summary.json)")
+    if not meaning:
+        check_network(cfg, checkpoint, saved.get("network"))
     if announce and meaning:
         logger.warning("trainer.resume_force=true: resuming despite changed settings (recorded in "
                        "summary.json): %s", ", ".join(map(str, meaning)))
@@ -170,6 +172,28 @@ def check_resume(cfg: DictConfig, checkpoint: Path | None, announce: bool = True
     if announce and allowed:
         logger.info("resuming with changed settings: %s", ", ".join(map(str, allowed)))
     return ResumePlan(checkpoint, saved["epoch"], changes, forced)
+
+
+def check_network(cfg: DictConfig, checkpoint: Path, saved: dict | None) -> None:
+    """The same config may build another network than the checkpoint's: a custom target's file edited since,
+    another torchvision or timm release. Refuse when the layers differ (their names and shapes, built on the
+    meta device: nothing allocated), naming what changed; a file that moved with the same layers is logged."""
+    from ..models.configured import network_record
+    from .memory import meta_model
+
+    if not saved or not saved.get("layers_digest"):
+        return  # a checkpoint from before the record: restoring compares the weights' shapes
+    now = network_record(cfg, meta_model(cfg))
+    if now["layers_digest"] != saved["layers_digest"]:
+        where = [f"{k}: {_show(saved.get(k))} -> {_show(now.get(k))}" for k in ("module_file", "library", "parameters")
+                 if saved.get(k) != now.get(k)]
+        raise ResumeRefused(
+            f"cannot resume from {checkpoint}: the {cfg.model.name} network built now has other layers than the "
+            f"one it trained ({', '.join(where) or 'same parameter count, other layer names or shapes'}); restore "
+            "the network's code or start a new run folder")
+    if saved.get("module_file") != now.get("module_file"):
+        logger.info("model.target now comes from %s (the run trained it from %s); same layers",
+                    now.get("module_file"), saved.get("module_file"))
 
 
 def resume_run(run: Run, plan_or_path: ResumePlan | Path, overrides: list[str], record_dir: str | None) -> None:

@@ -24,7 +24,7 @@ from ..devices import device_name
 from ..errors import TrainingDiverged
 from ..fmt import human
 from ..machine import machine_info, source_info, version_line
-from ..models.configured import image_size
+from ..models.configured import image_size, network_label, network_record
 from ..runfolder.names import BEST_CHECKPOINT
 from .build import Run
 from .selection import objective_name, objective_value
@@ -43,6 +43,7 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "traceback": None if error is None or isinstance(error, TrainingDiverged)
         else "".join(traceback.format_exception(error)),
         "model": cfg.model.name,
+        "network": _safe(lambda: network_record(cfg, run.raw_model)) if run else None,  # module file, digest
         "dataset": cfg.dataset.name,
         "resize": _safe(lambda: image_size(cfg)),
         "epochs": int(cfg.trainer.epochs),
@@ -150,7 +151,7 @@ def header_lines(run: Run, resumed_at_epoch: int | None) -> list[str]:
     schedule = cfg.scheduler.name if cfg.get("scheduler") else "none"
     lines = [
         version_line(),
-        f"{cfg.model.name}: {human(run.params)} parameters, {human(run.flops)} FLOPs per image, "
+        f"{network_label(cfg)}: {human(run.params)} parameters, {human(run.flops)} FLOPs per image, "
         f"{side}x{side} input, {_count(cfg.dataset.in_channels, 'channel')}, {cfg.dataset.num_classes} classes",
         f"data: {cfg.dataset.name}, {', '.join(sizes)} images",
         f"device: {device_name(run.device)}{threads}{world}, {speed.precision}{tuned}"

@@ -58,8 +58,29 @@ def check_values(cfg: DictConfig) -> None:
     check_min_size(spec.name, input_side(spec.name, cfg.dataset.resize), spec.min_resolution)
     _check_names(cfg)
     check_model_kwargs(spec.name, model_kwargs(cfg))
+    check_network_runs(cfg)
     _check_batch_fits(cfg)
     _check_selection(cfg)
+
+
+def check_network_runs(cfg: DictConfig) -> None:
+    """A network from outside the book (custom, torchvision, timm, an installed package's) is built and run
+    on two images of the data's shape here, so an import error, a factory that raises or an output that is
+    not (batch, classes) is one sentence before any run folder exists. The book's networks are checked by
+    the tests instead (and VGG at 224 pixels would cost seconds)."""
+    from ..models.configured import image_size, model_from_config, network_label
+    from ..models.external import check_output
+    from ..models.registry import load_entry_points
+
+    name = str(cfg.model.name)
+    if not (get_model_spec(name).source or name in load_entry_points()):
+        return
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # building draws initial weights: not from the run's generator
+        model = model_from_config(cfg)
+        check_output(model, int(cfg.dataset.in_channels), int(cfg.dataset.num_classes), image_size(cfg),
+                     network_label(cfg))
 
 
 def _check_selection(cfg: DictConfig) -> None:
