@@ -341,7 +341,7 @@ def cmd_inspect(args: Sequence[str]) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/inspect)")
     add_data_root(parser)
     parser.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard images")
-    ns = parser.parse_args(args)
+    ns = parser.parse_intermixed_args(args)  # options before, between or after the images
     if ns.count < 1:
         parser.error("--count must be at least 1")
     try:
@@ -357,5 +357,7 @@ def cmd_inspect(args: Sequence[str]) -> int:
             guesses = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in image["predictions"])
             truth = f" (true {image['true']})" if image["true"] else ""
             print(f"  {image['image']}{truth}: {guesses}")
-    print(f"wrote {written[-2]} and {len(written) - 2} more files in {written[-2].parent}")
+    page = written[-2]
+    print(f"wrote {page} (open it in a browser) and {len(written) - 1} more files in {page.parent}"
+          + ("" if ns.no_tensorboard else "; the pictures are in TensorBoard under inspect/"))
     return 0

@@ -125,15 +125,20 @@ def cam_layer(model: nn.Module, shapes: dict[str, tuple[int, ...]], chosen: str 
         prefix, module = path + ".", children[k][1]  # a block whose output is flat (pooled): look inside it
 
 
+# torch's modules of layers that work element by element (or per channel): activations, norms, dropout
+_ELEMENTWISE = {f"torch.nn.modules.{m}" for m in ("activation", "batchnorm", "normalization", "dropout")}
+
+
 def _after_elementwise(children: list[tuple[str, nn.Module]], k: int, prefix: str,
                        shapes: dict[str, tuple[int, ...]]) -> str:
-    """The name of ``children[k]``, or of the last of the siblings right after it that keep its output's shape
-    and hold no convolution (its normalization and activation): Grad-CAM reads the maps after the
+    """The name of ``children[k]``, or of the last of the norm, activation and dropout layers right after it
+    that keep its output's shape: Grad-CAM reads the maps after the
     activation, as its paper does (a conv's raw output can be negative everywhere)."""
     shape = shapes.get(prefix + children[k][0])
     while k + 1 < len(children):
         name, child = children[k + 1]
-        if _holds_conv(child) or shapes.get(prefix + name) != shape:
+        elementwise = type(child).__module__ in _ELEMENTWISE
+        if not elementwise or shapes.get(prefix + name) != shape:  # a pool that keeps a 1x1 map stops it too
             break
         k += 1
     return prefix + children[k][0]
