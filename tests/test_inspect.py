@@ -249,7 +249,7 @@ def test_the_page_renders_in_a_real_browser_and_enlarges_a_picture(own_run, tmp_
     assert re.search(r'<body[^>]*data-images="(\d+)"', dom).group(1) == str(expected)
     assert re.search(r'<body[^>]*data-decoded="(\d+)"', dom).group(1) == str(expected)  # every picture decoded
     assert '<div id="zoom">' in dom  # closed
-    dom = browser("--dump-dom", page.as_uri() + "#t0-r1-c1").stdout  # the first stage of the coat, enlarged
+    dom = browser("--dump-dom", page.as_uri() + "#zoom=t0-r1-c1").stdout  # the first stage of the coat, enlarged
     zoom = re.search(r'<div id="zoom" class="open"><img alt="enlarged" src="([^"]{40})[^"]*"><p>([^<]*)</p>', dom)
     assert zoom and zoom.group(1).startswith("data:image/png;base64,") and "test #" in zoom.group(2)
     shot = tmp_path / "page.png"

@@ -208,7 +208,8 @@ def write_pictures(look_: Look, drawn: Drawn, shown: Sequence[Shown], folder: Pa
         kernels = pic.with_caption(pic.fit(drawn.kernels, 4 * pic.CELL), [f"first conv: {drawn.kernels_note}"])
         if drawn.response:
             below = pic.table_picture("its response to each image", titles,
-                                      [("input", drawn.rows[0][2]), ("response", drawn.response)])
+                                      [("input", drawn.rows[0][2]), ("response", drawn.response)],
+                                      cell=4 * pic.CELL // 3)
             kernels = pic.stacked([kernels, below])
         images["filters"] = kernels
     (folder / "stages").mkdir(parents=True, exist_ok=True)
@@ -299,7 +300,7 @@ def inspect_runs(run_dir: Path, items: Sequence[str], tests: Sequence[str], chos
         pictures.append(write_pictures(lk, drawn, shown, folder))
         written += [folder / f"{name}.png" for name in pictures[-1]]
     if len(looks) > 1:
-        pair = pic.side_by_side([p["overview"] for p in pictures], [lk.name for lk in looks])
+        pair = pic.side_by_side([p["overview"] for p in pictures])  # each overview carries its run's title
         pair.save(out / "side_by_side.png")
         pictures[0]["side_by_side"] = pair
         written.append(out / "side_by_side.png")

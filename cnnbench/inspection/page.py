@@ -2,7 +2,8 @@
 
 Every picture is inlined as a ``data:image/png`` URI and the page's Content-Security-Policy allows nothing
 else to load. One table per run (two side by side with ``--compare``): layers as rows, images as columns.
-A click on a picture (or the page opened at ``inspect.html#ID``) shows it enlarged with its caption; a click
+A click on a picture (or the page opened at ``inspect.html#zoom=ID``, ID as ``t0-r1-c2``: table, row,
+column) shows it enlarged with its caption; a click
 or Escape closes it. Once loaded, the page writes how many of its pictures decoded into ``<body>``'s
 ``data-images`` and ``data-decoded`` attributes, which the tests read from a headless browser.
 """
@@ -61,7 +62,7 @@ h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 0; }
 table { border-collapse: collapse; margin-top: 8px; }
 th, td { padding: 4px 6px; border-bottom: 1px solid #eee; vertical-align: middle; }
 thead th { font-weight: normal; white-space: pre-line; font-size: 12px; }
-th.layer { text-align: left; white-space: nowrap; font-weight: 600; }
+th.layer { text-align: left; font-weight: 600; min-width: 110px; max-width: 190px; }
 th.layer span { display: block; font-weight: normal; color: #666; font-size: 12px; }
 td img { display: block; max-width: 150px; max-height: 150px; min-width: 56px; image-rendering: pixelated;
          cursor: zoom-in; }
@@ -87,7 +88,8 @@ window.addEventListener('load', () => {
   const pictures = [...document.querySelectorAll('td img')];
   document.body.dataset.images = pictures.length;
   document.body.dataset.decoded = pictures.filter(p => p.complete && p.naturalWidth > 0).length;
-  const target = location.hash && document.getElementById(location.hash.slice(1));
+  const asked = location.hash.match(/^#zoom=(.+)$/);  // inspect.html#zoom=t0-r1-c2 opens that picture
+  const target = asked && document.getElementById(asked[1]);
   if (target) enlarge(target);
 });
 """

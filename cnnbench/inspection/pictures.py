@@ -20,7 +20,7 @@ MIN_MAP = 48  # pixels: small maps (a 3x3 ResNet stage) are enlarged to at least
 MAX_MAP = 56  # pixels: large maps (VGG's 224x224) are shrunk to at most this side
 GAP = 2  # pixels between maps in a grid
 CAM_ALPHA = 0.5  # weight of the heat map over the picture
-KERNEL_SIDE = 64  # pixels: a drawn kernel (5x5, 7x7, 11x11) is enlarged to at least this side
+KERNEL_SIDE = 80  # pixels: a drawn kernel (5x5, 7x7, 11x11) is enlarged to at least this side
 CELL = 150  # pixels: the side of one cell of the overview
 
 
@@ -82,15 +82,15 @@ def map_side(h: int) -> int:
     return h * max(1, math.ceil(MIN_MAP / h))
 
 
-def tile(images: Sequence[Any], columns: int, background: str = "white") -> Any:
-    """Equal-sized images in a grid, ``columns`` wide, GAP pixels apart."""
+def tile(images: Sequence[Any], columns: int, background: str = "white", gap: int = GAP) -> Any:
+    """Equal-sized images in a grid, ``columns`` wide, ``gap`` pixels apart."""
     from PIL import Image
 
     w, h = images[0].size
     rows = math.ceil(len(images) / columns)
-    canvas = Image.new("RGB", (columns * (w + GAP) - GAP, rows * (h + GAP) - GAP), background)
+    canvas = Image.new("RGB", (columns * (w + gap) - gap, rows * (h + gap) - gap), background)
     for k, im in enumerate(images):
-        canvas.paste(im, ((k % columns) * (w + GAP), (k // columns) * (h + GAP)))
+        canvas.paste(im, ((k % columns) * (w + gap), (k // columns) * (h + gap)))
     return canvas
 
 
@@ -174,7 +174,7 @@ def kernels_picture(weight: torch.Tensor) -> Any:
         images = colour((mean / bound + 1).numpy() / 2, "RdBu_r")  # 0 -> the middle: white
     side = max(KERNEL_SIDE, images.shape[1])
     cells = [_resized(Image.fromarray(k), side) for k in images[:MAX_CHANNELS * 2]]
-    return tile(cells, min(len(cells), 16), background="#888888")  # grey gaps: white is a kernel's 0
+    return tile(cells, min(len(cells), 16), background="#888888", gap=4)  # grey gaps: white is a kernel's 0
 
 
 def with_caption(image: Any, lines: Sequence[str], width: int | None = None, colour_: str = "black") -> Any:
@@ -220,11 +220,12 @@ def table_picture(title: str, column_titles: Sequence[Sequence[str]], rows: Sequ
     return canvas
 
 
-def side_by_side(pictures: Sequence[Any], titles: Sequence[str]) -> Any:
-    """Pictures next to each other, each under its title (the two runs of a comparison)."""
+def side_by_side(pictures: Sequence[Any], titles: Sequence[str] | None = None) -> Any:
+    """Pictures next to each other, each under its title if given (the two runs of a comparison)."""
     from PIL import Image
 
-    captioned = [with_caption(p, [t]) for p, t in zip(pictures, titles, strict=True)]
+    captioned = list(pictures) if titles is None else [with_caption(p, [t]) for p, t in zip(pictures, titles,
+                                                                                           strict=True)]
     width = sum(p.size[0] for p in captioned) + 24 * (len(captioned) - 1)
     canvas = Image.new("RGB", (width, max(p.size[1] for p in captioned)), "white")
     x = 0
