@@ -191,9 +191,10 @@ def draw(look_: Look) -> Drawn:
     return Drawn(rows, kernels, note, response, own_row, cam_rows)
 
 
-def write_pictures(look_: Look, drawn: Drawn, shown: Sequence[Shown], folder: Path) -> dict[str, Any]:
+def write_pictures(look_: Look, drawn: Drawn, shown: Sequence[Shown], folder: Path) -> tuple[dict[str, Any],
+                                                                                              list[Path]]:
     """overview.png, filters.png, gradcam.png and stages/NN_NAME.png in ``folder``; returns the Pillow images
-    by name (for TensorBoard and the comparison)."""
+    by name (for TensorBoard and the comparison) and the files written."""
     titles = column_titles(look_, shown)
     title = f"{look_.name}: {look_.run.checkpoint.name}, step {look_.run.step}"
     all_rows = [(f"{label} {note}" if label == "input" else label, pics) for label, note, pics in drawn.rows]
@@ -213,12 +214,16 @@ def write_pictures(look_: Look, drawn: Drawn, shown: Sequence[Shown], folder: Pa
             kernels = pic.stacked([kernels, below])
         images["filters"] = kernels
     (folder / "stages").mkdir(parents=True, exist_ok=True)
+    files = []
     for (label, note, pics), stage in zip(drawn.rows[1:], look_.probe.stages, strict=True):
-        row = pic.table_picture(f"{title}: {label} {note}", titles, [(label, pics)], cell=max(pics[0].size))
-        row.save(folder / "stages" / f"{stage.file_stem}.png")
+        row = pic.table_picture(f"{title}: {label} {note}", titles, [(label, pics)],
+                                cell=max(2 * pic.CELL, *pics[0].size))
+        files.append(folder / "stages" / f"{stage.file_stem}.png")
+        row.save(files[-1])
     for name, image in images.items():
-        image.save(folder / f"{name}.png")
-    return images
+        files.append(folder / f"{name}.png")
+        image.save(files[-1])
+    return images, files
 
 
 def page_table(look_: Look, drawn: Drawn, shown: Sequence[Shown]) -> Table:
@@ -297,8 +302,9 @@ def inspect_runs(run_dir: Path, items: Sequence[str], tests: Sequence[str], chos
         folder.mkdir(parents=True, exist_ok=True)
         drawn = draw(lk)
         drawings.append(drawn)
-        pictures.append(write_pictures(lk, drawn, shown, folder))
-        written += [folder / f"{name}.png" for name in pictures[-1]]
+        images, files = write_pictures(lk, drawn, shown, folder)
+        pictures.append(images)
+        written += files
     if len(looks) > 1:
         pair = pic.side_by_side([p["overview"] for p in pictures])  # each overview carries its run's title
         pair.save(out / "side_by_side.png")

@@ -50,7 +50,7 @@ class Table:
 def png_bytes(image: Any) -> bytes:
     """A Pillow image as PNG bytes."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
