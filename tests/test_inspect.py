@@ -50,6 +50,15 @@ def test_each_stage_map_is_named_and_shaped_as_summary_prints_it(name):
     assert grad_cam(model, layer, x, [0, 3]).shape == (2, side, side)
 
 
+def test_the_stages_of_a_wrapped_network_are_its_own():
+    """A network held by a wrapper (one child: a custom model around a torchvision one) shows the inner blocks."""
+    inner = build_model("lenet").eval()
+    wrapped = nn.Sequential(inner).eval()
+    x = torch.rand(1, 1, SIDE, SIDE)
+    assert [(s.name, s.path.split(".")[-1]) for s in probe(wrapped, x).stages] == \
+        [(s.name, s.path) for s in probe(inner, x).stages]
+
+
 def test_the_cam_layer_is_the_last_conv_block_after_its_activation():
     """LeNet's second conv is read after its sigmoid (a conv's raw output can be all negative); ResNet's last
     residual stage; GoogLeNet's last Inception, inside the stage that pools and flattens."""
