@@ -168,7 +168,9 @@ def draw(look_: Look) -> Drawn:
     for stage in seen.stages:
         c = stage.output.shape[1]
         shown = len(pic.chosen_channels(stage.output))
-        note = f"{tuple(stage.output.shape[1:])}" + (f", {shown} most active of {c} channels" if shown < c else "")
+        low, high = float(stage.output.min()), float(stage.output.max())  # colours are scaled per channel: say it
+        note = (f"{tuple(stage.output.shape[1:])}" + (f", {shown} most active of {c} channels" if shown < c else "")
+                + f", values {low:.3g} to {high:.3g}")
         rows.append((stage.name, note, pic.stage_pictures(stage.output)))
     kernels, note, response, own_row = None, "", None, False
     if seen.first_conv is not None:
@@ -265,8 +267,9 @@ def record(looks: Sequence[Look], shown: Sequence[Shown], files: Sequence[Path])
     return {
         "runs": [{"run_dir": str(lk.run.run_dir), "model": lk.run.cfg.model.name,
                   "checkpoint": str(lk.run.checkpoint), "step": lk.run.step, "gradcam_layer": lk.layer,
-                  "stages": [{"name": s.name, "module": s.path, "shape": list(s.output.shape[1:])}
-                             for s in lk.probe.stages],
+                  "stages": [{"name": s.name, "module": s.path, "shape": list(s.output.shape[1:]),
+                              "min": float(s.output.min()), "mean": float(s.output.mean()),
+                              "max": float(s.output.max())} for s in lk.probe.stages],
                   "first_conv": lk.probe.first_conv,
                   "images": [{"image": s.source, "true": s.true,
                               "predictions": [{"class": n, "probability": p} for n, p in predictions(lk, i)]}
