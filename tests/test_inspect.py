@@ -177,6 +177,47 @@ def test_inspect_sees_the_weights_predict_uses_the_ema(ema_run, tmp_path, capsys
     assert not list(ema_run.glob("events.out.tfevents.*inspect*"))  # --no-tensorboard, --out: the run untouched
 
 
+def test_a_colour_run_reads_its_pictures_as_predict_does_and_draws_rgb_kernels(tmp_path, monkeypatch, capsys):
+    """An image-folder run (3 channels): files read as its training images were, test images by class name,
+    the kernels drawn in colour, and no grey-only response row."""
+    from cnnbench.data.sources import settle_dataset
+    from cnnbench.run.train import train
+
+    from .test_folder import make_folder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = make_folder(tmp_path / "pets", side=32)
+    cfg = compose_fast("/nonexistent", "dataset=image_folder", f"dataset.path={root}", "model=lenet_bn",
+                       "dataset.resize=32", "trainer.epochs=1", "trainer.batch_size=8")
+    settle_dataset(cfg)
+    run = tmp_path / "run"
+    assert train(cfg, run)["status"] == "completed"
+    (run / ".hydra").mkdir()
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    picture = root / "test" / "dog" / "000.png"
+    assert main(["predict", str(run), str(picture), "--json", "--device", "cpu"]) == 0
+    expected = json.loads(capsys.readouterr().out)[0]["predictions"]
+    assert inspect_cli(run, str(picture), "--test", "frog", "--class", "cat", "--no-tensorboard") == 0
+    images = json.loads((run / "inspect" / "inspect.json").read_text())["runs"][0]["images"]
+    assert [im["image"] for im in images] == [str(picture), images[1]["image"]] and images[1]["true"] == "frog"
+    assert [p["probability"] for p in images[0]["predictions"]] == \
+        pytest.approx([p["probability"] for p in expected], abs=1e-5)
+    assert "kernels 5x5 (module 0) (RGB)" in (run / "inspect" / "inspect.html").read_text()
+    assert (run / "inspect" / "filters.png").is_file()
+
+
+def test_kernels_are_drawn_in_colour_for_rgb_and_red_blue_for_grey():
+    from cnnbench.inspection.pictures import kernels_picture
+
+    green = torch.zeros(1, 3, 5, 5)
+    green[0, 1] = 1.0  # a kernel that looks only at the green channel
+    centre = np.asarray(kernels_picture(green))[40, 40]
+    assert tuple(centre) == (0, 255, 0)
+    grey = torch.tensor([[[[1.0, -1.0]]]])  # (1, 1, 1, 2): +1 then -1
+    left, right = np.asarray(kernels_picture(grey))[10, [10, 70]].astype(int)  # drawn 80 x 40 pixels
+    assert left[0] > left[2] + 50 and right[2] > right[0] + 50  # positive red, negative blue
+
+
 def test_compare_puts_two_runs_side_by_side(trained_run, square_run, tmp_path):
     out = tmp_path / "out"
     assert inspect_cli(trained_run, "--compare", str(square_run), "--count", "3", "--out", str(out),
