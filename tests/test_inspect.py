@@ -229,6 +229,10 @@ def test_compare_puts_two_runs_side_by_side(trained_run, square_run, tmp_path):
     with Image.open(out / "side_by_side.png") as pair, Image.open(out / "overview.png") as one:
         assert pair.size[0] > 2 * one.size[0] - 10
     assert (out / "inspect.html").read_text().count('<section class="run">') == 2
+    (out / "notes.txt").write_text("mine")
+    assert inspect_cli(trained_run, "--count", "1", "--out", str(out), "--no-tensorboard") == 0  # no comparison now
+    assert not (out / "side_by_side.png").exists() and not (out / f"compare_{square_run.name}").exists()
+    assert (out / "notes.txt").read_text() == "mine"  # only the earlier inspection's own files went
 
 
 def test_the_page_is_self_contained(own_run):

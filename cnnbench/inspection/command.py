@@ -279,6 +279,24 @@ def record(looks: Sequence[Look], shown: Sequence[Shown], files: Sequence[Path])
     }
 
 
+def remove_previous(out: Path) -> None:
+    """Delete the files an earlier inspection listed in ``out/inspect.json`` (and folders they leave empty), so
+    that a new one leaves no stale comparison or stage picture behind; nothing else in ``out`` is touched."""
+    try:
+        listed = [Path(f) for f in json.loads((out / "inspect.json").read_text()).get("files", [])]
+    except (OSError, ValueError, AttributeError):  # no earlier inspection here, or not a record of one
+        return
+    root = out.resolve()
+    for path in listed:
+        if path.resolve().is_relative_to(root) and path.is_file():
+            path.unlink()
+    for folder in sorted({p.parent for p in listed}, key=lambda p: -len(p.parts)):  # stages/ before compare_X/
+        if folder.resolve() != root and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            if folder.parent.resolve() != root and not any(folder.parent.iterdir()):
+                folder.parent.rmdir()
+
+
 def inspect_runs(run_dir: Path, items: Sequence[str], tests: Sequence[str], chosen: str | None = None,
                  compare: Path | None = None, checkpoint: str = "last", device: str = "auto",
                  data_root: str | None = None, layer: str | None = None, out: Path | None = None,
@@ -299,6 +317,7 @@ def inspect_runs(run_dir: Path, items: Sequence[str], tests: Sequence[str], chos
         shown += test_images(runs[0], tests, data_root, count)
     looks = [look(run, shown, chosen, layer) for run in runs]  # every check passed: now draw and write
     out = out or run_dir / INSPECT_DIR
+    remove_previous(out)
     folders = [out] + [out / f"compare_{lk.run.run_dir.name}" for lk in looks[1:]]
     written, drawings, pictures = [], [], []
     for lk, folder in zip(looks, folders, strict=True):
