@@ -1,7 +1,7 @@
 """``cnnbench`` command line: one command, several subcommands.
 
 ``train`` and ``summary`` take Hydra overrides (``model=resnet18 dataset.resize=96``); ``train -m`` runs
-a Hydra multirun sweep. ``eval``, ``predict`` and ``export`` read a finished run folder; ``track`` uploads
+a Hydra multirun sweep. ``eval``, ``predict``, ``inspect`` and ``export`` read a finished run folder; ``track`` uploads
 finished run or sweep folders to MLflow.
 """
 
@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "bench": "time cnnbench's trainer against the book's pipeline, side by side",
     "eval": "evaluate a finished run: per-class figures, confusion matrix, mistakes (eval/ in the run folder)",
     "predict": "classify your own pictures with a trained run",
+    "inspect": "look inside a trained run: activations per stage, first-layer filters, Grad-CAM (HTML + PNGs)",
     "export": "write a trained run's network as ONNX or TorchScript, checked against PyTorch",
     "track": "upload finished runs or sweeps to MLflow from their folders (pip install 'cnnbench[mlflow]')",
 }
@@ -137,6 +138,12 @@ def _cmd_predict(args: Sequence[str]) -> int:
     return cmd_predict(args)
 
 
+def _cmd_inspect(args: Sequence[str]) -> int:
+    from .inspection.command import cmd_inspect
+
+    return cmd_inspect(args)
+
+
 def _cmd_export(args: Sequence[str]) -> int:
     from .evaluation.export import cmd_export
 
@@ -157,6 +164,7 @@ HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "bench": _cmd_bench,
     "eval": _cmd_eval,
     "predict": _cmd_predict,
+    "inspect": _cmd_inspect,
     "export": _cmd_export,
     "track": _cmd_track,
 }

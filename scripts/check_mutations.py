@@ -897,6 +897,19 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("external: installed packages' entry points are registered", "cnnbench/models/registry.py",
              "    for ep in entry_points(group=ENTRY_POINT_GROUP):", "    for ep in ():",
              ("tests/test_external_models.py", "-k", "installed_packages or broken_plugin")),
+    # ---- cnnbench inspect
+    Mutation("inspect: Grad-CAM's map lies where the object is", "cnnbench/inspection/probe.py",
+             "    return up[:, 0].clamp_min(0).cpu()", "    return up[:, 0].flip(-1).clamp_min(0).cpu()",
+             ("tests/test_inspect.py", "-k", "side_of_the_object")),
+    Mutation("inspect: Grad-CAM reads the last conv block after its activation", "cnnbench/inspection/probe.py",
+             "        k += 1\n    return prefix + children[k][0]", "        break\n    return prefix + children[k][0]",
+             ("tests/test_inspect.py", "-k", "cam_layer_is")),
+    Mutation("inspect: the stages of a wrapped network are its own", "cnnbench/inspection/probe.py",
+             "    while len(children) == 1:", "    while False:",
+             ("tests/test_inspect.py", "-k", "wrapped")),
+    Mutation("inspect: the page inlines every picture", "cnnbench/inspection/page.py",
+             'src="data:image/png;base64,{data}"', 'src="{ident}.png"',
+             ("tests/test_inspect.py", "-k", "self_contained")),
 )
 
 

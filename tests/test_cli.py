@@ -15,7 +15,7 @@ from .conftest import cli
 def test_help_lists_the_subcommands():
     out = subprocess.run(cli("--help"), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
-    for command in ("train", "models", "summary", "eval", "predict", "export", "track"):
+    for command in ("train", "models", "summary", "eval", "predict", "inspect", "export", "track"):
         assert command in out.stdout
 
 
@@ -86,7 +86,7 @@ def test_summary_takes_a_bare_model_name(capsys):
                                                "(other settings are KEY=VALUE)")
 
 
-@pytest.mark.parametrize("command", ["models", "summary", "report", "bench", "eval", "predict", "export"])
+@pytest.mark.parametrize("command", ["models", "summary", "report", "bench", "eval", "predict", "inspect", "export"])
 def test_every_subcommands_help_has_a_description_and_defaults_in_plain_text(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])

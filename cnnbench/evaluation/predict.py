@@ -126,16 +126,21 @@ def load_picture(path: Path, run: LoadedRun | None = None) -> Picture:
     return Picture(path, image=image, inverted=inverted)
 
 
+def prepared_batch(run: LoadedRun, images: torch.Tensor) -> torch.Tensor:
+    """(N, 28, 28) or (N, C, S, S) uint8 images -> the network's (N, C, S, S) input, prepared by the run's own
+    loader (resize to its side, its normalization, its memory layout) exactly as its test images were."""
+    split = Split(images, torch.zeros(len(images), dtype=torch.long))
+    x, _ = next(run.loader(split, batch_size=len(images)).batches(epoch=0))
+    return x
+
+
 @torch.no_grad()
 def classify(run: LoadedRun, pictures: list[Picture], topk: int) -> None:
     """Fill in each readable picture's ``top``: one batch through the run's own input preparation."""
     good = [p for p in pictures if p.image is not None]
     if not good:
         return
-    images = torch.from_numpy(np.stack([p.image for p in good]))  # (N, 28, 28) or (N, C, S, S) uint8
-    split = Split(images, torch.zeros(len(good), dtype=torch.long))
-    loader = run.loader(split, batch_size=len(good))
-    x, _ = next(loader.batches(epoch=0))  # (N, 1, S, S), prepared like the run's test images
+    x = prepared_batch(run, torch.from_numpy(np.stack([p.image for p in good])))  # (N, C, S, S)
     with Precision.create("fp32", run.device).autocast():
         probs = run.model(x).float().softmax(dim=1).cpu()  # (N, C)
     k = min(topk, probs.shape[1])
