@@ -27,9 +27,11 @@ from .record import (
     metric_points,
     params_of,
     read_folder,
+    read_ids,
     resolve_tracking_uri,
     summary_time_ms,
     sweep_dir_of,
+    swept_params,
     ui_command,
 )
 
@@ -108,6 +110,9 @@ def upload_run(tracker: Tracker, run: FolderRun, experiment: str | None, with_mo
     wall_s = run.summary.get("wall_time_s")
     start_ms = end_ms - int(wall_s * 1000) if isinstance(wall_s, (int, float)) else None  # when it trained
     run_id, continued = tracker.open_run(run.run_dir, name, tags, start_ms=start_ms)
+    ids = read_ids(run.run_dir, tracker.uri)
+    if sweep_dir is not None and not experiment and ids is not None:  # the sweep's own experiment: its view
+        tracker.describe_sweep(ids["experiment_id"], tags[PARENT_TAG], swept_params(run.run_dir))
     overrides = [str(o) for o in run.summary.get("overrides") or []]
     params = params_of(run.config, overrides) if run.config is not None else {}
     tracker.log_params(run_id, params)
