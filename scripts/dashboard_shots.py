@@ -124,3 +124,40 @@ def server(command: list[str], ready: str, log: Path, timeout_s: float = 120.0) 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mlflow_ui(mlflow: str, store_uri: str, log: Path) -> Iterator[str]:
+    """``mlflow ui`` (the command ``mlflow``) on a store; yields its base URL once it answers."""
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen([mlflow, "ui", "--backend-store-uri", store_uri, "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(base + "/health", timeout=5)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"mlflow ui did not start:\n{log.read_text()[-2000:]}") from None
+                time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)

@@ -120,10 +120,10 @@ class Tracker:
                                        json.dumps(sweep_view(swept, parent_run_id)))
 
     def open_run(self, folder: Path, experiment: str, tags: dict[str, str] | None = None,
-                 resume: bool = True, start_ms: int | None = None) -> tuple[str, bool]:
+                 resume: bool = True, start_ms: int | None = None, name: str | None = None) -> tuple[str, bool]:
         """The MLflow run of a run or sweep folder: the one its ``mlflow.json`` names in this store, set
         running again, or (and always when not ``resume``: a fresh start in a used folder) a new one named
-        by the folder, started at ``start_ms`` (default: now). Returns (run id, continued)."""
+        ``name`` (default: by the folder), started at ``start_ms`` (default: now). Returns (run id, continued)."""
         ids = read_ids(folder, self.uri) if resume else None
         if ids is not None and self._active(ids["run_id"]):
             self.client.update_run(ids["run_id"], status="RUNNING")
@@ -132,7 +132,7 @@ class Tracker:
             return ids["run_id"], True
         parent = (tags or {}).get(PARENT_TAG)  # a sweep's job goes where its parent run is
         experiment_id = self.client.get_run(parent).info.experiment_id if parent else self.experiment_id(experiment)
-        run = self.client.create_run(experiment_id, start_time=start_ms, run_name=Path(folder).name, tags={
+        run = self.client.create_run(experiment_id, start_time=start_ms, run_name=name or Path(folder).name, tags={
             "cnnbench.folder": folder_label(folder), "mlflow.source.name": "cnnbench", **(tags or {})})
         write_ids(folder, self.uri, experiment_id, run.info.run_id)
         return run.info.run_id, False

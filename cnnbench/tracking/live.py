@@ -31,6 +31,7 @@ from .record import (
     params_of,
     read_ids,
     resolve_tracking_uri,
+    run_label,
     runs_view_url,
     sweep_dir_of,
     ui_command,
@@ -73,8 +74,9 @@ class MlflowTracker:
         sweep_dir = sweep_dir_of(run_dir)
         experiment = experiment_name(logger_cfg.experiment, sweep_dir)
         # A sweep's own experiment gets its runs view (swept params as columns); its last lines say how to open it.
-        self._swept = param_names(current_swept_keys()) if sweep_dir is not None and not logger_cfg.experiment \
-            else None
+        swept = current_swept_keys()
+        self._swept = param_names(swept) if sweep_dir is not None and not logger_cfg.experiment else None
+        self._name = run_label(cfg, overrides, swept)  # 'lenet_bn, lr=0.3' in a sweep
         if sweep_dir is None:
             logger.info("MLflow: experiment '%s' at %s; to browse: %s", experiment, self.uri, ui_command(self.uri))
         else:  # the UI command once, in the sweep's closing lines, not in every job's header
@@ -134,7 +136,8 @@ class MlflowTracker:
         if sweep_dir is not None:
             parent = read_ids(sweep_dir, self.uri)  # the launcher opened it; else open it here
             tags[PARENT_TAG] = parent["run_id"] if parent else self._tracker.open_sweep(sweep_dir, experiment)
-        self.run_id, continued = self._tracker.open_run(self.run_dir, experiment, tags, resume=resuming)
+        self.run_id, continued = self._tracker.open_run(self.run_dir, experiment, tags, resume=resuming,
+                                                               name=self._name)
         ids = read_ids(self.run_dir, self.uri)
         if self._swept is not None and ids is not None:
             self._tracker.describe_sweep(ids["experiment_id"], tags.get(PARENT_TAG), self._swept)

@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import split_override
-from ..runfolder.log import HPARAM_ALIASES, hparam_name, hparams_of, swept_keys, write_json_atomic
+from ..runfolder.log import HPARAM_ALIASES, hparam_name, hparams_of, swept_keys, trial_name, write_json_atomic
 from ..runfolder.names import BEST_CHECKPOINT, CHECKPOINT, CONFIG, HYDRA_DIR, METRICS, SUMMARY, read_summary
 
 TRACKING_IDS = "mlflow.json"  # in a run or sweep folder: {tracking URI: {"experiment_id", "run_id"}}
@@ -40,6 +40,9 @@ _NAME_CHARS = re.compile(r"[^\w\-. /:]")
 # for a link with ``?viewStateShareKey=KEY``): the swept params, then these metrics as columns.
 VIEW_KEY = "cnnbench"
 VIEW_TAG = "mlflow.sharedViewState."
+# The runs view's address: MLflow 3's UI opens in its GenAI mode (no runs table) unless the address says
+# workflowType; the shared view is read on the runs page only.
+VIEW_QUERY = f"workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
 KEY_METRICS = ("test/acc", "train/loss", "examples_per_sec", "time/wall_s")
 # MLflow 3 opens an experiment without this tag in its GenAI mode, whose runs view is empty until the user
 # picks "Model training"; its value for classic training runs:
@@ -153,9 +156,10 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}$")
 def experiment_name(configured: str | None, sweep_dir: Path | None) -> str:
     """``logger.experiment``; when null, a sweep's own experiment named by its folder, or "cnnbench".
 
-    A sweep's name starts with what tells sweeps apart, its date and time (the UI's list cuts long names):
-    ``outputs/multirun/2026-12-07/09-20-21-996625`` -> ``2026-12-07 09-20-21-996625 (outputs/multirun)``;
-    another folder: ``my_sweep (/data/sweeps)``."""
+    A sweep's name starts with what tells sweeps apart, its date and time (the UI's list cuts long names),
+    and has no "/" (the UI shows a name's part after its last "/" only):
+    ``outputs/multirun/2026-12-07/09-20-21-996625`` -> ``2026-12-07 09-20-21-996625 (outputs · multirun)``;
+    another folder: ``my_sweep (data · sweeps)``."""
     if configured:
         return configured
     if sweep_dir is None:
@@ -164,17 +168,30 @@ def experiment_name(configured: str | None, sweep_dir: Path | None) -> str:
     head, rest = folder.name, folder.parent
     if _DATE.match(rest.name):  # Hydra's outputs/multirun/DATE/TIME
         head, rest = f"{rest.name} {head}", rest.parent
-    return f"{head} ({rest})" if str(rest) not in ("", ".") else head
+    where = " · ".join(part for part in rest.parts if part not in ("/", "."))
+    return f"{head} ({where})" if where else head
 
 
-def swept_params(run_dir: Path) -> list[str]:
-    """The param names of the settings a sweep job varies (``model``, ``lr``, ``optimizer.momentum``), read
-    from its ``.hydra/hydra.yaml``; [] for a single run or a folder without the record."""
+def run_label(cfg: DictConfig | None, overrides: list[str], swept: list[str]) -> str | None:
+    """A sweep job's MLflow run name, its swept values ('lenet_bn, lr=0.3', as TensorBoard's HParams
+    trial); None outside a sweep (the run is named by its folder)."""
+    if cfg is None or not swept:
+        return None
+    try:
+        hparams = hparams_of(cfg, overrides, swept)
+    except Exception:  # a config of an older cnnbench without one of the keys: named by its folder
+        return None
+    return trial_name(hparams, [hparam_name(k) for k in swept]) or None
+
+
+def folder_swept_keys(run_dir: Path) -> list[str]:
+    """The override keys a sweep job varies (``model``, ``optimizer.lr``), read from its
+    ``.hydra/hydra.yaml``; [] for a single run or a folder without the record."""
     try:
         hydra = OmegaConf.load(Path(run_dir) / HYDRA_DIR / "hydra.yaml").get("hydra")
     except Exception:  # no record, or an unreadable one
         return []
-    return param_names(swept_keys(hydra))
+    return swept_keys(hydra)
 
 
 def param_names(keys: Iterable[str]) -> list[str]:
@@ -196,12 +213,12 @@ def sweep_note(name: str, swept: list[str]) -> str:
     varied = ", ".join(f"`{p}`" for p in swept) or "nothing"
     return (f"cnnbench sweep `{name}`: varies {varied}. Each job is a child run of the sweep's parent run. "
             f"The runs table with the swept params and {', '.join(f'`{m}`' for m in KEY_METRICS)} as columns: "
-            f"add `?viewStateShareKey={VIEW_KEY}` to this page's address (the sweep's last lines print it).")
+            f"open this experiment's address + `/runs?{VIEW_QUERY}` (the sweep's last lines print it).")
 
 
 def runs_view_url(experiment_id: str, base: str = f"http://127.0.0.1:{UI_PORT}") -> str:
     """The address of a sweep's runs view in the MLflow UI at ``base`` (see :func:`sweep_view`)."""
-    return f"{base}/#/experiments/{experiment_id}?viewStateShareKey={VIEW_KEY}"
+    return f"{base}/#/experiments/{experiment_id}/runs?{VIEW_QUERY}"
 
 
 # ------------------------------------------------------------------------------------------- content
