@@ -12,7 +12,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cnnbench.run.train import train
-from cnnbench.runfolder.log import hparams_of
+from cnnbench.runfolder.log import RunLogger, hparams_of, swept_keys
 
 from .conftest import compose_fast, stop_process
 from .test_sweeps import start_tensorboard
@@ -56,7 +56,9 @@ def test_event_files_open_on_the_curves_with_the_books_chart(two_runs):
     layout = layout_pb2.Layout()
     layout.ParseFromString(events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
     charts = [(c.title, list(c.multiline.tag)) for cat in layout.category for c in cat.chart]
-    assert charts == [("loss and accuracy (the book's chart)", ["^train/loss$", "^train/acc$", "^test/acc$"])]
+    # the book's chart, one chart per curve: a sweep's runs stay legible (one line per run in each)
+    assert charts == [("train loss", ["^train/loss$"]), ("train accuracy", ["^train/acc$"]),
+                      ("test accuracy", ["^test/acc$"])]
     experiment = next(data for data in (plugin_data_pb2.HParamsPluginData.FromString(content)
                                         for content in events.PluginTagToContent("hparams").values())
                       if data.HasField("experiment"))
@@ -81,3 +83,37 @@ def test_time_series_shows_the_curves_first_in_a_real_browser(two_runs, tmp_path
     cards = set(re.findall(r'class="tag"[^>]* title="([^"]+)"', dom))
     assert groups[:2] == ["test", "train"], groups
     assert {"train/loss", "train/acc", "test/acc"} <= cards and not [c for c in cards if c not in CURVES], cards
+
+
+def test_a_sweeps_varied_settings_come_first_and_name_the_trial(fake_data, tmp_path):
+    """The HParams entry of a sweep job: its swept settings first and marked as differing (TensorBoard lists
+    those first and ticks the first five), the trial named by their values."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    cfg = compose_fast(fake_data, "model=lenet_bn", "optimizer.lr=0.3", "trainer.epochs=2")
+    overrides = ["model=lenet_bn", "optimizer.lr=0.3", "trainer.epochs=2"]
+    swept = ["model", "optimizer.lr"]
+    hp = hparams_of(cfg, overrides, swept)
+    assert list(hp)[:2] == ["model", "lr"]
+    rlog = RunLogger(tmp_path)
+    rlog.log("epoch", {"step": 1, "test/acc": 0.5})
+    rlog.log_hparams(hp, swept)
+    rlog.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0}).Reload()
+    data = [plugin_data_pb2.HParamsPluginData.FromString(content)
+            for content in events.PluginTagToContent("hparams").values()]
+    (experiment,) = [d.experiment for d in data if d.HasField("experiment")]
+    assert {i.name for i in experiment.hparam_infos if i.differs} == {"model", "lr"}
+    (start,) = [d.session_start_info for d in data if d.HasField("session_start_info")]
+    assert start.group_name == "lenet_bn, lr=0.3"
+
+
+def test_swept_keys_are_a_multiruns_overrides_that_differ_between_jobs():
+    """The keys every job shares are those the sweep's job naming excludes from folder names."""
+    from omegaconf import OmegaConf
+
+    job = {"mode": "MULTIRUN", "overrides": {"task": ["logger=mlflow", "model=lenet", "optimizer.lr=0.3"]},
+           "job": {"config": {"override_dirname": {"exclude_keys": ["logger", "hydra.sweep.dir"]}}}}
+    assert swept_keys(OmegaConf.create(job)) == ["model", "optimizer.lr"]
+    assert swept_keys(OmegaConf.create({**job, "mode": "RUN"})) == []  # a single run varies nothing
+    assert swept_keys(None) == [] and swept_keys(OmegaConf.create({"mode": "MULTIRUN"})) == []

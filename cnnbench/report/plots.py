@@ -45,7 +45,7 @@ def plot_report(report: Report, path: Path) -> list[tuple[float, float, float, f
 
     Returns the pixel boxes (x0, y0, x1, y1) of the right panel's point labels as drawn, placed apart."""
     plt = pyplot()
-    series = _series(report, plt.get_cmap("tab20"))
+    series = series_of(report, plt.get_cmap("tab20"))
     numbered = len(series) > INLINE_LABELS_MAX
     columns = _legend_columns(series)
     legend_h = 0.19 * math.ceil(len(series) / columns) + 0.25 if numbered else 0.0  # inches below the panels
@@ -75,7 +75,7 @@ def plot_report(report: Report, path: Path) -> list[tuple[float, float, float, f
     return boxes
 
 
-def _series(report: Report, cmap: Any) -> dict[str, _Series]:
+def series_of(report: Report, cmap: Any) -> dict[str, _Series]:
     """One style per color key (a seed group or a run), numbered best first like the table."""
     keys = list(dict.fromkeys(report.color_key(r) for r in report.runs))
     # tab20 pairs a dark and a light shade: take all dark ones first so neighbours differ clearly.
