@@ -161,3 +161,63 @@ def mlflow_ui(mlflow: str, store_uri: str, log: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=30)
+
+
+@contextmanager
+def tensorboard(logdir: Path, log: Path) -> Iterator[str]:
+    """TensorBoard on ``logdir``; yields its base URL."""
+    with server([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", "0", "--host",
+                 "127.0.0.1"], r"at (http://127\.0\.0\.1:\d+)/", log) as base:
+        yield base
+
+
+def hparams_shot(sweep: Path, target: Path, log: Path) -> list[str]:
+    """TensorBoard's HParams table on ``sweep``: photographed; returns the grid's cells (headers first)."""
+    with tensorboard(sweep, log) as base, browser() as page:
+        page.open(base + "/#hparams")
+        page.wait(f"({DEEP_TEXT_JS})('vaadin-grid-cell-content').length > 12")
+        time.sleep(2)
+        page.shot(target)
+        return page.deep_text("vaadin-grid-cell-content")
+
+
+def mlflow_shot(mlflow: str, store: str, path: str, target: Path, log: Path) -> str:
+    """The MLflow UI at ``path`` (``/#/experiments/1/runs?...``): photographed; returns the page's text."""
+    with mlflow_ui(mlflow, store, log) as base, browser((1800, 1000)) as page:
+        page.open(base + path)
+        page.wait("document.readyState === 'complete'")
+        time.sleep(15)  # the runs table loads after the page
+        page.shot(target)
+        return page.eval("document.body.innerText")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--prefix", default="after")
+    parser.add_argument("--mlflow-ui", default=None, help="the full mlflow's command (its UI)")
+    parser.add_argument("--mlflow-path", default=None,
+                        help="the UI page to open (default: the sweep's runs view as cnnbench prints it)")
+    ns = parser.parse_args()
+    ns.out.mkdir(parents=True, exist_ok=True)
+    seen: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cells = hparams_shot(ns.sweep, ns.out / f"{ns.prefix}-hparams.png", Path(tmp) / "tb.log")
+        seen["hparams_cells"] = cells[:20]
+        ids = json.loads((ns.sweep / "mlflow.json").read_text()) if (ns.sweep / "mlflow.json").is_file() else {}
+        if ns.mlflow_ui and ids:
+            store, found = next(iter(ids.items()))
+            path = ns.mlflow_path or (f"/#/experiments/{found['experiment_id']}/runs?workflowType=machine_learning"
+                                      "&viewStateShareKey=cnnbench")
+            text = mlflow_shot(ns.mlflow_ui, store, path, ns.out / f"{ns.prefix}-mlflow.png", Path(tmp) / "ui.log")
+            seen["mlflow_text"] = text[:1500]
+        report = subprocess.run([sys.executable, "-m", "cnnbench", "report", str(ns.sweep), "--out", tmp],
+                                capture_output=True, text=True)
+        if report.returncode == 0:
+            shutil.copyfile(Path(tmp) / "report.png", ns.out / f"{ns.prefix}-report.png")
+    print(json.dumps(seen, indent=1))
+
+
+if __name__ == "__main__":
+    main()
