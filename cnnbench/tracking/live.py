@@ -137,7 +137,7 @@ class MlflowTracker:
             parent = read_ids(sweep_dir, self.uri)  # the launcher opened it; else open it here
             tags[PARENT_TAG] = parent["run_id"] if parent else self._tracker.open_sweep(sweep_dir, experiment)
         self.run_id, continued = self._tracker.open_run(self.run_dir, experiment, tags, resume=resuming,
-                                                               name=self._name)
+                                                        name=self._name)
         ids = read_ids(self.run_dir, self.uri)
         if self._swept is not None and ids is not None:
             self._tracker.describe_sweep(ids["experiment_id"], tags.get(PARENT_TAG), self._swept)
