@@ -355,3 +355,27 @@ def test_run_names_are_the_shortest_unique_tails_of_their_paths(tmp_path: Path) 
     fake_run(tmp_path / "2026-01-03/12-00-00_lenet", ["model=lenet"], 0.6)
     assert sorted(r.name for r in build_report(tmp_path).runs) == [
         "10-00-00/0_model=lenet", "11-00-00/0_model=lenet", "12-00-00_lenet", "1_model=nin"]
+
+
+def test_picture_labels_stay_apart_and_equal_curves_differ_in_style(tmp_path: Path) -> None:
+    """The sweep of issue 36: two runs with the same accuracy and close throughput printed their labels
+    on top of each other, and their equal curves hid each other. The labels' boxes, as matplotlib drew
+    them, do not overlap; every series has its own dash pattern and marker."""
+    import itertools
+
+    import matplotlib.pyplot as plt
+
+    from cnnbench.report.plots import plot_report, series_of
+
+    for i, (model, lr, acc, speed) in enumerate((("lenet", "0.3", 0.1, 11850.0), ("lenet", "0.9", 0.1, 12359.0),
+                                                 ("lenet_bn", "0.3", 0.703, 19680.0),
+                                                 ("lenet_bn", "0.9", 0.685, 8241.0))):
+        fake_run(tmp_path / f"{i}_model={model},optimizer.lr={lr}", [f"model={model}", f"optimizer.lr={lr}"], acc,
+                 examples_per_sec=speed)
+    report = build_report(tmp_path)
+    boxes = plot_report(report, tmp_path / "report.png")
+    assert len(boxes) == 4
+    for a, b in itertools.combinations(boxes, 2):
+        assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+    styles = [(s.linestyle, s.marker) for s in series_of(report, plt.get_cmap("tab20")).values()]
+    assert len(set(styles)) == len(styles) == 4

@@ -196,13 +196,18 @@ def test_tensorboard_serves_every_job_under_its_overrides(grid, tmp_path):
         experiment = post_json(f"{base}/data/plugin/hparams/experiment", {"experimentName": ""})
         names = {h["name"] for h in experiment["hparamInfos"]}
         assert {"model", "lr", "batch_size"} <= names and "optimizer.lr" not in names  # one name per setting
+        # the swept settings first (the table ticks the first five), marked as differing; the constant ones after
+        order = [(h["name"], h.get("differs", False)) for h in experiment["hparamInfos"]]
+        assert order[:2] == [("lr", True), ("model", True)] and not [d for _, d in order[2:] if d], order
         assert {m["name"]["tag"] for m in experiment["metricInfos"]} == {"test/acc", "test/loss", "train/acc",
                                                                           "train/loss"}
         groups = post_json(f"{base}/data/plugin/hparams/session_groups", {
             "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS"], "colParams": [],
             "startIndex": 0, "sliceSize": 100})["sessionGroups"]
         values = {g["name"]: {m["name"]["tag"]: m["value"] for m in g["metricValues"]} for g in groups}
-        assert values[run]["test/acc"] == pytest.approx(summaries(grid)[run]["test/acc"])  # the table's column
+        # trials named by their swept values (the folder name is cut after ~15 characters in the table)
+        assert sorted(values) == ["lenet, lr=0.3", "lenet, lr=0.9", "lenet_bn, lr=0.3", "lenet_bn, lr=0.9"]
+        assert values["lenet_bn, lr=0.3"]["test/acc"] == pytest.approx(summaries(grid)[run]["test/acc"])
     finally:
         stop_process(tb)
 

@@ -21,7 +21,17 @@ mlflow = pytest.importorskip("mlflow")
 
 from cnnbench.cli import main  # noqa: E402
 from cnnbench.run.train import train  # noqa: E402
-from cnnbench.tracking.record import TRACKING_IDS, metric_points, params_of  # noqa: E402
+from cnnbench.tracking.record import (  # noqa: E402
+    KIND,
+    KIND_TAG,
+    TRACKING_IDS,
+    VIEW_KEY,
+    VIEW_TAG,
+    experiment_name,
+    final_metrics,
+    metric_points,
+    params_of,
+)
 
 from .conftest import compose_fast, fast_overrides  # noqa: E402
 
@@ -301,7 +311,9 @@ def test_track_uploads_a_sweep_under_one_parent_run(tmp_path, store, capsys):
         (folder / ".hydra").mkdir(parents=True)
         cfg = compose_fast("/nonexistent", f"optimizer.lr={lr}")
         (folder / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-        (folder / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+        (folder / ".hydra" / "hydra.yaml").write_text(OmegaConf.to_yaml({"hydra": {
+            "mode": "MULTIRUN", "overrides": {"task": [f"optimizer.lr={lr}", "trainer.epochs=1"]},
+            "job": {"config": {"override_dirname": {"exclude_keys": ["trainer.epochs"]}}}}}))
         (folder / "summary.json").write_text(json.dumps({"status": "completed", "model": "lenet", "steps": 2,
                                                          "overrides": [f"optimizer.lr={lr}"], "test/acc": lr}))
         (folder / "metrics.jsonl").write_text(json.dumps({"kind": "epoch", "step": 2, "epoch": 1, "test/acc": lr,
@@ -314,10 +326,16 @@ def test_track_uploads_a_sweep_under_one_parent_run(tmp_path, store, capsys):
     # a job added later, tracked on its own and into another experiment name: it joins its parent's
     assert main(["track", str(job(2, 0.9)), "--tracking-uri", store, "--experiment", "elsewhere"]) == 0
     c = client(store)
-    experiment = c.get_experiment_by_name(str(sweep))
+    experiment = c.get_experiment_by_name(experiment_name(None, sweep))
+    assert experiment.name.startswith("sweep (") and "/" not in experiment.name  # the UI shows a name's last part
     runs = {r.info.run_name: r for r in c.search_runs([experiment.experiment_id])}
-    assert set(runs) == {"sweep", "0_optimizer.lr=0.1", "1_optimizer.lr=0.3", "2_optimizer.lr=0.9"}
+    assert set(runs) == {"sweep", "lr=0.1", "lr=0.3", "lr=0.9"}  # jobs named by their swept values
     parent = runs.pop("sweep")
+    # the experiment opens in MLflow's model-training mode, on a view with the swept params and key metrics
+    assert experiment.tags[KIND_TAG] == KIND
+    view = json.loads(experiment.tags[VIEW_TAG + VIEW_KEY])
+    assert view["selectedColumns"][:2] == ["params.`lr`", "metrics.`test/acc`"]
+    assert view["runsExpanded"] == {parent.info.run_id: True}
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/completed"] == 3
     assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
     assert {r.data.params["lr"]: r.data.metrics["test/acc"] for r in runs.values()} == {
@@ -336,17 +354,22 @@ def test_a_2x2_sweep_is_one_experiment_with_a_parent_run(fake_data, tmp_path, ca
     assert "Creating initial MLflow database tables" not in out + err and "alembic" not in out + err
     c = client(store)
     (experiment,) = [e for e in c.search_experiments() if e.name != "Default"]
-    assert experiment.name == str(sweep)
+    assert experiment.name == experiment_name(None, sweep)
     runs = {r.info.run_name: r for r in c.search_runs([experiment.experiment_id])}
     parent = runs.pop(sweep.name)
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/jobs"] == 4
     assert "multirun.yaml" in artifacts(c, parent.info.run_id)
-    assert sorted(runs) == ["0_model=lenet,optimizer.lr=0.1", "1_model=lenet,optimizer.lr=0.3",
-                            "2_model=lenet_bn,optimizer.lr=0.1", "3_model=lenet_bn,optimizer.lr=0.3"]
+    assert sorted(runs) == ["lenet, lr=0.1", "lenet, lr=0.3", "lenet_bn, lr=0.1", "lenet_bn, lr=0.3"]
+    view = json.loads(experiment.tags[VIEW_TAG + VIEW_KEY])
+    assert view["selectedColumns"][:3] == ["params.`model`", "params.`lr`", "metrics.`test/acc`"]
+    # the UI command once, in the sweep's closing lines, with the runs view's address
+    assert (out + err).count("mlflow ui --backend-store-uri") == 1
+    assert f"/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in out + err
     for name, run in runs.items():
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert f"model={run.data.params['model']},optimizer.lr={run.data.params['lr']}" in name
-        summary = json.loads((sweep / name / "summary.json").read_text())
+        assert name == f"{run.data.params['model']}, lr={run.data.params['lr']}"
+        folder = Path(run.data.tags["cnnbench.folder"])
+        summary = json.loads((folder / "summary.json").read_text())
         assert history(c, run.info.run_id, "test/acc") == [(4, pytest.approx(summary["test/acc"]))]
         assert ".hydra/config.yaml" in artifacts(c, run.info.run_id)
 
@@ -392,3 +415,38 @@ def test_params_are_tensorboards_hparams_and_the_resolved_config():
     assert set(hparams_of(cfg, ["trainer.ema.decay=0.99"])) <= set(params)
     assert params["trainer.ema.decay"] == "0.99" and params["seed"] == "0" and "trainer.seed" not in params
     assert params["dataset.classes"].startswith('["T-shirt/top"')
+
+
+def test_a_class_name_with_a_slash_stays_in_the_class_section():
+    """MLflow's UI makes a chart section of a key's part before its last "/": "T-shirt/top" must not open one."""
+    metrics = final_metrics({"test/per_class_acc": {"T-shirt/top": 0.8, "Trouser": 0.9, "Ankle boot": 0.7}})
+    classes = {k for k in metrics if k.startswith("test/class_acc/")}
+    assert classes == {"test/class_acc/T-shirt_top", "test/class_acc/Trouser", "test/class_acc/Ankle boot"}
+    assert {k.rsplit("/", 1)[0] for k in classes} == {"test/class_acc"}
+
+
+def test_a_sweeps_experiment_name_starts_with_its_time_and_has_no_slash(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = Path("outputs/multirun/2026-12-07/09-20-21-996625")
+    assert experiment_name(None, sweep) == "2026-12-07 09-20-21-996625 (outputs · multirun)"
+    assert experiment_name("mine", sweep) == "mine" and experiment_name(None, None) == "cnnbench"
+    assert "/" not in experiment_name(None, Path("/data/sweeps/grid"))
+
+
+def test_the_sweeps_closing_lines_say_how_to_open_its_runs_in_mlflow(tmp_path, store, caplog):
+    from omegaconf import OmegaConf
+
+    from cnnbench.commands.sweeps import sweep_closing_lines
+    from cnnbench.tracking.live import sweep_browse_lines
+    from cnnbench.tracking.record import write_ids
+
+    cfg = OmegaConf.create({"logger": {"name": "mlflow", "tracking_uri": store}})
+    write_ids(tmp_path, store, "7", "abc")
+    lines = sweep_browse_lines(cfg, tmp_path)
+    assert lines[0].startswith(f"mlflow ui --backend-store-uri {store}") and f"mlflow>={mlflow.__version__}" in lines[0]
+    assert lines[1] == "then open http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning" \
+                       "&viewStateShareKey=cnnbench"
+    assert sweep_browse_lines(OmegaConf.create({"logger": {"name": "tensorboard"}}), tmp_path) == []
+    with caplog.at_level(logging.INFO):
+        sweep_closing_lines(tmp_path, [{"status": "completed", "error": None, "run_dir": "x"}], lines)
+    assert "in MLflow:    mlflow ui --backend-store-uri" in caplog.text and "then open http" in caplog.text

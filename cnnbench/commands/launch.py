@@ -30,7 +30,7 @@ from ..run.resume import check_resume
 from ..run.selection import objective_name
 from ..run.validate import validate_config
 from ..runfolder.lock import run_folder_lock
-from ..tracking.live import end_sweep, start_sweep
+from ..tracking.live import end_sweep, start_sweep, sweep_browse_lines
 from .sweeps import (
     REFUSED_STATUS,
     RESUME_SWEEP_KEY,
@@ -270,7 +270,7 @@ def hydra_main(args: Sequence[str]) -> int:
         merged = merge_outcomes(sweep_outcomes(Path(out_dir)), outcomes)
         if tracked is not None:
             end_sweep(tracked, Path(out_dir), merged)
-        sweep_closing_lines(Path(out_dir), merged)
+        sweep_closing_lines(Path(out_dir), merged, sweep_browse_lines(tracked, Path(out_dir)))
         return max(exit_code(merged, multirun=True), int(sweeper_failed))
     return exit_code(outcomes, multirun=False)
 

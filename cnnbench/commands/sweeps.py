@@ -244,14 +244,17 @@ def merge_outcomes(on_disk: list[dict], here: list[dict]) -> list[dict]:
     return merged + list(refused.values())
 
 
-def sweep_closing_lines(sweep_dir: Path, outcomes: list[dict]) -> None:
-    """How a sweep ends: how many jobs completed, where they are, the commands to compare them."""
+def sweep_closing_lines(sweep_dir: Path, outcomes: list[dict], mlflow: Sequence[str] = ()) -> None:
+    """How a sweep ends: how many jobs completed, where they are, the commands to compare them (``mlflow``:
+    the lines that open its runs in MLflow's UI, with ``logger=mlflow``)."""
     failed = [o for o in outcomes if o["status"] != "completed"]
     for o in failed:
         logger.error("job did not complete: %s: %s: %s", o["run_dir"], o["status"], o["error"])
     folder = shlex.quote(str(sweep_dir))
+    tracked = "".join(f"\n  {'in MLflow:' if i == 0 else '':<14}{line}" for i, line in enumerate(mlflow))
     logger.info("sweep: %d of %d jobs completed in %s\n  compare them: cnnbench report %s\n  curves:       "
-                "tensorboard --logdir %s", len(outcomes) - len(failed), len(outcomes), sweep_dir, folder, folder)
+                "tensorboard --logdir %s%s", len(outcomes) - len(failed), len(outcomes), sweep_dir, folder, folder,
+                tracked)
     line = best_trial_line(outcomes)
     if line:
         logger.info("%s", line)

@@ -17,6 +17,16 @@ from ..figures import pyplot
 from .runs import Report, RunResult, finite_number, outcome_line
 
 INLINE_LABELS_MAX = 6  # beyond this many runs or groups, points get numbers and the legend moves below
+# Where a point's label may go, tried in this order: (dx, dy) in points from the point, and its alignment.
+# Beyond these, a label goes further up or down on a short leader line (LEADER_STEPS rows of ~11 points).
+LABEL_SPOTS = ((6, 5, "left", "bottom"), (-6, 5, "right", "bottom"), (6, -5, "left", "top"),
+               (-6, -5, "right", "top"), (0, 9, "center", "bottom"), (0, -9, "center", "top"))
+LEADER_STEPS = 8
+LABEL_GAP_PX = 2.0  # pixels kept between two labels
+# Lines of equal runs lie on each other: each series also gets its own dash pattern and marker, so the
+# one drawn last does not hide the others (a dashed line over a solid one shows both colours).
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = "osD^v"
 
 
 @dataclass
@@ -27,17 +37,22 @@ class _Series:
     number: int  # rank in the table (1 = best): the point's tag when there are many
     color: Any
     marker: str
+    linestyle: str
 
 
-def plot_report(report: Report, path: Path) -> None:
-    """Test accuracy per epoch (left) and final test accuracy against throughput (right)."""
+def plot_report(report: Report, path: Path) -> list[tuple[float, float, float, float]]:
+    """Test accuracy per epoch (left) and final test accuracy against throughput (right).
+
+    Returns the pixel boxes (x0, y0, x1, y1) of the right panel's point labels as drawn, placed apart."""
     plt = pyplot()
-    series = _series(report, plt.get_cmap("tab20"))
+    series = series_of(report, plt.get_cmap("tab20"))
     numbered = len(series) > INLINE_LABELS_MAX
     columns = _legend_columns(series)
     legend_h = 0.19 * math.ceil(len(series) / columns) + 0.25 if numbered else 0.0  # inches below the panels
     fig, (ax_curve, ax_speed) = plt.subplots(1, 2, figsize=(13, 5.2 + legend_h))
-    drawn = _plot_curves(report, ax_curve, series, numbered) | _plot_speed(report, ax_speed, series, numbered)
+    labels: list[tuple[float, float, str, Any]] = []  # (x, y, text, colour) of each point of the right panel
+    drawn = _plot_curves(report, ax_curve, series, numbered) | _plot_speed(report, ax_speed, series, numbered,
+                                                                            labels)
     title = f"cnnbench report: {report.root.resolve().name}, {outcome_line(report)}"
     if report.not_ok:  # they have no final accuracy to draw: say so rather than silently drop them
         title += " (failed and missing runs are not plotted)"
@@ -47,24 +62,27 @@ def plot_report(report: Report, path: Path) -> None:
         # Many runs: one legend below both panels, numbered like the table rows and the points.
         from matplotlib.lines import Line2D
 
-        handles = [Line2D([], [], color=s.color, marker=s.marker, label=_legend_label(report, key, s, True))
+        handles = [Line2D([], [], color=s.color, marker=s.marker, linestyle=s.linestyle,
+                          label=_legend_label(report, key, s, True))
                    for key, s in series.items() if key in drawn]
         fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=8, frameon=False)
         bottom = legend_h / fig.get_figheight()
     fig.tight_layout(rect=(0, bottom, 1, 1))
+    fig.set_dpi(110)  # the saved picture's: label boxes are measured in its pixels
+    boxes = place_labels(ax_speed, labels)  # after the layout: it moves the axes
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return boxes
 
 
-def _series(report: Report, cmap: Any) -> dict[str, _Series]:
+def series_of(report: Report, cmap: Any) -> dict[str, _Series]:
     """One style per color key (a seed group or a run), numbered best first like the table."""
     keys = list(dict.fromkeys(report.color_key(r) for r in report.runs))
     # tab20 pairs a dark and a light shade: take all dark ones first so neighbours differ clearly.
     order = list(range(0, cmap.N, 2)) + list(range(1, cmap.N, 2))
-    markers = "os^Dv"
     sample = {report.color_key(r): r for r in reversed(report.runs)}  # best run of each key
-    return {k: _Series(label=short_label(report, sample[k]), number=i + 1,
-                       color=cmap(order[i % len(order)]), marker=markers[(i // len(order)) % len(markers)])
+    return {k: _Series(label=short_label(report, sample[k]), number=i + 1, color=cmap(order[i % len(order)]),
+                       marker=MARKERS[i % len(MARKERS)], linestyle=LINE_STYLES[i % len(LINE_STYLES)])
             for i, k in enumerate(keys)}
 
 
@@ -111,8 +129,8 @@ def _plot_curves(report: Report, ax: Any, series: dict[str, _Series], numbered: 
         label = None if key in drawn or numbered else _legend_label(report, key, s, False)
         drawn.add(key)
         xs, ys = zip(*r.curve, strict=True)
-        ax.plot(xs, ys, marker=s.marker, markersize=3.5, linewidth=1.6, color=s.color, label=label,
-                alpha=0.75 if report.groups else 1.0)
+        ax.plot(xs, ys, marker=s.marker, markersize=4, linewidth=1.6, linestyle=s.linestyle, color=s.color,
+                label=label, alpha=0.75 if report.groups else 0.9)
     ax.set_title("test accuracy per epoch")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (fraction correct)")
@@ -133,10 +151,12 @@ def _empty(ax: Any, message: str) -> None:
     ax.set_yticks([])
 
 
-def _plot_speed(report: Report, ax: Any, series: dict[str, _Series], numbered: bool) -> set[str]:
+def _plot_speed(report: Report, ax: Any, series: dict[str, _Series], numbered: bool,
+                labels: list[tuple[float, float, str, Any]]) -> set[str]:
     """Final test accuracy against examples/sec: seed groups as mean ± std, other runs as points.
 
-    Returns the series keys drawn.
+    Returns the series keys drawn; each point's label goes to ``labels``, placed once the layout is done
+    (:func:`place_labels`).
     """
     points = _speed_points(report)
     for g in report.groups:  # each seed faintly behind its group's mean, to show the spread
@@ -148,8 +168,7 @@ def _plot_speed(report: Report, ax: Any, series: dict[str, _Series], numbered: b
         s = series[key]
         ax.errorbar([x], [y], yerr=None if err is None else [err], fmt=s.marker, markersize=7, capsize=5,
                     color=s.color)
-        text = str(s.number) if numbered else s.label + note
-        ax.annotate(text, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=8)
+        labels.append((x, y, str(s.number) if numbered else s.label + note, s.color))
     ax.set_title("final test accuracy vs training throughput" + (" (seed mean ± std)" if report.groups else ""))
     ax.set_xlabel("training throughput (examples/sec, log scale)")
     ax.set_ylabel("final test accuracy (fraction correct)")
@@ -160,7 +179,74 @@ def _plot_speed(report: Report, ax: Any, series: dict[str, _Series], numbered: b
         return set()
     ax.set_xscale("log")
     _pad_log_x(ax, [p[1] for p in points], room=1.6 if numbered else 3.0)
+    ax.set_ylim(ax.get_ylim())  # fixed before the labels are placed: a later autoscale would move them
     return {p[0] for p in points}
+
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+
+
+def place_labels(ax: Any, labels: list[tuple[float, float, str, Any]]) -> list[Box]:
+    """Write each point's label, in its colour, where it overlaps no label placed before it nor another
+    point: the first free spot of :data:`LABEL_SPOTS`, else further up or down on a leader line. Returns
+    the labels' boxes."""
+    if not labels:
+        return []
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    # Around each point a label keeps out of: a 7-point marker is ~11 px across at 110 dpi, and a label
+    # passing just beside another point reads as that point's.
+    marker_px = 9.0
+    order = sorted(range(len(labels)), key=lambda i: (-labels[i][1], -labels[i][0]))  # top down, right first
+    zones: list[Box] = []
+    for x, y, _, _ in labels:
+        px, py = ax.transData.transform((x, y))
+        zones.append((px - marker_px, py - marker_px, px + marker_px, py + marker_px))
+    taken: list[Box] = []  # labels placed so far
+    boxes = []
+    for i in order:
+        x, y, text, color = labels[i]
+        others = [zone for j, zone in enumerate(zones) if j != i]
+        box = None
+        for dx, dy, ha, va, leader in _spots():
+            note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=8, ha=ha,
+                               va=va, color=color,
+                               arrowprops={"arrowstyle": "-", "color": color, "lw": 0.6} if leader else None)
+            extent = note.get_window_extent(renderer)
+            box = (extent.x0, extent.y0, extent.x1, extent.y1)
+            if _inside(box, inside) and not any(_overlap(box, other) for other in taken + others):
+                break
+            note.remove()
+            box = None
+        if box is None:  # nowhere free (dozens of equal points): the first spot, as before
+            note = ax.annotate(text, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=8, color=color)
+            extent = note.get_window_extent(renderer)
+            box = (extent.x0, extent.y0, extent.x1, extent.y1)
+        taken.append(box)
+        boxes.append(box)
+    return boxes
+
+
+def _spots() -> list[tuple[float, float, str, str, bool]]:
+    """Candidate label positions: beside the point, then rows above and below it with a leader line."""
+    near = [(dx, dy, ha, va, False) for dx, dy, ha, va in LABEL_SPOTS]
+    far = []
+    for step in range(1, LEADER_STEPS + 1):
+        rise = 9 + 11 * step  # points
+        far += [(14, rise, "left", "bottom", True), (14, -rise, "left", "top", True),
+                (-14, rise, "right", "bottom", True), (-14, -rise, "right", "top", True)]
+    return near + far
+
+
+def _inside(box: Box, area: Any) -> bool:
+    return box[0] >= area.x0 and box[2] <= area.x1 and box[1] >= area.y0 and box[3] <= area.y1
+
+
+def _overlap(a: Box, b: Box) -> bool:
+    """Whether two boxes come closer than :data:`LABEL_GAP_PX`."""
+    gap = LABEL_GAP_PX
+    return a[0] < b[2] + gap and b[0] < a[2] + gap and a[1] < b[3] + gap and b[1] < a[3] + gap
 
 
 def _speed_points(report: Report) -> list[tuple[str, float, float, float | None, str]]:

@@ -32,7 +32,14 @@ from ..data.sources import settle_dataset
 from ..errors import CnnbenchError, RunFileWriteError, TrainingDiverged
 from ..runfolder.disk import DISK_ERRNOS, low_space_warning, os_error_in, resume_fields, writing
 from ..runfolder.lock import run_folder_lock
-from ..runfolder.log import TB_CONFUSION, RunLogger, hparams_of, trim_metrics, write_json_atomic
+from ..runfolder.log import (
+    TB_CONFUSION,
+    RunLogger,
+    current_swept_keys,
+    hparams_of,
+    trim_metrics,
+    write_json_atomic,
+)
 from ..runfolder.names import BEST_CHECKPOINT, CHECKPOINT, HYDRA_DIR, SUMMARY
 from ..speed import collector
 from ..tracking.live import MlflowTracker, NoTracker, open_tracker
@@ -155,7 +162,8 @@ def _close_log(rlog: RunLogger, cfg: DictConfig, overrides: list[str], summary: 
     """HParams for a completed run, then close the event files; a failed write is returned, not raised."""
     try:
         if summary["status"] == "completed":
-            rlog.log_hparams(hparams_of(cfg, overrides))
+            swept = current_swept_keys()  # a sweep's varied settings: first in the HParams table
+            rlog.log_hparams(hparams_of(cfg, overrides, swept), swept)
         rlog.close()
     except RunFileWriteError as exc:
         summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")

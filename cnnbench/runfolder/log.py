@@ -42,9 +42,13 @@ TB_TAGS = {"lr": "trainer/lr", "throughput/examples_per_sec": "trainer/examples_
            "time/epoch_s": "trainer/epoch_s"}
 # The HParams tab's metric columns: existing scalar tags, whose last value it shows (no copies).
 HPARAM_METRICS = ("test/acc", "test/loss", "train/acc", "train/loss")
-# The custom-scalars dashboard: the book's chart (train loss, train acc, test acc in one plot) per run.
-BOOK_LAYOUT = {"cnnbench": {"loss and accuracy (the book's chart)":
-                            ["Multiline", ["^train/loss$", "^train/acc$", "^test/acc$"]]}}
+# The custom-scalars dashboard: the book's chart (train loss, train acc, test acc), one chart per curve so
+# that a sweep's runs stay legible (one chart of every curve of every run is 3 series per run, its legend
+# folded); each chart has one line per run.
+BOOK_LAYOUT = {"the book's chart (d2l: train loss, train acc, test acc)": {
+    "train loss": ["Multiline", ["^train/loss$"]],
+    "train accuracy": ["Multiline", ["^train/acc$"]],
+    "test accuracy": ["Multiline", ["^test/acc$"]]}}
 TB_CONFUSION = "vis/confusion_test"  # the last evaluation's confusion matrix (a group after "train")
 # An override key -> the HParams name that already holds its (resolved) value: one name per setting.
 HPARAM_ALIASES = {"dataset.resize": "resize", "optimizer.lr": "lr", "trainer.batch_size": "batch_size",
@@ -57,8 +61,36 @@ def tb_tag(key: str) -> str:
     return TB_TAGS.get(key, key)
 
 
-def hparams_of(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
-    """The settings shown in TensorBoard's HParams tab: the main knobs plus every other override."""
+def hparam_name(key: str) -> str:
+    """The HParams name of an override key (``optimizer.lr`` -> ``lr``)."""
+    return HPARAM_ALIASES.get(key, key)
+
+
+def swept_keys(hydra_cfg: Any) -> list[str]:
+    """The override keys a sweep varies, from a job's Hydra config (``hydra`` node; None: not Hydra): in a
+    multirun, the job's overrides that are not among the keys every job shares, which the sweep's job
+    naming (``commands/sweeps.py``) puts in ``override_dirname.exclude_keys``. A single run varies nothing."""
+    try:
+        if hydra_cfg is None or str(hydra_cfg.mode).rsplit(".", 1)[-1] != "MULTIRUN":  # RunMode.MULTIRUN live
+            return []
+        shared = set(hydra_cfg.job.config.override_dirname.exclude_keys or [])
+        task = list(hydra_cfg.overrides.task or [])
+    except Exception:  # a record of another shape (an older cnnbench, a hand-made folder): nothing known
+        return []
+    keys = [split_override(str(item))[0] for item in task]
+    return [k for k in dict.fromkeys(keys) if k not in shared and not k.startswith("hydra")]
+
+
+def current_swept_keys() -> list[str]:
+    """:func:`swept_keys` of the running Hydra job (none outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return swept_keys(HydraConfig.get()) if HydraConfig.initialized() else []
+
+
+def hparams_of(cfg: DictConfig, overrides: list[str], swept: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The settings shown in TensorBoard's HParams tab: the main knobs plus every other override; the
+    ``swept`` override keys' names come first (TensorBoard keeps the order among equals)."""
     hp: dict[str, Any] = {
         "model": cfg.model.name,
         "dataset": cfg.dataset.name,
@@ -75,7 +107,16 @@ def hparams_of(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         if key.startswith("hydra") or HPARAM_ALIASES.get(key, key) in hp:
             continue
         hp[key] = value
-    return hp
+    first = [hparam_name(k) for k in swept if hparam_name(k) in hp]
+    return {**{name: hp[name] for name in first}, **hp}
+
+
+def trial_name(hparams: dict[str, Any], varied: list[str] | tuple[str, ...]) -> str:
+    """A sweep job's name in the HParams table, from the values it varies: 'lenet_bn, lr=0.3' (the model
+    by its name alone, like ``cnnbench report``); "" outside a sweep (TensorBoard then shows the run's
+    folder). The folder name ('3_model=lenet_bn,optimizer.lr=0.3') is cut after ~15 characters there."""
+    parts = [str(hparams[n]) if n == "model" else f"{n}={hparams[n]}" for n in varied if n in hparams]
+    return ", ".join(parts)
 
 
 class RunLogger:
@@ -136,15 +177,27 @@ class RunLogger:
             self._tb.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "\n```", 0)
             self._tb.add_custom_scalars(BOOK_LAYOUT)
 
-    def log_hparams(self, hparams: dict[str, Any]) -> None:
+    def log_hparams(self, hparams: dict[str, Any], swept: list[str] | tuple[str, ...] = ()) -> None:
         """HParams entry for this run, inside the run's own folder so a sweep's runs line up; its metric
-        columns are the run's own :data:`HPARAM_METRICS` tags."""
+        columns are the run's own :data:`HPARAM_METRICS` tags. The ``swept`` override keys are marked as
+        differing: TensorBoard lists those first and ticks the first five, so the table opens on what the
+        sweep varies; the job's trial name is made of their values."""
         if not self.enabled:
             return
+        from tensorboard.plugins.hparams import plugin_data_pb2
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+        varied = [hparam_name(k) for k in swept if hparam_name(k) in hparams]
         # hparams() reads only the metric names (the tags); the tab takes each one's last logged value.
         exp, ssi, sei = hparams_summary(hparams, dict.fromkeys(HPARAM_METRICS, 0.0))
+        # TensorBoard sorts the experiment's hparams by (not differs, name); torch's summary marks none.
+        data = plugin_data_pb2.HParamsPluginData.FromString(exp.value[0].metadata.plugin_data.content)
+        for info in data.experiment.hparam_infos:
+            info.differs = info.name in varied
+        exp.value[0].metadata.plugin_data.content = data.SerializeToString()
+        start = plugin_data_pb2.HParamsPluginData.FromString(ssi.value[0].metadata.plugin_data.content)
+        start.session_start_info.group_name = trial_name(hparams, varied)
+        ssi.value[0].metadata.plugin_data.content = start.SerializeToString()
         writer = self._tb._get_file_writer()
         for summary in (exp, ssi, sei):
             writer.add_summary(summary)

@@ -6,6 +6,7 @@ MLflow is imported here only, on first use: ``logger=tensorboard`` never loads i
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -16,6 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from .record import (
+    KIND,
+    KIND_TAG,
+    NOTE_TAG,
+    VIEW_KEY,
+    VIEW_TAG,
     Point,
     artifact_root,
     artifacts_of,
@@ -25,6 +31,8 @@ from .record import (
     read_ids,
     run_status,
     summary_time_ms,
+    sweep_note,
+    sweep_view,
     tags_of,
     write_ids,
 )
@@ -50,6 +58,19 @@ def quiet_mlflow(timeout_s: float, retries: int) -> None:
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger(RETRY_LOGGER).setLevel(logging.ERROR)
+
+
+def client_version() -> str | None:
+    """The version of the MLflow client that writes the store (mlflow-skinny, or the full mlflow); a local
+    store is read only by an ``mlflow ui`` at least as new (an older one refuses its database schema)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for package in ("mlflow", "mlflow-skinny"):
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            continue
+    return None
 
 
 def failure_reason(exc: BaseException, limit: int = 200) -> str:
@@ -81,16 +102,28 @@ class Tracker:
         """The experiment called ``name``, created when missing (restored when deleted)."""
         found = self.client.get_experiment_by_name(name)
         if found is None:
-            return self.client.create_experiment(name, artifact_location=artifact_root(self.uri))
+            return self.client.create_experiment(name, artifact_location=artifact_root(self.uri),
+                                                 tags={KIND_TAG: KIND})
         if found.lifecycle_stage != "active":
             self.client.restore_experiment(found.experiment_id)
+        if found.tags.get(KIND_TAG) is None:  # made by an older cnnbench: the UI would open it in GenAI mode
+            self.client.set_experiment_tag(found.experiment_id, KIND_TAG, KIND)
         return found.experiment_id
 
+    def describe_sweep(self, experiment_id: str, parent_run_id: str | None, swept: list[str]) -> None:
+        """A sweep's experiment as a person opens it: its description, and the runs view with the swept
+        params and key metrics as columns (:func:`~.record.sweep_view`), kept where MLflow's UI reads a
+        shared view. Every job sets the same values (a job may be the first to open the experiment)."""
+        name = self.client.get_experiment(experiment_id).name
+        self.client.set_experiment_tag(experiment_id, NOTE_TAG, sweep_note(name, swept))
+        self.client.set_experiment_tag(experiment_id, VIEW_TAG + VIEW_KEY,
+                                       json.dumps(sweep_view(swept, parent_run_id)))
+
     def open_run(self, folder: Path, experiment: str, tags: dict[str, str] | None = None,
-                 resume: bool = True, start_ms: int | None = None) -> tuple[str, bool]:
+                 resume: bool = True, start_ms: int | None = None, name: str | None = None) -> tuple[str, bool]:
         """The MLflow run of a run or sweep folder: the one its ``mlflow.json`` names in this store, set
         running again, or (and always when not ``resume``: a fresh start in a used folder) a new one named
-        by the folder, started at ``start_ms`` (default: now). Returns (run id, continued)."""
+        ``name`` (default: by the folder), started at ``start_ms`` (default: now). Returns (run id, continued)."""
         ids = read_ids(folder, self.uri) if resume else None
         if ids is not None and self._active(ids["run_id"]):
             self.client.update_run(ids["run_id"], status="RUNNING")
@@ -99,7 +132,7 @@ class Tracker:
             return ids["run_id"], True
         parent = (tags or {}).get(PARENT_TAG)  # a sweep's job goes where its parent run is
         experiment_id = self.client.get_run(parent).info.experiment_id if parent else self.experiment_id(experiment)
-        run = self.client.create_run(experiment_id, start_time=start_ms, run_name=Path(folder).name, tags={
+        run = self.client.create_run(experiment_id, start_time=start_ms, run_name=name or Path(folder).name, tags={
             "cnnbench.folder": folder_label(folder), "mlflow.source.name": "cnnbench", **(tags or {})})
         write_ids(folder, self.uri, experiment_id, run.info.run_id)
         return run.info.run_id, False

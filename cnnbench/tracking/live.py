@@ -20,14 +20,19 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from .client import PARENT_TAG, Tracker, failure_reason, quiet_mlflow
+from ..runfolder.log import current_swept_keys
+from .client import PARENT_TAG, Tracker, client_version, failure_reason, quiet_mlflow
 from .record import (
     Point,
     experiment_name,
+    local_store_path,
     metric_points,
+    param_names,
     params_of,
     read_ids,
     resolve_tracking_uri,
+    run_label,
+    runs_view_url,
     sweep_dir_of,
     ui_command,
 )
@@ -68,7 +73,14 @@ class MlflowTracker:
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
         sweep_dir = sweep_dir_of(run_dir)
         experiment = experiment_name(logger_cfg.experiment, sweep_dir)
-        logger.info("MLflow: experiment '%s' at %s; to browse: %s", experiment, self.uri, ui_command(self.uri))
+        # A sweep's own experiment gets its runs view (swept params as columns); its last lines say how to open it.
+        swept = current_swept_keys()
+        self._swept = param_names(swept) if sweep_dir is not None and not logger_cfg.experiment else None
+        self._name = run_label(cfg, overrides, swept)  # 'lenet_bn, lr=0.3' in a sweep
+        if sweep_dir is None:
+            logger.info("MLflow: experiment '%s' at %s; to browse: %s", experiment, self.uri, ui_command(self.uri))
+        else:  # the UI command once, in the sweep's closing lines, not in every job's header
+            logger.info("MLflow: experiment '%s' at %s", experiment, self.uri)
         self._thread = threading.Thread(target=self._work, name="cnnbench-mlflow", daemon=True)
         # MLflow's import and the client (a local store opened, its tables made the first time) are ~2 s of
         # CPU-bound Python, done here, before the run starts: on the worker they would hold the GIL beside
@@ -124,7 +136,11 @@ class MlflowTracker:
         if sweep_dir is not None:
             parent = read_ids(sweep_dir, self.uri)  # the launcher opened it; else open it here
             tags[PARENT_TAG] = parent["run_id"] if parent else self._tracker.open_sweep(sweep_dir, experiment)
-        self.run_id, continued = self._tracker.open_run(self.run_dir, experiment, tags, resume=resuming)
+        self.run_id, continued = self._tracker.open_run(self.run_dir, experiment, tags, resume=resuming,
+                                                        name=self._name)
+        ids = read_ids(self.run_dir, self.uri)
+        if self._swept is not None and ids is not None:
+            self._tracker.describe_sweep(ids["experiment_id"], tags.get(PARENT_TAG), self._swept)
         changed = self._tracker.log_params(self.run_id, params)
         if continued:
             logger.info("MLflow: continuing run %s%s", self.run_id,
@@ -193,6 +209,23 @@ def end_sweep(cfg: DictConfig, sweep_dir: Path, outcomes: list[dict[str, Any]]) 
         end_parent(tracker, ids["run_id"], sweep_dir, outcomes)
     except Exception as exc:
         logger.warning("MLflow: the sweep's parent run could not be closed at %s (%s)", uri, failure_reason(exc))
+
+
+def sweep_browse_lines(cfg: DictConfig | None, sweep_dir: Path) -> list[str]:
+    """How to see a sweep's runs in MLflow, for its closing lines: the UI command (with the version that
+    reads the store: the UI must be at least the writer's, it refuses a newer database schema) and the
+    address of the sweep's runs view. [] without ``logger=mlflow``."""
+    logger_cfg = cfg.get("logger") if cfg is not None else None
+    if logger_cfg is None or logger_cfg.get("name") != "mlflow":
+        return []
+    uri = resolve_tracking_uri(logger_cfg.tracking_uri)
+    ids = read_ids(sweep_dir, uri)
+    version = client_version()
+    lines = [ui_command(uri) + (f"   (pip install 'mlflow>={version}')" if local_store_path(uri) and version else "")]
+    if ids is not None:  # a local store is served by `mlflow ui` at its default address; a server at its URI
+        lines.append("then open " + (runs_view_url(ids["experiment_id"]) if local_store_path(uri)
+                                     else runs_view_url(ids["experiment_id"], uri.rstrip("/"))))
+    return lines
 
 
 def end_parent(tracker: Tracker, run_id: str, sweep_dir: Path, outcomes: list[dict[str, Any]]) -> None:

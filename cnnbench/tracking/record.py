@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import split_override
-from ..runfolder.log import HPARAM_ALIASES, hparams_of, write_json_atomic
+from ..runfolder.log import HPARAM_ALIASES, hparam_name, hparams_of, swept_keys, trial_name, write_json_atomic
 from ..runfolder.names import BEST_CHECKPOINT, CHECKPOINT, CONFIG, HYDRA_DIR, METRICS, SUMMARY, read_summary
 
 TRACKING_IDS = "mlflow.json"  # in a run or sweep folder: {tracking URI: {"experiment_id", "run_id"}}
@@ -36,6 +36,19 @@ MAX_PARAM = 6000
 MAX_TAG = 5000
 # Metric and param names MLflow accepts: letters, digits, _ - . space / and colons
 _NAME_CHARS = re.compile(r"[^\w\-. /:]")
+# The runs view a sweep's experiment opens on (MLflow UI's shared view state, an experiment tag the UI reads
+# for a link with ``?viewStateShareKey=KEY``): the swept params, then these metrics as columns.
+VIEW_KEY = "cnnbench"
+VIEW_TAG = "mlflow.sharedViewState."
+# The runs view's address: MLflow 3's UI opens in its GenAI mode (no runs table) unless the address says
+# workflowType; the shared view is read on the runs page only.
+VIEW_QUERY = f"workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+KEY_METRICS = ("test/acc", "train/loss", "examples_per_sec", "time/wall_s")
+# MLflow 3 opens an experiment without this tag in its GenAI mode, whose runs view is empty until the user
+# picks "Model training"; its value for classic training runs:
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # an experiment's or run's description in the UI (markdown)
+UI_PORT = 5000  # `mlflow ui`'s default port
 # metrics.jsonl keys that are not metrics: the record's kind, its x axis, its wall-clock time
 NOT_METRICS = ("kind", "step", "time", "examples")
 # An epoch record's keys that the train record of the same step (the epoch's last logging point) already
@@ -137,11 +150,75 @@ def folder_label(folder: Path) -> str:
         return str(full)
 
 
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}$")
+
+
 def experiment_name(configured: str | None, sweep_dir: Path | None) -> str:
-    """``logger.experiment``; when null, a sweep's own experiment named by its folder, or "cnnbench"."""
+    """``logger.experiment``; when null, a sweep's own experiment named by its folder, or "cnnbench".
+
+    A sweep's name starts with what tells sweeps apart, its date and time (the UI's list cuts long names),
+    and has no "/" (the UI shows a name's part after its last "/" only):
+    ``outputs/multirun/2026-12-07/09-20-21-996625`` -> ``2026-12-07 09-20-21-996625 (outputs · multirun)``;
+    another folder: ``my_sweep (data · sweeps)``."""
     if configured:
         return configured
-    return folder_label(sweep_dir) if sweep_dir is not None else DEFAULT_EXPERIMENT
+    if sweep_dir is None:
+        return DEFAULT_EXPERIMENT
+    folder = Path(folder_label(sweep_dir))
+    head, rest = folder.name, folder.parent
+    if _DATE.match(rest.name):  # Hydra's outputs/multirun/DATE/TIME
+        head, rest = f"{rest.name} {head}", rest.parent
+    where = " · ".join(part for part in rest.parts if part not in ("/", "."))
+    return f"{head} ({where})" if where else head
+
+
+def run_label(cfg: DictConfig | None, overrides: list[str], swept: list[str]) -> str | None:
+    """A sweep job's MLflow run name, its swept values ('lenet_bn, lr=0.3', as TensorBoard's HParams
+    trial); None outside a sweep (the run is named by its folder)."""
+    if cfg is None or not swept:
+        return None
+    try:
+        hparams = hparams_of(cfg, overrides, swept)
+    except Exception:  # a config of an older cnnbench without one of the keys: named by its folder
+        return None
+    return trial_name(hparams, [hparam_name(k) for k in swept]) or None
+
+
+def folder_swept_keys(run_dir: Path) -> list[str]:
+    """The override keys a sweep job varies (``model``, ``optimizer.lr``), read from its
+    ``.hydra/hydra.yaml``; [] for a single run or a folder without the record."""
+    try:
+        hydra = OmegaConf.load(Path(run_dir) / HYDRA_DIR / "hydra.yaml").get("hydra")
+    except Exception:  # no record, or an unreadable one
+        return []
+    return swept_keys(hydra)
+
+
+def param_names(keys: Iterable[str]) -> list[str]:
+    """The MLflow param names of override keys (the HParams names: ``optimizer.lr`` -> ``lr``)."""
+    return [clean_name(hparam_name(k)) for k in keys]
+
+
+def sweep_view(swept: list[str], parent_run_id: str | None) -> dict[str, Any]:
+    """The runs view of a sweep as MLflow's UI keeps a shared view: the swept params and the key metrics as
+    columns, the parent run expanded, the best test accuracy first."""
+    columns = [f"params.`{p}`" for p in swept] + [f"metrics.`{m}`" for m in KEY_METRICS]
+    return {"selectedColumns": columns,
+            "runsExpanded": {parent_run_id: True} if parent_run_id else {},
+            "orderByKey": "metrics.`test/acc`", "orderByAsc": False}
+
+
+def sweep_note(name: str, swept: list[str]) -> str:
+    """The sweep experiment's description (markdown): what varies and how to see it."""
+    varied = ", ".join(f"`{p}`" for p in swept) or "nothing"
+    return (f"cnnbench sweep `{name}`: varies {varied}. Each job is a child run of the sweep's parent run. "
+            f"The runs table with the swept params and {', '.join(f'`{m}`' for m in KEY_METRICS)} as columns: "
+            f"open this experiment's address + `/runs?{VIEW_QUERY}` (the sweep's last lines print it).")
+
+
+def runs_view_url(experiment_id: str, base: str = f"http://127.0.0.1:{UI_PORT}") -> str:
+    """The address of a sweep's runs view in the MLflow UI at ``base`` (see :func:`sweep_view`)."""
+    return f"{base}/#/experiments/{experiment_id}/runs?{VIEW_QUERY}"
 
 
 # ------------------------------------------------------------------------------------------- content
@@ -150,6 +227,13 @@ def experiment_name(configured: str | None, sweep_dir: Path | None) -> str:
 def clean_name(name: str) -> str:
     """A metric or param name MLflow accepts (other characters become ``_``)."""
     return _NAME_CHARS.sub("_", name)
+
+
+def class_metric(class_name: str) -> str:
+    """A class's test accuracy key: ``test/class_acc/T-shirt_top``. MLflow's UI makes a chart section of a
+    key's part before its last "/", so a "/" in a class name ("T-shirt/top") would open a section of its
+    own: every class stays in the one section ``test/class_acc``."""
+    return "test/class_acc/" + clean_name(class_name).replace("/", "_")
 
 
 def _text(value: Any) -> str:
@@ -218,7 +302,7 @@ def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
            if isinstance(summary.get(key), (int, float)) and not isinstance(summary.get(key), bool)}
     for name, acc in (summary.get("test/per_class_acc") or {}).items():
         if isinstance(acc, (int, float)):
-            out[clean_name(f"test/class_acc/{name}")] = float(acc)
+            out[class_metric(name)] = float(acc)
     return {k: v for k, v in out.items() if math.isfinite(v)}
 
 

@@ -24,10 +24,14 @@ from .live import end_parent
 from .record import (
     FolderRun,
     experiment_name,
+    folder_swept_keys,
     metric_points,
+    param_names,
     params_of,
     read_folder,
+    read_ids,
     resolve_tracking_uri,
+    run_label,
     summary_time_ms,
     sweep_dir_of,
     ui_command,
@@ -107,8 +111,13 @@ def upload_run(tracker: Tracker, run: FolderRun, experiment: str | None, with_mo
     end_ms = summary_time_ms(run.run_dir)
     wall_s = run.summary.get("wall_time_s")
     start_ms = end_ms - int(wall_s * 1000) if isinstance(wall_s, (int, float)) else None  # when it trained
-    run_id, continued = tracker.open_run(run.run_dir, name, tags, start_ms=start_ms)
     overrides = [str(o) for o in run.summary.get("overrides") or []]
+    swept = folder_swept_keys(run.run_dir)
+    run_id, continued = tracker.open_run(run.run_dir, name, tags, start_ms=start_ms,
+                                         name=run_label(run.config, overrides, swept))
+    ids = read_ids(run.run_dir, tracker.uri)
+    if sweep_dir is not None and not experiment and ids is not None:  # the sweep's own experiment: its view
+        tracker.describe_sweep(ids["experiment_id"], tags[PARENT_TAG], param_names(swept))
     params = params_of(run.config, overrides) if run.config is not None else {}
     tracker.log_params(run_id, params)
     points = metric_points(run.records, run.default_time)
