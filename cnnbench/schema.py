@@ -384,14 +384,25 @@ def register_schemas() -> None:
             store.store(group=f"schema/{group}", name=name, node=node)
 
 
-def check_sections(cfg: DictConfig) -> None:
-    """Every section's ranges (its ``check()``), on the typed objects OmegaConf builds from the config."""
+def typed_sections(cfg: DictConfig) -> dict[str, Section]:
+    """The config's sections that have a schema, as the schema's objects (``OmegaConf.to_object``)."""
+    sections = {}
     for name in SECTIONS:
         node = cfg.get(name)
         if isinstance(node, DictConfig) and OmegaConf.get_type(node) not in (dict, None):
             section = OmegaConf.to_object(node)
             if isinstance(section, Section):
-                section.check(name)
+                sections[name] = section
+    return sections
+
+
+def check_sections(cfg: DictConfig) -> dict[str, Section]:
+    """Every section's ranges (its ``check()``), on the typed objects OmegaConf builds from the config;
+    returns them (:func:`typed_sections`)."""
+    sections = typed_sections(cfg)
+    for name, section in sections.items():
+        section.check(name)
+    return sections
 
 
 def type_error_sentence(exc: BaseException) -> str | None:

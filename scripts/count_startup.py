@@ -80,10 +80,13 @@ class Counter:
         import importlib
 
         self.codes = {}
+        self.counts: dict[str, int | None] = {}
         for module, name in [*COUNTED, FIRST_STEP]:
-            fn = getattr(importlib.import_module(module), name)
-            self.codes[getattr(fn, "__wrapped__", fn).__code__] = name
-        self.counts = {name: 0 for _, name in COUNTED}
+            fn = getattr(importlib.import_module(module), name, None)
+            if fn is not None:
+                self.codes[getattr(fn, "__wrapped__", fn).__code__] = name
+            if (module, name) != FIRST_STEP:
+                self.counts[name] = 0 if fn is not None else None  # None: no such function in this version
         self.first_step_at: float | None = None
 
     def __call__(self, frame, event, arg) -> None:

@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..confusion import class_names
-from ..data.sources import settle_dataset
+from ..data.sources import SettledData, settle_dataset
 from ..errors import CnnbenchError, RunFileWriteError, TrainingDiverged
 from ..runfolder.disk import DISK_ERRNOS, low_space_warning, os_error_in, resume_fields, writing
 from ..runfolder.lock import run_folder_lock
@@ -44,13 +44,15 @@ from .memory import explain_oom
 from .resume import ResumePlan, check_resume, resume_run, write_hydra_record
 from .selection import TEST_SET_WARNING
 from .signals import GracefulStop
+from .spec import RunSpec
 from .summary import closing_lines, header_lines, summarize
 
 logger = logging.getLogger(__name__)
 
 
-def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict:
-    """Train the configured network; write the run folder; return the summary.
+def train(cfg: DictConfig, run_dir: Path | str | None = None, spec: RunSpec | None = None) -> dict:
+    """Train the configured network; write the run folder; return the summary. ``spec``: ``cfg`` checked
+    already (the command line's pre-launch check), so that nothing is settled or checked again.
 
     Two refusals come before anything in the folder is touched, as exceptions: another live process
     writes the folder (:class:`RunFolderInUse`), or the checkpoint to resume was written with settings
@@ -58,17 +60,18 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict:
     exceptions, a full disk, out of memory, signals) never escape: they are recorded in the returned
     summary and in ``summary.json`` with their status, so a sweep can go on with the next job.
     """
-    settle_dataset(cfg)  # what only the data knows, into the config it records; bad data refused here
+    # what only the data knows, into the config it records; bad data refused here
+    settled = spec.settled if spec is not None else settle_dataset(cfg)
     ctx = init_from_env(str(cfg.device.type))  # a single process unless started by torchrun
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     resume_from = resolve_resume(cfg, run_dir)
     plan = check_resume(cfg, resume_from)
     with run_folder_lock(run_dir, enabled=ctx.is_main):  # only rank 0 writes the run folder
-        return _train(cfg, run_dir, ctx, resume_from, plan)
+        return _train(cfg, run_dir, ctx, resume_from, plan, spec, settled)
 
 
 def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path | None,
-           plan: ResumePlan | None) -> dict:
+           plan: ResumePlan | None, spec: RunSpec | None = None, settled: SettledData | None = None) -> dict:
     """``train`` inside the run folder's lock."""
     main = ctx.is_main  # only rank 0 writes the run folder
     overrides = job_overrides()
@@ -82,7 +85,7 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path |
             record_dir = _start_records(cfg, run_dir) if main else None
             if main:  # before the build: a run that fails to start is tracked too
                 tracker = open_tracker(cfg, run_dir, overrides, resuming=resume_from is not None)
-            run = build_run(cfg, run_dir, ctx)
+            run = build_run(cfg, run_dir, ctx, spec=spec, settled=settled)
             _warn_low_space(run)
             if resume_from is not None:
                 resume_run(run, plan or resume_from, overrides, record_dir)
