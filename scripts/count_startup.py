@@ -10,7 +10,8 @@ the first call of the epoch loop (``train_one_epoch``): the calls of each functi
 listings (``os.scandir``/``os.listdir``) of ROOT/train and ROOT/test, the "normalization from ..." log lines,
 and the seconds from the command's start to the first step. The counts come from ``sys.setprofile`` on the
 functions' code objects, so a function imported by name elsewhere is counted too. ``--json`` prints one JSON
-object instead of the table.
+object instead of the table; ``--time-only`` counts nothing and gives the seconds alone (no profiler's overhead).
+To measure another checkout (before a change), run this file with ``PYTHONPATH`` pointing at that checkout.
 """
 
 from __future__ import annotations
@@ -101,6 +102,34 @@ class Counter:
             self.counts[name] += 1
 
 
+def time_to_first_step(root: Path, extra: list[str], run_dir: Path) -> dict:
+    """Seconds from ``main``'s call to the first step, without the profiler's overhead (nothing counted)."""
+    import cnnbench.run.train as train_module
+    from cnnbench.cli import main
+
+    real = train_module.train_one_epoch
+    first: list[float] = []
+
+    def timed(*args, **kwargs):
+        first.append(time.perf_counter())
+        return real(*args, **kwargs)
+
+    train_module.train_one_epoch = timed
+    start = time.perf_counter()
+    try:
+        code = main(["train", *_overrides(root, run_dir), *extra])
+    finally:
+        train_module.train_one_epoch = real
+    return {"exit_code": code, "seconds to the first step": round(first[0] - start, 2) if first else None}
+
+
+def _overrides(root: Path, run_dir: Path) -> list[str]:
+    return ["dataset=image_folder", f"dataset.path={root}", "model=lenet_bn", "device=cpu",
+            "trainer.epochs=1", "trainer.limit_train_batches=1", "trainer.limit_eval_batches=1",
+            "trainer.progress_bar=false", "trainer.batch_size=16", "trainer.checkpoint=false",
+            f"hydra.run.dir={run_dir}"]
+
+
 def count(root: Path, extra: list[str], run_dir: Path) -> dict:
     """Run one ``cnnbench train`` on the picture folder ``root``; what it did before the first step."""
     listings = {"train": 0, "test": 0}
@@ -131,10 +160,7 @@ def count(root: Path, extra: list[str], run_dir: Path) -> dict:
     start = time.perf_counter()
     sys.setprofile(counter)
     try:
-        code = main(["train", "dataset=image_folder", f"dataset.path={root}", "model=lenet_bn", "device=cpu",
-                     "trainer.epochs=1", "trainer.limit_train_batches=1", "trainer.limit_eval_batches=1",
-                     "trainer.progress_bar=false", "trainer.batch_size=16", "trainer.checkpoint=false",
-                     f"hydra.run.dir={run_dir}", *extra])
+        code = main(["train", *_overrides(root, run_dir), *extra])
     finally:
         sys.setprofile(None)
         os.scandir, os.listdir = scandir, listdir
@@ -152,6 +178,8 @@ def main() -> int:
                         help="write Fashion-MNIST's IDX files under DATA as PNGs in DEST first, and use DEST")
     parser.add_argument("--keep-cache", action="store_true", help="use the user's cache of decoded folders")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--time-only", action="store_true",
+                        help="only the seconds to the first step, without the profiler that counts")
     parser.add_argument("overrides", nargs="*", help="more overrides for cnnbench train")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cnnbench-count-"))
@@ -163,7 +191,7 @@ def main() -> int:
             write_png_folder(args.png_from[0], root)
     else:
         root = (args.folder or write_small_folder(work / "pictures")).absolute()
-    result = count(root, args.overrides, work / "run")
+    result = (time_to_first_step if args.time_only else count)(root, args.overrides, work / "run")
     if args.json:
         print(json.dumps(result))
     else:
