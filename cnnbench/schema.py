@@ -348,6 +348,31 @@ class MlflowLoggerConfig(Section):
 
 
 @dataclass
+class WandbLoggerConfig(Section):
+    """``logger=wandb``: Weights & Biases beside TensorBoard, offline by default (:mod:`cnnbench.tracking`)."""
+
+    name: str = MISSING
+    project: str = MISSING
+    mode: str = MISSING  # offline | online | disabled
+    tags: list[str] = MISSING
+
+    def check(self, prefix: str) -> None:
+        import importlib.util
+
+        super().check(prefix)
+        if self.mode not in WANDB_MODES:
+            raise ConfigError(f"{prefix}.mode must be {' or '.join(WANDB_MODES)}, got {self.mode!r}")
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError(f"{prefix}=wandb needs Weights & Biases, which is not installed: "
+                              "pip install 'cnnbench[wandb]'")
+        if not self.project.strip():
+            raise ConfigError(f"{prefix}.project must be a name, got {self.project!r}")
+
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
 class TrainSchema:
     """The primary config (``train.yaml``): the groups' nodes take their options' schemas."""
 
@@ -370,7 +395,7 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "scheduler": {"none": NoScheduleConfig, "cosine": CosineConfig, "step": StepConfig, "onecycle": OneCycleConfig},
     "device": {"device": DeviceConfig},
     "augment": {"none": NoAugmentConfig, "flip_crop": FlipCropConfig, "strong": StrongAugmentConfig},
-    "logger": {"tensorboard": TensorBoardLoggerConfig, "mlflow": MlflowLoggerConfig},
+    "logger": {"tensorboard": TensorBoardLoggerConfig, "mlflow": MlflowLoggerConfig, "wandb": WandbLoggerConfig},
 }
 PRIMARY_SCHEMA = "train_schema"
 SECTIONS = ("dataset", "optimizer", "scheduler", "device", "augment", "logger", "trainer")
@@ -389,14 +414,25 @@ def register_schemas() -> None:
         store.store(group="model", name=name, node={"name": name})
 
 
-def check_sections(cfg: DictConfig) -> None:
-    """Every section's ranges (its ``check()``), on the typed objects OmegaConf builds from the config."""
+def typed_sections(cfg: DictConfig) -> dict[str, Section]:
+    """The config's sections that have a schema, as the schema's objects (``OmegaConf.to_object``)."""
+    sections = {}
     for name in SECTIONS:
         node = cfg.get(name)
         if isinstance(node, DictConfig) and OmegaConf.get_type(node) not in (dict, None):
             section = OmegaConf.to_object(node)
             if isinstance(section, Section):
-                section.check(name)
+                sections[name] = section
+    return sections
+
+
+def check_sections(cfg: DictConfig) -> dict[str, Section]:
+    """Every section's ranges (its ``check()``), on the typed objects OmegaConf builds from the config;
+    returns them (:func:`typed_sections`)."""
+    sections = typed_sections(cfg)
+    for name, section in sections.items():
+        section.check(name)
+    return sections
 
 
 def type_error_sentence(exc: BaseException) -> str | None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-import cnnbench.run.train as train_module
+import cnnbench.run.callbacks as callbacks_module
 from cnnbench.config import compose_config
 from cnnbench.data import DeviceLoader
 from cnnbench.data.augment import Augment, erase_boxes, random_crop
@@ -219,13 +219,13 @@ def test_onecycle_is_torchs_one_cycle_curve(anneal):
 
 def test_target_accuracy_stops_at_the_epoch_that_reaches_it(fake_data, tmp_path, monkeypatch):
     scripted = iter([0.5, 0.7, 0.93, 0.99, 0.99])
-    real = train_module.evaluate
+    real = callbacks_module.evaluate
 
     def evaluate_scripted(model, loader, *args, **kwargs):
         result = real(model, loader, *args, **kwargs)
         return EvalResult(acc=next(scripted), loss=result.loss, examples=result.examples)
 
-    monkeypatch.setattr(train_module, "evaluate", evaluate_scripted)
+    monkeypatch.setattr(callbacks_module, "evaluate", evaluate_scripted)
     summary = train(quick(fake_data, "trainer.epochs=5", "trainer.target_acc=0.9"), tmp_path)
     assert summary["status"] == "completed" and summary["epochs_completed"] == 3
     assert summary["stop_reason"].startswith("reached trainer.target_acc=0.9: test/acc 0.9300 at epoch 3")

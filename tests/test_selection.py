@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import cnnbench.run.train as train_module
+import cnnbench.run.callbacks as callbacks_module
 from cnnbench.cli import main
 from cnnbench.config import compose_config
 from cnnbench.data.idx import Split
@@ -104,7 +104,7 @@ def test_same_split_across_training_seeds(numbered_data, tmp_path):
 def scripted_validation(monkeypatch, accuracies: list[float]) -> list[float]:
     """Make the validation split score ``accuracies`` at successive evaluations (the test split is
     evaluated for real), to drive selection and early stopping exactly; returns the test accuracies."""
-    real = train_module.evaluate
+    real = callbacks_module.evaluate
     calls = {"val": 0}
     tests: list[float] = []
 
@@ -118,7 +118,7 @@ def scripted_validation(monkeypatch, accuracies: list[float]) -> list[float]:
         tests.append(result.acc)
         return result
 
-    monkeypatch.setattr(train_module, "evaluate", evaluate)
+    monkeypatch.setattr(callbacks_module, "evaluate", evaluate)
     return tests
 
 

@@ -22,12 +22,13 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..config import PRIMARY_CONFIG, ConfigSource, override_key, split_override
-from ..data.sources import check_data_present, settle_dataset
+from ..data.sources import SettledData, check_data_present, input_side_of, record_settled
 from ..errors import ConfigError, ResumeRefused, RunFolderInUse
 from ..models.external import use_config_dir
 from ..run.distributed import broadcast_object, current, init_from_env, launched_by_torchrun, shutdown
 from ..run.resume import check_resume
 from ..run.selection import objective_name
+from ..run.spec import RunSpec, config_key
 from ..run.validate import validate_config
 from ..runfolder.lock import run_folder_lock
 from ..tracking.live import end_sweep, start_sweep, sweep_browse_lines
@@ -118,9 +119,10 @@ def _jobs(line: CommandLine) -> list[list[str]]:
         return [[p.input_line for p in parsed if not p.is_sweep_override()]]
 
 
-def preflight(line: CommandLine) -> str | None:
+def preflight(line: CommandLine) -> tuple[str | None, dict[str, RunSpec]]:
     """Compose and check every job before Hydra creates any folder, from the same config source Hydra
-    will use (``--config-dir``, ``--config-name``); returns the run or sweep folder.
+    will use (``--config-dir``, ``--config-name``); returns the run or sweep folder and each job's checked
+    spec by :func:`config_key` (jobs that share a dataset share its settled data: it is read once).
 
     Raises :class:`ConfigError` with one sentence for the first bad job.
     """
@@ -135,6 +137,8 @@ def preflight(line: CommandLine) -> str | None:
     out_dir = None
     datasets: dict[str, DictConfig] = {}  # each distinct dataset of the jobs, checked once after every value
     sweeper_warnings: dict[str, None] = {}  # said once for the whole sweep, not once per job
+    settled: dict[str, SettledData] = {}  # each distinct dataset (and input side), settled once
+    specs: dict[str, RunSpec] = {}
     for job in _jobs(line):
         added = [o for o in job if o.startswith("+")]
         try:
@@ -155,13 +159,29 @@ def preflight(line: CommandLine) -> str | None:
         _check_distributed(cfg)
         with open_dict(cfg):
             del cfg["hydra"]  # its job-time values (hydra.job.num) do not exist yet
-        validate_config(cfg)
+        key, data_key = config_key(cfg), f"{OmegaConf.to_yaml(cfg.dataset)}{input_side_of(cfg)}"
         datasets.setdefault(OmegaConf.to_yaml(cfg.dataset), cfg)
+        if data_key in settled:
+            record_settled(cfg, settled[data_key])
+        spec = validate_config(cfg, settled.get(data_key))
+        settled[data_key] = spec.settled
+        specs[key] = spec
     for cfg in datasets.values():  # after every job's values: it may download
         check_data_present(cfg)
     for warning in sweeper_warnings:
         logger.warning("%s", warning)
-    return out_dir
+    return out_dir, specs
+
+
+def _checked(specs: dict[str, RunSpec], cfg: DictConfig) -> RunSpec | None:
+    """The pre-launch check's spec of the job config ``cfg`` (Hydra's own composition of it), its data facts
+    written into ``cfg``; None when the check did not see this job (a searching sweeper's trial, a job
+    another process launches): ``train`` then checks it itself."""
+    spec = specs.get(config_key(cfg))
+    if spec is None:
+        logger.debug("no pre-launch spec for this job: it is checked again")
+        return None
+    return spec.for_config(cfg)
 
 
 def _sweeper_fixed_params(cfg: DictConfig, job: Sequence[str]) -> list[str]:
@@ -216,7 +236,7 @@ def hydra_main(args: Sequence[str]) -> int:
     line = with_saved_settings(line)
     use_config_dir(line.source.extra_dir)  # model.target modules may live beside the user's configs
     multirun, overrides = line.multirun, line.overrides
-    out_dir = preflight(line)
+    out_dir, specs = preflight(line)
     extra = sweep_naming_overrides(overrides) if multirun else []
     if _given(overrides, "hydra.output_subdir") is None:
         extra.append("hydra.output_subdir=null")  # .hydra/ is written by the job, under the folder's lock
@@ -240,7 +260,7 @@ def hydra_main(args: Sequence[str]) -> int:
         try:
             with run_folder_lock(run_dir, enabled=current().is_main):
                 previous = prepare_resumed_job(cfg, run_dir) if cfg.get(RESUME_SWEEP_KEY) else None
-                summary = previous or train(cfg, run_dir)
+                summary = previous or train(cfg, run_dir, spec=_checked(specs, cfg))
         except (RunFolderInUse, ResumeRefused) as exc:  # a sweep job refused: the sweep goes on
             logger.error("%s", exc)
             summary = {"status": REFUSED_STATUS[type(exc)], "error": f"{type(exc).__name__}: {exc}",
@@ -254,7 +274,7 @@ def hydra_main(args: Sequence[str]) -> int:
         start_sweep(tracked, Path(out_dir))
     with contextlib.ExitStack() as held:
         if not multirun:  # before Hydra writes anything into the folder
-            _claim_run_folder(Path(_given(overrides, "hydra.run.dir") or out_dir), line, held)
+            _claim_run_folder(Path(_given(overrides, "hydra.run.dir") or out_dir), next(iter(specs.values())), held)
         sweeper_failed = False
         try:
             _run_hydra([*hydra_argv(line), *extra], job)
@@ -348,14 +368,13 @@ def _sweep_config(line: CommandLine) -> DictConfig | None:
     return cfg if cfg.get("logger") is not None and cfg.logger.get("name") == "mlflow" else None
 
 
-def _claim_run_folder(run_dir: Path, line: CommandLine, held: contextlib.ExitStack) -> None:
+def _claim_run_folder(run_dir: Path, spec: RunSpec, held: contextlib.ExitStack) -> None:
     """A single run's checks on its folder before Hydra touches it: the resume is compatible, and no other
-    process writes there (rank 0 takes the lock; under torchrun every rank learns the outcome)."""
-    from ..config import compose_config
+    process writes there (rank 0 takes the lock; under torchrun every rank learns the outcome). ``spec``:
+    the run's checked config, its data settled as the run will record it."""
     from ..run.checkpoint import resolve_resume
 
-    cfg = compose_config(line.overrides, source=line.source)
-    settle_dataset(cfg)  # as the run will record it (its classes, channels, normalization)
+    cfg = spec.cfg
     check_resume(cfg, resolve_resume(cfg, run_dir), announce=False)  # train() logs the changes
     ctx = current()
     refusal = None

@@ -121,7 +121,7 @@ def list_folder(path: str | None) -> Listing:
         folder = root / split
         if not folder.is_dir():
             continue
-        names = _class_folders(folder)
+        names = classes if split == "train" else _class_folders(folder)  # train/ is listed once
         unknown = [c for c in names if c not in index]
         if unknown:
             raise DataError(f"{folder} has class folder{'s' if len(unknown) > 1 else ''} {_shown(unknown)} that "
@@ -152,21 +152,6 @@ def list_folder(path: str | None) -> Listing:
         lines = (f"{split}\0{rel}\0{label}\0{st}\n" for (rel, label), st in zip(entries, stats[split], strict=True))
         digest.update("".join(lines).encode())
     return Listing(root, classes, files, digest.hexdigest())
-
-
-def folder_stamp(path: str | None) -> str:
-    """Modification times of ROOT's split and class folders: they change when a file is added, removed or
-    renamed there (not when one is rewritten in place). A few dozen stats: what an in-process reader
-    checks before reusing what it read."""
-    if not path:
-        return ""
-    root = Path(path).expanduser()
-    stamps = []
-    for split in SPLITS:
-        folder = root / split
-        if folder.is_dir():
-            stamps += [f"{p}:{p.stat().st_mtime_ns}" for p in (folder, *sorted(folder.iterdir())) if p.is_dir()]
-    return ";".join(stamps)
 
 
 # ------------------------------------------------------------------------------------------- decoding
@@ -414,11 +399,12 @@ def _load(path: Path) -> FolderData | None:
 
 
 def load_folder(path: str | None, channels: int | None, image_size: int, on_bad_image: str = "skip",
-                workers: int | None = None) -> FolderData:
+                workers: int | None = None, listing: Listing | None = None) -> FolderData:
     """The image folder at ``path`` as tensors: from the cache when its files are unchanged, else
-    decoded (and cached). ``channels`` None: 3 when any image has colour, else 1."""
+    decoded (and cached). ``channels`` None: 3 when any image has colour, else 1. ``listing``: the
+    folder's :func:`list_folder`, when the caller listed it already."""
     start = time.perf_counter()
-    listing = list_folder(path)
+    listing = listing if listing is not None else list_folder(path)
     own = _own_size(listing)  # recorded by the first decode of these files
     size = MISSING if own == MISSING else storage_size(own, image_size)
     data = None if size == MISSING else _load(cache_file(listing, channels, size))

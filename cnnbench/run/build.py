@@ -22,6 +22,7 @@ from torch import nn
 from ..data import DeviceLoader, load_splits
 from ..data.augment import Augment
 from ..data.loader import normalization
+from ..data.sources import SettledData
 from ..devices import resolve_device
 from ..errors import ConfigError
 from ..models.configured import image_size, init_weights, model_from_config
@@ -34,6 +35,7 @@ from .distributed import SINGLE_PROCESS, DistContext, broadcast_object
 from .memory import check_step_fits
 from .optim import build_optimizer, build_scheduler
 from .selection import Monitor
+from .spec import RunSpec
 from .state import RunState
 from .validate import check_global_batch, validate_config
 
@@ -61,6 +63,7 @@ class Run:
     dist: DistContext = field(default_factory=DistContext)
     state: RunState = field(default_factory=RunState)
     clock_start: float = 0.0  # time.perf_counter() at the run's first start (earlier segments included)
+    spec: RunSpec | None = None  # the checked spec the run was built from (typed sections, settled data)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -82,15 +85,19 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(deterministic)
 
 
-def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS) -> Run:
-    """Build device, data, model, optimizer and scheduler for ``cfg`` (this rank's share under DDP)."""
-    validate_config(cfg)
+def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS, spec: RunSpec | None = None,
+              settled: SettledData | None = None) -> Run:
+    """Build device, data, model, optimizer and scheduler for ``cfg`` (this rank's share under DDP).
+
+    ``spec``: ``cfg`` checked already (:func:`validate_config`'s result): only what needs the live device
+    is checked again. Without it ``cfg`` is checked here (its data settled unless ``settled`` is given)."""
+    spec = spec if spec is not None else validate_config(cfg, settled)
     check_global_batch(int(cfg.trainer.batch_size), ctx.world_size)
     tune_malloc(bool(cfg.device.get("malloc_tuning", True)))  # once per process, before the data is read
     device = torch.device("cuda", ctx.local_rank) if ctx.backend == "nccl" else resolve_device(
         cfg.device.type, cfg.device.get("index"))
     if device.type == "cuda":  # with the GPU's free memory now (validation used its total, creating no context)
-        check_step_fits(cfg, device, ctx.world_size, live=True)
+        check_step_fits(cfg, device, ctx.world_size, live=True, data_bytes=spec.data.bytes)
     if cfg.device.num_threads:
         torch.set_num_threads(int(cfg.device.num_threads))
     seed_everything(int(cfg.trainer.seed), bool(cfg.trainer.deterministic))
@@ -100,7 +107,7 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS)
     raw_model = model_from_config(cfg)
     init_weights(raw_model, cfg.trainer.init)
     params, flops = count_parameters(raw_model), forward_flops(raw_model, cfg.dataset.in_channels, size)
-    train_loader, val_loader, test_loader = build_loaders(cfg, device, size, ctx)
+    train_loader, val_loader, test_loader = build_loaders(cfg, device, size, ctx, spec.settled)
     raw_model.to(device)
     speed = prepare_speed(cfg.device, device, raw_model, (train_loader, val_loader, test_loader),
                           bool(cfg.trainer.deterministic), flops, agree=lambda s: broadcast_object(s, ctx),
@@ -115,7 +122,8 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS)
     scheduler = build_scheduler(cfg.scheduler, optimizer, batches, int(cfg.trainer.epochs))
     precision = Precision.create(speed.precision, device)
     return Run(cfg, run_dir, device, model, raw_model, optimizer, scheduler, precision,
-               train_loader, val_loader, test_loader, Monitor.from_config(cfg), ema, params, flops, speed, ctx)
+               train_loader, val_loader, test_loader, Monitor.from_config(cfg), ema, params, flops, speed, ctx,
+               spec=spec)
 
 
 def tuning_key(cfg: DictConfig, size: int, ctx: DistContext) -> dict:
@@ -131,11 +139,11 @@ def local_batch(batch_size: int, ctx: DistContext) -> int:
     return batch_size // ctx.world_size + (1 if ctx.rank < batch_size % ctx.world_size else 0)
 
 
-def build_loaders(cfg: DictConfig, device: torch.device, size: int,
-                  ctx: DistContext) -> tuple[DeviceLoader, DeviceLoader | None, DeviceLoader]:
+def build_loaders(cfg: DictConfig, device: torch.device, size: int, ctx: DistContext,
+                  settled: SettledData | None = None) -> tuple[DeviceLoader, DeviceLoader | None, DeviceLoader]:
     """Train, validation (None without a split) and test loaders: each split once on the device,
-    this rank's share of every batch."""
-    splits = load_splits(cfg)
+    this rank's share of every batch (the splits ``settled`` read, else read now)."""
+    splits = load_splits(cfg, settled)
     train_split, val_split, test_split = splits.train, splits.val, splits.test
     common = dict(device=device, resize=size, normalize=normalization(cfg), rank=ctx.rank, world_size=ctx.world_size)
     train_loader = DeviceLoader(train_split, int(cfg.trainer.batch_size), shuffle=True,

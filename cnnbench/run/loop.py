@@ -45,7 +45,7 @@ class LoopHooks:
     divergence_loss: float | None = None
     on_log: Callable[[dict], None] = lambda metrics: None
     should_stop: Callable[[], bool] = lambda: False
-    after_step: Callable[[], None] | None = None  # after each optimizer step (the weights' EMA update)
+    after_step: list[Callable[[], None]] = field(default_factory=list)  # after each optimizer step (EMA...)
     bar: Any = None  # a tqdm progress bar (update, set_postfix), or None
     log_points: set[int] = field(default_factory=set)  # batch indices after which to sync and log
 
@@ -126,8 +126,8 @@ def train_one_epoch(
         backward_and_step(loss_to_step, model, optimizer, precision, grad_clip_norm)
         if scheduler is not None:
             scheduler.step()
-        if hooks.after_step is not None:
-            hooks.after_step()
+        for after_step in hooks.after_step:  # plain calls: none may wait for the device
+            after_step()
         global_step += 1
         with torch.no_grad():
             progress.loss_sum += loss.detach().float() * y.shape[0]

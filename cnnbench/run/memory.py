@@ -81,8 +81,9 @@ def optimizer_slots(cfg: DictConfig) -> int:
     return 1 if float(cfg.optimizer.get("momentum", 0) or 0) > 0 else 0
 
 
-def estimate_step_memory(cfg: DictConfig) -> StepMemory:
-    """The memory of one training step of ``cfg`` on one device (this rank's share of the batch)."""
+def estimate_step_memory(cfg: DictConfig, data_bytes: int | None = None) -> StepMemory:
+    """The memory of one training step of ``cfg`` on one device (this rank's share of the batch);
+    ``data_bytes``: the settled data's bytes (:class:`cnnbench.data.sources.DataSpec`), else measured here."""
     from ..models.configured import image_size, model_from_config
     from ..models.stats import activation_bytes, count_parameters
 
@@ -102,7 +103,8 @@ def estimate_step_memory(cfg: DictConfig) -> StepMemory:
     amp = str(cfg.device.precision) in ("bf16", "fp16")
     factor = AMP_ACTIVATION_FACTOR if amp else ACTIVATION_FACTOR
     # weights, gradients and optimizer state in float32; the dataset; the runtime's own
-    fixed = 4 * params * (2 + optimizer_slots(cfg)) + _dataset_bytes(cfg) + RUNTIME_OVERHEAD
+    data_bytes = _dataset_bytes(cfg) if data_bytes is None else data_bytes
+    fixed = 4 * params * (2 + optimizer_slots(cfg)) + data_bytes + RUNTIME_OVERHEAD
     per_example = int(per_image * factor) + 4 * channels * size * size  # + the float32 input
     return StepMemory(fixed=fixed, per_example=per_example)
 
@@ -206,14 +208,16 @@ def _cgroup_room() -> int | None:
 # --------------------------------------------------------------------------------------- the checks
 
 
-def check_step_fits(cfg: DictConfig, device: torch.device, world_size: int = 1, live: bool = False) -> None:
-    """Refuse a configuration whose training step clearly cannot fit in ``device``'s memory."""
+def check_step_fits(cfg: DictConfig, device: torch.device, world_size: int = 1, live: bool = False,
+                    data_bytes: int | None = None) -> None:
+    """Refuse a configuration whose training step clearly cannot fit in ``device``'s memory (``data_bytes``:
+    as :func:`estimate_step_memory`)."""
     room = available_memory(device, live)
     if room is None:
         return
     _BEFORE_TRAINING[str(device)] = room
     available, what = room
-    need = estimate_step_memory(cfg)
+    need = estimate_step_memory(cfg, data_bytes)
     batch = _per_rank_batch(cfg, world_size)
     if need.total(batch) <= REFUSE_ABOVE * available:
         return

@@ -15,20 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
 from ..confusion import class_names
-from ..data.sources import settle_dataset
+from ..data.sources import SettledData, settle_dataset
 from ..errors import CnnbenchError, RunFileWriteError, TrainingDiverged
 from ..runfolder.disk import DISK_ERRNOS, low_space_warning, os_error_in, resume_fields, writing
 from ..runfolder.lock import run_folder_lock
@@ -40,24 +37,27 @@ from ..runfolder.log import (
     trim_metrics,
     write_json_atomic,
 )
-from ..runfolder.names import BEST_CHECKPOINT, CHECKPOINT, HYDRA_DIR, SUMMARY
+from ..runfolder.names import CHECKPOINT, HYDRA_DIR, SUMMARY
 from ..speed import collector
-from ..tracking.live import MlflowTracker, NoTracker, open_tracker
+from ..tracking.trackers import Trackers, open_trackers
 from .build import Run, build_run
+from .callbacks import Callback, EpochEnd, Progress, epoch_callbacks
 from .checkpoint import checkpoint_state, resolve_resume, save_checkpoint
 from .distributed import DistContext, any_rank, init_from_env
-from .loop import EpochProgress, EpochResult, LoopHooks, evaluate, log_points, sums_over_ranks, train_one_epoch
+from .loop import EpochProgress, EpochResult, LoopHooks, log_points, sums_over_ranks, train_one_epoch
 from .memory import explain_oom
 from .resume import ResumePlan, check_resume, resume_run, write_hydra_record
 from .selection import TEST_SET_WARNING
 from .signals import GracefulStop
+from .spec import RunSpec
 from .summary import closing_lines, header_lines, summarize
 
 logger = logging.getLogger(__name__)
 
 
-def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict:
-    """Train the configured network; write the run folder; return the summary.
+def train(cfg: DictConfig, run_dir: Path | str | None = None, spec: RunSpec | None = None) -> dict:
+    """Train the configured network; write the run folder; return the summary. ``spec``: ``cfg`` checked
+    already (the command line's pre-launch check), so that nothing is settled or checked again.
 
     Two refusals come before anything in the folder is touched, as exceptions: another live process
     writes the folder (:class:`RunFolderInUse`), or the checkpoint to resume was written with settings
@@ -65,31 +65,32 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict:
     exceptions, a full disk, out of memory, signals) never escape: they are recorded in the returned
     summary and in ``summary.json`` with their status, so a sweep can go on with the next job.
     """
-    settle_dataset(cfg)  # what only the data knows, into the config it records; bad data refused here
+    # what only the data knows, into the config it records; bad data refused here
+    settled = spec.settled if spec is not None else settle_dataset(cfg)
     ctx = init_from_env(str(cfg.device.type))  # a single process unless started by torchrun
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     resume_from = resolve_resume(cfg, run_dir)
     plan = check_resume(cfg, resume_from)
     with run_folder_lock(run_dir, enabled=ctx.is_main):  # only rank 0 writes the run folder
-        return _train(cfg, run_dir, ctx, resume_from, plan)
+        return _train(cfg, run_dir, ctx, resume_from, plan, spec, settled)
 
 
 def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path | None,
-           plan: ResumePlan | None) -> dict:
+           plan: ResumePlan | None, spec: RunSpec | None = None, settled: SettledData | None = None) -> dict:
     """``train`` inside the run folder's lock."""
     main = ctx.is_main  # only rank 0 writes the run folder
     overrides = job_overrides()
     start = time.perf_counter()
     run: Run | None = None
     rlog: RunLogger | None = None
-    tracker: NoTracker | MlflowTracker = NoTracker()
+    trackers = Trackers()  # beyond the run folder's own record (logger=mlflow, logger=wandb)
     status, error = "failed", None
     with GracefulStop() as stop, thread_count_kept():
         try:
             record_dir = _start_records(cfg, run_dir) if main else None
             if main:  # before the build: a run that fails to start is tracked too
-                tracker = open_tracker(cfg, run_dir, overrides, resuming=resume_from is not None)
-            run = build_run(cfg, run_dir, ctx)
+                trackers = open_trackers(cfg, run_dir, overrides, resuming=resume_from is not None)
+            run = build_run(cfg, run_dir, ctx, spec=spec, settled=settled)
             _warn_low_space(run)
             if resume_from is not None:
                 resume_run(run, plan or resume_from, overrides, record_dir)
@@ -100,9 +101,9 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path |
                     logger.info("%s", text)
             # The run's clock: wall seconds since it first started, earlier segments of a resumed run included.
             run.clock_start = time.perf_counter() - run.state.wall_time_s
-            tracker.start()  # after the build's autotuning: the tracker's set-up would skew its timings
+            trackers.start()  # after the build's autotuning: the trackers' set-up would skew its timings
             rlog = RunLogger(run_dir, enabled=main, purge_step=run.state.step + 1 if resume_from else None,
-                             tracker=tracker)
+                             tracker=trackers)
             if resume_from is None:
                 rlog.log_config(cfg)
             warn_test_set_selection(run)
@@ -123,10 +124,9 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path |
     summary = summarize(run, cfg, run_dir, status, time.perf_counter() - start, overrides, error)
     if rlog is not None:
         error = _close_log(rlog, cfg, overrides, summary) or error
-    if tracker.warning:  # the tracker failed during the run: summary.json says so
-        summary["warnings"].append(tracker.warning)
+    summary["warnings"] += trackers.warnings  # a tracker that failed during the run: summary.json says so
     summary = _finish(summary, run_dir, main, overrides, error)
-    tracker.finish(summary)  # after summary.json is written: it is uploaded
+    trackers.finish(summary)  # after summary.json is written: it is uploaded
     return summary
 
 
@@ -218,36 +218,39 @@ def job_overrides() -> list[str]:
 # ------------------------------------------------------------------------------------------ the loop
 
 
-def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop) -> str:
-    """Train epoch after epoch; returns "completed" or "interrupted"."""
-    from tqdm.auto import tqdm
-
-    cfg = run.cfg
-    epochs = int(cfg.trainer.epochs)
+def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop,
+               callbacks: list[Callback] | None = None) -> str:
+    """Train epoch after epoch; returns "completed" or "interrupted". ``callbacks``: the concerns called at
+    each epoch's start and end and after each step (:func:`cnnbench.run.callbacks.epoch_callbacks`)."""
+    trainer = run.spec.trainer
+    callbacks = callbacks if callbacks is not None else epoch_callbacks(run, rlog)
+    progress = next((c for c in callbacks if isinstance(c, Progress)), None)
     n_batches = run.batches_per_epoch
     collector.resume()  # the command's start is over: collect once, freeze what lives on (cnnbench.speed.collector)
-    show_bar = _progress_enabled(cfg.trainer.progress_bar)
-    while run.state.epoch < epochs and not run.state.stop_reason:  # a stopped run stays stopped on resume
+    while run.state.epoch < trainer.epochs and not run.state.stop_reason:  # a stopped run stays stopped on resume
         epoch = run.state.epoch
         partial = _restore_partial(run)
-        bar = tqdm(total=n_batches, initial=partial.batches if partial else 0, desc=f"epoch {epoch + 1}/{epochs}",
-                   leave=False, disable=not show_bar)
+        for callback in callbacks:
+            callback.on_epoch_start(epoch)
         hooks = LoopHooks(
             on_log=lambda m: rlog.log("train", m),
             should_stop=stop_poll(stop, run),
-            after_step=(lambda: run.ema.update_parameters(run.raw_model)) if run.ema is not None else None,
-            bar=bar,
-            log_points=log_points(n_batches, int(cfg.trainer.logs_per_epoch)),
-            divergence_loss=cfg.trainer.divergence_loss,
+            after_step=[c.after_step for c in callbacks if c.after_step is not None],
+            bar=progress.bar if progress is not None else None,
+            log_points=log_points(n_batches, trainer.logs_per_epoch),
+            divergence_loss=trainer.divergence_loss,
         )
         t0 = time.perf_counter()
-        out = train_one_epoch(
-            run.model, run.train_loader, run.optimizer, run.scheduler, run.precision,
-            epoch=epoch, global_step=run.state.step, hooks=hooks, progress=partial,
-            limit_batches=cfg.trainer.limit_train_batches, grad_clip_norm=cfg.trainer.grad_clip_norm,
-            label_smoothing=float(cfg.trainer.get("label_smoothing", 0.0)), dist_ctx=run.dist,
-        )
-        bar.close()
+        try:
+            out = train_one_epoch(
+                run.model, run.train_loader, run.optimizer, run.scheduler, run.precision,
+                epoch=epoch, global_step=run.state.step, hooks=hooks, progress=partial,
+                limit_batches=trainer.limit_train_batches, grad_clip_norm=trainer.grad_clip_norm,
+                label_smoothing=trainer.label_smoothing, dist_ctx=run.dist,
+            )
+        finally:
+            if progress is not None:
+                progress.close()
         elapsed = time.perf_counter() - t0
         run.state.step = out.step
         run.state.train_time_s += elapsed
@@ -256,7 +259,7 @@ def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop) -> str:
             run.state.partial = _partial_as_checkpoint_data(out.progress, run.dist)
             return "interrupted"
         run.state.partial = None
-        finish_epoch(run, rlog, out, elapsed)
+        finish_epoch(run, callbacks, out, elapsed)
         if run.state.stop_reason:  # early stopping: the same decision on every rank (same global sums)
             logger.info("%s", run.state.stop_reason)
             return "completed"
@@ -265,83 +268,19 @@ def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop) -> str:
     return "completed"
 
 
-def finish_epoch(run: Run, rlog: RunLogger, out: EpochResult, elapsed: float) -> None:
-    """Evaluate (when due) and select (best.pt, early stopping), log the epoch record, check for
-    chance level, checkpoint."""
-    cfg = run.cfg
+def finish_epoch(run: Run, callbacks: list[Callback], out: EpochResult, elapsed: float) -> None:
+    """The epoch's record (train metrics, speed), then each callback's end of epoch in order: evaluate
+    (when due), select (best.pt, early stopping), the target, log the record, the chance check, last.pt."""
     run.state.epoch += 1
-    epoch = run.state.epoch
-    record: dict[str, Any] = {
-        "step": run.state.step, "epoch": epoch, **out.metrics(),
+    end = EpochEnd(epoch=run.state.epoch, out=out, elapsed=elapsed, record={
+        "step": run.state.step, "epoch": run.state.epoch, **out.metrics(),
         "throughput/examples_per_sec": out.examples / max(elapsed, 1e-9),
         "time/epoch_s": elapsed,
-    }
+    })
     run.state.last_train = out.metrics()
     run.state.wall_time_s = time.perf_counter() - run.clock_start
-    if _evaluation_due(cfg, epoch):
-        run.state.last_eval = evaluate_splits(run)
-        run.state.wall_time_s = time.perf_counter() - run.clock_start  # evaluation included
-        record.update(run.state.last_eval)
-        if run.monitor is not None and run.monitor.update(run.state, run.state.last_eval, epoch):
-            _save(run, BEST_CHECKPOINT)
-        check_target(run, epoch)
-    rlog.log("epoch", record)
-    logger.info(
-        "epoch %d/%d: loss %.3f, train acc %.3f%s%s, %.0f examples/sec", epoch, int(cfg.trainer.epochs),
-        out.loss, out.acc, f", val acc {record['val/acc']:.3f}" if "val/acc" in record else "",
-        f", test acc {record['test/acc']:.3f}" if "test/acc" in record else "", record["throughput/examples_per_sec"],
-    )
-    _chance_check(run, out)
-    if cfg.trainer.checkpoint:
-        _save(run, CHECKPOINT)
-
-
-def evaluate_splits(run: Run) -> dict[str, float]:
-    """val/acc, val/loss (with a validation split), test/acc, test/loss: each split evaluated on the
-    device, summed over ranks. With an EMA of the weights these are the EMA's (the model the run
-    reports and selects), and the trained weights' own figures are ``raw/val/acc``, ``raw/test/acc``..."""
-    metrics = _evaluate_model(run, run.ema if run.ema is not None else run.model, prefix="")
-    if run.ema is not None:
-        metrics.update(_evaluate_model(run, run.model, prefix="raw/"))
-    return metrics
-
-
-def _evaluate_model(run: Run, model: torch.nn.Module, prefix: str) -> dict[str, float]:
-    limit, tta = run.cfg.trainer.limit_eval_batches, bool(run.cfg.trainer.get("tta", False))
-    metrics: dict[str, float] = {}
-    for split, loader in (("val", run.val_loader), ("test", run.test_loader)):
-        if loader is None:
-            continue
-        # The reported model's test evaluation also counts a confusion matrix (one bincount per batch on
-        # the device, read with the sums): the summary's per-class accuracy and TensorBoard's picture
-        # come from the last one.
-        counted = split == "test" and not prefix
-        result = evaluate(model, loader, run.precision, limit, run.dist, tta=tta,
-                          num_classes=int(run.cfg.dataset.num_classes) if counted else None)
-        if counted and result.confusion is not None:
-            run.state.test_confusion = result.confusion.tolist()
-        metrics.update({f"{prefix}{k}": v for k, v in result.metrics(split).items()})
-    return metrics
-
-
-def check_target(run: Run, epoch: int) -> None:
-    """``trainer.target_acc``: stop once the monitored accuracy (test/acc without a monitor) reaches it,
-    recording the wall time it took from the start, evaluations included."""
-    target = run.cfg.trainer.get("target_acc")
-    if target is None or run.state.time_to_target_s is not None:
-        return
-    metric = run.monitor.name if run.monitor is not None and run.monitor.higher_is_better else "test/acc"
-    value = run.state.last_eval.get(metric)
-    if value is not None and value >= float(target):
-        run.state.time_to_target_s = run.state.wall_time_s
-        run.state.stop_reason = (f"reached trainer.target_acc={float(target):g}: {metric} {value:.4f} at epoch "
-                                 f"{epoch}, {run.state.wall_time_s:.1f} s from the start")
-
-
-def _save(run: Run, name: str) -> None:
-    """Write a checkpoint of the run as it is now (rank 0 only; atomically)."""
-    if run.dist.is_main:
-        save_checkpoint(run.run_dir / name, checkpoint_state(run))
+    for callback in callbacks:
+        callback.on_epoch_end(end)
 
 
 def warn_test_set_selection(run: Run) -> None:
@@ -363,12 +302,6 @@ def checkpoint_on_interrupt(run: Run) -> None:
     logger.warning("interrupted: checkpoint written to %s", path)  # the closing lines say how to continue
 
 
-def _evaluation_due(cfg: DictConfig, epoch: int) -> bool:
-    """Every ``trainer.eval_every`` epochs, and always after the last one."""
-    every = int(cfg.trainer.eval_every)
-    return (every > 0 and epoch % every == 0) or epoch == int(cfg.trainer.epochs)
-
-
 def stop_poll(stop: GracefulStop, run: Run) -> Callable[[], bool]:
     """``should_stop`` for the loop. Under DDP the ranks agree through an all-reduce, which waits for
     the device: every step on gloo (CPU, cheap), every 20th step on NCCL so GPUs keep queueing work."""
@@ -386,26 +319,6 @@ def stop_poll(stop: GracefulStop, run: Run) -> Callable[[], bool]:
         return agreed
 
     return poll
-
-
-def _progress_enabled(setting: Any) -> bool:
-    if str(setting) == "auto":
-        return sys.stderr.isatty()
-    return bool(setting)
-
-
-def _chance_check(run: Run, out: EpochResult) -> None:
-    """Warn when the loss stays at (or above) a uniform guess's, ln(classes), with chance accuracy."""
-    classes = int(run.cfg.dataset.num_classes)
-    at_chance = out.loss > math.log(classes) - 0.1 and out.acc < 2 / classes
-    run.state.chance_epochs = run.state.chance_epochs + 1 if at_chance else 0
-    patience = int(run.cfg.trainer.chance_patience)
-    if patience and run.state.chance_epochs == patience:
-        msg = (f"train loss has stayed at chance level (~ln {classes} = {math.log(classes):.3f}, accuracy "
-               f"~{1 / classes:.2f}) for {patience} epochs: the network is not learning; try another "
-               "learning rate (optimizer.lr=...)")
-        logger.warning(msg)
-        run.state.warnings.append(msg)
 
 
 def _restore_partial(run: Run) -> EpochProgress | None:

@@ -1,7 +1,8 @@
 """Checks of a composed config before anything trains, each failure one clear sentence.
 
-``cnnbench train`` runs them on every job of a sweep before Hydra creates the first job folder;
-``train()`` runs them again so that code calling it directly gets the same messages.
+``cnnbench train`` runs them once on every job of a sweep before Hydra creates the first job folder, and
+hands each job the checked :class:`~cnnbench.run.spec.RunSpec`; ``train()`` called directly (tests, notebooks)
+runs them itself, so that it gets the same messages.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import override_key
-from ..data.sources import settle_dataset, train_size
+from ..data.sources import SettledData, settle_dataset
 from ..errors import ConfigError, one_line
 from ..models import get_model_spec, input_side
 from ..models.configured import model_kwargs
 from ..models.registry import check_min_size, check_model_kwargs
 from ..schema import check_sections, type_error_sentence
+from .spec import RunSpec, run_spec
 
 
 def check_finite(cfg: DictConfig) -> None:
@@ -44,9 +46,10 @@ def check_finite(cfg: DictConfig) -> None:
     walk({k: v for k, v in plain.items() if k != "hydra"}, "")
 
 
-def check_values(cfg: DictConfig) -> None:
+def check_values(cfg: DictConfig, settled: SettledData | None = None) -> SettledData:
     """Values the schema's types cannot judge: each section's ranges and choices (:mod:`cnnbench.schema`,
-    beside the fields), finiteness, then what needs the model, the optimizer tables or the data."""
+    beside the fields), finiteness, then what needs the model, the optimizer tables or the data. The data
+    is settled here unless ``settled`` says what it holds already; returns the settled data."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"no value given for {', '.join(missing)} (set it on the command line, e.g. "
@@ -54,13 +57,16 @@ def check_values(cfg: DictConfig) -> None:
     check_finite(cfg)
     spec = get_model_spec(str(cfg.model.name))  # unknown names raise with the valid list
     check_sections(cfg)
-    settle_dataset(cfg)  # what only the data knows (image folders, CIFAR): bad data refused here
+    if settled is None:
+        settled = settle_dataset(cfg)  # what only the data knows (image folders, CIFAR): bad data refused here
+    n = settled.spec.train_size
     check_min_size(spec.name, input_side(spec.name, cfg.dataset.resize), spec.min_resolution)
     _check_names(cfg)
     check_model_kwargs(spec.name, model_kwargs(cfg))
     check_network_runs(cfg)
-    _check_batch_fits(cfg)
-    _check_selection(cfg)
+    _check_batch_fits(cfg, n)
+    _check_selection(cfg, n)
+    return settled
 
 
 def check_network_runs(cfg: DictConfig) -> None:
@@ -83,12 +89,12 @@ def check_network_runs(cfg: DictConfig) -> None:
                      network_label(cfg))
 
 
-def _check_selection(cfg: DictConfig) -> None:
-    """The validation split, the monitor, early stopping and the objective."""
+def _check_selection(cfg: DictConfig, n: int | None) -> None:
+    """The validation split, the monitor, early stopping and the objective; ``n``: the examples train and
+    validation share."""
     from .selection import Monitor, objective_name
 
     val_size = int(cfg.dataset.val_size)  # an integer >= 0 (schema)
-    n = train_size(cfg)
     if n is not None and val_size >= n:
         raise ConfigError(f"dataset.val_size={val_size} leaves no training examples ({n} examples of "
                           f"{cfg.dataset.name})")
@@ -114,8 +120,7 @@ def check_global_batch(batch_size: int, world_size: int) -> None:
                           f"evenly over the {world_size} processes")
 
 
-def _check_batch_fits(cfg: DictConfig) -> None:
-    n = train_size(cfg)
+def _check_batch_fits(cfg: DictConfig, n: int | None) -> None:
     if n is not None and cfg.trainer.batch_size > n:
         raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is larger than the training set "
                           f"({n} examples of {cfg.dataset.name})")
@@ -153,14 +158,16 @@ def check_device(cfg: DictConfig) -> None:
     check_device_options(cfg.device, resolve_device(str(cfg.device.type), index))
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Every check that needs only the composed config (no Hydra run folder)."""
-    check_values(cfg)
+def validate_config(cfg: DictConfig, settled: SettledData | None = None) -> RunSpec:
+    """Every check that needs only the composed config (no Hydra run folder), once; returns the checked
+    spec that ``train`` and ``build_run`` take. ``settled``: the data as an equal config settled it already."""
+    settled = check_values(cfg, settled)
     check_device(cfg)
-    check_memory(cfg)
+    check_memory(cfg, settled.spec.bytes)
+    return run_spec(cfg, settled)
 
 
-def check_memory(cfg: DictConfig) -> None:
+def check_memory(cfg: DictConfig, data_bytes: int | None = None) -> None:
     """A training step that clearly cannot fit in the device's memory (without creating a CUDA context)."""
     import torch
 
@@ -175,7 +182,7 @@ def check_memory(cfg: DictConfig) -> None:
     device = resolve_device(str(cfg.device.type), index)
     if device.type == "cuda" and world > 1:  # under torchrun each rank checks its own GPU
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    check_step_fits(cfg, device, world)
+    check_step_fits(cfg, device, world, data_bytes=data_bytes)
 
 
 # ------------------------------------------------------------------------- command-line pre-flight
