@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Number
 from typing import Any
@@ -34,6 +34,11 @@ __all__ = [
     "DROPOUT",
     "positive_int",
     "positive_ints",
+    "one_of",
+    "boolean",
+    "int_table",
+    "positive_ints_or_empty",
+    "non_negative_int",
 ]
 
 
@@ -79,6 +84,11 @@ def positive_int(divides: int | None = None, example: int = 1) -> ModelKwarg:
     return ModelKwarg(words, lambda v: _is_int(v) and v > 0 and (divides is None or divides % v == 0), example)
 
 
+def non_negative_int(example: int = 0) -> ModelKwarg:
+    """An integer >= 0 (a padding)."""
+    return ModelKwarg("an integer >= 0", lambda v: _is_int(v) and v >= 0, example)
+
+
 def positive_number(example: float) -> ModelKwarg:
     """A number above 0 (not a bool)."""
     return ModelKwarg("a positive number", lambda v: _is_number(v) and v > 0, example)
@@ -89,6 +99,32 @@ def positive_ints(example: tuple[int, ...]) -> ModelKwarg:
     return ModelKwarg("a non-empty list of positive integers",
                       lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_int(x) and x > 0 for x in v),
                       list(example))
+
+
+def positive_ints_or_empty(example: tuple[int, ...]) -> ModelKwarg:
+    """A list of positive integers, possibly empty (e.g. no hidden layer)."""
+    return ModelKwarg("a list of positive integers (may be empty)",
+                      lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) and x > 0 for x in v), list(example))
+
+
+def one_of(choices: Sequence[str], example: str) -> ModelKwarg:
+    """One name out of ``choices``."""
+    return ModelKwarg("one of " + ", ".join(choices), lambda v: isinstance(v, str) and v in choices, example)
+
+
+def boolean(example: bool) -> ModelKwarg:
+    """true or false."""
+    return ModelKwarg("true or false", lambda v: isinstance(v, bool), example)
+
+
+def int_table(columns: int, example: Sequence[Sequence[int]], words: str) -> ModelKwarg:
+    """A non-empty table of rows of ``columns`` positive integers, e.g. VGG's [[1, 64], [1, 128]]."""
+    def valid(v: Any) -> bool:
+        return (isinstance(v, (list, tuple)) and len(v) > 0
+                and all(isinstance(r, (list, tuple)) and len(r) == columns and all(_is_int(x) and x > 0 for x in r)
+                        for r in v))
+    return ModelKwarg(f"a non-empty list of [{words}] rows of positive integers", valid,
+                      [list(r) for r in example])
 
 
 @dataclass(frozen=True)
