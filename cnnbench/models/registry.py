@@ -30,6 +30,7 @@ __all__ = [
     "get_model_spec",
     "check_min_size",
     "check_model_kwargs",
+    "models_taking",
     "input_side",
     "DROPOUT",
     "positive_int",
@@ -200,6 +201,11 @@ def input_side(name: str, resize: int | None = None) -> int:
     """The input side (pixels) a run of ``name`` uses: ``resize`` (``dataset.resize``) when given, else
     the resolution the book trains that network at. The one place this rule is written."""
     return int(resize) if resize else get_model_spec(name).book_resolution
+
+
+def models_taking(key: str) -> list[str]:
+    """The registered networks that declare the keyword argument ``key`` (``model.KEY``)."""
+    return [name for name, spec in _REGISTRY.items() if key in spec.kwargs]
 
 
 def check_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:

@@ -20,8 +20,8 @@ from ..config import override_key
 from ..data.sources import settle_dataset, train_size
 from ..errors import ConfigError, one_line
 from ..models import get_model_spec, input_side
-from ..models.configured import model_kwargs
-from ..models.registry import check_min_size, check_model_kwargs
+from ..models.configured import model_from_config, model_kwargs
+from ..models.registry import check_min_size, check_model_kwargs, models_taking
 from ..schema import check_sections, type_error_sentence
 
 
@@ -58,6 +58,7 @@ def check_values(cfg: DictConfig) -> None:
     check_min_size(spec.name, input_side(spec.name, cfg.dataset.resize), spec.min_resolution)
     _check_names(cfg)
     check_model_kwargs(spec.name, model_kwargs(cfg))
+    _check_model_builds(cfg)
     _check_batch_fits(cfg)
     _check_selection(cfg)
 
@@ -90,6 +91,16 @@ def check_global_batch(batch_size: int, world_size: int) -> None:
     if world_size > 1 and batch_size % world_size:
         raise ConfigError(f"trainer.batch_size={batch_size} is the global batch and must divide "
                           f"evenly over the {world_size} processes")
+
+
+def _check_model_builds(cfg: DictConfig) -> None:
+    """Knob settings each valid alone but impossible together (LeNet's kernels that shrink the image to
+    nothing, a VGG width the divisor does not divide): the family's factory refuses them naming the knob.
+    Built on the meta device: shapes only, no memory, milliseconds even for VGG's 129M parameters."""
+    import torch
+
+    with torch.device("meta"):
+        model_from_config(cfg)
 
 
 def _check_batch_fits(cfg: DictConfig) -> None:
@@ -198,7 +209,10 @@ def explain_override_error(exc: BaseException, known: Iterable[str]) -> str:
     if first.startswith("Could not override '"):
         key = first.split("'")[1]
         known = list(known)
-        if key in known:  # a key of the default option of its group, not of the one chosen (Adam's momentum)
+        takers = models_taking(key.removeprefix("model.")) if key.startswith("model.") else []
+        if takers and key not in known:  # a knob of another family (model.conv_arch on LeNet)
+            hint = f"; it is a knob of {', '.join(takers)}, not of the chosen model (pick one with model=NAME)"
+        elif key in known:  # a key of the default option of its group, not of the one chosen (Adam's momentum)
             hint = f"; the chosen {key.split('.')[0]} option does not have it (cnnbench train --cfg job shows its keys)"
         else:
             hint = _did_you_mean(key, known) or "; see the keys with: cnnbench train --cfg job"
