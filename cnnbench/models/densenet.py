@@ -105,8 +105,8 @@ COMPRESSION = ModelKwarg("a number in (0, 1]", lambda v: isinstance(v, (int, flo
 
 
 @register_model(family="densenet", book_resolution=96, min_resolution=smallest_input(_STEPS), kwargs={
-    "num_convs_in_dense_blocks": positive_ints((4, 4, 4, 4)), "growth_rate": positive_int(example=32),
-    "stem_channels": positive_int(example=64), "compression": COMPRESSION, "transition_pool": POOLING,
+    "num_convs_in_dense_blocks": positive_ints((2, 2, 2, 2)), "growth_rate": positive_int(example=16),
+    "stem_channels": positive_int(example=32), "compression": COMPRESSION, "transition_pool": POOLING,
     "bottleneck": boolean(True)})
 def densenet(in_channels: int = 1, num_classes: int = 10, image_size: int = 96, **kwargs) -> DenseNet:
     """DenseNet as in D2L 7.7: blocks of 4 convs, growth rate 32, transitions halving channels."""

@@ -43,12 +43,12 @@ def conv(in_channels: int, out_channels: int, kernel_size: int, batch_norm: bool
 
 
 def five_by_five(in_channels: int, out_channels: int, batch_norm: bool, factorize: bool) -> nn.Module:
-    """Path 3's 5x5 conv, or two 3x3 convs with a ReLU between them (the same 5x5 receptive field,
-    18 instead of 25 weights per channel pair)."""
+    """Path 3's 5x5 conv, or two 3x3 convs with a ReLU between them: the same 5x5 receptive field, the first
+    keeping the 1x1 reduction's width (9 x in^2 + 9 x in x out weights instead of 25 x in x out)."""
     if not factorize:
         return conv(in_channels, out_channels, 5, batch_norm, padding=2)
-    return nn.Sequential(conv(in_channels, out_channels, 3, batch_norm, padding=1), nn.ReLU(),
-                         conv(out_channels, out_channels, 3, batch_norm, padding=1))
+    return nn.Sequential(conv(in_channels, in_channels, 3, batch_norm, padding=1), nn.ReLU(),
+                         conv(in_channels, out_channels, 3, batch_norm, padding=1))
 
 
 class Inception(nn.Module):

@@ -12,7 +12,7 @@ hidden layer, and BatchNorm's place (before/after the activation) and the bias o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -25,8 +25,11 @@ BOOK_KERNELS = (5, 5)
 BOOK_HIDDEN = (120, 84)
 
 
-def _stages(first_padding: int, kernel_sizes: Sequence[int] = BOOK_KERNELS) -> list[Step]:
-    # conv k (padding p on the first only) -> pool 2/2, per stage, as (kernel, stride, padding)
+def _stages(first_padding: int, kernel_sizes: Sequence[int] = BOOK_KERNELS, depth: int | None = None) -> list[Step]:
+    # conv k (padding p on the first only) -> pool 2/2, per stage, as (kernel, stride, padding); one kernel
+    # size stands for all ``depth`` convs
+    if len(kernel_sizes) == 1 and depth:
+        kernel_sizes = list(kernel_sizes) * depth
     steps: list[Step] = []
     for i, k in enumerate(kernel_sizes):
         steps += [(k, 1, first_padding if i == 0 else 0), (2, 2, 0)]
@@ -53,9 +56,11 @@ class LeNet(nn.Sequential):
         bn_position: str = "before",
         bias: bool = True,
     ) -> None:
+        if len(kernel_sizes) == 1:  # one size for every conv: sweeping model.channels alone changes the depth
+            kernel_sizes = list(kernel_sizes) * len(channels)
         if len(kernel_sizes) != len(channels):
             refuse(f"model.kernel_sizes has {len(kernel_sizes)} entries but model.channels has {len(channels)}: "
-                   "give one kernel size per conv layer")
+                   "give one kernel size per conv layer, or one for all")
         steps = _stages(first_padding, kernel_sizes)
         side = out_side(image_size, steps)  # 5 at 28 with the book's padding 2, 4 without
         if side < 1:
@@ -84,10 +89,10 @@ class LeNet(nn.Sequential):
 LENET_KWARGS = {
     "activation": ACTIVATION,
     "pooling": POOLING,
-    "channels": positive_ints((6, 16)),
-    "kernel_sizes": positive_ints((5, 5)),
-    "first_padding": non_negative_int(example=2),
-    "hidden": positive_ints_or_empty((120, 84)),
+    "channels": positive_ints((16, 32)),
+    "kernel_sizes": positive_ints((3, 3)),
+    "first_padding": non_negative_int(example=1),
+    "hidden": positive_ints_or_empty((256,)),
     "dropout": DROPOUT,
     "batch_norm": boolean(True),
     "bn_position": BN_POSITION,
@@ -95,14 +100,27 @@ LENET_KWARGS = {
 }
 
 
-@register_model(family="lenet", book_resolution=28, min_resolution=smallest_input(_stages(2)), kwargs=LENET_KWARGS)
+def _min_side(first_padding: int) -> Callable[..., int]:
+    """The smallest input side for the given conv knobs (``first_padding``: the factory's default)."""
+    def min_side(first_padding: int = first_padding, kernel_sizes: Sequence[int] = BOOK_KERNELS,
+                 channels: Sequence[int] = BOOK_CHANNELS) -> int:
+        return smallest_input(_stages(first_padding, kernel_sizes, len(channels)))
+    return min_side
+
+
+GEOMETRY = ("channels", "kernel_sizes", "first_padding")
+
+
+@register_model(family="lenet", book_resolution=28, min_resolution=smallest_input(_stages(2)), kwargs=LENET_KWARGS,
+                min_side=_min_side(2), geometry=GEOMETRY)
 def lenet(in_channels: int = 1, num_classes: int = 10, image_size: int = 28, first_padding: int = 2,
           batch_norm: bool = False, **kwargs) -> LeNet:
     """LeNet-5 as in D2L 6.6 (sigmoid, average pooling, first conv padded by 2)."""
     return LeNet(in_channels, num_classes, image_size, first_padding=first_padding, batch_norm=batch_norm, **kwargs)
 
 
-@register_model(family="lenet", book_resolution=28, min_resolution=smallest_input(_stages(0)), kwargs=LENET_KWARGS)
+@register_model(family="lenet", book_resolution=28, min_resolution=smallest_input(_stages(0)), kwargs=LENET_KWARGS,
+                min_side=_min_side(0), geometry=GEOMETRY)
 def lenet_bn(in_channels: int = 1, num_classes: int = 10, image_size: int = 28, first_padding: int = 0,
              batch_norm: bool = True, **kwargs) -> LeNet:
     """LeNet with batch normalization as in D2L 8.5 (no padding on the first conv)."""

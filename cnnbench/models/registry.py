@@ -29,6 +29,7 @@ __all__ = [
     "list_models",
     "get_model_spec",
     "check_min_size",
+    "min_input",
     "check_model_kwargs",
     "models_taking",
     "input_side",
@@ -76,7 +77,7 @@ def _is_number(v: Any) -> bool:
 
 
 # A dropout probability: 1 would zero every activation.
-DROPOUT = ModelKwarg("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1, 0.5)
+DROPOUT = ModelKwarg("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1, 0.25)
 
 
 def positive_int(divides: int | None = None, example: int = 1) -> ModelKwarg:
@@ -139,6 +140,9 @@ class ModelSpec:
     min_resolution: int  # pixels; the smallest input side for which the network builds
     description: str = ""
     kwargs: Mapping[str, ModelKwarg] = field(default_factory=dict)  # what ``model.*`` may set
+    # The smallest input side (pixels) for given knobs, e.g. LeNet's kernel sizes; None: min_resolution always.
+    min_side: Callable[..., int] | None = None
+    geometry: tuple[str, ...] = ()  # the knobs min_side reads, named when they make an input too small
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -152,11 +156,14 @@ def register_model(
     min_resolution: int = 1,
     description: str = "",
     kwargs: Mapping[str, ModelKwarg] | None = None,
+    min_side: Callable[..., int] | None = None,
+    geometry: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a model factory under ``name`` (default: the function's name).
 
     ``kwargs`` declares the keyword arguments the factory takes from the ``model`` group (beyond
     in_channels, num_classes and image_size) and their allowed values; validation refuses any other.
+    ``min_side(**knobs)`` gives the smallest input side when the knobs named in ``geometry`` change it.
     """
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -172,6 +179,8 @@ def register_model(
             min_resolution=min_resolution,
             description=description or first_doc_line,
             kwargs=dict(kwargs or {}),
+            min_side=min_side,
+            geometry=tuple(geometry),
         )
         return factory
 
@@ -220,11 +229,24 @@ def check_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
             raise ModelArgumentError(f"model.{key} must be {declared.allowed} for {name}, got {value!r}")
 
 
-def check_min_size(name: str, image_size: int, min_size: int) -> None:
-    """Fail early, with the smallest size that works, when ``image_size`` is too small."""
+def min_input(name: str, kwargs: Mapping[str, Any] | None = None) -> int:
+    """The smallest input side (pixels) ``name`` builds for with these ``model.*`` knobs."""
+    spec = get_model_spec(name)
+    if spec.min_side is None:
+        return spec.min_resolution
+    return spec.min_side(**{k: v for k, v in (kwargs or {}).items() if k in spec.geometry})
+
+
+def check_min_size(name: str, image_size: int, min_size: int, knobs: Mapping[str, Any] | None = None) -> None:
+    """Fail early, with the smallest size that works, when ``image_size`` is too small; ``knobs``: the
+    ``model.*`` settings that moved the smallest size away from the book's network's (named in the message)."""
     if image_size < min_size:
+        spec = get_model_spec(name) if name in _REGISTRY else None
+        because = ""
+        if knobs and spec is not None and min_size != spec.min_resolution:
+            because = " with " + ", ".join(f"model.{k}={v}" for k, v in knobs.items() if k in spec.geometry)
         raise InputTooSmallError(
-            f"{name} cannot take {image_size}x{image_size} inputs: its layers shrink the image "
+            f"{name} cannot take {image_size}x{image_size} inputs{because}: its layers shrink the image "
             f"to nothing; the smallest size that works is {min_size} (try dataset.resize={min_size} "
             "or larger)"
         )
@@ -244,5 +266,5 @@ def build_model(
     """
     spec = get_model_spec(name)
     size = input_side(name, image_size)
-    check_min_size(name, size, spec.min_resolution)
+    check_min_size(name, size, min_input(name, kwargs), kwargs)
     return spec.factory(in_channels=in_channels, num_classes=num_classes, image_size=size, **kwargs)

@@ -84,7 +84,7 @@ class VGG(nn.Sequential):
 # Every conv width of the named tables (64 to 512) is a multiple of 64, so a divisor of 64 keeps them all whole.
 VGG_KWARGS = {
     "conv_arch": int_table(2, ((1, 64), (1, 128), (2, 256)), "number of 3x3 convs, output channels"),
-    "width_div": positive_int(divides=64, example=4),
+    "width_div": positive_int(divides=64, example=8),
     "dropout": DROPOUT,
     "batch_norm": boolean(True),
     "hidden": positive_ints_or_empty((1024, 1024)),
@@ -98,7 +98,11 @@ def _register(name: str, arch: str, default_div: int, doc: str) -> None:
         return VGG(table, in_channels, num_classes, image_size, width_div=width_div, **kw)
 
     factory.__doc__ = doc
-    register_model(name, family="vgg", book_resolution=224, min_resolution=_MIN_SIDE, kwargs=VGG_KWARGS)(factory)
+    def min_side(conv_arch: ConvArch | None = None) -> int:  # every block halves the side
+        return smallest_input([_POOL] * len(CONV_ARCHS[arch] if conv_arch is None else conv_arch))
+
+    register_model(name, family="vgg", book_resolution=224, min_resolution=_MIN_SIDE, kwargs=VGG_KWARGS,
+                   min_side=min_side, geometry=("conv_arch",))(factory)
 
 
 _register("vgg11", "vgg11", 4, "VGG-11 with conv widths / 4, as D2L 7.2 trains it.")

@@ -21,7 +21,7 @@ from ..data.sources import settle_dataset, train_size
 from ..errors import ConfigError, one_line
 from ..models import get_model_spec, input_side
 from ..models.configured import model_from_config, model_kwargs
-from ..models.registry import check_min_size, check_model_kwargs, models_taking
+from ..models.registry import check_min_size, check_model_kwargs, min_input, models_taking
 from ..schema import check_sections, type_error_sentence
 
 
@@ -55,9 +55,10 @@ def check_values(cfg: DictConfig) -> None:
     spec = get_model_spec(str(cfg.model.name))  # unknown names raise with the valid list
     check_sections(cfg)
     settle_dataset(cfg)  # what only the data knows (image folders, CIFAR): bad data refused here
-    check_min_size(spec.name, input_side(spec.name, cfg.dataset.resize), spec.min_resolution)
+    knobs = model_kwargs(cfg)
+    check_model_kwargs(spec.name, knobs)  # first: the smallest input side is computed from the knobs
+    check_min_size(spec.name, input_side(spec.name, cfg.dataset.resize), min_input(spec.name, knobs), knobs)
     _check_names(cfg)
-    check_model_kwargs(spec.name, model_kwargs(cfg))
     _check_model_builds(cfg)
     _check_batch_fits(cfg)
     _check_selection(cfg)
