@@ -10,6 +10,7 @@ paper's option A, a strided identity with zero channels added, no parameters).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -154,7 +155,7 @@ class ResNet(nn.Sequential):
         shortcut: str = "conv",
     ) -> None:
         widths = [stages[0][0] // EXPANSION if block == "bottleneck" else stages[0][0]] + [c for c, _ in stages]
-        if shortcut == "zero_pad" and any(b < a for a, b in zip(widths, widths[1:])):
+        if shortcut == "zero_pad" and any(b < a for a, b in itertools.pairwise(widths)):
             refuse(f"model.shortcut=zero_pad pads channels with zeros, so no stage of model.stages "
                    f"{[list(r) for r in stages]} may be narrower than the one before it")
         stem_channels = stages[0][0] // EXPANSION if block == "bottleneck" else stages[0][0]
