@@ -241,3 +241,17 @@ def test_model_argument_errors_are_cnnbench_errors():
     with pytest.raises(ModelArgumentError):
         build_model("lenet", channels=[6], kernel_sizes=[5, 5])
     assert OmegaConf.is_list(compose_config(["model=vgg16"]).model.conv_arch)
+
+
+def test_summary_shows_the_layers_and_counts_of_any_setting(capsys):
+    """``cnnbench summary NAME model.KNOB=...``: the layer table, parameters and FLOPs of that variant; a value
+    the family does not allow is one line, exit 2."""
+    from cnnbench.cli import main
+
+    assert main(["summary", "lenet", "model.pooling=max", "model.activation=relu", "model.channels=[16,32]"]) == 0
+    out = capsys.readouterr().out
+    assert "MaxPool2d output shape:\ttorch.Size([1, 16, 14, 14])" in out and "Sigmoid" not in out
+    assert "parameters: 120,382" in out and "forward FLOPs per image: 3,401,040" in out
+    assert main(["summary", "lenet", "model.pooling=mean"]) == 2
+    err = capsys.readouterr().err
+    assert err == "cnnbench summary: error: model.pooling must be one of avg, max for lenet, got 'mean'\n"

@@ -159,7 +159,9 @@ def preflight(line: CommandLine) -> str | None:
         if multirun:
             _check_optimizing_sweep(cfg)
         if added:
-            base = compose_config([o for o in job if not o.startswith("+")], source=source)
+            # The base keeps added groups (+exercise=...): the job's other overrides may set their keys.
+            base = compose_config([o for o in job if not o.startswith("+") or override_key(o) in groups],
+                                  source=source)
             check_added_keys(added, base, groups)
         out_dir = str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
         check_output_dir(out_dir)
