@@ -72,6 +72,11 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_list(v: Any) -> bool:
+    """A list of values: a list, a tuple, or the config's ListConfig (any sequence but a string)."""
+    return isinstance(v, Sequence) and not isinstance(v, (str, bytes))
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, Number) and not isinstance(v, bool)
 
@@ -99,14 +104,14 @@ def positive_number(example: float) -> ModelKwarg:
 def positive_ints(example: tuple[int, ...]) -> ModelKwarg:
     """A non-empty list of positive integers."""
     return ModelKwarg("a non-empty list of positive integers",
-                      lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_int(x) and x > 0 for x in v),
+                      lambda v: _is_list(v) and len(v) > 0 and all(_is_int(x) and x > 0 for x in v),
                       list(example))
 
 
 def positive_ints_or_empty(example: tuple[int, ...]) -> ModelKwarg:
     """A list of positive integers, possibly empty (e.g. no hidden layer)."""
     return ModelKwarg("a list of positive integers (may be empty)",
-                      lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) and x > 0 for x in v), list(example))
+                      lambda v: _is_list(v) and all(_is_int(x) and x > 0 for x in v), list(example))
 
 
 def one_of(choices: Sequence[str], example: str) -> ModelKwarg:
@@ -122,8 +127,8 @@ def boolean(example: bool) -> ModelKwarg:
 def int_table(columns: int, example: Sequence[Sequence[int]], words: str) -> ModelKwarg:
     """A non-empty table of rows of ``columns`` positive integers, e.g. VGG's [[1, 64], [1, 128]]."""
     def valid(v: Any) -> bool:
-        return (isinstance(v, (list, tuple)) and len(v) > 0
-                and all(isinstance(r, (list, tuple)) and len(r) == columns and all(_is_int(x) and x > 0 for x in r)
+        return (_is_list(v) and len(v) > 0
+                and all(_is_list(r) and len(r) == columns and all(_is_int(x) and x > 0 for x in r)
                         for r in v))
     return ModelKwarg(f"a non-empty list of [{words}] rows of positive integers", valid,
                       [list(r) for r in example])
