@@ -255,3 +255,16 @@ def test_summary_shows_the_layers_and_counts_of_any_setting(capsys):
     assert main(["summary", "lenet", "model.pooling=mean"]) == 2
     err = capsys.readouterr().err
     assert err == "cnnbench summary: error: model.pooling must be one of avg, max for lenet, got 'mean'\n"
+
+
+def test_a_run_from_before_the_knobs_resumes_as_the_same_network():
+    """A checkpoint whose model section has only ``name`` (written before the knobs existed) compares equal to
+    today's config of that network: its absent knobs were the book's values. A changed knob is still a change."""
+    from cnnbench.run.resume import config_changes
+
+    cfg = compose_config(["model=lenet_bn"])
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    saved["model"] = {"name": "lenet_bn"}
+    assert config_changes(saved, cfg) == []
+    changed = [str(c) for c in config_changes(saved, compose_config(["model=lenet_bn", "model.pooling=max"]))]
+    assert changed == ["model.pooling: avg -> max"]
