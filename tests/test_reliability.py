@@ -496,10 +496,10 @@ BAD_VALUES = [
     (["model=vgg11", "model.width_div=0"], "model.width_div must be a positive integer dividing 64 for vgg11, got 0"),
     (["model=vgg11", "model.width_div=3"], "model.width_div must be a positive integer dividing 64 for vgg11, got 3"),
     (["model=alexnet", "model.dropout=1.0"], "model.dropout must be a number in [0, 1) for alexnet, got 1.0"),
-    (["model=lenet", "+model.dropout=0.5"], "model lenet takes no keyword argument 'dropout' (model.dropout); it "
-                                            "takes none"),
+    (["model=lenet", "+model.lrn=true"], "model lenet takes no keyword argument 'lrn' (model.lrn); it "
+                                         "takes activation, pooling, channels"),
     (["model=vgg11", "+model.widht_div=2"], "model vgg11 takes no keyword argument 'widht_div' (model.widht_div); it "
-                                            "takes width_div, dropout"),
+                                            "takes conv_arch, width_div, dropout"),
     (["model=resnet18", "dataset.resize=4096"], "a training step of resnet18 at batch size 256, 4096x4096 inputs, fp32 "
                                                 "precision needs about "),
 ]

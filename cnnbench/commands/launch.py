@@ -110,13 +110,30 @@ def _jobs(line: CommandLine) -> list[list[str]]:
     if not line.multirun:
         return [overrides]
     try:
-        return expand_sweep(overrides)
+        return expand_sweep([*_basic_sweep_params(line), *overrides])
     except HydraException:
         try:
             parsed = OverridesParser.create().parse_overrides(overrides)
         except HydraException as exc:
             raise ConfigError(f"cannot parse the sweep: {str(exc).strip().splitlines()[0]}") from None
         return [[p.input_line for p in parsed if not p.is_sweep_override()]]
+
+
+def _basic_sweep_params(line: CommandLine) -> list[str]:
+    """A basic sweep's ``hydra.sweeper.params`` from the config (an exercise file's) as ``key=values``, which
+    Hydra's BasicSweeper puts before the command line's (a key on both: the command line's wins), so every
+    job they make is checked here too; none for other sweepers or a config that does not compose."""
+    from hydra.errors import HydraException
+
+    from ..config import compose_config
+
+    try:
+        sweeper = compose_config(line.overrides, return_hydra_config=True, source=line.source).hydra.sweeper
+    except HydraException:
+        return []  # preflight's own composition says why, in one line
+    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return []
+    return [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
 
 
 def preflight(line: CommandLine) -> tuple[str | None, dict[str, RunSpec]]:
@@ -152,7 +169,9 @@ def preflight(line: CommandLine) -> tuple[str | None, dict[str, RunSpec]]:
         if multirun:
             sweeper_warnings.update(dict.fromkeys(w for w in [_check_optimizing_sweep(cfg)] if w))
         if added:
-            base = compose_config([o for o in job if not o.startswith("+")], source=source)
+            # The base keeps added groups (+exercise=...): the job's other overrides may set their keys.
+            base = compose_config([o for o in job if not o.startswith("+") or override_key(o) in groups],
+                                  source=source)
             check_added_keys(added, base, groups)
         out_dir = str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
         check_output_dir(out_dir)

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .external import network_record as _record
-from .registry import build_model, input_side
+from .registry import build_model, check_model_kwargs, input_side
 
 INIT_SCHEMES = ("xavier", "default")  # trainer.init
 
@@ -24,9 +24,12 @@ def model_kwargs(cfg: DictConfig) -> dict:
 
 
 def model_from_config(cfg: DictConfig) -> nn.Module:
-    """The configured network, sized for the dataset's channels, classes and the run's input side."""
+    """The configured network, sized for the dataset's channels, classes and the run's input side; a
+    ``model.*`` value its family does not allow is refused in one line (``cnnbench summary`` too)."""
+    kwargs = model_kwargs(cfg)
+    check_model_kwargs(cfg.model.name, kwargs)
     return build_model(cfg.model.name, in_channels=cfg.dataset.in_channels, num_classes=cfg.dataset.num_classes,
-                       image_size=image_size(cfg), **model_kwargs(cfg))
+                       image_size=image_size(cfg), **kwargs)
 
 
 def network_label(cfg: DictConfig) -> str:

@@ -16,7 +16,7 @@ import difflib
 import fnmatch
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Number
 from typing import Any
@@ -40,11 +40,18 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "get_model_spec",
     "check_min_size",
+    "min_input",
     "check_model_kwargs",
+    "models_taking",
     "input_side",
     "DROPOUT",
     "positive_int",
     "positive_ints",
+    "one_of",
+    "boolean",
+    "int_table",
+    "positive_ints_or_empty",
+    "non_negative_int",
 ]
 
 
@@ -76,18 +83,28 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_list(v: Any) -> bool:
+    """A list of values: a list, a tuple, or the config's ListConfig (any sequence but a string)."""
+    return isinstance(v, Sequence) and not isinstance(v, (str, bytes))
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, Number) and not isinstance(v, bool)
 
 
 # A dropout probability: 1 would zero every activation.
-DROPOUT = ModelKwarg("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1, 0.5)
+DROPOUT = ModelKwarg("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1, 0.25)
 
 
 def positive_int(divides: int | None = None, example: int = 1) -> ModelKwarg:
     """A positive integer (that divides ``divides``, when given)."""
     words = "a positive integer" + (f" dividing {divides}" if divides else "")
     return ModelKwarg(words, lambda v: _is_int(v) and v > 0 and (divides is None or divides % v == 0), example)
+
+
+def non_negative_int(example: int = 0) -> ModelKwarg:
+    """An integer >= 0 (a padding)."""
+    return ModelKwarg("an integer >= 0", lambda v: _is_int(v) and v >= 0, example)
 
 
 def positive_number(example: float) -> ModelKwarg:
@@ -98,8 +115,34 @@ def positive_number(example: float) -> ModelKwarg:
 def positive_ints(example: tuple[int, ...]) -> ModelKwarg:
     """A non-empty list of positive integers."""
     return ModelKwarg("a non-empty list of positive integers",
-                      lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_int(x) and x > 0 for x in v),
+                      lambda v: _is_list(v) and len(v) > 0 and all(_is_int(x) and x > 0 for x in v),
                       list(example))
+
+
+def positive_ints_or_empty(example: tuple[int, ...]) -> ModelKwarg:
+    """A list of positive integers, possibly empty (e.g. no hidden layer)."""
+    return ModelKwarg("a list of positive integers (may be empty)",
+                      lambda v: _is_list(v) and all(_is_int(x) and x > 0 for x in v), list(example))
+
+
+def one_of(choices: Sequence[str], example: str) -> ModelKwarg:
+    """One name out of ``choices``."""
+    return ModelKwarg("one of " + ", ".join(choices), lambda v: isinstance(v, str) and v in choices, example)
+
+
+def boolean(example: bool) -> ModelKwarg:
+    """true or false."""
+    return ModelKwarg("true or false", lambda v: isinstance(v, bool), example)
+
+
+def int_table(columns: int, example: Sequence[Sequence[int]], words: str) -> ModelKwarg:
+    """A non-empty table of rows of ``columns`` positive integers, e.g. VGG's [[1, 64], [1, 128]]."""
+    def valid(v: Any) -> bool:
+        return (_is_list(v) and len(v) > 0
+                and all(_is_list(r) and len(r) == columns and all(_is_int(x) and x > 0 for x in r)
+                        for r in v))
+    return ModelKwarg(f"a non-empty list of [{words}] rows of positive integers", valid,
+                      [list(r) for r in example])
 
 
 @dataclass(frozen=True)
@@ -114,6 +157,9 @@ class ModelSpec:
     description: str = ""
     kwargs: Mapping[str, ModelKwarg] = field(default_factory=dict)  # what ``model.*`` may set
     source: bool = False  # builds any network its arguments name (custom, torchvision, timm): not one network
+    # The smallest input side (pixels) for given knobs, e.g. LeNet's kernel sizes; None: min_resolution always.
+    min_side: Callable[..., int] | None = None
+    geometry: tuple[str, ...] = ()  # the knobs min_side reads, named when they make an input too small
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -128,12 +174,15 @@ def register_model(
     description: str = "",
     kwargs: Mapping[str, ModelKwarg] | None = None,
     source: bool = False,
+    min_side: Callable[..., int] | None = None,
+    geometry: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a model factory under ``name`` (default: the function's name).
 
     ``kwargs`` declares the keyword arguments the factory takes from the ``model`` group (beyond
     in_channels, num_classes and image_size) and their allowed values; validation refuses any other.
     ``source``: the factory builds the network its arguments name (``model=torchvision model.arch=...``).
+    ``min_side(**knobs)`` gives the smallest input side when the knobs named in ``geometry`` change it.
     """
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -150,6 +199,8 @@ def register_model(
             description=description or first_doc_line,
             kwargs=dict(kwargs or {}),
             source=source,
+            min_side=min_side,
+            geometry=tuple(geometry),
         )
         return factory
 
@@ -189,6 +240,11 @@ def input_side(name: str, resize: int | None = None) -> int:
     return int(resize) if resize else get_model_spec(name).book_resolution
 
 
+def models_taking(key: str) -> list[str]:
+    """The registered networks that declare the keyword argument ``key`` (``model.KEY``)."""
+    return [name for name, spec in _REGISTRY.items() if key in spec.kwargs]
+
+
 def check_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
     """Refuse a ``model.*`` argument the family of ``name`` does not declare, or a value it does not allow."""
     spec = get_model_spec(name)
@@ -201,11 +257,24 @@ def check_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
             raise ModelArgumentError(f"model.{key} must be {declared.allowed} for {name}, got {value!r}")
 
 
-def check_min_size(name: str, image_size: int, min_size: int) -> None:
-    """Fail early, with the smallest size that works, when ``image_size`` is too small."""
+def min_input(name: str, kwargs: Mapping[str, Any] | None = None) -> int:
+    """The smallest input side (pixels) ``name`` builds for with these ``model.*`` knobs."""
+    spec = get_model_spec(name)
+    if spec.min_side is None:
+        return spec.min_resolution
+    return spec.min_side(**{k: v for k, v in (kwargs or {}).items() if k in spec.geometry})
+
+
+def check_min_size(name: str, image_size: int, min_size: int, knobs: Mapping[str, Any] | None = None) -> None:
+    """Fail early, with the smallest size that works, when ``image_size`` is too small; ``knobs``: the
+    ``model.*`` settings that moved the smallest size away from the book's network's (named in the message)."""
     if image_size < min_size:
+        spec = get_model_spec(name) if name in _REGISTRY else None
+        because = ""
+        if knobs and spec is not None and min_size != spec.min_resolution:
+            because = " with " + ", ".join(f"model.{k}={v}" for k, v in knobs.items() if k in spec.geometry)
         raise InputTooSmallError(
-            f"{name} cannot take {image_size}x{image_size} inputs: its layers shrink the image "
+            f"{name} cannot take {image_size}x{image_size} inputs{because}: its layers shrink the image "
             f"to nothing; the smallest size that works is {min_size} (try dataset.resize={min_size} "
             "or larger)"
         )
@@ -225,7 +294,7 @@ def build_model(
     """
     spec = get_model_spec(name)
     size = input_side(name, image_size)
-    check_min_size(name, size, spec.min_resolution)
+    check_min_size(name, size, min_input(name, kwargs), kwargs)
     return spec.factory(in_channels=in_channels, num_classes=num_classes, image_size=size, **kwargs)
 
 

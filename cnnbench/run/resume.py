@@ -125,6 +125,7 @@ def _as_plain(cfg: DictConfig) -> dict:
 def config_changes(saved: dict, cfg: DictConfig) -> list[Change]:
     """Every setting that differs between a checkpoint's config and ``cfg``, sorted by key."""
     old, new = flatten(saved), flatten(_as_plain(cfg))
+    old.update({k: v for k, v in book_knobs(saved).items() if k not in old})
     changes = []
     for key in sorted(set(old) | set(new)):
         before = old.get(key, ABSENT_MEANS.get(key, _ABSENT))
@@ -132,6 +133,21 @@ def config_changes(saved: dict, cfg: DictConfig) -> list[Change]:
         if before != after:
             changes.append(Change(key, before, after, is_meaning_key(key)))
     return changes
+
+
+def book_knobs(saved: dict) -> dict[str, Any]:
+    """The ``model.*`` knobs a run from before they existed was trained with: its network's option file's
+    values (the book's network), as flat keys; none when the file is gone or names another network."""
+    from ..config import config_dir
+
+    name = (saved.get("model") or {}).get("name")
+    path = config_dir() / "model" / f"{name}.yaml"
+    if not name or not path.is_file():
+        return {}
+    option = OmegaConf.to_container(OmegaConf.load(path))
+    if not isinstance(option, dict) or option.get("name") != name:
+        return {}
+    return {f"model.{k}": v for k, v in option.items() if k != "name"}
 
 
 def peek_checkpoint(path: Path) -> dict | None:

@@ -21,8 +21,8 @@ from ..config import override_key
 from ..data.sources import SettledData, settle_dataset
 from ..errors import ConfigError, one_line
 from ..models import get_model_spec, input_side
-from ..models.configured import model_kwargs
-from ..models.registry import check_min_size, check_model_kwargs
+from ..models.configured import model_from_config, model_kwargs
+from ..models.registry import check_min_size, check_model_kwargs, min_input, models_taking
 from ..schema import check_sections, type_error_sentence
 from .spec import RunSpec, run_spec
 
@@ -60,33 +60,36 @@ def check_values(cfg: DictConfig, settled: SettledData | None = None) -> Settled
     if settled is None:
         settled = settle_dataset(cfg)  # what only the data knows (image folders, CIFAR): bad data refused here
     n = settled.spec.train_size
-    check_min_size(spec.name, input_side(spec.name, cfg.dataset.resize), spec.min_resolution)
+    knobs = model_kwargs(cfg)
+    check_model_kwargs(spec.name, knobs)  # first: the smallest input side is computed from the knobs
+    check_min_size(spec.name, input_side(spec.name, cfg.dataset.resize), min_input(spec.name, knobs), knobs)
     _check_names(cfg)
-    check_model_kwargs(spec.name, model_kwargs(cfg))
-    check_network_runs(cfg)
+    if not check_network_runs(cfg):  # a network from outside the book is built for real there
+        _check_model_builds(cfg)
     _check_batch_fits(cfg, n)
     _check_selection(cfg, n)
     return settled
 
 
-def check_network_runs(cfg: DictConfig) -> None:
+def check_network_runs(cfg: DictConfig) -> bool:
     """A network from outside the book (custom, torchvision, timm, an installed package's) is built and run
     on two images of the data's shape here, so an import error, a factory that raises or an output that is
-    not (batch, classes) is one sentence before any run folder exists. The book's networks are checked by
-    the tests instead (and VGG at 224 pixels would cost seconds)."""
+    not (batch, classes) is one sentence before any run folder exists; returns whether it was one. The book's
+    networks are built on the meta device instead (their knobs; VGG at 224 pixels would cost seconds)."""
     from ..models.configured import image_size, model_from_config, network_label
     from ..models.external import check_output
     from ..models.registry import load_entry_points
 
     name = str(cfg.model.name)
     if not (get_model_spec(name).source or name in load_entry_points()):
-        return
+        return False
     import torch
 
     with torch.random.fork_rng(devices=[]):  # building draws initial weights: not from the run's generator
         model = model_from_config(cfg)
         check_output(model, int(cfg.dataset.in_channels), int(cfg.dataset.num_classes), image_size(cfg),
                      network_label(cfg))
+    return True
 
 
 def _check_selection(cfg: DictConfig, n: int | None) -> None:
@@ -118,6 +121,16 @@ def check_global_batch(batch_size: int, world_size: int) -> None:
     if world_size > 1 and batch_size % world_size:
         raise ConfigError(f"trainer.batch_size={batch_size} is the global batch and must divide "
                           f"evenly over the {world_size} processes")
+
+
+def _check_model_builds(cfg: DictConfig) -> None:
+    """Knob settings each valid alone but impossible together (LeNet's kernels that shrink the image to
+    nothing, a VGG width the divisor does not divide): the family's factory refuses them naming the knob.
+    Built on the meta device: shapes only, no memory, milliseconds even for VGG's 129M parameters."""
+    import torch
+
+    with torch.device("meta"):
+        model_from_config(cfg)
 
 
 def _check_batch_fits(cfg: DictConfig, n: int | None) -> None:
@@ -227,7 +240,10 @@ def explain_override_error(exc: BaseException, known: Iterable[str]) -> str:
     if first.startswith("Could not override '"):
         key = first.split("'")[1]
         known = list(known)
-        if key in known:  # a key of the default option of its group, not of the one chosen (Adam's momentum)
+        takers = models_taking(key.removeprefix("model.")) if key.startswith("model.") else []
+        if takers and key not in known:  # a knob of another family (model.conv_arch on LeNet)
+            hint = f"; it is a knob of {', '.join(takers)}, not of the chosen model (pick one with model=NAME)"
+        elif key in known:  # a key of the default option of its group, not of the one chosen (Adam's momentum)
             hint = f"; the chosen {key.split('.')[0]} option does not have it (cnnbench train --cfg job shows its keys)"
         else:
             hint = _did_you_mean(key, known) or "; see the keys with: cnnbench train --cfg job"
