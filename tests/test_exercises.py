@@ -85,7 +85,7 @@ def test_preflight_checks_every_job_of_an_exercise_before_any_folder(fake_data, 
     sweep = tmp_path / "sweep"
     line = parse_command_line(["-m", "+exercise=lenet_conv_layers", *fast_overrides(fake_data),
                                f"hydra.sweep.dir={sweep}"])
-    assert preflight(line) == str(sweep)
+    assert preflight(line)[0] == str(sweep)
     # 5x5 kernels with three stages do not fit 28 px: only the sweep's third job has three stages
     bad = parse_command_line(["-m", "+exercise=lenet_conv_layers", "model.kernel_sizes=[5]",
                               *fast_overrides(fake_data), f"hydra.sweep.dir={sweep}"])

@@ -124,8 +124,12 @@ def _as_plain(cfg: DictConfig) -> dict:
 
 def config_changes(saved: dict, cfg: DictConfig) -> list[Change]:
     """Every setting that differs between a checkpoint's config and ``cfg``, sorted by key."""
-    old, new = flatten(saved), flatten(_as_plain(cfg))
+    plain = _as_plain(cfg)
+    old, new = flatten(saved), flatten(plain)
+    # A knob absent from either side (a run from before knobs existed, a user's model file naming only the
+    # network) is the book's value, which the family's factory takes by default
     old.update({k: v for k, v in book_knobs(saved).items() if k not in old})
+    new.update({k: v for k, v in book_knobs(plain).items() if k not in new})
     changes = []
     for key in sorted(set(old) | set(new)):
         before = old.get(key, ABSENT_MEANS.get(key, _ABSENT))
@@ -136,7 +140,7 @@ def config_changes(saved: dict, cfg: DictConfig) -> list[Change]:
 
 
 def book_knobs(saved: dict) -> dict[str, Any]:
-    """The ``model.*`` knobs a run from before they existed was trained with: its network's option file's
+    """The ``model.*`` knobs a config that names none was built with: its network's packaged option file's
     values (the book's network), as flat keys; none when the file is gone or names another network."""
     from ..config import config_dir
 
