@@ -94,13 +94,32 @@ def first_start(folder: Path, summary: dict) -> dt.datetime:
     return dt.datetime.fromtimestamp(first, dt.timezone.utc)
 
 
+def with_book(folder: Path, summary: dict) -> dict:
+    """A completed run whose summary has no ``book`` entry (its process composed the recipe from config files
+    changed under it while it trained) gets it from this cnnbench, marked ``book_added_by``, written back."""
+    from omegaconf import OmegaConf
+
+    from cnnbench.book.results import book_comparison
+
+    book = book_comparison(OmegaConf.load(folder / ".hydra" / "config.yaml"), summary)
+    if book is None:
+        return summary
+    summary = {**summary, "book": book, "book_added_by": "scripts/reproduce_book.py collect"}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def collect() -> int:
     """Copy every completed run's record into results/; returns the number copied."""
     copied = 0
     for folder in sorted(p for p in RUNS.iterdir() if p.is_dir()) if RUNS.is_dir() else []:
         summary = summary_of(folder)
-        if not summary or summary.get("status") != "completed" or not summary.get("book"):
+        if not summary or summary.get("status") != "completed":
             continue
+        if not summary.get("book"):
+            summary = with_book(folder, summary)
+            if not summary.get("book"):
+                continue  # not one of the book's recipes
         machine = summary.get("machine") or {}
         name = f"{slug(machine.get('cpu', 'cpu'))}-{machine.get('cpu_count', '?')}core-" \
                f"{first_start(folder, summary):%Y-%m-%d}"
@@ -145,6 +164,25 @@ def command_time_s(folder: Path, summary: dict) -> tuple[float, int]:
     return sum(s["end"] - s["start"] for s in segments), len(segments)
 
 
+def short_cpu(name: str) -> str:
+    """'Intel(R) Xeon(R) Processor' -> 'Intel Xeon', 'AMD EPYC 7B13' as it is."""
+    name = re.sub(r"\((R|TM)\)|\bProcessor\b|\bCPU\b|@.*$", "", name, flags=re.IGNORECASE)
+    return " ".join(name.split())
+
+
+def configured_threads(folder: Path) -> int | None:
+    """The run's ``device.num_threads`` when it set one (the header's count; summary.json's machine record
+    reads torch's count when the summary is written, after the run)."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
+    except (OSError, ValueError):
+        return None
+    value = ((cfg or {}).get("device") or {}).get("num_threads")
+    return int(value) if isinstance(value, int) else None
+
+
 def test_acc_swing(folder: Path) -> tuple[float, float] | None:
     """(min, max) test accuracy over the last SWING_EPOCHS epochs, from metrics.jsonl."""
     accs = [r["test/acc"] for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())
@@ -172,25 +210,27 @@ def table() -> str:
         editions = published()[recipe]["editions"]
         book = " / ".join(f"{editions[e]['test_acc']:.3f}" for e in ("classic_v0.17", "zh_v2.0.0"))
         gpu = found.get((recipe, "gpu"))
-        gpu_time = "not measured yet" if gpu is None else f"{duration(command_time_s(*gpu)[0])} ({gpu[1]['device']})"
+        gpu_time = "not measured" if gpu is None else f"{duration(command_time_s(*gpu)[0])}, {gpu[1]['device']}"
         record = found.get((recipe, "cpu")) or gpu
         if record is None:
-            lines.append(f"| `{recipe}` | {NETWORKS[recipe]} | {book} | not measured yet | | | | {gpu_time} |")
+            lines.append(f"| `{recipe}` | {NETWORKS[recipe]} | {book} | not measured | | | | {gpu_time} |")
             continue
         folder, summary = record
         verdict = summary["book"]["test_acc"]["position"]
-        mark = "" if summary["book"]["reproduced"] else "; train figures off the book's"
+        mark = "" if summary["book"]["reproduced"] else ", train figures off the book's"
         swing = test_acc_swing(folder)
-        cpu_time = "not measured yet"
+        cpu_time = "not measured"
         if (recipe, "cpu") in found:
             seconds, starts = command_time_s(folder, summary)
             machine = summary.get("machine") or {}
             resumed = f", {starts} starts" if starts > 1 else ""
-            where = f"{machine.get('cpu', '?')}, {machine.get('cpu_count', '?')} cores{resumed}"
-            cpu_time = f"{duration(seconds)} ({where})"
+            threads = configured_threads(folder) or machine.get("torch_threads")
+            used = f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""
+            cpu_time = f"{duration(seconds)}, {machine.get('cpu_count', '?')}-core {short_cpu(machine.get('cpu', '?'))}" \
+                       f"{used}{resumed}"
         lines.append(
             f"| `{recipe}` | {NETWORKS[recipe]} | {book} | [{summary['test/acc']:.3f}]"
-            f"({folder.relative_to(REPO).as_posix()}/summary.json) ({verdict}{mark}) | "
+            f"({folder.relative_to(REPO).as_posix()}) {verdict}{mark} | "
             f"{'' if swing is None else f'{swing[0]:.3f}-{swing[1]:.3f}'} | {summary.get('precision')} | "
             f"{cpu_time} | {gpu_time} |")
     return "\n".join(lines)

@@ -138,7 +138,8 @@ def test_the_results_table_reads_a_record(tmp_path, monkeypatch):
     record = tmp_path / "results" / "intel-xeon-processor-2core-2026-12-07" / "d2l_densenet"
     record.mkdir(parents=True)
     summary = {"status": "completed", "seed": 0, "test/acc": 0.8391, "precision": "bf16", "device": "cpu",
-               "wall_time_s": 1000.0, "machine": {"cpu": "Intel(R) Xeon(R) Processor", "cpu_count": 2},
+               "wall_time_s": 1000.0, "machine": {"cpu": "Intel(R) Xeon(R) Processor", "cpu_count": 2,
+                                                                "torch_threads": 1},
                "book": {"recipe": "d2l_densenet", "reproduced": False, "test_acc": {"position": "below"}}}
     (record / "summary.json").write_text(json.dumps(summary))
     accs = [0.70, 0.80, 0.75, 0.85, 0.86, 0.749, 0.884, 0.80, 0.87, 0.8391]
@@ -147,11 +148,11 @@ def test_the_results_table_reads_a_record(tmp_path, monkeypatch):
     (record / "command_times.jsonl").write_text(json.dumps({"start": 0.0, "end": 1800.0}) + "\n"
                                                 + json.dumps({"start": 5000.0, "end": 6500.0}) + "\n")
     row = next(line for line in book.table().splitlines() if line.startswith("| `d2l_densenet`"))
-    assert "[0.839](results/intel-xeon-processor-2core-2026-12-07/d2l_densenet/summary.json)" in row
-    assert "(below; train figures off the book's)" in row and "| 0.749-0.884 |" in row and "| bf16 |" in row
-    assert "55 min (Intel(R) Xeon(R) Processor, 2 cores, 2 starts)" in row and row.endswith("| not measured yet |")
+    assert "[0.839](results/intel-xeon-processor-2core-2026-12-07/d2l_densenet) below, train figures off" in row
+    assert "| 0.749-0.884 |" in row and "| bf16 |" in row
+    assert "| 55 min, 2-core Intel Xeon, 1 thread, 2 starts |" in row and row.endswith("| not measured |")
     other = next(line for line in book.table().splitlines() if line.startswith("| `d2l_alexnet`"))
-    assert "| not measured yet |" in other
+    assert "| not measured |" in other
 
 
 def test_quickstart_points_to_a_readme_section():

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 import cnnbench.run.callbacks as callbacks_module
 from cnnbench.cli import main
@@ -225,6 +226,11 @@ def test_a_book_recipe_gets_the_books_figures_beside_it():
         assert book_comparison(compose_config(["experiment=d2l_lenet", change]), summary) is None, change
     assert book_comparison(compose_config(["experiment=d2l_lenet", "device=fast", "trainer.seed=3"]),
                            summary) is not None  # device and seed are not part of the recipe
+    # A run recorded before the network's knobs existed is the book's network; a knob set otherwise is not
+    old = compose_config(["experiment=d2l_lenet"])
+    old.model = OmegaConf.create({"name": "lenet"})
+    assert book_comparison(old, summary)["recipe"] == "d2l_lenet"
+    assert book_comparison(compose_config(["experiment=d2l_lenet", "model.pooling=max"]), summary) is None
 
 
 def test_every_book_recipe_has_both_editions_and_sources():

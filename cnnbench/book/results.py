@@ -43,9 +43,18 @@ def recipe_of(cfg: DictConfig) -> str | None:
         return None
     recipe = compose_config([f"experiment={name}"])
     for key in RECIPE_KEYS:
-        if OmegaConf.select(cfg, key) != OmegaConf.select(recipe, key):
+        if _setting(cfg, key, recipe) != OmegaConf.select(recipe, key):
             return None
     return name if image_size(cfg) == image_size(recipe) else None
+
+
+def _setting(cfg: DictConfig, key: str, recipe: DictConfig) -> Any:
+    """``cfg``'s value of a recipe key; for ``model``, a knob it does not name (a run recorded before the
+    network's knobs existed) is the recipe's, the book's value that the family's factory takes by default."""
+    value = OmegaConf.select(cfg, key)
+    if key == "model" and isinstance(value, DictConfig):
+        return OmegaConf.merge(recipe.model, value)
+    return value
 
 
 def _range(values: list[float]) -> list[float]:
