@@ -57,10 +57,10 @@ def summary_of(folder: Path) -> dict | None:
         return None
 
 
-def run(recipes: list[str], data: str, extra: list[str]) -> int:
+def run(recipes: list[str], data: str, extra: list[str], runs: Path = RUNS) -> int:
     """Train each recipe in turn (skipping completed ones); stop at the first that does not complete."""
     for recipe in recipes:
-        folder = RUNS / recipe
+        folder = runs / recipe
         if (summary_of(folder) or {}).get("status") == "completed":
             print(f"{recipe}: completed already ({folder})", flush=True)
             continue
@@ -109,10 +109,10 @@ def with_book(folder: Path, summary: dict) -> dict:
     return summary
 
 
-def collect() -> int:
+def collect(runs: Path = RUNS) -> int:
     """Copy every completed run's record into results/; returns the number copied."""
     copied = 0
-    for folder in sorted(p for p in RUNS.iterdir() if p.is_dir()) if RUNS.is_dir() else []:
+    for folder in sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []:
         summary = summary_of(folder)
         if not summary or summary.get("status") != "completed":
             continue
@@ -262,14 +262,17 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--data", required=True, help="the folder holding FashionMNIST/raw")
     p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="another override for every run (e.g. device.num_threads=1), repeatable")
-    sub.add_parser("collect", help="copy completed runs' records into results/")
+    p_collect = sub.add_parser("collect", help="copy completed runs' records into results/")
+    for p in (p_run, p_collect):
+        p.add_argument("--runs", type=Path, default=RUNS,
+                       help="the runs' folder (default outputs/book; one outside the checkout outlives a fresh clone)")
     p_table = sub.add_parser("table", help="write (or --check) the README's results table")
     p_table.add_argument("--check", action="store_true")
     ns = parser.parse_args(argv)
     if ns.command == "run":
-        return run(ns.recipes, ns.data, ns.set)
+        return run(ns.recipes, ns.data, ns.set, ns.runs.resolve())
     if ns.command == "collect":
-        collect()
+        collect(ns.runs.resolve())
         return 0
     return write_table(ns.check)
 
