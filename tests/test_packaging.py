@@ -84,7 +84,7 @@ def test_the_sdist_is_a_whole_source_tree(built):
     with tarfile.open(sdist) as tar:
         top = tar.getnames()[0].split("/")[0]
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    wanted = {p.relative_to(src).as_posix() for d in ("tests", "docs", "scripts", "conf", "cnnbench")
+    wanted = {p.relative_to(src).as_posix() for d in ("tests", "docs", "scripts", "conf", "cnnbench", "results")
               for p in (src / d).rglob("*") if p.is_file() and "__pycache__" not in p.parts}
     wanted |= {"pyproject.toml", "setup.py", "README.md", "MANIFEST.in", ".ci/run"}
     assert sorted(wanted - names) == [], f"missing from {top}"
