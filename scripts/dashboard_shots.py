@@ -79,7 +79,8 @@ def chromium() -> str | None:
 @contextmanager
 def browser(size: tuple[int, int] = SCREEN) -> Iterator[Page]:
     """A headless Chromium with one page of ``size`` pixels."""
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes may still write into the profile as it closes: a leftover file is no failure
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
                                  f"--window-size={size[0]},{size[1]}", "about:blank"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -125,7 +125,8 @@ class DevTools:
 def screenshot(url: str, target: Path, ready_js: str, settle_s: float = 8.0) -> None:
     """Open ``url`` in headless Chromium, wait until ``ready_js`` is true, let the charts draw, shoot."""
     chromium = shutil.which("chromium") or sys.exit("needs Debian's chromium (apt-get install chromium)")
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes may still write into the profile as it closes: a leftover file is no failure
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
                                  f"--window-size={SCREEN[0]},{SCREEN[1]}", "about:blank"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
