@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from readme_pictures import CHROMIUM_FLAGS, SCREEN, DevTools  # noqa: E402
+from readme_pictures import SCREEN, DevTools, chromium_page, stop  # noqa: E402
 
 # Text of every element matching a selector, through the shadow roots of TensorBoard's Polymer pages.
 DEEP_TEXT_JS = """
@@ -79,29 +79,8 @@ def chromium() -> str | None:
 @contextmanager
 def browser(size: tuple[int, int] = SCREEN) -> Iterator[Page]:
     """A headless Chromium with one page of ``size`` pixels."""
-    # Chromium's helper processes may still write into the profile as it closes: a leftover file is no failure
-    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
-        proc = subprocess.Popen([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                                 f"--window-size={size[0]},{size[1]}", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            port_file = Path(profile) / "DevToolsActivePort"
-            deadline = time.time() + 60
-            while not port_file.is_file() or len(port_file.read_text().split()) < 2:
-                if time.time() > deadline:
-                    raise TimeoutError("chromium did not open its DevTools port")
-                time.sleep(0.2)
-            port = port_file.read_text().split()[0]
-            import urllib.request
-
-            pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json"))
-            devtools = DevTools(next(p for p in pages if p["type"] == "page")["webSocketDebuggerUrl"])
-            devtools.call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1],
-                          deviceScaleFactor=1, mobile=False)
-            yield Page(devtools)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with chromium_page(size) as devtools:
+        yield Page(devtools)
 
 
 @contextmanager
@@ -119,12 +98,7 @@ def server(command: list[str], ready: str, log: Path, timeout_s: float = 120.0) 
             time.sleep(0.3)
         yield found.group(1)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop(proc)
 
 
 def free_port() -> int:
@@ -156,12 +130,7 @@ def mlflow_ui(mlflow: str, store_uri: str, log: Path) -> Iterator[str]:
                 time.sleep(0.5)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop(proc)
 
 
 @contextmanager

@@ -29,6 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -122,37 +125,55 @@ class DevTools:
                 return message.get("result", {})
 
 
-def screenshot(url: str, target: Path, ready_js: str, settle_s: float = 8.0) -> None:
-    """Open ``url`` in headless Chromium, wait until ``ready_js`` is true, let the charts draw, shoot."""
-    chromium = shutil.which("chromium") or sys.exit("needs Debian's chromium (apt-get install chromium)")
+@contextmanager
+def chromium_page(size: tuple[int, int] = SCREEN) -> Iterator[DevTools]:
+    """A headless Chromium (Debian's ``chromium``) with one page of ``size`` pixels, driven over DevTools."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        raise RuntimeError("needs Debian's chromium (apt-get install chromium)")
     # Chromium's helper processes may still write into the profile as it closes: a leftover file is no failure
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                                 f"--window-size={SCREEN[0]},{SCREEN[1]}", "about:blank"],
+                                 f"--window-size={size[0]},{size[1]}", "about:blank"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             port_file = Path(profile) / "DevToolsActivePort"
             deadline = time.time() + 60
             while not port_file.is_file() or len(port_file.read_text().split()) < 2:
                 if time.time() > deadline:
-                    sys.exit("chromium did not open its DevTools port")
+                    raise TimeoutError("chromium did not open its DevTools port")
                 time.sleep(0.2)
             port = port_file.read_text().split()[0]
-            pages = json.load(__import__("urllib.request").request.urlopen(f"http://127.0.0.1:{port}/json"))
+            pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json"))
             page = DevTools(next(p for p in pages if p["type"] == "page")["webSocketDebuggerUrl"])
-            page.call("Emulation.setDeviceMetricsOverride", width=SCREEN[0], height=SCREEN[1],
-                      deviceScaleFactor=1, mobile=False)
-            page.call("Page.navigate", url=url)
-            deadline = time.time() + 120
-            while not page.call("Runtime.evaluate", expression=ready_js, returnByValue=True)["result"].get("value"):
-                if time.time() > deadline:
-                    sys.exit(f"the page never became ready ({ready_js})")
-                time.sleep(0.5)
-            time.sleep(settle_s)  # the chart worker draws after the cards exist
-            target.write_bytes(base64.b64decode(page.call("Page.captureScreenshot", format="png")["data"]))
+            page.call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1,
+                      mobile=False)
+            yield page
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End a child process (a browser, a server): terminate, then kill if it does not exit in 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def screenshot(url: str, target: Path, ready_js: str, settle_s: float = 8.0) -> None:
+    """Open ``url`` in headless Chromium, wait until ``ready_js`` is true, let the charts draw, shoot."""
+    with chromium_page() as page:
+        page.call("Page.navigate", url=url)
+        deadline = time.time() + 120
+        while not page.call("Runtime.evaluate", expression=ready_js, returnByValue=True)["result"].get("value"):
+            if time.time() > deadline:
+                raise TimeoutError(f"the page never became ready ({ready_js})")
+            time.sleep(0.5)
+        time.sleep(settle_s)  # the chart worker draws after the cards exist
+        target.write_bytes(base64.b64decode(page.call("Page.captureScreenshot", format="png")["data"]))
 
 
 def tensorboard_screenshot(logdir: Path, target: Path) -> None:
