@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from cnnbench.cli import main
 from cnnbench.config import ConfigSource, compose_config
 
-from .conftest import fast_overrides
+from .conftest import cli, fast_overrides
 
 
 def user_configs(root: Path, epochs: int = 1) -> Path:
@@ -230,3 +230,13 @@ def test_a_folder_started_with_config_dir_continues_with_it(fake_data, tmp_path)
     (record,) = (run / ".hydra" / "resumes").glob("*/overrides.yaml")
     epochs = [o for o in OmegaConf.load(record) if o.startswith("trainer.epochs=")]
     assert epochs == ["trainer.epochs=2"]
+
+
+def test_resume_auto_without_a_checkpoint_says_so_once(fake_data, tmp_path):
+    """The check before launch and the run both look for last.pt: only the run says it starts from scratch."""
+    run = tmp_path / "run"
+    done = subprocess.run(cli("train", *fast_overrides(fake_data), "trainer.epochs=1", "trainer.limit_train_batches=1",
+                              "trainer.resume=auto", f"hydra.run.dir={run}"), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (done.stdout + done.stderr).count("starting from scratch") == 1

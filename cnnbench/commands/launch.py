@@ -394,7 +394,7 @@ def _claim_run_folder(run_dir: Path, spec: RunSpec, held: contextlib.ExitStack) 
     from ..run.checkpoint import resolve_resume
 
     cfg = spec.cfg
-    check_resume(cfg, resolve_resume(cfg, run_dir), announce=False)  # train() logs the changes
+    check_resume(cfg, resolve_resume(cfg, run_dir, announce=False), announce=False)  # train() says both
     ctx = current()
     refusal = None
     if ctx.is_main:

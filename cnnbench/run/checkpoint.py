@@ -54,15 +54,17 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
     }
 
 
-def resolve_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from: None, this run folder's last.pt (auto), or a given path."""
+def resolve_resume(cfg: DictConfig, run_dir: Path, announce: bool = True) -> Path | None:
+    """The checkpoint to resume from: None, this run folder's last.pt (auto), or a given path. ``announce``:
+    say when auto finds none (the run says it; the check before launch does not say it again)."""
     resume = cfg.trainer.resume
     if not resume:
         return None
     if str(resume) == "auto":
         path = run_dir / CHECKPOINT
         if not path.exists():
-            logger.info("trainer.resume=auto: no %s in %s, starting from scratch", CHECKPOINT, run_dir)
+            if announce:
+                logger.info("trainer.resume=auto: no %s in %s, starting from scratch", CHECKPOINT, run_dir)
             return None
         return path
     return Path(str(resume)).expanduser()
