@@ -127,9 +127,10 @@ def version_line() -> str:
     return f"cnnbench {info['version']} ({where}; torch {torch.__version__.split('+')[0]})"
 
 
-def machine_info(device: torch.device) -> dict:
-    """summary.json's ``machine``: host, OS, CPU, the GPU when ``device`` is one, cnnbench's source and the
-    installed versions of the packages whose code computes the numbers."""
+def machine_info(device: torch.device, threads: int | None = None) -> dict:
+    """summary.json's ``machine``: host, OS, CPU, the GPU when ``device`` is one, torch's CPU threads (``threads``:
+    the run's count; the process's own after the run may differ), cnnbench's source and the installed versions
+    of the packages whose code computes the numbers."""
     return {
         "host": socket.gethostname(),
         "os": platform.platform(),
@@ -137,7 +138,7 @@ def machine_info(device: torch.device) -> dict:
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": usable_cpus(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads() if threads is None else threads,  # the run's, when given
         "gpu": gpu_info(device),
         "cnnbench": source_info(),
         "packages": installed_versions(),

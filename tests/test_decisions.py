@@ -193,6 +193,20 @@ def test_the_summary_records_the_decision_the_machine_the_source_and_the_version
     assert json.loads((tmp_path / "summary.json").read_text())["machine"] == json.loads(json.dumps(machine))
 
 
+def test_the_machine_record_has_the_runs_thread_count(fake_data, tmp_path):
+    """device.num_threads is the run's: the summary says it, though the caller gets its own count back."""
+    import torch
+
+    from cnnbench.run.train import train
+
+    before = torch.get_num_threads()
+    threads = 1 if before != 1 else 2
+    summary = train(compose_fast(fake_data, "model=lenet", f"device.num_threads={threads}", "trainer.epochs=1",
+                                 "trainer.limit_train_batches=1", "trainer.limit_eval_batches=1",
+                                 "trainer.checkpoint=false"), tmp_path)
+    assert summary["machine"]["torch_threads"] == threads and torch.get_num_threads() == before
+
+
 def test_source_info_says_commit_and_local_changes(tmp_path):
     from cnnbench.machine import source_info
 

@@ -64,6 +64,7 @@ class Run:
     state: RunState = field(default_factory=RunState)
     clock_start: float = 0.0  # time.perf_counter() at the run's first start (earlier segments included)
     spec: RunSpec | None = None  # the checked spec the run was built from (typed sections, settled data)
+    threads: int = field(default_factory=torch.get_num_threads)  # torch's CPU threads while it trains
 
     @property
     def batches_per_epoch(self) -> int:

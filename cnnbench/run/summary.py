@@ -92,7 +92,7 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         **source_commit(),
         "python_version": platform.python_version(),
         # what a reader needs to repeat the run: host, CPU, GPU and driver, cnnbench's commit, package versions
-        "machine": _safe(lambda: machine_info(run.device if run else torch.device("cpu"))),
+        "machine": _safe(lambda: machine_info(run.device, run.threads) if run else machine_info(torch.device("cpu"))),
     }
     summary["objective_value"] = objective_value(summary) if summary["objective"] else None
     if isinstance(error, TrainingDiverged):
