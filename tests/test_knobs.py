@@ -213,12 +213,12 @@ def test_densenet_growth_compression_pool_and_bottleneck():
     (["+model.conv_arch=[[1,64]]"], "model lenet takes no keyword argument 'conv_arch'"),
 ])
 def test_impossible_or_foreign_settings_are_one_line_naming_the_knob(fake_data, overrides, words):
-    from cnnbench.run.validate import check_values
+    from cnnbench.run.validate import validate_config
 
     from .conftest import compose_fast
 
     with pytest.raises(CnnbenchError) as err:
-        check_values(compose_fast(fake_data, *overrides))
+        validate_config(compose_fast(fake_data, *overrides))
     assert words in str(err.value) and "\n" not in str(err.value)
 
 

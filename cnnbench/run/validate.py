@@ -64,8 +64,9 @@ def check_values(cfg: DictConfig, settled: SettledData | None = None) -> Settled
     check_model_kwargs(spec.name, knobs)  # first: the smallest input side is computed from the knobs
     check_min_size(spec.name, input_side(spec.name, cfg.dataset.resize), min_input(spec.name, knobs), knobs)
     _check_names(cfg)
-    if not check_network_runs(cfg):  # a network from outside the book is built for real there
-        _check_model_builds(cfg)
+    # A network from outside the book is built and run here; the book's networks are built once, on the meta
+    # device, by the memory estimate below (validate_config), which refuses impossible knob combinations
+    check_network_runs(cfg)
     _check_batch_fits(cfg, n)
     _check_selection(cfg, n)
     return settled
@@ -76,7 +77,7 @@ def check_network_runs(cfg: DictConfig) -> bool:
     on two images of the data's shape here, so an import error, a factory that raises or an output that is
     not (batch, classes) is one sentence before any run folder exists; returns whether it was one. The book's
     networks are built on the meta device instead (their knobs; VGG at 224 pixels would cost seconds)."""
-    from ..models.configured import image_size, model_from_config, network_label
+    from ..models.configured import image_size, network_label
     from ..models.external import check_output
     from ..models.registry import load_entry_points
 
@@ -121,16 +122,6 @@ def check_global_batch(batch_size: int, world_size: int) -> None:
     if world_size > 1 and batch_size % world_size:
         raise ConfigError(f"trainer.batch_size={batch_size} is the global batch and must divide "
                           f"evenly over the {world_size} processes")
-
-
-def _check_model_builds(cfg: DictConfig) -> None:
-    """Knob settings each valid alone but impossible together (LeNet's kernels that shrink the image to
-    nothing, a VGG width the divisor does not divide): the family's factory refuses them naming the knob.
-    Built on the meta device: shapes only, no memory, milliseconds even for VGG's 129M parameters."""
-    import torch
-
-    with torch.device("meta"):
-        model_from_config(cfg)
 
 
 def _check_batch_fits(cfg: DictConfig, n: int | None) -> None:
