@@ -282,7 +282,7 @@ class DeviceConfig(Section):
     channels_last: Any = MISSING  # true | false | auto
     compile: Any = MISSING  # true | false | auto
     cudnn_benchmark: bool = MISSING
-    num_threads: Optional[int] = MISSING  # noqa: UP045
+    num_threads: Any = MISSING  # auto (follow the load: cnnbench.speed.load) | null (torch's default) | N
     fused_optimizer: Any = MISSING  # true | false | auto
     fast_pooling: bool = MISSING
     fused_kernels: bool = MISSING
@@ -290,7 +290,6 @@ class DeviceConfig(Section):
     autotune: str = MISSING  # cached | refresh | always (cnnbench.speed.decisions)
     malloc_tuning: bool = MISSING
     index: Optional[int] = MISSING  # noqa: UP045
-    RANGES = {"num_threads": COUNT}
 
 
 @dataclass

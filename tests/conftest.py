@@ -121,9 +121,11 @@ def fast_overrides(data_root: Path | str, *extra: str) -> list[str]:
     """The settings most tests start from: the test's own small data, no download, the CPU, and a fixed
     memory layout and ATen's convolution backward (``device.channels_last=auto`` would pick NCHW or NHWC
     by timing, and ``device.conv_weight_grad=auto`` each small convolution's weight-gradient layout, so
-    the code path under test would change from run to run). Tests about autotuning override them."""
+    the code path under test would change from run to run), and torch's thread count fixed (``device.num_threads=auto``
+    follows the machine's load, and the count changes the last bits of the numbers that tests compare between
+    runs). Tests about autotuning or the thread count override them."""
     return [f"dataset.root={data_root}", "dataset.download=false", "device=cpu", "device.channels_last=false",
-            "device.conv_weight_grad=native", "trainer.progress_bar=false", *extra]
+            "device.conv_weight_grad=native", "device.num_threads=null", "trainer.progress_bar=false", *extra]
 
 
 def compose_fast(data_root: Path | str, *extra: str):

@@ -29,6 +29,7 @@ from ..models.configured import image_size, init_weights, model_from_config
 from ..models.stats import count_parameters, forward_flops
 from ..speed.allocator import tune_malloc
 from ..speed.compiling import compile_for_training
+from ..speed.load import FOLLOW, CpuSample, ThreadFollower, cpu_sample, thread_setting
 from ..speed.precision import Precision
 from ..speed.settings import SpeedSettings, prepare_speed
 from .distributed import SINGLE_PROCESS, DistContext, broadcast_object
@@ -64,7 +65,8 @@ class Run:
     state: RunState = field(default_factory=RunState)
     clock_start: float = 0.0  # time.perf_counter() at the run's first start (earlier segments included)
     spec: RunSpec | None = None  # the checked spec the run was built from (typed sections, settled data)
-    threads: int = field(default_factory=torch.get_num_threads)  # torch's CPU threads while it trains
+    threads: int = field(default_factory=torch.get_num_threads)  # torch's CPU threads as it starts training
+    follower: ThreadFollower | None = None  # device.num_threads=auto on the CPU: the count follows the load
 
     @property
     def batches_per_epoch(self) -> int:
@@ -92,6 +94,7 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS,
 
     ``spec``: ``cfg`` checked already (:func:`validate_config`'s result): only what needs the live device
     is checked again. Without it ``cfg`` is checked here (its data settled unless ``settled`` is given)."""
+    since = cpu_sample()  # the start-up is the first window of the load the thread count follows
     spec = spec if spec is not None else validate_config(cfg, settled)
     check_global_batch(int(cfg.trainer.batch_size), ctx.world_size)
     tune_malloc(bool(cfg.device.get("malloc_tuning", True)))  # once per process, before the data is read
@@ -99,8 +102,9 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS,
         cfg.device.type, cfg.device.get("index"))
     if device.type == "cuda":  # with the GPU's free memory now (validation used its total, creating no context)
         check_step_fits(cfg, device, ctx.world_size, live=True, data_bytes=spec.data.bytes)
-    if cfg.device.num_threads:
-        torch.set_num_threads(int(cfg.device.num_threads))
+    threads = thread_setting(cfg.device.num_threads)
+    if isinstance(threads, int):
+        torch.set_num_threads(threads)
     seed_everything(int(cfg.trainer.seed), bool(cfg.trainer.deterministic))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bool(cfg.device.cudnn_benchmark) and not cfg.trainer.deterministic
@@ -115,8 +119,10 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS,
                           key=tuning_key(cfg, size, ctx), tunes=ctx.rank == 0)
     model = wrap_ddp(raw_model, cfg, ctx, device)
     raw_model = model.module if ctx.enabled else raw_model  # SyncBatchNorm conversion makes a new module
+    follower = follow_load(threads, device, bool(cfg.trainer.deterministic), since)  # after the timed choices
     if speed.compile:  # around DDP's wrapper, so compiled graphs see its gradient hooks
-        model = compile_for_training(model, local_batch(int(cfg.trainer.batch_size), ctx))
+        model = compile_for_training(model, local_batch(int(cfg.trainer.batch_size), ctx),
+                                     dynamic_threads=follower is not None)
     ema = build_ema(raw_model, cfg.trainer.get("ema"))
     optimizer = build_optimizer(cfg.optimizer, raw_model.parameters(), fused=speed.fused_optimizer)
     batches = train_loader.batches_per_epoch(cfg.trainer.limit_train_batches)
@@ -124,7 +130,19 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS,
     precision = Precision.create(speed.precision, device)
     return Run(cfg, run_dir, device, model, raw_model, optimizer, scheduler, precision,
                train_loader, val_loader, test_loader, Monitor.from_config(cfg), ema, params, flops, speed, ctx,
-               spec=spec)
+               spec=spec, threads=torch.get_num_threads(), follower=follower)
+
+
+def follow_load(setting: int | str | None, device: torch.device, deterministic: bool,
+                since: CpuSample | None) -> ThreadFollower | None:
+    """device.num_threads=auto on the CPU: a :class:`ThreadFollower` started from the load since ``since``
+    (its first count set), up to torch's count now. None when the count is fixed: a number, null, a
+    deterministic run (the same numbers whatever the load), another device, one usable core."""
+    if setting != FOLLOW or device.type != "cpu" or deterministic or torch.get_num_threads() < 2:
+        return None
+    follower = ThreadFollower(most=torch.get_num_threads())
+    follower.start(since)
+    return follower
 
 
 def tuning_key(cfg: DictConfig, size: int, ctx: DistContext) -> dict:

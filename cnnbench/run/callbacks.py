@@ -81,6 +81,15 @@ class EmaUpdate(Callback):
         self.after_step = lambda: run.ema.update_parameters(run.raw_model)
 
 
+class FollowLoad(Callback):
+    """device.num_threads=auto: the thread count follows the cores other programs leave free
+    (:class:`cnnbench.speed.load.ThreadFollower`: a clock read per step, the load read once a second)."""
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(run)
+        self.after_step = run.follower.tick
+
+
 class Progress(Callback):
     """A tqdm bar per epoch (``trainer.progress_bar``: auto shows it on a terminal)."""
 
@@ -253,6 +262,8 @@ def epoch_callbacks(run: Run, rlog: RunLogger) -> list[Callback]:
     callbacks: list[Callback] = [Progress(run, run.spec.trainer.progress_bar)]
     if run.ema is not None:
         callbacks.append(EmaUpdate(run))
+    if run.follower is not None:
+        callbacks.append(FollowLoad(run))
     callbacks += [Evaluation(run), Selection(run), TargetStop(run), EpochLog(run, rlog), ChanceWarning(run),
                   Checkpoint(run)]
     return callbacks

@@ -93,6 +93,8 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "python_version": platform.python_version(),
         # what a reader needs to repeat the run: host, CPU, GPU and driver, cnnbench's commit, package versions
         "machine": _safe(lambda: machine_info(run.device, run.threads) if run else machine_info(torch.device("cpu"))),
+        # device.num_threads=auto: the counts the run followed (policy, most, changes, seconds at each count)
+        "threads": run.follower.record() if run is not None and run.follower is not None else None,
     }
     summary["objective_value"] = objective_value(summary) if summary["objective"] else None
     if isinstance(error, TrainingDiverged):
@@ -133,6 +135,14 @@ def _safe(fn: Callable[[], Any]) -> Any:
         return None
 
 
+def thread_words(run: Run) -> str:
+    """"2 threads", or with device.num_threads=auto "1 thread (follows the load: 1 of 2 cores free)"."""
+    count = _count(run.threads, "thread")
+    if run.follower is None:
+        return count
+    return f"{count} (follows the load: {run.threads} of {run.follower.cores} cores free)"
+
+
 def header_lines(run: Run, resumed_at_epoch: int | None) -> list[str]:
     """What a run is, said once at its start: cnnbench's version, network, data, device and precision,
     schedule, folder."""
@@ -146,7 +156,7 @@ def header_lines(run: Run, resumed_at_epoch: int | None) -> list[str]:
     extras = [name for name, on in (("channels-last", speed.channels_last), ("torch.compile", speed.compile),
                                     (f"fused CPU kernels on {len(speed.fused_kernels)} layers", speed.fused_kernels))
               if on]
-    threads = f", {torch.get_num_threads()} threads" if run.device.type == "cpu" else ""
+    threads = f", {thread_words(run)}" if run.device.type == "cpu" else ""
     world = f" x {run.dist.world_size} processes" if run.dist.world_size > 1 else ""
     schedule = cfg.scheduler.name if cfg.get("scheduler") else "none"
     lines = [

@@ -127,12 +127,13 @@ class CompiledSteps(nn.Module):
     Wraps (and trains) the same parameters: ``self.module`` is what the optimizer and the checkpoint see.
     """
 
-    def __init__(self, module: nn.Module, batch_size: int) -> None:
+    def __init__(self, module: nn.Module, batch_size: int, dynamic_threads: bool = False) -> None:
         super().__init__()
         self.module = module
         self.batch_size = int(batch_size)
+        options = {"cpp.dynamic_threads": True} if dynamic_threads else None
         # Kept out of the module tree: it holds ``module`` too, and must not register it a second time.
-        object.__setattr__(self, "compiled", torch.compile(module, dynamic=False))
+        object.__setattr__(self, "compiled", torch.compile(module, dynamic=False, options=options))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.shape[0] == self.batch_size and torch.is_grad_enabled():
@@ -140,8 +141,10 @@ class CompiledSteps(nn.Module):
         return self.module(x)
 
 
-def compile_for_training(model: nn.Module, local_batch: int) -> CompiledSteps:
-    """``model`` with its full-size training steps compiled, using the shared cache folder."""
+def compile_for_training(model: nn.Module, local_batch: int, dynamic_threads: bool = False) -> CompiledSteps:
+    """``model`` with its full-size training steps compiled, using the shared cache folder. ``dynamic_threads``:
+    the generated C++ loops ask OpenMP for the thread count each call (the count follows the load,
+    cnnbench.speed.load) instead of keeping the count at compile time."""
     cache = use_compile_cache()
     logger.debug("torch.compile: training steps of %d examples; compile cache %s", local_batch, cache)
-    return CompiledSteps(model, local_batch)
+    return CompiledSteps(model, local_batch, dynamic_threads)

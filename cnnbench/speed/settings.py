@@ -28,6 +28,7 @@ from .compiling import check_compiler, wants_compile
 from .cpu.fused import use_fused_kernels
 from .cpu.kernels import faster_in_nhwc, set_nhwc_weight_grads, time_conv_weight_grads, use_fast_pooling
 from .decisions import MODES, decide
+from .load import thread_setting
 from .precision import Precision
 from .threads import omp_wait_policy
 
@@ -89,6 +90,7 @@ def check_device_options(cfg: DictConfig, device: torch.device) -> None:
         if not any(value is c if isinstance(c, bool) else value == c for c in choices):
             words = ", ".join(str(c).lower() for c in choices)
             raise ConfigError(f"device.{key} must be one of {words}, got {value!r}")
+    thread_setting(cfg.get("num_threads"))
     if cfg.precision != "auto":
         Precision.create(str(cfg.precision), device)  # fp16 needs CUDA
     if cfg.compile is True:

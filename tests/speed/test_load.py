@@ -1,0 +1,173 @@
+"""device.num_threads=auto: torch's thread count follows the cores other programs leave free (cnnbench.speed.load)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cnnbench.speed import load
+from cnnbench.speed.load import CpuSample, ThreadFollower, others_cores, thread_setting, threads_for
+from tests.conftest import compose_fast, fast_overrides, stop_process
+
+
+@pytest.mark.parametrize("free,most,expected", [
+    (2.0, 2, 2), (1.7, 2, 2), (1.33, 2, 1), (1.0, 2, 1), (0.2, 2, 1), (-3.0, 2, 1),  # never below 1
+    (15.6, 16, 16), (12.2, 16, 12), (40.0, 16, 16),  # never above the starting count
+])
+def test_threads_for_rounds_the_free_cores(free, most, expected):
+    assert threads_for(free, most) == expected
+
+
+def test_others_are_the_busy_cores_minus_this_process():
+    before, after = CpuSample(busy_s=100.0, own_s=10.0, wall_s=0.0), CpuSample(busy_s=103.0, own_s=11.0, wall_s=2.0)
+    assert others_cores(before, after) == pytest.approx(1.0)  # 3 core-seconds busy, 1 of them ours, over 2 s
+    assert others_cores(after, after) == 0.0
+    assert others_cores(before, CpuSample(busy_s=100.5, own_s=12.0, wall_s=1.0)) == 0.0  # clock skew: never < 0
+
+
+def test_the_kernels_counts_are_read():
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc/stat (not Linux)")
+    a = load.cpu_sample()
+    sum(i * i for i in range(300_000))  # this process busy for a moment
+    b = load.cpu_sample()
+    assert b.busy_s >= a.busy_s and b.own_s > a.own_s and b.wall_s > a.wall_s
+
+
+class FakeMachine:
+    """Readings as a machine with ``cores`` cores would give them: ``others`` cores busy with other programs
+    and this process using ``own`` cores, one reading per ``interval`` seconds of a fake clock."""
+
+    def __init__(self, monkeypatch, cores: int = 2) -> None:
+        self.clock, self.busy, self.own, self.others = 0.0, 0.0, 0.0, 0.0
+        self.cores = cores
+        monkeypatch.setattr(load.time, "perf_counter", lambda: self.clock)
+        monkeypatch.setattr(load, "cpu_sample", lambda cpus=None: CpuSample(self.busy, self.own, self.clock))
+        monkeypatch.setattr(load.torch, "set_num_threads", self.set_threads)
+        self.threads: list[int] = []
+
+    def set_threads(self, n: int) -> None:
+        self.threads.append(n)
+
+    def advance(self, seconds: float, others: float) -> None:
+        own = min(self.threads[-1] if self.threads else 1, self.cores)
+        self.clock += seconds
+        self.own += own * seconds
+        self.busy += (own + others) * seconds
+
+
+def test_the_follower_drops_at_once_and_rises_after_two_windows(monkeypatch):
+    machine = FakeMachine(monkeypatch)
+    since = load.cpu_sample()
+    machine.advance(1.0, others=0.0)  # a quiet start-up
+    follower = ThreadFollower(most=2, cores=2)
+    assert follower.start(since) == 2
+    follower.tick()  # before a second has gone: nothing read
+    assert machine.threads == [2]
+    for _ in range(3):  # another program takes a core (it gets 0.7 of one while this run holds both)
+        machine.advance(1.0, others=0.7)
+        follower.tick()
+    assert machine.threads == [2, 1]  # one window is enough to drop
+    machine.advance(1.0, others=0.0)  # the other program pauses for a second: no flapping
+    follower.tick()
+    machine.advance(1.0, others=1.0)
+    follower.tick()
+    assert machine.threads == [2, 1]
+    for _ in range(2):  # it has ended: two quiet windows, then both cores again
+        machine.advance(1.0, others=0.0)
+        follower.tick()
+    assert machine.threads == [2, 1, 2]
+    record = follower.record()
+    assert record["changes"] == 2 and record["most"] == 2 and set(record["seconds_at"]) == {"1", "2"}
+    assert sum(record["seconds_at"].values()) == pytest.approx(7.0, abs=0.2)  # from the start on
+
+
+def test_the_first_count_comes_from_the_start_up_window(monkeypatch):
+    machine = FakeMachine(monkeypatch, cores=4)
+    since = load.cpu_sample()
+    machine.advance(1.5, others=2.9)  # three other programs hold cores through the start-up
+    assert ThreadFollower(most=4, cores=4).start(since) == 1
+    assert ThreadFollower(most=4, cores=4).start(None) == 4  # nothing to read: torch's count
+
+
+@pytest.mark.parametrize("value,expected", [("auto", "auto"), (None, None), (3, 3)])
+def test_the_setting_is_auto_null_or_a_count(value, expected):
+    assert thread_setting(value) == expected
+
+
+def busy_everywhere_but_one(monkeypatch) -> None:
+    """Readings that say other programs hold all usable cores but one (whatever this process does)."""
+    real = load.cpu_sample
+    start = real()
+
+    def sample(cpus=None):
+        now = real(cpus)
+        others = (len(load.usable_cpu_ids()) - 1) * (now.wall_s - start.wall_s)
+        return CpuSample(now.own_s + others, now.own_s, now.wall_s)
+
+    monkeypatch.setattr(load, "cpu_sample", sample)
+    monkeypatch.setattr("cnnbench.run.build.cpu_sample", sample)  # the run's start-up reading
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat") or len(load.usable_cpu_ids()) < 2, reason="needs 2 cores, Linux")
+def test_a_run_follows_the_load_and_says_so(fake_data, tmp_path, monkeypatch, caplog):
+    """auto on a machine whose other cores are busy: one thread from the first step, in the header and the summary;
+    the caller's own count is given back."""
+    from cnnbench.run.train import train
+
+    busy_everywhere_but_one(monkeypatch)
+    before = torch.get_num_threads()
+    caplog.set_level("INFO")
+    summary = train(compose_fast(fake_data, "model=lenet", "device.num_threads=auto", "trainer.epochs=1",
+                                 "trainer.limit_train_batches=3"), tmp_path / "run")
+    assert summary["status"] == "completed"
+    assert summary["machine"]["torch_threads"] == 1
+    assert summary["threads"]["policy"] == "follow" and summary["threads"]["most"] == before
+    assert "1 thread (follows the load: 1 of" in caplog.text
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("extra", [["device.num_threads=2"], ["device.num_threads=auto", "trainer.deterministic=true"],
+                                   ["device.num_threads=null"]])
+def test_a_fixed_count_does_not_follow(fake_data, tmp_path, monkeypatch, extra):
+    """A number, a deterministic run (the same numbers whatever the load) and null keep their count."""
+    from cnnbench.run.train import train
+
+    busy_everywhere_but_one(monkeypatch)
+    summary = train(compose_fast(fake_data, "model=lenet", "trainer.epochs=1", "trainer.limit_train_batches=2",
+                                 *extra), tmp_path / "run")
+    assert summary["status"] == "completed" and summary["threads"] is None
+    assert summary["machine"]["torch_threads"] == (2 if "device.num_threads=2" in extra else torch.get_num_threads())
+
+
+def test_auto_is_what_users_get():
+    from cnnbench.config import compose_config
+
+    for device in ("auto", "cpu", "fast"):
+        assert compose_config([f"device={device}"]).device.num_threads == "auto"
+
+
+BUSY = "import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass\n"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/stat") or len(load.usable_cpu_ids()) != 2, reason="a 2-core machine")
+def test_a_busy_core_found_by_a_real_run(fake_data, tmp_path):
+    """The real kernel readings: with another program spinning on one of 2 cores, the command trains with 1 thread."""
+    spinner = subprocess.Popen([sys.executable, "-c", BUSY.format(seconds=120)], start_new_session=True)
+    try:
+        out = subprocess.run([sys.executable, "-m", "cnnbench", "train",
+                              *fast_overrides(fake_data, "model=lenet", "device.num_threads=auto", "trainer.epochs=1",
+                                              f"hydra.run.dir={tmp_path / 'run'}")],
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        stop_process(spinner)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["machine"]["torch_threads"] == 1, summary["threads"]
+    assert "1 thread (follows the load: 1 of 2 cores free)" in out.stdout + out.stderr
