@@ -194,7 +194,11 @@ def test_bench_runs_both_pipelines_on_generated_data(tmp_path, capsys):
     assert row["speedup/e2e"] == pytest.approx(row["cnnbench/e2e_examples_per_sec"] / row["book/e2e_examples_per_sec"])
     assert row["cnnbench/tflops"] == pytest.approx(
         3 * row["cnnbench/flops_per_image"] * row["cnnbench/examples_per_sec"] / 1e12)
-    assert result["peaks"]["fp32"] > 1e9
+    assert result["peaks"]["fp32"] > 1e9 and result["bandwidth"] > 1e8
+    # the roofline: the bound's speed from the same figures, and the measured speed's share of it
+    assert row["roofline/bound"] in ("compute", "memory") and row["cnnbench/bytes_per_step"] > 0
+    assert row["roofline/fraction"] == pytest.approx(
+        row["cnnbench/examples_per_sec"] / row["roofline/bound_examples_per_sec"])
     assert "| d2l_lenet | 28 | 256 |" in (out / "bench.md").read_text()
     assert "| d2l_lenet | 28 | 256 |" in capsys.readouterr().out
 

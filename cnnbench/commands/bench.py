@@ -10,7 +10,9 @@ For each recipe both pipelines run in this process, on the same device and the s
   last accuracy, as a user waits for it.
 
 Achieved FLOP/s counts 3x the forward FLOPs per training example (forward + two backward matmuls) and
-is compared with the device's dense matmul peak measured in the same run.
+is compared with the device's dense matmul peak measured in the same run; the step's bytes (op by op) against
+the memory bandwidth measured in the same run give its roofline (:mod:`cnnbench.speed.roofline`): whether
+arithmetic or memory traffic bounds the step, and how close the measured speed comes to that bound.
 """
 
 from __future__ import annotations
@@ -82,8 +84,10 @@ def bench_data(data_root: str | None, fake: bool, tmp: Path) -> tuple[Path, str]
 def cnnbench_steady(cfg, warmup: int, steps: int) -> dict:
     """Examples/sec of cnnbench's loop over ``steps`` steps after ``warmup`` steps."""
     from ..devices import synchronize
+    from ..models.configured import image_size
     from ..run.build import build_run
     from ..run.loop import LoopHooks, train_one_epoch
+    from ..speed.roofline import step_bytes
 
     with tempfile.TemporaryDirectory() as tmp:
         run = build_run(cfg, Path(tmp))
@@ -96,7 +100,11 @@ def cnnbench_steady(cfg, warmup: int, steps: int) -> dict:
         out = train_one_epoch(run.model, run.train_loader, run.optimizer, None, run.precision, epoch=1,
                               limit_batches=steps, **common)
         seconds = time.perf_counter() - t0  # train_one_epoch ends with a host read: the device is done
-    return {"examples_per_sec": out.examples / seconds, "flops_per_image": run.flops,
+        dtype = torch.bfloat16 if run.speed.precision == "bf16" else torch.float16 if run.speed.precision == "fp16" \
+            else torch.float32
+        moved = step_bytes(run.raw_model, int(cfg.trainer.batch_size), int(cfg.dataset.in_channels),
+                           image_size(cfg), dtype, run.speed.channels_last)
+    return {"examples_per_sec": out.examples / seconds, "flops_per_image": run.flops, "bytes_per_step": moved,
             "precision": run.speed.precision, "channels_last": run.speed.channels_last}
 
 
@@ -151,22 +159,36 @@ def measure_recipe(recipe: str, root: Path, device_option: str, args: argparse.N
     return row
 
 
-def add_flop_rates(row: dict, peaks: dict[str, float]) -> None:
-    """Achieved training FLOP/s (3x forward) and its fraction of the measured matmul peak."""
+def add_flop_rates(row: dict, peaks: dict[str, float], bandwidth: float | None = None) -> None:
+    """Achieved training FLOP/s (3x forward) and its fraction of the measured matmul peak; with the measured
+    memory ``bandwidth`` (bytes/s), the step's roofline (cnnbench.speed.roofline): which bound binds, and the
+    fraction of that bound the measured step reaches."""
+    from ..speed.roofline import Roofline
+
     achieved = 3 * row["cnnbench/flops_per_image"] * row["cnnbench/examples_per_sec"]
     row["cnnbench/tflops"] = achieved / 1e12
     peak = peaks[row["cnnbench/precision"] if row["cnnbench/precision"] in peaks else "fp32"]
     row["cnnbench/peak_fraction"] = achieved / peak
+    if bandwidth and row.get("cnnbench/bytes_per_step"):
+        batch = row["batch_size"]
+        roof = Roofline(3 * row["cnnbench/flops_per_image"] * batch, row["cnnbench/bytes_per_step"], peak, bandwidth)
+        row["roofline/bound"] = roof.bound
+        row["roofline/bound_examples_per_sec"] = batch / roof.bound_s
+        row["roofline/fraction"] = roof.fraction(batch / row["cnnbench/examples_per_sec"])
     if "book/examples_per_sec" in row:
         row["book/peak_fraction"] = 3 * row["cnnbench/flops_per_image"] * row["book/examples_per_sec"] / peaks["fp32"]
 
 
-def table(rows: list[dict], peaks: dict[str, float], device_name: str, source: str = "") -> str:
-    """Markdown table of the rows, below a line naming the device and the data (``source``)."""
+def table(rows: list[dict], peaks: dict[str, float], device_name: str, source: str = "",
+          bandwidth: float | None = None) -> str:
+    """Markdown table of the rows, below a line naming the device, its measured peaks and the data (``source``).
+    "bound": what limits the step by its roofline (compute or memory); "% bound": the measured speed as a
+    share of that bound's speed."""
     head = ["recipe", "res", "batch", "cnnbench ex/s", "book ex/s", "steady x", "cnnbench e2e s", "book e2e s",
-            "e2e x", "TFLOP/s", "% peak", "precision"]
+            "e2e x", "TFLOP/s", "% peak", "GB/step", "bound", "% bound", "precision"]
     peak_text = ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in peaks.items())
-    lines = [f"device: {device_name}; matmul peak: {peak_text}" + (f"; data: {source}" if source else ""),
+    memory = f"; memory {bandwidth / 1e9:.1f} GB/s (copy)" if bandwidth else ""
+    lines = [f"device: {device_name}; matmul peak: {peak_text}{memory}" + (f"; data: {source}" if source else ""),
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         g = r.get
@@ -175,6 +197,8 @@ def table(rows: list[dict], peaks: dict[str, float], device_name: str, source: s
                  f"{r['cnnbench/e2e_wall_s']:.1f}", f"{g('book/e2e_wall_s', float('nan')):.1f}",
                  f"{g('speedup/e2e', float('nan')):.2f}", f"{r['cnnbench/tflops']:.3f}",
                  f"{100 * r['cnnbench/peak_fraction']:.1f}",
+                 f"{g('cnnbench/bytes_per_step', float('nan')) / 1e9:.2f}", g("roofline/bound", "-"),
+                 f"{100 * g('roofline/fraction', float('nan')):.1f}",
                  r["cnnbench/precision"] + ("+CL" if r["cnnbench/channels_last"] else "")]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
@@ -205,6 +229,7 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_bench(argv: Sequence[str]) -> int:
     """Entry point of ``cnnbench bench``."""
     from ..devices import bf16_supported, resolve_device
+    from ..speed.roofline import measure_bandwidth
     from ..speed.settings import peak_matmul_flops
     from .bench_accuracy import run as run_to_accuracy
 
@@ -220,17 +245,19 @@ def cmd_bench(argv: Sequence[str]) -> int:
         peaks = {"fp32": peak_matmul_flops(device)}
         if bf16_supported(device):
             peaks["bf16"] = peak_matmul_flops(device, dtype=torch.bfloat16)
+        bandwidth = measure_bandwidth(device)
         rows = []
         for recipe in args.recipes:
             row = measure_recipe(recipe, Path(root), args.device, args, device)
-            add_flop_rates(row, peaks)
+            add_flop_rates(row, peaks, bandwidth)
             rows.append(row)
             logger.info("%s", json.dumps({k: v for k, v in row.items() if "speedup" in k or "examples" in k}))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    text = table(rows, peaks, name, source)
+    text = table(rows, peaks, name, source, bandwidth)
     print(text)
     (out / "bench.md").write_text(text + "\n")
-    (out / "bench.json").write_text(json.dumps({"device": name, "data": source, "peaks": peaks, "rows": rows,
+    (out / "bench.json").write_text(json.dumps({"device": name, "data": source, "peaks": peaks,
+                                                "bandwidth": bandwidth, "rows": rows,
                                                 "args": vars(args)}, indent=2) + "\n")
     logger.info("wrote %s and %s", out / "bench.md", out / "bench.json")
     return 0
