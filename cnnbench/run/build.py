@@ -29,6 +29,7 @@ from ..models.configured import image_size, init_weights, model_from_config
 from ..models.stats import count_parameters, forward_flops
 from ..speed.allocator import tune_malloc
 from ..speed.compiling import compile_for_training
+from ..speed import load
 from ..speed.load import FOLLOW, CpuSample, ThreadFollower, cpu_sample, thread_setting
 from ..speed.precision import Precision
 from ..speed.settings import SpeedSettings, prepare_speed
@@ -140,7 +141,7 @@ def follow_load(setting: int | str | None, device: torch.device, deterministic: 
     deterministic run (the same numbers whatever the load), another device, one usable core."""
     if setting != FOLLOW or device.type != "cpu" or deterministic or torch.get_num_threads() < 2:
         return None
-    follower = ThreadFollower(most=torch.get_num_threads())
+    follower = ThreadFollower(most=torch.get_num_threads(), interval_s=load.INTERVAL_S)
     follower.start(since)
     return follower
 

@@ -132,6 +132,31 @@ def test_a_run_follows_the_load_and_says_so(fake_data, tmp_path, monkeypatch, ca
     assert torch.get_num_threads() == before
 
 
+@pytest.mark.skipif(len(load.usable_cpu_ids()) < 2, reason="needs 2 cores")
+def test_the_count_follows_during_the_run(fake_data, tmp_path, monkeypatch):
+    """Quiet at the start, then another program takes all cores but one: the steps after it run with one thread."""
+    from cnnbench.run.train import train
+
+    real, state = load.cpu_sample, {"busy_from": None, "reads": 0}
+
+    def sample(cpus=None):  # a quiet start-up (the first two readings), then others on every core but one
+        now = real(cpus)
+        state["reads"] += 1
+        if state["reads"] <= 2:
+            state["busy_from"] = now.wall_s
+            return CpuSample(now.own_s, now.own_s, now.wall_s)
+        others = (len(load.usable_cpu_ids()) - 1) * (now.wall_s - state["busy_from"])
+        return CpuSample(now.own_s + others, now.own_s, now.wall_s)
+
+    monkeypatch.setattr(load, "cpu_sample", sample)
+    monkeypatch.setattr("cnnbench.run.build.cpu_sample", sample)
+    monkeypatch.setattr(load, "INTERVAL_S", 0.0)  # a reading after every step
+    summary = train(compose_fast(fake_data, "model=lenet", "device.num_threads=auto", "trainer.epochs=1",
+                                 "trainer.limit_train_batches=4"), tmp_path / "run")
+    assert summary["status"] == "completed"
+    assert summary["threads"]["changes"] >= 1 and "1" in summary["threads"]["seconds_at"], summary["threads"]
+
+
 @pytest.mark.parametrize("extra", [["device.num_threads=2"], ["device.num_threads=auto", "trainer.deterministic=true"],
                                    ["device.num_threads=null"]])
 def test_a_fixed_count_does_not_follow(fake_data, tmp_path, monkeypatch, extra):
