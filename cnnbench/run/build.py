@@ -27,9 +27,9 @@ from ..devices import resolve_device
 from ..errors import ConfigError
 from ..models.configured import image_size, init_weights, model_from_config
 from ..models.stats import count_parameters, forward_flops
+from ..speed import load
 from ..speed.allocator import tune_malloc
 from ..speed.compiling import compile_for_training
-from ..speed import load
 from ..speed.load import FOLLOW, CpuSample, ThreadFollower, cpu_sample, thread_setting
 from ..speed.precision import Precision
 from ..speed.settings import SpeedSettings, prepare_speed
