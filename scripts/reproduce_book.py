@@ -199,13 +199,27 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def machine_words(folder: Path, summary: dict) -> str:
+    """'2-core Intel Xeon, 1 thread': the CPU a record ran on, as its summary records it."""
+    machine = summary.get("machine") or {}
+    threads = configured_threads(folder) or machine.get("torch_threads")
+    used = f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""
+    return f"{machine.get('cpu_count', '?')}-core {short_cpu(machine.get('cpu', '?'))}{used}"
+
+
 def table() -> str:
-    """The README's results table (Markdown), one row per recipe, from the records under results/."""
+    """The README's results table (Markdown), one row per recipe, from the records under results/; the CPU
+    the records ran on said once above it when they share one, else in each row."""
     from cnnbench.book.results import published
 
     found = records()
-    lines = ["| recipe | network, input | book | cnnbench (seed 0) | last 5 epochs | precision | CPU, whole command "
-             "| GPU, whole command |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    cpu_records = [found[key] for key in found if key[1] == "cpu"]
+    machines = {machine_words(*r) for r in cpu_records}
+    folders = sorted({r[0].parent.relative_to(REPO).as_posix() for r in cpu_records})
+    shared = machines.pop() if len(machines) == 1 else None
+    lines = [f"CPU: {shared} (`{'`, `'.join(folders)}/`).", ""] if shared else []
+    lines += ["| recipe | network, input | book | cnnbench (seed 0) | last 5 epochs | precision | CPU, whole command "
+              "| GPU, whole command |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for recipe in sorted(published(), key=lambda r: list(NETWORKS).index(r)):
         editions = published()[recipe]["editions"]
         book = " / ".join(f"{editions[e]['test_acc']:.3f}" for e in ("classic_v0.17", "zh_v2.0.0"))
@@ -222,12 +236,8 @@ def table() -> str:
         cpu_time = "not measured"
         if (recipe, "cpu") in found:
             seconds, starts = command_time_s(folder, summary)
-            machine = summary.get("machine") or {}
-            resumed = f", {starts} starts" if starts > 1 else ""
-            threads = configured_threads(folder) or machine.get("torch_threads")
-            used = f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""
-            cpu_time = f"{duration(seconds)}, {machine.get('cpu_count', '?')}-core {short_cpu(machine.get('cpu', '?'))}" \
-                       f"{used}{resumed}"
+            where = "" if shared else f", {machine_words(folder, summary)}"
+            cpu_time = f"{duration(seconds)}{where}{f', {starts} starts' if starts > 1 else ''}"
         lines.append(
             f"| `{recipe}` | {NETWORKS[recipe]} | {book} | [{summary['test/acc']:.3f}]"
             f"({folder.relative_to(REPO).as_posix()}) {verdict}{mark} | "
