@@ -84,7 +84,7 @@ def bench_data(data_root: str | None, fake: bool, tmp: Path) -> tuple[Path, str]
 def cnnbench_steady(cfg, warmup: int, steps: int) -> dict:
     """Examples/sec of cnnbench's loop over ``steps`` steps after ``warmup`` steps."""
     from ..devices import synchronize
-    from ..models.configured import image_size
+    from ..models.configured import image_size, model_from_config
     from ..run.build import build_run
     from ..run.loop import LoopHooks, train_one_epoch
     from ..speed.roofline import step_bytes
@@ -102,7 +102,8 @@ def cnnbench_steady(cfg, warmup: int, steps: int) -> dict:
         seconds = time.perf_counter() - t0  # train_one_epoch ends with a host read: the device is done
         dtype = torch.bfloat16 if run.speed.precision == "bf16" else torch.float16 if run.speed.precision == "fp16" \
             else torch.float32
-        moved = step_bytes(run.raw_model, int(cfg.trainer.batch_size), int(cfg.dataset.in_channels),
+        # the network as built from the config: the run's copy may carry CPU kernels that have no meta version
+        moved = step_bytes(model_from_config(cfg), int(cfg.trainer.batch_size), int(cfg.dataset.in_channels),
                            image_size(cfg), dtype, run.speed.channels_last)
     return {"examples_per_sec": out.examples / seconds, "flops_per_image": run.flops, "bytes_per_step": moved,
             "precision": run.speed.precision, "channels_last": run.speed.channels_last}
