@@ -13,8 +13,7 @@ import sys
 import pytest
 
 import cnnbench.speed.allocator as allocator
-
-from .conftest import cli, fast_overrides
+from tests.helpers import cli, fast_overrides
 
 ON_GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
@@ -76,8 +75,7 @@ def test_a_run_tunes_malloc_before_reading_its_data(fake_data, tmp_path, monkeyp
     """train() in-process (tests, notebooks) applies the setting itself, before the dataset is read."""
     import cnnbench.run.build as build
     from cnnbench.run.train import train
-
-    from .conftest import compose_fast
+    from tests.helpers import compose_fast
 
     order = []
     real_tune, real_load = build.tune_malloc, build.load_splits

@@ -20,8 +20,7 @@ from cnnbench.run.loop import EvalResult, evaluate
 from cnnbench.run.optim import onecycle_factor
 from cnnbench.run.train import train
 from cnnbench.speed.precision import Precision
-
-from .conftest import compose_fast
+from tests.helpers import compose_fast
 
 STRONG = Augment(flip=0.5, crop_padding=3, erase=0.5)
 

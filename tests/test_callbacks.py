@@ -11,8 +11,7 @@ from cnnbench.run import callbacks as cb
 from cnnbench.run.loop import LoopHooks, train_one_epoch
 from cnnbench.run.state import RunState
 from cnnbench.run.train import train
-
-from .conftest import compose_fast
+from tests.helpers import compose_fast
 
 
 def test_state_dict_is_the_fields_a_callback_owns():

@@ -15,8 +15,7 @@ from cnnbench.config import compose_config
 from cnnbench.data import sources
 from cnnbench.data.cifar import CIFAR, load_cifar
 from cnnbench.errors import DataError
-
-from .conftest import fast_overrides
+from tests.helpers import fast_overrides
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

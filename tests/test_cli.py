@@ -8,8 +8,7 @@ import pytest
 
 from cnnbench.cli import main
 from cnnbench.models import list_models
-
-from .conftest import cli
+from tests.helpers import REPO, cli
 
 
 def test_help_lists_the_subcommands():
@@ -134,13 +133,12 @@ def test_the_console_script_exits_with_mains_code_and_the_shutdown_skips_the_fin
     """``cnnbench`` (and ``python -m cnnbench``) run cli.run: main's exit code, and every live object frozen
     out of the garbage collector first (the interpreter's last collection costs a LeNet command 0.5 s)."""
     import gc
-    from pathlib import Path
 
     import tomllib
 
     import cnnbench.cli as cli_module
 
-    scripts = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["cnnbench"] == "cnnbench.cli:run"
     monkeypatch.setattr(cli_module, "main", lambda: 3)
     gc.unfreeze()
@@ -215,8 +213,7 @@ def test_the_first_epoch_resumes_a_paused_collector(fake_data, tmp_path) -> None
 
     from cnnbench.run.train import train
     from cnnbench.speed import collector
-
-    from .conftest import compose_fast
+    from tests.helpers import compose_fast
 
     gc.unfreeze()
     collector.pause()

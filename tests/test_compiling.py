@@ -14,8 +14,7 @@ import cnnbench.speed.compiling as compiling
 from cnnbench.errors import ConfigError
 from cnnbench.run.build import local_batch
 from cnnbench.run.distributed import DistContext
-
-from .conftest import compose_fast
+from tests.helpers import compose_fast
 
 RESNET18_AT_96 = 637_315_072  # FLOPs per image: auto compiles it on the CPU
 

@@ -70,8 +70,7 @@ def test_the_run_uses_it_on_the_cpu_and_the_switch_turns_it_off(fake_data, tmp_p
     """Same losses with and without it (bit for bit); the model trained really holds the fast pools."""
     from cnnbench.run.build import build_run
     from cnnbench.run.train import train
-
-    from .conftest import compose_fast
+    from tests.helpers import compose_fast
 
     common = ("model=lenet_bn", "trainer.batch_size=32", "trainer.epochs=1", "trainer.limit_train_batches=4",
               "trainer.logs_per_epoch=4", "trainer.limit_eval_batches=1", "trainer.checkpoint=false",
@@ -210,8 +209,7 @@ def test_the_run_trains_with_the_layers_the_timing_chose(fake_data, tmp_path, mo
     stay ATen's up to rounding."""
     import cnnbench.speed.settings as speed
     from cnnbench.run.train import train
-
-    from .conftest import compose_fast
+    from tests.helpers import compose_fast
 
     monkeypatch.setattr(speed, "time_conv_weight_grads", lambda model, x, batch: {"0": 1.6, "4": 0.5})
     seen = set()
@@ -238,8 +236,7 @@ def test_the_run_trains_with_the_layers_the_timing_chose(fake_data, tmp_path, mo
 
 def test_an_unknown_conv_weight_grad_setting_is_refused(fake_data, tmp_path):
     from cnnbench.run.train import train
-
-    from .conftest import compose_fast
+    from tests.helpers import compose_fast
 
     summary = train(compose_fast(fake_data, "device.conv_weight_grad=nhwc"), tmp_path)
     assert summary["status"] == "failed" and "device.conv_weight_grad must be one of auto, native" in summary["error"]

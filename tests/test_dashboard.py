@@ -17,9 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cnnbench.run.train import train
 from cnnbench.runfolder.log import RunLogger, hparams_of, swept_keys
-
-from .conftest import compose_fast, fast_overrides, stop_process
-from .test_sweeps import start_tensorboard
+from tests.helpers import REPO, compose_fast, fast_overrides, start_tensorboard, stop_process
 
 # MLflow's SQLite store and SQLAlchemy 2.1 (not ours to fix; the tracked sweep's tests)
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
@@ -31,7 +29,6 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MLFLOW_UI = os.environ.get("CNNBENCH_MLFLOW_UI") or (
     str(Path(sys.executable).with_name("mlflow")) if importlib.util.find_spec("flask") is not None
     and importlib.util.find_spec("mlflow.server") is not None else None)
-REPO = Path(__file__).resolve().parents[1]
 
 
 def dashboard_shots():

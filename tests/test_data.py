@@ -14,8 +14,7 @@ from cnnbench.data import DeviceLoader, find_data_root
 from cnnbench.data.idx import candidate_roots, load_mini, load_splits, read_split
 from cnnbench.errors import ConfigError, DataError
 from cnnbench.run.validate import check_values
-
-from .conftest import compose_fast, gzip_dataset, write_fake_dataset
+from tests.helpers import compose_fast, gzip_dataset, write_fake_dataset
 
 
 def dataset_cfg(root=None, name="fashion_mnist", download=False):

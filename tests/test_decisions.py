@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 from cnnbench.speed import decisions
-
-from .conftest import REPO, compose_fast
+from tests.helpers import REPO, compose_fast
 
 
 def counting_timer(choices: list[dict]):

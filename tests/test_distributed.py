@@ -12,9 +12,7 @@ import pytest
 import torch
 
 from cnnbench.run.train import train
-
-from .conftest import compose_fast, fast_overrides, stop_process
-from .test_reliability import HeldStep
+from tests.helpers import HeldStep, compose_fast, fast_overrides, stop_process
 
 pytestmark = pytest.mark.slow  # torchrun: three interpreters a test (5-8 s each on 2 cores)
 COMMON = ["trainer.batch_size=32", "trainer.deterministic=true", "trainer.epochs=2"]

@@ -15,8 +15,8 @@ from markdown_it import MarkdownIt
 from omegaconf import OmegaConf
 
 from cnnbench.config import compose_config
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
 README_LIMIT = 15_000  # characters: a first page read in minutes

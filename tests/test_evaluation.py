@@ -20,8 +20,7 @@ from cnnbench.data.split import split_train_val
 from cnnbench.models import build_model
 from cnnbench.run.loop import evaluate
 from cnnbench.speed.precision import Precision
-
-from .conftest import compose_fast
+from tests.helpers import compose_fast
 
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 

@@ -13,8 +13,7 @@ from omegaconf import OmegaConf
 
 from cnnbench.commands.launch import parse_command_line, preflight
 from cnnbench.config import compose_config, config_dir
-
-from .conftest import cli, fast_overrides
+from tests.helpers import cli, fast_overrides
 
 EXERCISES = sorted(p.stem for p in (config_dir() / "exercise").glob("*.yaml"))
 

@@ -16,8 +16,7 @@ from torch import nn
 from cnnbench.cli import main
 from cnnbench.models import build_model, list_models, registry
 from cnnbench.models.external import ModelBuildError, adapt_first_conv, check_output, torchvision_names
-
-from .conftest import fast_overrides
+from tests.helpers import fast_overrides
 
 # A few batches, small: each test trains through the real command line in seconds.
 QUICK = ("trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.batch_size=32", "trainer.limit_eval_batches=1",

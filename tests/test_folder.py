@@ -18,10 +18,7 @@ from cnnbench.data import folder as folder_mod
 from cnnbench.data import sources
 from cnnbench.data.folder import decode_image, list_folder, load_folder
 from cnnbench.errors import ConfigError, DataError
-
-from .conftest import fast_overrides
-
-CLASSES = ("cat", "dog", "frog")
+from tests.helpers import CLASSES, fast_overrides, make_folder, picture
 
 
 @pytest.fixture(autouse=True)
@@ -31,31 +28,6 @@ def _own_cache(monkeypatch, tmp_path):
     sources._READ.clear()
     yield
     sources._READ.clear()
-
-
-def picture(label: int, rng: np.random.Generator, side: int = 12, colour: bool = True) -> np.ndarray:
-    """(side, side, 3) uint8: a bright band whose row depends on the class, plus noise; grey when not colour."""
-    a = rng.integers(0, 50, (side, side, 3), dtype=np.uint8)
-    a[1 + 3 * label: 3 + 3 * label] = (220, 120 + 40 * label, 40) if colour else 200
-    if not colour:
-        a[..., 1] = a[..., 2] = a[..., 0]
-    return a
-
-
-def make_folder(root: Path, n_train: int = 8, n_test: int = 4, colour: bool = True, ext: str = ".png",
-                splits: tuple[str, ...] = ("train", "test"), classes: tuple[str, ...] = CLASSES,
-                side: int = 12, seed: int = 0) -> Path:
-    """ROOT/<split>/<class>/<i><ext>; grey pictures saved as mode L."""
-    rng = np.random.default_rng(seed)
-    for split in splits:
-        n = n_train if split == "train" else n_test
-        for label, name in enumerate(classes):
-            d = root / split / name
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                a = picture(label, rng, side, colour)
-                Image.fromarray(a if colour else a[..., 0]).save(d / f"{i:03d}{ext}")
-    return root
 
 
 # ------------------------------------------------------------------------------------------- listing

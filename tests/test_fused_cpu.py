@@ -307,8 +307,7 @@ def test_the_run_uses_them_on_the_cpu_and_the_switch_turns_them_off(fake_data, t
     the first logged losses agree to float rounding."""
     from cnnbench.run.build import build_run
     from cnnbench.run.train import train
-
-    from .conftest import compose_fast
+    from tests.helpers import compose_fast
 
     common = ("model=lenet_bn", "trainer.batch_size=32", "trainer.epochs=1", "trainer.limit_train_batches=4",
               "trainer.logs_per_epoch=4", "trainer.limit_eval_batches=1", "trainer.checkpoint=false")
@@ -390,8 +389,7 @@ def test_the_switch_takes_only_true_or_false(fake_data):
 
     from cnnbench.run.validate import validate_config
     from cnnbench.schema import type_error_sentence
-
-    from .conftest import compose_fast
+    from tests.helpers import compose_fast
 
     validate_config(compose_fast(fake_data, "device.fused_kernels=false"))
     with pytest.raises(ConfigCompositionException) as refused:

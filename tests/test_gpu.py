@@ -14,10 +14,8 @@ import torch
 from cnnbench.config import compose_config
 from cnnbench.run.build import build_run
 from cnnbench.run.train import train
-
-from .conftest import stop_process
-from .test_speed import Probe
-from .test_speed import first_losses as cpu_first_losses
+from tests.helpers import Probe, stop_process
+from tests.helpers import first_losses as cpu_first_losses
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -19,8 +19,7 @@ from omegaconf import OmegaConf
 
 from cnnbench.cli import main
 from cnnbench.config import ConfigSource, compose_config
-
-from .conftest import cli, fast_overrides
+from tests.helpers import cli, fast_overrides
 
 
 def user_configs(root: Path, epochs: int = 1) -> Path:

@@ -23,8 +23,7 @@ from cnnbench.evaluation.predict import prepared_batch
 from cnnbench.inspection.probe import InspectError, cam_layer, grad_cam, probe
 from cnnbench.models import build_model, get_model_spec, list_models
 from cnnbench.models.stats import block_shapes
-
-from .conftest import compose_fast, write_idx
+from tests.helpers import compose_fast, write_idx
 
 pytest.importorskip("captum")
 
@@ -182,8 +181,7 @@ def test_a_colour_run_reads_its_pictures_as_predict_does_and_draws_rgb_kernels(t
     the kernels drawn in colour, and no grey-only response row."""
     from cnnbench.data.sources import settle_dataset
     from cnnbench.run.train import train
-
-    from .test_folder import make_folder
+    from tests.helpers import make_folder
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     root = make_folder(tmp_path / "pets", side=32)

@@ -23,13 +23,15 @@ from cnnbench.run.memory import estimate_step_memory
 from cnnbench.run.train import train
 from cnnbench.runfolder import lock as runlock
 from cnnbench.runfolder.lock import holder_of, run_folder_lock
-
-from .conftest import cli, compose_fast, fast_overrides, stop_process
-from .test_reliability import HeldStep, assert_same_weights, final_weights
-
-
-def cfg_for(data_root, *overrides):
-    return compose_fast(data_root, "trainer.batch_size=32", "trainer.deterministic=true", *overrides)
+from tests.helpers import (
+    HeldStep,
+    assert_same_weights,
+    cfg_for,
+    cli,
+    fast_overrides,
+    final_weights,
+    stop_process,
+)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -214,8 +214,7 @@ def test_densenet_growth_compression_pool_and_bottleneck():
 ])
 def test_impossible_or_foreign_settings_are_one_line_naming_the_knob(fake_data, overrides, words):
     from cnnbench.run.validate import validate_config
-
-    from .conftest import compose_fast
+    from tests.helpers import compose_fast
 
     with pytest.raises(CnnbenchError) as err:
         validate_config(compose_fast(fake_data, *overrides))
@@ -226,8 +225,7 @@ def test_a_knob_of_another_family_names_the_networks_that_take_it(fake_data, tmp
     """``model.conv_arch=...`` on LeNet is not Hydra's bare "no such key": it says which networks take it,
     and no run folder is made."""
     from cnnbench.commands.launch import parse_command_line, preflight
-
-    from .conftest import fast_overrides
+    from tests.helpers import fast_overrides
 
     assert models_taking("conv_arch") == ["vgg11", "vgg11_full", "vgg13", "vgg16", "vgg19"]
     out = tmp_path / "run"

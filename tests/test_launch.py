@@ -15,8 +15,7 @@ from PIL import Image
 from cnnbench.cli import main
 from cnnbench.data import sources
 from cnnbench.run import validate
-
-from .conftest import fast_overrides
+from tests.helpers import fast_overrides
 
 
 def _pictures(root: Path, n_train: int = 12, n_test: int = 6, classes: int = 3) -> Path:

@@ -8,7 +8,9 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "cnnbench"
+from tests.helpers import REPO
+
+PACKAGE = REPO / "cnnbench"
 MAX_FLAT_MODULES = 12
 
 

@@ -24,9 +24,7 @@ import pytest
 import torch
 
 from cnnbench.run.train import train
-
-from .conftest import compose_fast, fast_overrides, stop_process
-from .test_reliability import HeldStep, text_of, wait_until
+from tests.helpers import HeldStep, compose_fast, fast_overrides, stop_process, text_of, wait_until
 
 COMMON = ["trainer.batch_size=32", "trainer.deterministic=true", "trainer.epochs=2", "model=lenet"]
 AGENT_TIMEOUT = 300  # seconds for a whole two-agent job on a shared 2-core machine

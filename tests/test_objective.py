@@ -18,8 +18,7 @@ from cnnbench.errors import ConfigError
 from cnnbench.report import build_report, report_text
 from cnnbench.run.selection import objective_value
 from cnnbench.run.validate import validate_config
-
-from .conftest import cli, compose_fast, fast_overrides
+from tests.helpers import cli, compose_fast, fast_overrides
 
 OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 NEVERGRAD = "hydra_plugins.hydra_nevergrad_sweeper.nevergrad_sweeper.NevergradSweeper"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from tests.helpers import REPO
 
 # Ignored top-level folders of a working tree that a build neither needs nor may see (a stale build/ would leak
 # old files into the wheel)

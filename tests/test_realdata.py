@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cnnbench.run.train import train
-
-from .conftest import compose_fast, real_data_root
+from tests.helpers import compose_fast, real_data_root
 
 ROOT = real_data_root()
 pytestmark = [

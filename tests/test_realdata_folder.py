@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from cnnbench.data import sources
-
-from .conftest import compose_fast, real_data_root, write_idx
+from tests.helpers import compose_fast, real_data_root, write_idx
 
 ROOT = real_data_root()
 pytestmark = [

@@ -7,8 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,100 +18,21 @@ from cnnbench.data.idx import read_split
 from cnnbench.errors import CheckpointError, DataError, ResumeRefused
 from cnnbench.run.checkpoint import load_checkpoint, save_checkpoint
 from cnnbench.run.train import train
-
-from .conftest import cli, compose_fast, fast_overrides, stop_process, write_fake_dataset, write_idx
-
-# Momentum SGD with a learning-rate schedule: a resume that dropped the optimizer's momentum buffers or
-# the scheduler's position would end with other weights (plain SGD at a constant rate would not notice).
-STATEFUL_OPTIMIZER = ["optimizer=sgd_momentum", "optimizer.lr=0.05"]
-
-
-def cfg_for(data_root, *overrides):
-    return compose_fast(data_root, "trainer.batch_size=32", "trainer.deterministic=true", *overrides)
-
-
-def wait_until(condition: Callable[[], bool], what: str, procs: Sequence[subprocess.Popen] = (),
-               timeout: float = 300) -> None:
-    """Poll ``condition`` (a look at a file) until it holds. A deadline far beyond any normal wait and
-    the end of one of ``procs`` turn a condition that never comes into a failure naming ``what``, not a
-    hang; how long the wait takes decides nothing."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        ended = [p.returncode for p in procs if p.poll() is not None]
-        if ended or time.monotonic() > deadline:
-            if condition():  # it came just before the process ended
-                return
-            raise AssertionError(f"{what}: not seen ({f'exit codes {ended}' if ended else f'{timeout} s passed'})")
-        time.sleep(0.02)
-
-
-def text_of(path: Path) -> str:
-    return path.read_text() if path.exists() else ""
-
-
-# A `cnnbench` command line (``python held_step.py ARGS``) whose training holds still inside one step
-# until the test lets it go: the first training forward pass of the first convolution (one input channel)
-# after $HOLD_WATCH contains $HOLD_MARK creates $HOLD_GATE/held-<pid>, then waits for $HOLD_GATE/release.
-# With $HOLD_RANK, only the worker of that global rank holds (torchrun). The wait ends by itself after
-# 300 s, so a test that died leaves no process waiting for ever.
-HELD_STEP = """
-import os, sys, time
-from pathlib import Path
-import torch
-gate, watch, mark = Path(os.environ["HOLD_GATE"]), Path(os.environ["HOLD_WATCH"]), os.environ["HOLD_MARK"]
-rank = os.environ.get("HOLD_RANK")
-held = False
-def hold(module, args):
-    global held
-    if held or not (isinstance(module, torch.nn.Conv2d) and module.in_channels == 1 and module.training):
-        return
-    if (rank is not None and os.environ.get("RANK") != rank) or not (watch.exists() and mark in watch.read_text()):
-        return
-    held = True
-    (gate / f"held-{os.getpid()}").touch()
-    deadline = time.monotonic() + 300
-    while not (gate / "release").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-torch.nn.modules.module.register_module_forward_pre_hook(hold)
-from cnnbench.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-class HeldStep:
-    """A handshake on files with a training process, instead of a sleep that guesses where it is: the
-    process runs ``argv(...)`` with ``env`` (HELD_STEP), the test waits until it holds inside a step
-    (``wait_held``: its pid), signals it, then lets it go (``release``). A step holds once per process
-    (a sweep's jobs share one)."""
-
-    def __init__(self, gate: Path, watch: Path, mark: str, rank: int | None = None) -> None:
-        gate.mkdir(parents=True)
-        self.gate, self.script = gate, gate / "held_step.py"
-        self.script.write_text(HELD_STEP)
-        self.env = {**os.environ, "HOLD_GATE": str(gate), "HOLD_WATCH": str(watch), "HOLD_MARK": mark,
-                    **({"HOLD_RANK": str(rank)} if rank is not None else {})}
-
-    def argv(self, *args: str) -> list[str]:
-        return [sys.executable, str(self.script), *args]
-
-    def wait_held(self, *procs: subprocess.Popen, timeout: float = 300) -> int:
-        wait_until(lambda: any(self.gate.glob("held-*")), "a training step held", procs, timeout)
-        (held,) = self.gate.glob("held-*")
-        return int(held.name.removeprefix("held-"))
-
-    def release(self) -> None:
-        (self.gate / "release").touch()
-
-
-def final_weights(run_dir: Path) -> dict:
-    return torch.load(run_dir / "last.pt", weights_only=True)["model"]
-
-
-def assert_same_weights(a: dict, b: dict, atol: float = 1e-6) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k].float(), b[k].float(), atol=atol, rtol=0), k
-
+from tests.helpers import (
+    REPO,
+    STATEFUL_OPTIMIZER,
+    HeldStep,
+    assert_same_weights,
+    cfg_for,
+    cli,
+    fast_overrides,
+    final_weights,
+    stop_process,
+    text_of,
+    wait_until,
+    write_fake_dataset,
+    write_idx,
+)
 
 # --------------------------------------------------------------------------------------------- resume
 
@@ -436,7 +355,7 @@ def test_chance_level_warning(fake_data, tmp_path):
 
 def test_no_sys_exit_inside_a_job():
     """sys.exit inside a job would end a whole sweep: only the command-line entry points may call it."""
-    package = Path(__file__).resolve().parents[1] / "cnnbench"
+    package = REPO / "cnnbench"
     offenders = [p.name for p in package.rglob("*.py")
                  if "sys.exit(" in p.read_text()
                  and p.relative_to(package).as_posix() not in ("cli.py", "__main__.py", "book/pipeline.py")]

@@ -18,8 +18,7 @@ from cnnbench.data.split import class_quotas, split_train_val
 from cnnbench.run.build import build_run
 from cnnbench.run.loop import EvalResult
 from cnnbench.run.train import train
-
-from .conftest import compose_fast, write_idx
+from tests.helpers import compose_fast, write_idx
 
 N_TRAIN, N_TEST = 300, 60
 

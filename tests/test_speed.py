@@ -5,68 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, field
 
 import pytest
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from cnnbench.commands.bench import cmd_bench
 from cnnbench.run.loop import log_points
 from cnnbench.run.train import train
-
-from .conftest import compose_fast, fast_overrides, gzip_dataset
-
-
-@dataclass
-class Probe:
-    """What a run's training steps really ran with, seen from inside by global hooks."""
-
-    losses: list[float] = field(default_factory=list)  # the logged running mean after each of 4 steps
-    summary: dict = field(default_factory=dict)
-    conv_input_channels_last: set[bool] = field(default_factory=set)  # the 6-channel conv's (B, 6, H, W) input
-    conv_weight_channels_last: set[bool] = field(default_factory=set)
-    conv_output_dtype: set[torch.dtype] = field(default_factory=set)  # under autocast: bf16
-    param_dtype: set[torch.dtype] = field(default_factory=set)  # master weights stay fp32
-    threads: set[int] = field(default_factory=set)  # torch.get_num_threads() during the forward pass
-    fused: set[object] = field(default_factory=set)  # optimizer.defaults["fused"] at each step
-
-
-def _channels_last(t: torch.Tensor) -> bool:
-    """NHWC but not NCHW (a 1-channel tensor is both, so only tensors with C > 1 tell them apart)."""
-    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-
-
-def first_losses(data, tmp_path, *overrides: str) -> Probe:
-    """Train LeNet-BN for 4 steps with ``overrides`` and record what the steps ran with."""
-    probe = Probe()
-
-    def on_forward(module: nn.Module, inputs, output) -> None:
-        if isinstance(module, nn.Conv2d) and module.in_channels == 6 and module.training:
-            probe.conv_input_channels_last.add(_channels_last(inputs[0]))
-            probe.conv_weight_channels_last.add(_channels_last(module.weight))
-            probe.conv_output_dtype.add(output.dtype)
-            probe.param_dtype.add(module.weight.dtype)
-            probe.threads.add(torch.get_num_threads())
-
-    def on_step(optimizer, args, kwargs) -> None:
-        probe.fused.add(optimizer.defaults.get("fused"))
-
-    cfg = compose_fast(data, "model=lenet_bn", "trainer.batch_size=32", "trainer.epochs=1",
-                       "trainer.limit_train_batches=4", "trainer.logs_per_epoch=4", "trainer.deterministic=false",
-                       *overrides)
-    hooks = [nn.modules.module.register_module_forward_hook(on_forward),
-             register_optimizer_step_pre_hook(on_step)]
-    try:
-        probe.summary = train(cfg, tmp_path)
-    finally:
-        for h in hooks:
-            h.remove()
-    assert probe.summary["status"] == "completed", probe.summary["error"]
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    probe.losses = [r["train/loss"] for r in records if r["kind"] == "train"]
-    return probe
+from tests.helpers import Probe, compose_fast, fast_overrides, first_losses, gzip_dataset, is_channels_last
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +94,7 @@ def _fake_timer(seconds_per_step: dict[tuple[str, bool], float]):
     """A stand-in for autotune's step timer: the seconds of each (precision, channels_last) candidate,
     read from the trial model's weights and precision, so the test decides which candidate is fastest."""
     def time_steps(model, x, y, precision, steps, warmup=True):
-        channels_last = any(p.dim() == 4 and _channels_last(p) for p in model.parameters())
+        channels_last = any(p.dim() == 4 and is_channels_last(p) for p in model.parameters())
         return seconds_per_step[(precision.name, channels_last)]
     return time_steps
 
@@ -296,7 +243,7 @@ def test_autotune_rounds_take_turns_and_the_median_decides(fake_data, tmp_path, 
     per_round = {False: [0.7, 1.0, 1.0, 1.0, 1.0], True: [0.9, 0.9, 0.9, 0.9, 0.9]}  # NCHW: one lucky round
 
     def fake_time_steps(model, x, y, precision, steps, warmup=True):
-        cl = any(p.dim() == 4 and _channels_last(p) for p in model.parameters())
+        cl = any(p.dim() == 4 and is_channels_last(p) for p in model.parameters())
         calls.append((cl, warmup, x.shape[0], steps))
         return per_round[cl][sum(1 for c in calls if c[0] == cl) - 1]
 
@@ -351,7 +298,7 @@ def test_autotune_stops_timing_a_candidate_far_behind(fake_data, tmp_path, monke
     calls = []
 
     def fake_time_steps(model, x, y, precision, steps, warmup=True):
-        cl = any(p.dim() == 4 and _channels_last(p) for p in model.parameters())
+        cl = any(p.dim() == 4 and is_channels_last(p) for p in model.parameters())
         calls.append((precision.name, cl))
         return {("fp32", False): 1.0, ("fp32", True): 2.0, ("bf16", False): 1.1, ("bf16", True): 1.2}[calls[-1]]
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -19,9 +17,7 @@ import yaml
 from cnnbench.config import compose_config
 from cnnbench.report import build_report, cmd_report
 from cnnbench.run.train import train
-
-from .conftest import cli, compose_fast, fast_overrides, stop_process
-from .test_reliability import HeldStep
+from tests.helpers import HeldStep, cli, compose_fast, fast_overrides, start_tensorboard, stop_process
 
 
 def sweep_args(data, out: Path | None, *overrides: str) -> list[str]:
@@ -144,22 +140,6 @@ def test_resume_sweep_without_an_earlier_sweep_is_refused(fake_data, tmp_path):
     proc = sweep(fake_data, None, "optimizer.lr=0.5,0.9", "resume_sweep=true", cwd=tmp_path)
     assert proc.returncode == 2
     assert "no earlier sweep with these overrides" in proc.stderr
-
-
-def start_tensorboard(logdir: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """A TensorBoard server on a port the OS picks when it binds (no window for another process to take
-    a port we chose first); returns it and its base URL, read from its serving message."""
-    tb = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", "0",
-                           "--host", "127.0.0.1", "--reload_interval", "1"],
-                          stdout=subprocess.DEVNULL, stderr=log.open("w"))
-    deadline = time.time() + 90
-    while time.time() < deadline and tb.poll() is None:
-        found = re.search(r"at (http://127\.0\.0\.1:\d+)/", log.read_text())
-        if found:
-            return tb, found.group(1)
-        time.sleep(0.2)
-    stop_process(tb)
-    raise AssertionError(f"TensorBoard did not start: {log.read_text()[-2000:]}")
 
 
 def get_json(url: str):

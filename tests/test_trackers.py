@@ -8,8 +8,7 @@ from omegaconf import OmegaConf
 from cnnbench.run.train import train
 from cnnbench.tracking import trackers as trackers_module
 from cnnbench.tracking.trackers import Trackers, tracker_sections
-
-from .conftest import compose_fast
+from tests.helpers import compose_fast
 
 
 class Recording:

@@ -32,8 +32,7 @@ from cnnbench.tracking.record import (  # noqa: E402
     metric_points,
     params_of,
 )
-
-from .conftest import compose_fast, fast_overrides  # noqa: E402
+from tests.helpers import compose_fast, fast_overrides  # noqa: E402
 
 # MLflow's SQLite store and SQLAlchemy 2.1 (not ours to fix)
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")

@@ -12,8 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cnnbench.models import build_model
 from cnnbench.run.train import train
-
-from .conftest import cli, compose_fast, fast_overrides
+from tests.helpers import cli, compose_fast, fast_overrides
 
 
 def quick_cfg(data_root, *overrides):

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from cnnbench.run.train import train
-
-from .conftest import compose_fast
+from tests.helpers import compose_fast
 
 pytest.importorskip("wandb")
 pytestmark = pytest.mark.slow  # W&B starts its own service process: seconds
