@@ -16,10 +16,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
+
+if TYPE_CHECKING:
+    from cnnbench.data.idx import Split
 
 # ------------------------------------------------------------- data files, settings, command lines
 
@@ -97,6 +102,12 @@ def compose_fast(data_root: Path | str, *extra: str):
     return compose_config(fast_overrides(data_root, *extra))
 
 
+def quick(fake_data, *overrides):
+    """A deterministic LeNet of batch 32 at rate 0.5 on the tests' small data: the callbacks' and the loss's runs."""
+    return compose_fast(fake_data, "model=lenet", "trainer.batch_size=32", "trainer.deterministic=true",
+                        "optimizer.lr=0.5", *overrides)
+
+
 def stop_process(proc: subprocess.Popen) -> None:
     """Kill a test's child process (and its process group) if it is still running: a failed assertion
     must not leave a training process behind."""
@@ -133,7 +144,6 @@ def train_run_folder(run_dir: Path, *overrides: str) -> Path:
     (run_dir / ".hydra").mkdir(exist_ok=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     return run_dir
-
 
 # --------------------------------------------------------------- a run held inside a step, weights
 
@@ -229,7 +239,6 @@ def assert_same_weights(a: dict, b: dict, atol: float = 1e-6) -> None:
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=atol, rtol=0), k
 
-
 # ----------------------------------------------------------------------------------------- servers
 
 
@@ -247,7 +256,6 @@ def start_tensorboard(logdir: Path, log: Path) -> tuple[subprocess.Popen, str]:
         time.sleep(0.2)
     stop_process(tb)
     raise AssertionError(f"TensorBoard did not start: {log.read_text()[-2000:]}")
-
 
 # --------------------------------------------------------------------- what a run's steps ran with
 
@@ -273,7 +281,6 @@ def is_channels_last(t: torch.Tensor) -> bool:
 
 def first_losses(data, tmp_path, *overrides: str) -> Probe:
     """Train LeNet-BN for 4 steps with ``overrides`` and record what the steps ran with."""
-    from torch import nn
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     from cnnbench.run.train import train
@@ -306,7 +313,6 @@ def first_losses(data, tmp_path, *overrides: str) -> Probe:
     probe.losses = [r["train/loss"] for r in records if r["kind"] == "train"]
     return probe
 
-
 # --------------------------------------------------------------------------------- picture folders
 
 
@@ -336,3 +342,79 @@ def make_folder(root: Path, n_train: int = 8, n_test: int = 4, colour: bool = Tr
                 a = picture(label, rng, side, colour)
                 Image.fromarray(a if colour else a[..., 0]).save(d / f"{i:03d}{ext}")
     return root
+
+# ----------------------------------------------------------------------------------- config groups
+
+
+GROUPS = ["model", "dataset", "optimizer", "scheduler", "device", "augment", "experiment"]
+
+
+def options(group: str) -> list[str]:
+    """The options of a config group under conf/ (``model`` -> ``alexnet``, ...)."""
+    from cnnbench.config import config_dir
+
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+# ------------------------------------------------------------------------------- a dataset section
+
+
+def dataset_cfg(root=None, name="fashion_mnist", download=False):
+    """The composed ``dataset`` section of option ``name``, with its root and download switch set."""
+    from omegaconf import OmegaConf
+
+    from cnnbench.config import compose_config
+
+    cfg = compose_config([f"dataset={name}"]).dataset
+    OmegaConf.update(cfg, "root", None if root is None else str(root))
+    OmegaConf.update(cfg, "download", download)
+    return cfg
+
+# ---------------------------------------------------------------------------------- a random split
+
+
+def random_split(n: int = 64, seed: int = 0) -> Split:
+    """``n`` random 28x28 uint8 images, labels 0-9 in turn."""
+    from cnnbench.data.idx import Split
+
+    gen = torch.Generator().manual_seed(seed)
+    return Split(torch.randint(0, 256, (n, 28, 28), generator=gen, dtype=torch.uint8), torch.arange(n) % 10)
+
+# ------------------------------------------------------------------------------ damaged data files
+
+
+def corrupt(root: Path, name: str, mutate) -> Path:
+    """Replace the bytes of one IDX file under ``root`` by ``mutate(bytes)``; returns its path."""
+    path = root / "FashionMNIST" / "raw" / name
+    path.write_bytes(mutate(path.read_bytes()))
+    return path
+
+# --------------------------------------------------------------------------- run folders to resume
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# The resume tests' settings: momentum SGD with a step schedule, whose state a resume must carry over.
+BASE = ["optimizer=sgd_momentum", "optimizer.lr=0.05", "scheduler=step", "scheduler.step_epochs=1"]
+
+# ------------------------------------------------------------------------------ a network's layers
+
+
+def layers(model: nn.Module) -> list[str]:
+    """Every leaf layer with its settings and shapes (``Conv2d(6, 16, kernel_size=(5, 5), ...)``), in order."""
+    return [f"{type(m).__name__}({m.extra_repr()})" for m in model.modules() if not list(m.children())]
+
+
+def types(model: nn.Module) -> list[type]:
+    """The type of every leaf layer, in order."""
+    return [type(m) for m in model.modules() if not list(m.children())]
+
+
+def meta(name: str, **kw) -> nn.Module:
+    """``build_model(name, **kw)`` on the meta device."""
+    from cnnbench.models import build_model
+
+    with torch.device("meta"):  # shapes only: VGG's 129M parameters take no memory
+        return build_model(name, **kw)

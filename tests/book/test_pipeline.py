@@ -148,13 +148,6 @@ def test_cli_writes_json(tiny_root: Path, tmp_path: Path, capsys) -> None:
     assert written["model"] == "lenet" and written["image_size"] == 28
 
 
-def test_peak_matmul_flops_positive() -> None:
-    from cnnbench.speed.settings import peak_matmul_flops
-
-    flops = peak_matmul_flops(torch.device("cpu"), n=256, iters=2, repeats=2)
-    assert flops > 0 and math.isfinite(flops)
-
-
 # ------------------------------------------------- train_ch6 against a hand-computed reference
 
 PIXELS, CLASSES = 28 * 28, 10

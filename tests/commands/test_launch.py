@@ -141,3 +141,13 @@ def test_settled_data_is_frozen_and_recorded(tmp_path, monkeypatch):
     spec.for_config(again)
     assert again.dataset == cfg.dataset  # name, classes, channels, normalization: as settled
     assert list(again.dataset.mean) == list(data.mean)
+
+
+def test_a_run_folder_with_spaces_or_commas_reaches_hydra_quoted():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from cnnbench.commands.launch import override_value
+
+    for path in ("outputs/2026-01-01/10-00-00-000001_lenet", "/tmp/my runs/a,b", "/tmp/it's [1]"):
+        (parsed,) = OverridesParser.create().parse_overrides([f"hydra.run.dir={override_value(path)}"])
+        assert parsed.value() == path

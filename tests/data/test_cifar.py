@@ -1,5 +1,5 @@
-"""CIFAR-10/100 in torchvision's python format, from pickles the tests write (never downloaded): shapes,
-channel order, class names, the settled config, and each wrong file's sentence."""
+"""CIFAR-10/100 (:mod:`cnnbench.data.cifar`) in torchvision's python format, from pickles the tests write (never
+downloaded): shapes, channel order, class names, the settled config, and each wrong file's sentence."""
 
 from __future__ import annotations
 
@@ -149,20 +149,6 @@ def test_missing_idx_files_refused_by_the_checks(no_data_env):
 
     with pytest.raises(DataError, match="fashion_mnist not found.*Download is off"):
         check_data_present(compose_config(["dataset.download=false", f"dataset.root={no_data_env / 'nowhere'}"]))
-
-
-def test_resnet18_with_the_books_cifar_stem():
-    """model.stem=cifar: D2L 13.6's resnet18, a 3x3/1 stem without max pooling (32 px stay 32 into stage 1)."""
-    from cnnbench.models import build_model
-
-    book = build_model("resnet18", in_channels=3, num_classes=10, image_size=32)
-    net = build_model("resnet18", in_channels=3, num_classes=10, image_size=32, stem="cifar")
-    stem = net[0]
-    assert stem[0].kernel_size == (3, 3) and stem[0].stride == (1, 1) and len(stem) == 3
-    first = torch.nn.Sequential(*list(net)[:2])  # stem and stage 1 (slicing a ResNet would rebuild one)
-    assert first(torch.zeros(1, 3, 32, 32)).shape == (1, 64, 32, 32)
-    assert torch.nn.Sequential(*list(book)[:2])(torch.zeros(1, 3, 32, 32)).shape == (1, 64, 8, 8)
-    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_cli_refuses_missing_data_before_a_run_folder(tmp_path, capsys, no_data_env):

@@ -1,4 +1,4 @@
-"""Reading IDX files (plain or gzipped), finding the data, and device-resident batches."""
+"""Reading IDX files (:mod:`cnnbench.data.idx`), plain or gzipped, finding the data, and damaged files named."""
 
 from __future__ import annotations
 
@@ -7,21 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from cnnbench.config import compose_config
-from cnnbench.data import DeviceLoader, find_data_root
+from cnnbench.data import find_data_root
 from cnnbench.data.idx import candidate_roots, load_mini, load_splits, read_split
-from cnnbench.errors import ConfigError, DataError
-from cnnbench.run.validate import check_values
-from tests.helpers import compose_fast, gzip_dataset, write_fake_dataset
-
-
-def dataset_cfg(root=None, name="fashion_mnist", download=False):
-    cfg = compose_config([f"dataset={name}"]).dataset
-    OmegaConf.update(cfg, "root", None if root is None else str(root))
-    OmegaConf.update(cfg, "download", download)
-    return cfg
+from cnnbench.errors import DataError
+from tests.helpers import corrupt, dataset_cfg, gzip_dataset, write_fake_dataset, write_idx
 
 
 def test_reads_the_four_files(fake_data, no_data_env):
@@ -92,44 +82,6 @@ def test_packaged_mini_dataset_is_stratified():
     assert torch.bincount(train.labels).tolist() == [600] * 10
     assert torch.bincount(test.labels).tolist() == [100] * 10
     assert 0.25 < train.images.float().mean().item() / 255 < 0.33  # Fashion-MNIST's mean is 0.286
-
-
-def test_loader_batches_cover_the_epoch_once_and_resize(fake_data, no_data_env):
-    train, _ = load_splits(dataset_cfg(fake_data))
-    loader = DeviceLoader(train, batch_size=100, device=torch.device("cpu"), resize=96, seed=3)
-    batches = list(loader.batches(epoch=0))
-    assert len(loader) == len(batches) == 3  # 100 + 100 + 56, the last one partial as in the book
-    x, y = batches[0]
-    assert x.shape == (100, 1, 96, 96) and x.dtype == torch.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0
-    labels = torch.cat([b[1] for b in batches])
-    assert sorted(labels.tolist()) == sorted(train.labels.tolist())
-
-
-def test_permutation_is_seeded_per_epoch(fake_data, no_data_env):
-    train, _ = load_splits(dataset_cfg(fake_data))
-    a = DeviceLoader(train, 32, torch.device("cpu"), seed=1)
-    b = DeviceLoader(train, 32, torch.device("cpu"), seed=1)
-    assert torch.equal(a.permutation(4), b.permutation(4))
-    assert not torch.equal(a.permutation(4), a.permutation(5))
-    # batch k of an epoch is the same whether or not the earlier batches were drawn (exact resume)
-    third = list(a.batches(epoch=2))[2]
-    resumed = next(b.batches(epoch=2, start=2))
-    assert torch.equal(third[0], resumed[0]) and torch.equal(third[1], resumed[1])
-
-
-def test_native_size_is_bitwise_the_pixels_over_255(fake_data, no_data_env):
-    train, _ = load_splits(dataset_cfg(fake_data))
-    loader = DeviceLoader(train, 8, torch.device("cpu"), shuffle=False)
-    x, _ = next(loader.batches(0))
-    assert torch.equal(x[:, 0], train.images[:8].float() / 255)
-
-
-def test_normalize_option(fake_data, no_data_env):
-    train, _ = load_splits(dataset_cfg(fake_data))
-    plain = next(DeviceLoader(train, 8, torch.device("cpu"), shuffle=False).batches(0))[0]
-    normed = next(DeviceLoader(train, 8, torch.device("cpu"), shuffle=False, normalize=(0.5, 0.25)).batches(0))[0]
-    assert torch.allclose(normed, (plain - 0.5) / 0.25)
 
 
 # ------------------------------------------------------------------------------------------ gzipped files
@@ -221,9 +173,23 @@ def test_gzipped_bytes_under_a_plain_name_get_a_hint(tmp_path):
         read_split(raw, "train", 10)
 
 
-def test_batch_check_reads_the_size_of_a_gzipped_training_set(fake_data, no_data_env, tmp_path):
-    """The batch-versus-training-set check happens before training, from the .gz file's header too."""
-    gz = gzip_dataset(fake_data, tmp_path / "gz")
-    check_values(compose_fast(gz, "trainer.batch_size=256"))
-    with pytest.raises(ConfigError, match=r"trainer.batch_size=300 is larger than the training set \(256 examples"):
-        check_values(compose_fast(gz, "trainer.batch_size=300"))
+@pytest.mark.parametrize("name,mutate,message", [
+    ("train-images-idx3-ubyte", lambda b: b[:-100], "truncated: 200620 bytes, expected 200720"),
+    ("train-images-idx3-ubyte", lambda b: b"\x00\x00\x08\x01" + b[4:], "wrong magic number 0x00000801"),
+    ("train-images-idx3-ubyte", lambda b: b + b"\x00" * 10, "longer than its header says"),
+    ("train-labels-idx1-ubyte", lambda b: b[:8] + bytes([42]) + b[9:], "1 labels outside 0..9"),
+    ("train-labels-idx1-ubyte", lambda b: b[:5], "shorter than its 8-byte IDX header"),
+])
+def test_corrupt_files_are_reported_with_file_and_problem(tmp_path, name, mutate, message):
+    root = write_fake_dataset(tmp_path, n_train=256, n_test=32)
+    path = corrupt(root, name, mutate)
+    with pytest.raises(DataError) as err:
+        read_split(path.parent, "train", 10)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_image_and_label_counts_must_agree(tmp_path):
+    root = write_fake_dataset(tmp_path, n_train=64, n_test=32)
+    write_idx(root / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte", (torch.arange(60) % 10).numpy())
+    with pytest.raises(DataError, match="holds 64 images but .* holds 60 labels"):
+        read_split(root / "FashionMNIST" / "raw", "train", 10)

@@ -1,5 +1,5 @@
-"""``cnnbench inspect``: stage maps named and shaped as ``cnnbench summary`` prints them, Grad-CAM on the object,
-the run's own weights, the files, the page in a real browser, and bad input refused before anything is written."""
+"""``cnnbench inspect`` (:mod:`cnnbench.inspection.command`): Grad-CAM on the object, the run's own weights, the
+files, the page in a real browser, and bad input refused before anything is written."""
 
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ from torch import nn
 from cnnbench.cli import main
 from cnnbench.evaluation.inference import load_run
 from cnnbench.evaluation.predict import prepared_batch
-from cnnbench.inspection.probe import InspectError, cam_layer, grad_cam, probe
-from cnnbench.models import build_model, get_model_spec, list_models
+from cnnbench.inspection.probe import cam_layer, grad_cam, probe
 from cnnbench.models.stats import block_shapes
 from tests.helpers import compose_fast, write_idx
 
@@ -29,49 +28,6 @@ pytest.importorskip("captum")
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SIDE = 28
-
-
-@pytest.mark.parametrize("name", list_models())
-def test_each_stage_map_is_named_and_shaped_as_summary_prints_it(name):
-    """Every registered network: one map per summary block whose output is (C, H, W), in order, with its
-    name; the Grad-CAM layer found and its map as large as the input."""
-    spec = get_model_spec(name)
-    side = spec.min_resolution
-    model = build_model(name, in_channels=1, num_classes=10, image_size=side).eval()
-    x = torch.rand(2, 1, side, side)
-    seen = probe(model, x)
-    summary = [(b.name, b.shape[1:]) for b in block_shapes(model, 1, side) if len(b.shape) == 4]
-    assert [(s.name.split(". ", 1)[1], tuple(s.output.shape[1:])) for s in seen.stages] == summary
-    assert all(s.output.shape[0] == 2 for s in seen.stages)
-    assert seen.first_response is not None and seen.first_response.shape[0] == 2
-    layer = cam_layer(model, seen.shapes)
-    assert len(seen.shapes[layer]) == 4
-    assert grad_cam(model, layer, x, [0, 3]).shape == (2, side, side)
-
-
-def test_the_stages_of_a_wrapped_network_are_its_own():
-    """A network held by a wrapper (one child: a custom model around a torchvision one) shows the inner blocks."""
-    inner = build_model("lenet").eval()
-    wrapped = nn.Sequential(inner).eval()
-    x = torch.rand(1, 1, SIDE, SIDE)
-    assert [(s.name, s.path.split(".")[-1]) for s in probe(wrapped, x).stages] == \
-        [(s.name, s.path) for s in probe(inner, x).stages]
-
-
-def test_the_cam_layer_is_the_last_conv_block_after_its_activation():
-    """LeNet's second conv is read after its sigmoid (a conv's raw output can be all negative); ResNet's last
-    residual stage; GoogLeNet's last Inception, inside the stage that pools and flattens."""
-    expected = {"lenet": "4", "lenet_bn": "6", "resnet18": "4", "googlenet": "4.1", "alexnet": "11"}
-    for name, layer in expected.items():
-        side = get_model_spec(name).min_resolution
-        model = build_model(name, image_size=side).eval()
-        assert cam_layer(model, probe(model, torch.rand(1, 1, side, side)).shapes) == layer, name
-
-
-def test_a_network_without_a_convolution_has_no_grad_cam():
-    model = nn.Sequential(nn.Flatten(), nn.Linear(SIDE * SIDE, 10)).eval()
-    with pytest.raises(InspectError, match="has no convolution layer"):
-        cam_layer(model, probe(model, torch.rand(1, 1, SIDE, SIDE)).shapes)
 
 
 # ---- Grad-CAM finds the object: a network trained to tell "a bright square somewhere" from "noise only"
@@ -202,18 +158,6 @@ def test_a_colour_run_reads_its_pictures_as_predict_does_and_draws_rgb_kernels(t
         pytest.approx([p["probability"] for p in expected], abs=1e-5)
     assert "kernels 5x5 (module 0) (RGB)" in (run / "inspect" / "inspect.html").read_text()
     assert (run / "inspect" / "filters.png").is_file()
-
-
-def test_kernels_are_drawn_in_colour_for_rgb_and_red_blue_for_grey():
-    from cnnbench.inspection.pictures import kernels_picture
-
-    green = torch.zeros(1, 3, 5, 5)
-    green[0, 1] = 1.0  # a kernel that looks only at the green channel
-    centre = np.asarray(kernels_picture(green))[40, 40]
-    assert tuple(centre) == (0, 255, 0)
-    grey = torch.tensor([[[[1.0, -1.0]]]])  # (1, 1, 1, 2): +1 then -1
-    left, right = np.asarray(kernels_picture(grey))[10, [10, 70]].astype(int)  # drawn 80 x 40 pixels
-    assert left[0] > left[2] + 50 and right[2] > right[0] + 50  # positive red, negative blue
 
 
 def test_compare_puts_two_runs_side_by_side(trained_run, square_run, tmp_path):

@@ -1,5 +1,6 @@
-"""Registry-driven tests: every registered network, forward and backward at its smallest input (and at
-its book resolution in the slow set), its parameter count and the operations its forward pass calls."""
+"""The registry (:mod:`cnnbench.models.registry`), driven by itself: every registered network, forward and backward
+at its smallest input (and at its book resolution in the slow set), its parameter count and the operations its
+forward pass calls."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+from cnnbench.config import compose_config
 from cnnbench.models import (
     InputTooSmallError,
     UnknownModelError,
@@ -17,7 +19,7 @@ from cnnbench.models import (
     list_models,
     register_model,
 )
-from cnnbench.models.stats import block_shapes, count_parameters
+from cnnbench.models.stats import count_parameters
 
 BOOK_MODELS = ["lenet", "lenet_bn", "alexnet", "vgg11", "nin", "googlenet", "resnet18", "densenet"]
 
@@ -83,9 +85,6 @@ class CountCalls(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         self.calls[getattr(func, "__name__", str(func))] += 1
         return func(*args, **(kwargs or {}))
-
-
-FASTNET = ["fastnet_s", "fastnet_m", "fastnet_l"]  # beyond the book, registered after its families
 
 
 def test_registry_holds_the_books_networks_in_chapter_order():
@@ -163,46 +162,6 @@ def test_min_resolution_is_tight(name):
         build_model(name, image_size=m - 1)
 
 
-def test_resnet18_block_shapes_match_the_book_at_224():
-    shapes = [b.shape for b in block_shapes(build_model("resnet18", image_size=224), 1, 224)]
-    assert shapes == [
-        (1, 64, 56, 56), (1, 64, 56, 56), (1, 128, 28, 28), (1, 256, 14, 14), (1, 512, 7, 7),
-        (1, 512, 1, 1), (1, 512), (1, 10),
-    ]
-
-
-def test_fastnet_comes_after_the_books_families_and_says_it_is_not_from_the_book():
-    assert list_models()[-len(FASTNET):] == FASTNET == list_models("fastnet*")
-    for name in FASTNET:
-        spec = get_model_spec(name)
-        assert (spec.family, spec.book_resolution, spec.min_resolution) == ("fastnet", 28, 8)
-        assert "Not from the book" in spec.description
-
-
-def test_fastnet_s_block_shapes_at_28():
-    shapes = [b.shape for b in block_shapes(build_model("fastnet_s"), 1, 28)]
-    assert shapes == [(1, 16, 14, 14), (1, 32, 7, 7), (1, 64, 3, 3), (1, 64, 1, 1), (1, 64), (1, 10), (1, 10)]
-
-
-def test_alexnet_flattens_to_6400_at_224():
-    shapes = [(b.name, b.shape) for b in block_shapes(build_model("alexnet"), 1, 224)]
-    assert ("Flatten", (1, 6400)) in shapes
-    assert build_model("alexnet")[14].in_features == 6400
-
-
-def test_lenet_flatten_sizes_follow_the_book():
-    assert build_model("lenet")[7].in_features == 16 * 5 * 5
-    assert build_model("lenet_bn")[9].in_features == 16 * 4 * 4
-    assert build_model("vgg11")[6].in_features == (512 // 4) * 7 * 7
-
-
-def test_alexnet_at_28_names_the_smallest_size():
-    with pytest.raises(InputTooSmallError) as err:
-        build_model("alexnet", image_size=28)
-    assert "alexnet cannot take 28x28 inputs" in str(err.value)
-    assert "smallest size that works is 65" in str(err.value)
-
-
 def test_unknown_name_lists_valid_names_and_closest_match():
     with pytest.raises(UnknownModelError) as err:
         build_model("resnet81")
@@ -216,3 +175,14 @@ def test_unknown_name_lists_valid_names_and_closest_match():
 def test_duplicate_registration_raises():
     with pytest.raises(ValueError, match="already registered"):
         register_model("lenet", family="lenet", book_resolution=28)(lambda **kw: None)
+
+
+def test_every_declared_model_argument_is_taken_by_its_factory():
+    from cnnbench.models import build_model, get_model_spec, list_models
+
+    for name in list_models():
+        spec = get_model_spec(name)
+        with torch.device("meta"):
+            build_model(name, **{k: v.example for k, v in spec.kwargs.items()})
+        for key, value in compose_config([f"model={name}"]).model.items():
+            assert key == "name" or spec.kwargs[key].valid(value), (name, key, value)

@@ -1,6 +1,6 @@
 """The package's shape: imports go one way (no circle, counting imports inside functions and TYPE_CHECKING
-blocks), few modules flat at the top, no private name imported from another module. (That the commands
-import without POSIX-only modules is tests/test_integrity.py's.)"""
+blocks), few modules flat at the top, no private name imported from another module, no sys.exit inside a
+job. (That the commands import without POSIX-only modules is tests/runfolder/test_lock.py's.)"""
 
 from __future__ import annotations
 
@@ -117,3 +117,12 @@ def test_no_private_name_is_imported_from_another_module():
              for module, imported in imports_of(name, path, known)
              if imported.startswith("_") and not imported.startswith("__")]
     assert taken == []
+
+
+def test_no_sys_exit_inside_a_job():
+    """sys.exit inside a job would end a whole sweep: only the command-line entry points may call it."""
+    package = REPO / "cnnbench"
+    offenders = [p.name for p in package.rglob("*.py")
+                 if "sys.exit(" in p.read_text()
+                 and p.relative_to(package).as_posix() not in ("cli.py", "__main__.py", "book/pipeline.py")]
+    assert offenders == []

@@ -1,4 +1,5 @@
-"""``cnnbench report`` on fake run folders: no training, only the files ``cnnbench train`` writes."""
+"""``cnnbench report``'s reading and tables (:mod:`cnnbench.report.runs`, ``tables``) on fake run folders: no
+training, only the files ``cnnbench train`` writes."""
 
 from __future__ import annotations
 
@@ -6,15 +7,11 @@ import csv
 import functools
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-import cnnbench
-from cnnbench.cli import main
 from cnnbench.report import build_report, cmd_report, read_metrics, write_report
 
 EPOCHS = 3
@@ -179,35 +176,12 @@ def test_malformed_metrics_lines_are_skipped(tmp_path: Path) -> None:
     assert read_metrics(path) == [{"kind": "epoch", "epoch": 1}]
 
 
-@pytest.mark.parametrize("make", ["missing", "empty"])
-def test_no_runs_is_one_error_line_exit_code_2(tmp_path: Path, make: str, capsys: pytest.CaptureFixture) -> None:
-    """Printed like every command's errors ('cnnbench eval: error: ...'), not as a time-stamped log line."""
-    target = tmp_path / "nowhere"
-    if make == "empty":
-        (target / "sub").mkdir(parents=True)
-    assert main(["report", str(target)]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    (line,) = captured.err.splitlines()
-    assert line.startswith(f"cnnbench report: error: {'no run folders' if make == 'empty' else target}")
-    assert not (tmp_path / "nowhere" / "report.md").exists()
-
-
 def test_csv_header_has_no_duplicates(tmp_path: Path) -> None:
     grid_sweep(tmp_path)
     paths = write_report(build_report(tmp_path), plot=False)
     header = paths["csv"].read_text().splitlines()[0].split(",")
     assert len(header) == len(set(header)) and "model" in header and "seed" in header
     assert "report.png" not in paths["md"].read_text()
-
-
-def test_report_never_imports_torch() -> None:
-    # A fresh interpreter: in this one, other tests may have imported torch already. Run from the folder
-    # holding the cnnbench under test, which `-c` puts first on sys.path.
-    code = "import sys, cnnbench.report, cnnbench.report.plots; assert 'torch' not in sys.modules, 'torch imported'"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=Path(cnnbench.__file__).parents[1])
-    assert result.returncode == 0, result.stderr
 
 
 def test_runs_with_a_validation_split_are_ranked_and_selected_by_it(tmp_path: Path, capsys) -> None:

@@ -1,4 +1,5 @@
-"""Optimizers and schedules: the name tables, and the schedules' per-step factors against their formulas."""
+"""Optimizers and schedules (:mod:`cnnbench.run.optim`): the name tables, and the schedules' per-step factors against
+their formulas."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from cnnbench.config import compose_config, config_dir
 from cnnbench.errors import ConfigError
@@ -115,3 +117,18 @@ def test_unknown_names_are_refused_before_the_run(key, value, message, tmp_path,
     with pytest.raises(ConfigError, match=message):
         (build_optimizer(cfg.optimizer, []) if key.startswith("optimizer") else
          build_scheduler(cfg.scheduler, torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), 1, 1))
+
+
+@pytest.mark.parametrize("anneal", ["cos", "linear"])
+def test_onecycle_is_torchs_one_cycle_curve(anneal):
+    param = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.4)
+    ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.4, total_steps=40, pct_start=0.3, div_factor=20,
+                                              final_div_factor=100, cycle_momentum=False, anneal_strategy=anneal)
+    expected = []
+    for _ in range(40):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        ref.step()
+    got = [0.4 * onecycle_factor(s, 40, 0.3, 20, 100, anneal) for s in range(40)]
+    assert got == pytest.approx(expected, abs=1e-12)

@@ -1,102 +1,18 @@
-"""Honest model selection: the validation split, best.pt, early stopping, resume, the book's figures."""
+"""Honest model selection (:mod:`cnnbench.run.selection`): best.pt, early stopping, resume, the monitored metric."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 import cnnbench.run.callbacks as callbacks_module
 from cnnbench.cli import main
-from cnnbench.config import compose_config
-from cnnbench.data.idx import Split
-from cnnbench.data.split import class_quotas, split_train_val
-from cnnbench.run.build import build_run
 from cnnbench.run.loop import EvalResult
 from cnnbench.run.train import train
-from tests.helpers import compose_fast, write_idx
-
-N_TRAIN, N_TEST = 300, 60
-
-
-@pytest.fixture(scope="module")
-def numbered_data(tmp_path_factory) -> Path:
-    """Fake Fashion-MNIST whose every training image carries its own index in its first two pixels,
-    so a batch tells which examples it holds; classes of unequal sizes (stratification is visible)."""
-    rng = np.random.default_rng(0)
-    root = tmp_path_factory.mktemp("numbered")
-    raw = root / "FashionMNIST" / "raw"
-    for split, n in (("train", N_TRAIN), ("t10k", N_TEST)):
-        labels = np.minimum(np.arange(n) * 10 // n + (np.arange(n) % 7 == 0), 9)  # uneven class sizes
-        rng.shuffle(labels)
-        images = rng.integers(0, 40, size=(n, 28, 28))
-        for i, c in enumerate(labels):
-            images[i, 4 + 2 * c: 6 + 2 * c, 4:24] = 230  # a bar whose row tells the class
-        images[:, 0, 0], images[:, 0, 1] = np.arange(n) // 256, np.arange(n) % 256
-        write_idx(raw / f"{split}-images-idx3-ubyte", images)
-        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
-    return root
-
-
-def image_ids(x: torch.Tensor) -> set[int]:
-    """The indices written into the first two pixels of (B, 1, 28, 28) batches in [0, 1]."""
-    pixels = (x[:, 0, 0, :2] * 255).round().long()  # (B, 2)
-    return set((pixels[:, 0] * 256 + pixels[:, 1]).tolist())
-
-
-# ------------------------------------------------------------------------------------------ the split
-
-
-def test_split_is_stratified_exact_and_disjoint():
-    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
-    split = Split(torch.arange(100, dtype=torch.uint8).view(100, 1, 1).expand(100, 28, 28).contiguous(), labels)
-    train_part, val = split_train_val(split, val_size=10, seed=3)
-    assert torch.bincount(val.labels).tolist() == [5, 3, 2]  # 10% of each class, exactly
-    assert torch.bincount(train_part.labels).tolist() == [45, 27, 18]
-    ids_val = set(val.images[:, 0, 0].tolist())
-    ids_train = set(train_part.images[:, 0, 0].tolist())
-    assert not ids_val & ids_train and len(ids_val | ids_train) == 100
-    # the same seed holds out the same images whatever torch's global RNG did; another seed others
-    torch.manual_seed(123)
-    assert torch.equal(split_train_val(split, 10, 3)[1].images, val.images)
-    assert not torch.equal(split_train_val(split, 10, 4)[1].images, val.images)
-
-
-def test_quotas_sum_exactly_with_largest_remainders():
-    assert class_quotas(torch.tensor([6000] * 10), 5000).tolist() == [500] * 10
-    assert class_quotas(torch.tensor([5, 3, 2]), 7).tolist() == [4, 2, 1]  # 3.5, 2.1, 1.4 -> floors 3, 2, 1 + 1
-    assert int(class_quotas(torch.tensor([7, 11, 13, 17]), 9).sum()) == 9
-
-
-def test_no_validation_image_in_any_training_batch(numbered_data, tmp_path):
-    cfg = compose_fast(numbered_data, "dataset.val_size=50", "trainer.batch_size=32")
-    run = build_run(cfg, tmp_path)
-    seen = [image_ids(x) for epoch in (0, 1) for x, _ in run.train_loader.batches(epoch)]
-    train_ids = set().union(*seen)
-    val_ids = set().union(*(image_ids(x) for x, _ in run.val_loader.batches(0)))
-    assert len(val_ids) == 50 and len(train_ids) == N_TRAIN - 50 and not train_ids & val_ids
-    expected = class_quotas(torch.bincount(run.train_loader.labels.new_tensor(
-        torch.cat([run.train_loader.labels, run.val_loader.labels]).tolist()), minlength=10), 50)
-    assert torch.bincount(run.val_loader.labels, minlength=10).tolist() == expected.tolist()
-
-
-def test_same_split_across_training_seeds(numbered_data, tmp_path):
-    """trainer.seed changes the training order, never which images are held out: sweeps over seeds
-    compare on one validation set."""
-    held = []
-    for seed in (0, 1):
-        run = build_run(compose_fast(numbered_data, "dataset.val_size=50", f"trainer.seed={seed}",
-                                     "trainer.batch_size=32"), tmp_path)
-        held.append(set().union(*(image_ids(x) for x, _ in run.val_loader.batches(0))))
-    assert held[0] == held[1]
-    other = build_run(compose_fast(numbered_data, "dataset.val_size=50", "dataset.val_seed=1",
-                                   "trainer.batch_size=32"), tmp_path)
-    assert set().union(*(image_ids(x) for x, _ in other.val_loader.batches(0))) != held[0]
-
+from tests.helpers import compose_fast
 
 # ------------------------------------------------------------------------------- selection, stopping
 
@@ -199,50 +115,6 @@ def test_bad_selection_settings_are_refused_before_anything_runs(fake_data, tmp_
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
     assert not out.exists()
-
-
-# ------------------------------------------------------------------------------------------- the book
-
-
-def test_a_book_recipe_gets_the_books_figures_beside_it():
-    from cnnbench.book.results import book_comparison, published
-
-    cfg = compose_config(["experiment=d2l_lenet"])
-    editions = published()["d2l_lenet"]["editions"]
-    losses = [e["train_loss"] for e in editions.values()]
-    accs = [e["train_acc"] for e in editions.values()]
-    tests = [e["test_acc"] for e in editions.values()]
-    summary = {"status": "completed", "train/loss": min(losses) - 0.02, "train/acc": max(accs) + 0.005,
-               "test/acc": max(tests) + 0.02}
-    book = book_comparison(cfg, summary)
-    assert book["recipe"] == "d2l_lenet" and book["reproduced"] is True
-    assert book["test_acc"]["position"] == "above" and book["test_acc"]["book"] == [min(tests), max(tests)]
-    worse = book_comparison(cfg, {**summary, "train/loss": max(losses) + 0.05, "test/acc": min(tests) - 0.01})
-    assert worse["reproduced"] is False and worse["train_loss"]["ok"] is False
-    assert worse["test_acc"]["position"] == "below"
-    # Not the recipe any more (another rate, a validation split, another dataset): no comparison
-    for change in ("optimizer.lr=0.5", "dataset.val_size=5000", "dataset=mnist", "trainer.epochs=3"):
-        assert book_comparison(compose_config(["experiment=d2l_lenet", change]), summary) is None, change
-    assert book_comparison(compose_config(["experiment=d2l_lenet", "device=fast", "trainer.seed=3"]),
-                           summary) is not None  # device and seed are not part of the recipe
-    # A run recorded before the network's knobs existed is the book's network; a knob set otherwise is not
-    old = compose_config(["experiment=d2l_lenet"])
-    old.model = OmegaConf.create({"name": "lenet"})
-    assert book_comparison(old, summary)["recipe"] == "d2l_lenet"
-    assert book_comparison(compose_config(["experiment=d2l_lenet", "model.pooling=max"]), summary) is None
-
-
-def test_every_book_recipe_has_both_editions_and_sources():
-    from cnnbench.book.results import published
-    from cnnbench.commands.bench import book_recipes
-
-    assert sorted(published()) == sorted(book_recipes())
-    for recipe, entry in published().items():
-        assert set(entry["editions"]) == {"classic_v0.17", "zh_v2.0.0"}, recipe
-        for edition in entry["editions"].values():
-            assert edition["source"].startswith("http"), recipe
-            assert 0 < edition["train_loss"] < 2.5
-            assert 0.1 < edition["train_acc"] <= 1 and 0.1 < edition["test_acc"] <= 1
 
 
 # ------------------------------------------------------- ties, losses, target accuracy (issue 23 found)

@@ -1,9 +1,11 @@
-"""One-epoch runs on small generated IDX files: every output file, consistent contents."""
+"""One run (:mod:`cnnbench.run.train`) on small generated IDX files: every output file, consistent contents,
+divergence, clipping, the chance warning, determinism."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +14,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cnnbench.models import build_model
 from cnnbench.run.train import train
-from tests.helpers import cli, compose_fast, fast_overrides
+from tests.helpers import (
+    assert_same_weights,
+    cfg_for,
+    cli,
+    compose_fast,
+    corrupt,
+    fast_overrides,
+    final_weights,
+    write_fake_dataset,
+)
 
 
 def quick_cfg(data_root, *overrides):
@@ -110,18 +121,62 @@ def test_cli_run_and_multirun(fake_data, tmp_path):
         assert summary["model"] == job.split("=")[1]
 
 
-def test_deterministic_kernels_are_set_both_ways_in_one_process() -> None:
-    """seed_everything skips torch.use_deterministic_algorithms when nothing changes (the call imports
-    torch._inductor); an in-process run after a deterministic one must still get the fast kernels back."""
-    from cnnbench.run.build import seed_everything
+def test_diverging_learning_rate_stops_with_status_diverged(fake_data, tmp_path):
+    summary = train(cfg_for(fake_data, "optimizer.lr=1e6", "trainer.epochs=3", "trainer.logs_per_epoch=8"), tmp_path)
+    assert summary["status"] == "diverged"
+    assert summary["diverged_at_step"] == 2  # one logging interval after the first (finite) step
+    assert summary["last_finite_loss"] is not None
+    assert "Try a lower learning rate than 1e+06" in summary["error"]
+    assert summary["test/acc"] is None and summary["epochs_completed"] == 0
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["status"] == "diverged"
 
-    try:
-        seed_everything(0, True)
-        assert torch.are_deterministic_algorithms_enabled()
-        seed_everything(0, False)
-        assert not torch.are_deterministic_algorithms_enabled()
-        torch.use_deterministic_algorithms(False, warn_only=True)
-        seed_everything(0, False)
-        assert not torch.is_deterministic_algorithms_warn_only_enabled()
-    finally:
-        torch.use_deterministic_algorithms(False)
+
+def test_nan_loss_is_caught_within_one_logging_interval(fake_data, tmp_path):
+    summary = train(cfg_for(fake_data, "optimizer.lr=1e38", "trainer.divergence_loss=null",
+                            "trainer.logs_per_epoch=8"), tmp_path)
+    assert summary["status"] == "diverged"
+    assert summary["diverged_at_step"] <= 3
+
+
+def test_grad_clip_norm_bounds_each_step_to_the_hand_computed_norm(fake_data, tmp_path):
+    """Plain SGD moves the weights by lr * g; clipped, ||g|| = clip exactly, so one step moves the whole
+    parameter vector by lr * clip (the unclipped gradient of this LeNet is far larger than 0.05)."""
+    def weights(name: str, *overrides: str) -> torch.Tensor:
+        train(cfg_for(fake_data, "trainer.limit_train_batches=1", "trainer.epochs=1", *overrides), tmp_path / name)
+        state = final_weights(tmp_path / name)
+        return torch.cat([v.flatten().double() for v in state.values()])
+
+    start = weights("start", "optimizer.lr=1e-30")  # a step this small leaves every float32 weight as it is
+    free = weights("free", "optimizer.lr=1.0")
+    clipped = weights("clipped", "optimizer.lr=1.0", "trainer.grad_clip_norm=0.05")
+    assert torch.linalg.vector_norm(free - start) > 0.5  # unclipped: ten times the clip and more
+    assert float(torch.linalg.vector_norm(clipped - start)) == pytest.approx(1.0 * 0.05, rel=1e-4)
+
+
+def test_chance_level_warning(fake_data, tmp_path):
+    summary = train(cfg_for(fake_data, "optimizer.lr=1e-6", "trainer.epochs=2", "trainer.chance_patience=2"), tmp_path)
+    assert summary["status"] == "completed"
+    assert any("chance level" in w for w in summary["warnings"])
+
+
+def test_a_run_on_corrupt_data_fails_without_claiming_success(tmp_path):
+    root = write_fake_dataset(tmp_path / "data", n_train=64, n_test=32)
+    corrupt(root, "t10k-images-idx3-ubyte", lambda b: b[:1000])
+    summary = train(cfg_for(root, "trainer.epochs=1"), tmp_path / "run")
+    assert summary["status"] == "failed" and "truncated" in summary["error"]
+    assert not (tmp_path / "run" / "last.pt").exists()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+
+
+def test_deterministic_runs_are_identical(fake_data, tmp_path):
+    a = train(cfg_for(fake_data, "trainer.epochs=2", "model=lenet_bn", "trainer.seed=7"), tmp_path / "a")
+    train(cfg_for(fake_data, "trainer.epochs=2", "model=lenet_bn", "trainer.seed=7"), tmp_path / "b")
+    assert a["seed"] == 7 and a["deterministic"] is True
+    assert_same_weights(final_weights(tmp_path / "a"), final_weights(tmp_path / "b"), atol=0)
+    def strip(p: Path) -> list[dict]:  # the records without their timings
+        return [{k: v for k, v in json.loads(line).items() if "throughput" not in k and "time" not in k}
+                for line in (p / "metrics.jsonl").read_text().splitlines()]
+    assert strip(tmp_path / "a") == strip(tmp_path / "b")
+    c = train(cfg_for(fake_data, "trainer.epochs=2", "model=lenet_bn", "trainer.seed=8"), tmp_path / "c")
+    assert c["train/loss"] != a["train/loss"]

@@ -1,5 +1,5 @@
-"""Start-up timing decisions are kept (cnnbench.speed.decisions), and summary.json says what machine and
-source a run had (cnnbench.machine): what a reader needs to repeat a run's numbers."""
+"""Start-up timing decisions are kept (:mod:`cnnbench.speed.decisions`), and summary.json records them: what a
+reader needs to repeat a run's numbers."""
 
 from __future__ import annotations
 
@@ -190,57 +190,3 @@ def test_the_summary_records_the_decision_the_machine_the_source_and_the_version
         assert re.fullmatch(r"[0-9a-f]{40}", machine["cnnbench"]["commit"])
         assert isinstance(machine["cnnbench"]["dirty"], bool)
     assert json.loads((tmp_path / "summary.json").read_text())["machine"] == json.loads(json.dumps(machine))
-
-
-def test_the_machine_record_has_the_runs_thread_count(fake_data, tmp_path):
-    """device.num_threads is the run's: the summary says it, though the caller gets its own count back."""
-    import torch
-
-    from cnnbench.run.train import train
-
-    before = torch.get_num_threads()
-    threads = 1 if before != 1 else 2
-    summary = train(compose_fast(fake_data, "model=lenet", f"device.num_threads={threads}", "trainer.epochs=1",
-                                 "trainer.limit_train_batches=1", "trainer.limit_eval_batches=1",
-                                 "trainer.checkpoint=false"), tmp_path)
-    assert summary["machine"]["torch_threads"] == threads and torch.get_num_threads() == before
-
-
-def test_source_info_says_commit_and_local_changes(tmp_path):
-    from cnnbench.machine import source_info
-
-    top = tmp_path / "checkout"
-    package = top / "cnnbench"
-    package.mkdir(parents=True)
-    (top / "pyproject.toml").write_text("")
-    (package / "a.py").write_text("x = 1\n")
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(top), "-c", "user.name=t", "-c", "user.email=t@t", *args],
-                              capture_output=True, text=True, check=True).stdout.strip()
-
-    git("init", "-q")
-    git("add", "-A")
-    git("commit", "-qm", "first")
-    clean = source_info.__wrapped__(package)
-    assert (clean["commit"], clean["dirty"]) == (git("rev-parse", "HEAD"), False)
-    (package / "a.py").write_text("x = 2\n")
-    assert source_info.__wrapped__(package)["dirty"] is True
-    outside = tmp_path / "site" / "cnnbench"  # an installed copy, no git around it
-    outside.mkdir(parents=True)
-    assert source_info.__wrapped__(outside)["commit"] is None
-    # a wheel built from a checkout carries the commit it was built from (setup.py writes build_info.json)
-    (outside / "build_info.json").write_text(json.dumps({"commit": "a" * 40, "dirty": False}))
-    built = source_info.__wrapped__(outside)
-    assert (built["commit"], built["dirty"], built["from"]) == ("a" * 40, False, "build")
-
-
-def test_the_gpu_driver_is_read_from_the_kernel_modules_file(tmp_path, monkeypatch):
-    import cnnbench.devices as devices
-
-    version = tmp_path / "version"
-    version.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.95.05  Tue Sep 23 2025\n"
-                       "GCC version:  gcc version 12.2.0\n")
-    monkeypatch.setattr(devices, "NVIDIA_DRIVER_FILE", str(version))
-    assert devices.nvidia_driver() == "580.95.05"
-    assert devices.gpu_info(torch.device("cpu")) is None

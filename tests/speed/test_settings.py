@@ -1,8 +1,10 @@
-"""Every speed option trains the same network as the plain path: same losses on the first batches."""
+"""A run's speed settings (:mod:`cnnbench.speed.settings`): every option trains the same network as the plain path
+(same losses on the first batches), and autotuning picks the fastest candidate."""
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -10,10 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnnbench.commands.bench import cmd_bench
-from cnnbench.run.loop import log_points
 from cnnbench.run.train import train
-from tests.helpers import Probe, compose_fast, fast_overrides, first_losses, gzip_dataset, is_channels_last
+from tests.helpers import Probe, compose_fast, fast_overrides, first_losses, is_channels_last
 
 
 @pytest.fixture(scope="module")
@@ -120,118 +120,6 @@ def test_fp16_is_refused_on_the_cpu(fake_data, tmp_path):
     assert summary["status"] == "failed" and "fp16 needs CUDA" in summary["error"]
 
 
-def test_logging_points_are_few_per_epoch():
-    """Host syncs happen only at these batch indices: logs_per_epoch of them, plus the epoch's last."""
-    assert log_points(235, 5) == {46, 93, 140, 187, 234}
-    assert log_points(10, 0) == {9}
-
-
-def test_bench_runs_both_pipelines_on_generated_data(tmp_path, capsys):
-    out = tmp_path / "bench"
-    assert cmd_bench(["d2l_lenet", "--fake-data", "--warmup", "1", "--steps", "2", "--epoch-batches", "2",
-                      "--eval-batches", "1", "--book-workers", "0", "--device", "cpu", "--out", str(out)]) == 0
-    result = json.loads((out / "bench.json").read_text())
-    (row,) = result["rows"]
-    assert row["recipe"] == "d2l_lenet" and row["resize"] == 28
-    for key in ("cnnbench/examples_per_sec", "book/examples_per_sec", "speedup/steady", "speedup/e2e",
-                "cnnbench/tflops", "cnnbench/peak_fraction"):
-        assert row[key] > 0, key
-    # each ratio is made of the figures printed beside it: a wrong or swapped ratio shows here
-    assert row["speedup/steady"] == pytest.approx(row["cnnbench/examples_per_sec"] / row["book/examples_per_sec"])
-    assert row["speedup/e2e"] == pytest.approx(row["cnnbench/e2e_examples_per_sec"] / row["book/e2e_examples_per_sec"])
-    assert row["cnnbench/tflops"] == pytest.approx(
-        3 * row["cnnbench/flops_per_image"] * row["cnnbench/examples_per_sec"] / 1e12)
-    assert result["peaks"]["fp32"] > 1e9
-    assert "| d2l_lenet | 28 | 256 |" in (out / "bench.md").read_text()
-    assert "| d2l_lenet | 28 | 256 |" in capsys.readouterr().out
-
-
-@pytest.mark.slow  # a whole bench (~11 s); test_bench_data_without_data_warns_naming_the_flag is its fast part
-def test_bench_falls_back_to_generated_data(no_data_env, tmp_path, caplog, capsys):
-    """No Fashion-MNIST anywhere and no --fake-data: bench still runs, on generated data, and says so in a
-    warning naming --data-root and in its table."""
-    out = tmp_path / "bench"
-    with caplog.at_level("INFO"):
-        assert cmd_bench(["d2l_lenet", "--warmup", "1", "--steps", "1", "--epoch-batches", "1", "--eval-batches",
-                          "1", "--book-workers", "0", "--device", "cpu", "--out", str(out)]) == 0
-    assert json.loads((out / "bench.json").read_text())["data"] == "generated"
-    (warning,) = [r for r in caplog.records if r.levelname == "WARNING" and "Fashion-MNIST" in r.getMessage()]
-    assert "timing on GENERATED data" in warning.getMessage() and "--data-root DIR" in warning.getMessage()
-    assert "; data: generated" in capsys.readouterr().out.splitlines()[0]
-
-
-def test_bench_data_without_data_warns_naming_the_flag(no_data_env, tmp_path, fake_data, caplog):
-    from cnnbench.commands.bench import GENERATED, bench_data
-
-    with caplog.at_level("INFO"):
-        root, source = bench_data(None, False, tmp_path / "none")
-    assert source == GENERATED and (root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
-    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert "timing on GENERATED data" in warning and "--data-root DIR" in warning and "--fake-data" in warning
-    caplog.clear()
-    with caplog.at_level("INFO"):
-        assert bench_data(None, True, tmp_path / "asked")[1] == GENERATED  # asked for: no warning
-        assert bench_data(str(fake_data), False, tmp_path / "real")[1] == str(fake_data / "FashionMNIST" / "raw")
-    assert not [r for r in caplog.records if r.levelname == "WARNING"]
-
-
-def test_bench_data_root_is_spelled_like_eval_and_export_with_data_as_an_alias():
-    from cnnbench.commands.bench import _parser
-
-    for flag in ("--data-root", "--data"):
-        assert _parser().parse_args([flag, "/d"]).data_root == "/d"
-    assert "--data-root DIR, --data DIR" in _parser().format_help()  # the old name, kept and shown
-
-
-def test_bench_reads_gzipped_data_in_both_pipelines(fake_data, no_data_env, tmp_path, caplog):
-    """Only .gz files (as packed for a device machine): the book's torchvision reader gets plain copies."""
-    gz = gzip_dataset(fake_data, tmp_path / "gz")
-    out = tmp_path / "bench"
-    with caplog.at_level("INFO"):
-        assert cmd_bench(["d2l_lenet", "--data-root", str(gz), "--warmup", "1", "--steps", "1", "--epoch-batches", "1",
-                          "--eval-batches", "1", "--book-workers", "0", "--device", "cpu", "--out", str(out)]) == 0
-    result = json.loads((out / "bench.json").read_text())
-    assert result["data"] == str(gz / "FashionMNIST" / "raw")
-    assert result["rows"][0]["book/examples_per_sec"] > 0
-    assert "plain copies of the IDX files" in caplog.text
-
-
-def test_bench_defaults_to_the_eight_book_recipes_in_chapter_order():
-    from cnnbench.commands.bench import book_recipes
-
-    assert book_recipes() == ["d2l_lenet", "d2l_lenet_bn", "d2l_alexnet", "d2l_vgg11", "d2l_nin", "d2l_googlenet",
-                              "d2l_resnet18", "d2l_densenet"]
-
-
-def test_device_index_picks_a_gpu_modulo_the_gpu_count(monkeypatch):
-    """Parallel sweep jobs pass device.index=${hydra:job.num}: job 4 on a 3-GPU machine gets cuda:1."""
-    from cnnbench.devices import resolve_device
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
-    assert resolve_device("auto", 4) == torch.device("cuda", 1)
-    assert resolve_device("cuda", 2) == torch.device("cuda", 2)
-    assert resolve_device("auto", None) == torch.device("cuda", 0)
-    assert resolve_device("cpu", 2) == torch.device("cpu")  # no GPU asked for: the index is moot
-
-
-def test_device_index_reaches_the_device_choice(fake_data, tmp_path, monkeypatch):
-    import cnnbench.run.build as build_module
-
-    asked = []
-    real = build_module.resolve_device
-
-    def spy(kind, index=None):
-        asked.append((kind, index))
-        return real(kind, index)
-
-    monkeypatch.setattr(build_module, "resolve_device", spy)
-    summary = train(compose_fast(fake_data, "device.index=2", "trainer.limit_train_batches=1",
-                                 "trainer.limit_eval_batches=1"), tmp_path)
-    assert summary["status"] == "completed"
-    assert asked == [("cpu", 2)]
-
-
 def test_autotune_rounds_take_turns_and_the_median_decides(fake_data, tmp_path, monkeypatch):
     """With several rounds the candidates alternate, only the first round warms up, and one fast round
     does not outvote the rest (each candidate's median counts)."""
@@ -311,3 +199,10 @@ def test_autotune_stops_timing_a_candidate_far_behind(fake_data, tmp_path, monke
     calls.clear()
     speed.autotune(run.raw_model, run.train_loader, torch.device("cpu"), candidates[:2], steps=2, rounds=5, batch=None)
     assert calls == [("fp32", False), ("fp32", True)]  # one candidate left: the timing stops
+
+
+def test_peak_matmul_flops_positive() -> None:
+    from cnnbench.speed.settings import peak_matmul_flops
+
+    flops = peak_matmul_flops(torch.device("cpu"), n=256, iters=2, repeats=2)
+    assert flops > 0 and math.isfinite(flops)
