@@ -418,3 +418,17 @@ def meta(name: str, **kw) -> nn.Module:
 
     with torch.device("meta"):  # shapes only: VGG's 129M parameters take no memory
         return build_model(name, **kw)
+
+
+# --------------------------------------------------------------------------------------- the tests' map
+
+
+def own_tests(module: str) -> list[str]:
+    """The test files of ``cnnbench/MODULE`` (``data/folder.py``) at its mirrored path: ``tests/data/test_folder.py``
+    and any ``test_folder_TOPIC.py`` beside it that is not another module's own file (``test_bench_accuracy.py``
+    is ``bench_accuracy.py``'s, not ``bench.py``'s)."""
+    rel = Path(module)
+    folder, package = REPO / "tests" / rel.parent, REPO / "cnnbench" / rel.parent
+    others = {f"test_{p.stem}" for p in package.glob("*.py") if p.stem != rel.stem}
+    return sorted(p.relative_to(REPO).as_posix() for p in folder.glob("test_*.py")
+                  if p.stem == f"test_{rel.stem}" or (p.stem.startswith(f"test_{rel.stem}_") and p.stem not in others))

@@ -15,7 +15,7 @@ from markdown_it import MarkdownIt
 from omegaconf import OmegaConf
 
 from cnnbench.config import compose_config
-from tests.helpers import REPO
+from tests.helpers import REPO, own_tests
 
 README = REPO / "README.md"
 PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
@@ -216,3 +216,28 @@ def test_generator_reads_options_as_hydra_composes_them(group, option):
     the values Hydra composes for it."""
     composed = compose_config([f"{group}={option}"])[group]
     assert _reference().load_option(group, option).values == OmegaConf.to_container(composed)
+
+
+def module_map() -> dict[str, str]:
+    """docs/development.md's table under "Where each thing lives": module (under cnnbench/) -> its tests cell."""
+    text = (REPO / "docs" / "development.md").read_text()
+    section = text[text.index("## Where each thing lives"):]
+    section = section[: section.find("\n## ", 1) if "\n## " in section[1:] else len(section)]
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| `")]
+    listed = [row[0].strip("`") for row in rows]
+    assert len(listed) == len(set(listed)), "a module listed twice"
+    return {row[0].strip("`"): row[2] for row in rows}
+
+
+def test_the_module_map_lists_every_module_and_its_tests():
+    """Every module of cnnbench/ once, with its own test files (the mirrored paths), or where it is tested."""
+    table = module_map()
+    modules = {p.relative_to(REPO / "cnnbench").as_posix() for p in (REPO / "cnnbench").rglob("*.py")
+               if p.name != "__init__.py"}
+    assert set(table) == modules
+    for module, cell in table.items():
+        named = re.findall(r"`([^`]+)`", cell)
+        assert named and all((REPO / path).is_file() for path in named), f"{module}: {cell}"
+        own = own_tests(module)
+        assert (named == own) if own else cell.startswith("via "), f"{module}: {cell} (its own tests: {own})"

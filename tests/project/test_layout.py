@@ -126,3 +126,92 @@ def test_no_sys_exit_inside_a_job():
                  if "sys.exit(" in p.read_text()
                  and p.relative_to(package).as_posix() not in ("cli.py", "__main__.py", "book/pipeline.py")]
     assert offenders == []
+
+
+# ------------------------------------------------------------------------------------ the tests' shape
+
+TESTS = REPO / "tests"
+# Test folders that mirror no package: whole command paths across packages, and the repository itself.
+CROSS_PACKAGE = {"flows": "whole command paths across packages", "project": "the repository: docs, layout, packaging"}
+SHARED = {"conftest", "helpers"}  # the one place for fixtures and for helpers
+
+
+def misplaced_tests(tests: Path = TESTS, package: Path = PACKAGE) -> list[str]:
+    """Test files not at the path of the module they test: ``tests/A/B/test_M.py`` (or ``test_M_TOPIC.py``)
+    needs ``cnnbench/A/B/M.py``; files right under a cross-package folder need nothing; every folder a package."""
+    found = []
+    for path in sorted(tests.rglob("test_*.py")):
+        rel = path.relative_to(tests)
+        folders, stem = rel.parts[:-1], path.stem.removeprefix("test_")
+        if folders and folders[0] in CROSS_PACKAGE:
+            if len(folders) > 1:
+                found.append(f"{rel}: a cross-package folder has no sub-folders")
+            continue
+        mirror = package.joinpath(*folders)
+        names = {p.stem for p in mirror.glob("*.py") if p.stem != "__init__"}
+        if not any(stem == m or stem.startswith(f"{m}_") for m in names):
+            found.append(f"{rel}: no cnnbench/{'/'.join([*folders, stem])}.py")
+    for folder in sorted(p for p in tests.rglob("*") if p.is_dir() and p.name != "__pycache__"):
+        if not (folder / "__init__.py").is_file():
+            found.append(f"{folder.relative_to(tests)}/: no __init__.py (test modules of one basename would clash)")
+    return found
+
+
+def imports_across_tests(tests: Path = TESTS) -> list[str]:
+    """Imports of one test module (or of conftest) by another: helpers come from tests/helpers.py only."""
+    helpers = f"{tests.name}.helpers"
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        rel = path.relative_to(tests.parent)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                here = rel.parent.parts
+                base = ".".join([*here[: len(here) - node.level + 1], *([node.module] if node.module else [])]) \
+                    if node.level else node.module
+                # ``from tests.run import test_train`` imports a module of a package; ``from x import name``
+                # imports from module x
+                is_package = (tests.parent / base.replace(".", "/")).is_dir()
+                names = [f"{base}.{a.name}" for a in node.names] if is_package else [base]
+            else:
+                continue
+            found += [f"{rel.as_posix()}: {name}" for name in names
+                      if name.split(".")[0] == tests.name and name != helpers]
+    return found
+
+
+def test_each_test_file_sits_at_the_path_of_its_module():
+    """A newcomer finds the tests of cnnbench/data/folder.py in tests/data/test_folder.py."""
+    assert misplaced_tests() == []
+
+
+def test_no_test_module_imports_another():
+    assert imports_across_tests() == []
+    assert (TESTS / "helpers.py").is_file() and (TESTS / "conftest.py").is_file()
+
+
+def test_a_misplaced_test_and_an_import_across_are_found(tmp_path):
+    """The two checks above can fail: a test of a module that does not exist, a folder without __init__.py,
+    a cross-package folder with a sub-folder, and test modules importing each other."""
+    package, tests = tmp_path / "cnnbench", tmp_path / "tests"
+    for path in ("cnnbench/run/train.py", "tests/__init__.py", "tests/helpers.py", "tests/run/__init__.py",
+                 "tests/run/test_train.py", "tests/run/test_train_resume.py", "tests/flows/__init__.py",
+                 "tests/flows/test_anything.py"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("")
+    assert misplaced_tests(tests, package) == [] and imports_across_tests(tests) == []
+    (tests / "run" / "test_trainer.py").write_text("from tests.helpers import REPO\nfrom .test_train import x\n")
+    (tests / "data").mkdir()
+    (tests / "data" / "test_train.py").write_text("from ..run import test_train\nimport tests.conftest\n")
+    (tests / "flows" / "deep").mkdir()
+    (tests / "flows" / "deep" / "__init__.py").write_text("")
+    (tests / "flows" / "deep" / "test_x.py").write_text("from tests.run.test_train import x\n")
+    assert misplaced_tests(tests, package) == [
+        "data/test_train.py: no cnnbench/data/train.py",
+        "flows/deep/test_x.py: a cross-package folder has no sub-folders",
+        "run/test_trainer.py: no cnnbench/run/trainer.py",
+        "data/: no __init__.py (test modules of one basename would clash)"]
+    assert imports_across_tests(tests) == [
+        "tests/data/test_train.py: tests.run.test_train", "tests/data/test_train.py: tests.conftest",
+        "tests/flows/deep/test_x.py: tests.run.test_train", "tests/run/test_trainer.py: tests.run.test_train"]
