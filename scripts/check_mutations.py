@@ -637,7 +637,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("a killed holder leaves no stale lock", "cnnbench/runfolder/lock.py",
              "os.O_RDWR | os.O_CREAT | _OPEN_FLAGS", "os.O_RDWR | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS",
              ("tests/runfolder/test_lock.py", "-k", "killed_holder")),
-    # ---- the run-folder lock on Windows (simulated: tests/test_integrity.py's SIMULATED_WINDOWS)
+    # ---- the run-folder lock on Windows (simulated: tests/runfolder/test_lock.py's SIMULATED_WINDOWS)
     Mutation("lock: no module imports fcntl at import time (Windows has none)", "cnnbench/runfolder/lock.py",
              "import errno\n", "import errno\nimport fcntl  # noqa: F401\n",
              ("tests/runfolder/test_lock.py", "-k", "without_fcntl or windows_lock_refuses")),

@@ -27,7 +27,7 @@ def cuda_overrides(data, *extra: str) -> list[str]:
 
 
 def first_losses(data, tmp_path, *overrides: str) -> Probe:
-    """test_speed's probe (losses of the first 4 steps, what the steps ran with), on the GPU."""
+    """helpers.first_losses (losses of the first 4 steps, what the steps ran with), on the GPU."""
     return cpu_first_losses(data, tmp_path, "device.type=cuda", *overrides)
 
 

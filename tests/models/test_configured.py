@@ -43,7 +43,7 @@ def test_every_knob_changes_the_layers_and_its_example_builds_and_runs(name, key
 @pytest.mark.parametrize("name", [n for n in list_models() if get_model_spec(n).family in BOOK_FAMILIES])
 def test_the_model_configs_hold_the_books_values(name):
     """conf/model/NAME.yaml names every knob its family declares, with values that build the book's network
-    exactly (the same layers as the factory's defaults, which tests/test_models.py pins)."""
+    exactly (the same layers as the factory's defaults, which tests/models/test_registry.py pins)."""
     if not (config_dir() / "model" / f"{name}.yaml").exists():
         pytest.skip(f"no conf/model/{name}.yaml")
     cfg = compose_config([f"model={name}"])

@@ -1,4 +1,4 @@
-"""torch.compile's wrapper and cache folder (no real compilation here: see test_speed's slow test)."""
+"""torch.compile's wrapper and cache folder (no real compilation here: see tests/speed/test_settings.py's slow test)."""
 
 from __future__ import annotations
 
