@@ -719,6 +719,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("model keyword arguments are checked by the family", "cnnbench/models/registry.py",
              "        if not declared.valid(value):", "        if False:",
              ("tests/run/test_validate.py", "-k", "bad_config and width_div")),
+    # ---- tests by package (issue 33): the module map names every module and its tests
+    Mutation("the module map lists every module", "docs/development.md",
+             "| `__main__.py` | `python -m cnnbench`, the same command | via `tests/test_cli.py` |\n", "",
+             ("tests/project/test_docs.py", "-k", "module_map")),
     # ---- describing models, finding data
     Mutation("FLOPs are per image", "cnnbench/models/stats.py",
              "    return int(counter.get_total_flops())", "    return int(counter.get_total_flops()) // 2",
