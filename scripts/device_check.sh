@@ -33,7 +33,7 @@
 #     whose PIL resizing in 4 CPU workers (~1,000-5,000 images/s at 224 pixels) dominates: 6,400-12,800
 #     images, 3-13 s. About 15-30 s per recipe: 75-150 s for the five small recipes (cap 180 s), 45-90 s
 #     for the three at 224 pixels (cap 150 s).
-#   gpu tests: unknown (tests/test_gpu.py is sized by whoever writes it); cap 90 s. Set-up: ~20 s.
+#   gpu tests: unknown (tests/flows/test_gpu.py is sized by whoever writes it); cap 90 s. Set-up: ~20 s.
 #   Expected in all: about 5 minutes. Worst case: every step stops at its cap or at the budget
 #   (DEVICE_CHECK_BUDGET_S, default 510 s), whichever comes first, so the script ends within 9 minutes.
 #

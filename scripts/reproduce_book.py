@@ -15,7 +15,7 @@ whole-command wall time of a run continued over several sessions is the sum of i
 train.log; no checkpoints) to ``results/CPU-Ncore-DATE/RECIPE/`` (DATE: the run's first start).
 
 ``table`` writes the README's results table between its two marker comments from every record under results/
-(the newest record of each recipe, seed 0); ``--check`` exits 1 when the README differs (tests/test_docs.py).
+(the newest record of each recipe, seed 0); ``--check`` exits 1 when the README differs (tests/project/test_docs.py).
 """
 
 from __future__ import annotations

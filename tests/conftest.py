@@ -1,22 +1,16 @@
-"""Shared fixtures: small MNIST-format IDX files written by the tests themselves."""
+"""Shared fixtures: small MNIST-format IDX files written by the tests themselves, a trained run folder, and
+each test's own caches. The helpers they use, and that test modules import, live in tests/helpers.py."""
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
-import signal
-import struct
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+from tests.helpers import train_run_folder, write_fake_dataset
 
 # The fused CPU kernels (cnnbench.speed.cpu.fused) are built into a folder of this test session, which the
 # commands the tests start inherit, not into the user's ~/.cache.
@@ -48,50 +42,6 @@ def _restore_root_logging():
     root.setLevel(level)
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 array as an IDX file (magic 0x0803 for 3-D images, 0x0801 for 1-D labels)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    magic = 0x0800 | array.ndim
-    with path.open("wb") as f:
-        f.write(struct.pack(f">{array.ndim + 1}I", magic, *array.shape))
-        f.write(array.astype(np.uint8).tobytes())
-
-
-def make_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """28x28 images a small network can learn: a bright bar whose row depends on the class, plus noise."""
-    images = rng.integers(0, 60, size=(len(labels), 28, 28), dtype=np.int64)
-    for i, c in enumerate(labels):
-        images[i, 2 + 2 * c : 4 + 2 * c, 4:24] = 230
-    return images.astype(np.uint8)
-
-
-def write_fake_dataset(root: Path, n_train: int = 256, n_test: int = 128, folder: str = "FashionMNIST",
-                       seed: int = 0) -> Path:
-    """Four IDX files in torchvision's layout under ``root``; returns ``root``."""
-    rng = np.random.default_rng(seed)
-    raw = root / folder / "raw"
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        labels = np.arange(n) % 10
-        rng.shuffle(labels)
-        write_idx(raw / f"{split}-images-idx3-ubyte", make_images(labels, rng))
-        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
-    return root
-
-
-def gzip_dataset(source: Path, target: Path, folder: str = "FashionMNIST", keep_plain: tuple[str, ...] = ()) -> Path:
-    """A copy of ``source``'s four IDX files under ``target`` in torchvision's layout, gzipped
-    (``NAME.gz``) except those named in ``keep_plain``; returns ``target``."""
-    src, dst = source / folder / "raw", target / folder / "raw"
-    dst.mkdir(parents=True, exist_ok=True)
-    for path in sorted(src.glob("*-ubyte")):
-        data = path.read_bytes()
-        if path.name in keep_plain:
-            (dst / path.name).write_bytes(data)
-        else:
-            (dst / f"{path.name}.gz").write_bytes(gzip.compress(data, mtime=0))
-    return target
-
-
 @pytest.fixture(scope="session")
 def fake_data(tmp_path_factory) -> Path:
     """A small Fashion-MNIST look-alike (256 train, 128 test images)."""
@@ -105,72 +55,6 @@ def no_data_env(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def real_data_root() -> Path | None:
-    """Full Fashion-MNIST for the realdata tests: $CNNBENCH_DATA or ../shared/data."""
-    from cnnbench.data.idx import idx_path
-
-    for candidate in (os.environ.get("CNNBENCH_DATA"), SHARED_DATA):
-        if candidate and idx_path(Path(candidate) / "FashionMNIST" / "raw", "train-images-idx3-ubyte"):  # plain or .gz
-            return Path(candidate)
-    return None
-
-
-def fast_overrides(data_root: Path | str, *extra: str) -> list[str]:
-    """The settings most tests start from: the test's own small data, no download, the CPU, and a fixed
-    memory layout and ATen's convolution backward (``device.channels_last=auto`` would pick NCHW or NHWC
-    by timing, and ``device.conv_weight_grad=auto`` each small convolution's weight-gradient layout, so
-    the code path under test would change from run to run), and torch's thread count fixed (``device.num_threads=auto``
-    follows the machine's load, and the count changes the last bits of the numbers that tests compare between
-    runs). Tests about autotuning or the thread count override them."""
-    return [f"dataset.root={data_root}", "dataset.download=false", "device=cpu", "device.channels_last=false",
-            "device.conv_weight_grad=native", "device.num_threads=null", "trainer.progress_bar=false", *extra]
-
-
-def compose_fast(data_root: Path | str, *extra: str):
-    """``compose_config`` of :func:`fast_overrides`."""
-    from cnnbench.config import compose_config
-
-    return compose_config(fast_overrides(data_root, *extra))
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    """Kill a test's child process (and its process group) if it is still running: a failed assertion
-    must not leave a training process behind."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL) if _own_group(proc) else proc.kill()
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=60)
-
-
-def _own_group(proc: subprocess.Popen) -> bool:
-    try:
-        return os.getpgid(proc.pid) == proc.pid
-    except ProcessLookupError:
-        return False
-
-
-def cli(*args: str) -> list[str]:
-    """argv that runs the cnnbench command line in a subprocess with this interpreter."""
-    return [sys.executable, "-m", "cnnbench", *args]
-
-
-def train_run_folder(run_dir: Path, *overrides: str) -> Path:
-    """A finished run folder as ``cnnbench train`` leaves it (the .hydra record included), trained in
-    this process on the packaged Fashion-MNIST sample: what eval, predict and export read."""
-    from omegaconf import OmegaConf
-
-    from cnnbench.run.train import train
-
-    cfg = compose_fast("/nonexistent", "dataset=fashion_mnist_mini", *overrides)
-    summary = train(cfg, run_dir)
-    assert summary["status"] == "completed", summary["error"]
-    (run_dir / ".hydra").mkdir(exist_ok=True)
-    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
-    return run_dir
 
 
 @pytest.fixture(scope="session")

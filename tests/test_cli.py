@@ -8,8 +8,7 @@ import pytest
 
 from cnnbench.cli import main
 from cnnbench.models import list_models
-
-from .conftest import cli
+from tests.helpers import REPO, cli
 
 
 def test_help_lists_the_subcommands():
@@ -102,24 +101,6 @@ def test_every_subcommands_help_has_a_description_and_defaults_in_plain_text(com
         assert "--data-root DIR" in out
 
 
-def test_help_shows_each_default_once_and_only_real_ones():
-    """'(default: fast)' from argparse, never twice, and never '(default: None)' or '(default: False)'."""
-    import argparse
-
-    from cnnbench.fmt import command_parser
-
-    parser = command_parser("cnnbench x", "A ``literal`` and :mod:`cnnbench.fmt`.\n\n* one\n* two")
-    parser.add_argument("--device", default="fast", help="device option")
-    parser.add_argument("--out", default="DIR", help="folder (default: the run's)")
-    parser.add_argument("--limit", default=None, help="how many")
-    parser.add_argument("--flag", action="store_true", help="a switch")
-    text = parser.format_help()
-    assert "A literal and cnnbench.fmt." in text and "\n- one\n- two" in text
-    assert "device option (default: fast)" in text and text.count("(default: ") == 2
-    assert "None" not in text and "False" not in text
-    assert isinstance(parser.formatter_class("x"), argparse.ArgumentDefaultsHelpFormatter)
-
-
 def test_train_help_names_the_command():
     out = subprocess.run(cli("train", "--help"), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
@@ -134,13 +115,12 @@ def test_the_console_script_exits_with_mains_code_and_the_shutdown_skips_the_fin
     """``cnnbench`` (and ``python -m cnnbench``) run cli.run: main's exit code, and every live object frozen
     out of the garbage collector first (the interpreter's last collection costs a LeNet command 0.5 s)."""
     import gc
-    from pathlib import Path
 
     import tomllib
 
     import cnnbench.cli as cli_module
 
-    scripts = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["cnnbench"] == "cnnbench.cli:run"
     monkeypatch.setattr(cli_module, "main", lambda: 3)
     gc.unfreeze()
@@ -150,83 +130,6 @@ def test_the_console_script_exits_with_mains_code_and_the_shutdown_skips_the_fin
         assert stop.value.code == 3
         assert gc.get_freeze_count() > 1000
     finally:
-        gc.unfreeze()
-
-
-@pytest.mark.parametrize("command, paused", [("train", True), ("eval", False)])
-def test_the_console_script_pauses_the_collector_while_a_train_command_starts(monkeypatch, command, paused) -> None:
-    """cli.run turns the garbage collector off before main for ``train`` only (cnnbench.speed.collector: the
-    start's full collections walk every object torch's imports made)."""
-    import gc
-
-    import cnnbench.cli as cli_module
-    from cnnbench.speed import collector
-
-    seen = {}
-
-    def fake_main() -> int:
-        seen["enabled"] = gc.isenabled()
-        return 0
-
-    monkeypatch.setattr(cli_module, "main", fake_main)
-    monkeypatch.setattr("sys.argv", ["cnnbench", command])
-    try:
-        with pytest.raises(SystemExit):
-            cli_module.run()
-        assert seen["enabled"] is not paused
-    finally:
-        collector.resume()
-        gc.enable()
-        gc.unfreeze()
-
-
-def test_resume_collects_the_starts_garbage_freezes_the_rest_and_turns_the_collector_back_on() -> None:
-    import gc
-    import weakref
-
-    from cnnbench.speed import collector
-
-    class Node:
-        pass
-
-    assert collector.resume() is False and gc.isenabled()  # never paused: nothing happens
-    gc.unfreeze()
-    collector.pause()
-    try:
-        assert not gc.isenabled()
-        cycle = Node()
-        cycle.me = cycle  # cyclic garbage made during the start
-        dead = weakref.ref(cycle)
-        del cycle
-        alive = Node()
-        assert dead() is not None  # no collector: the cycle stays
-        assert collector.resume() is True
-        assert gc.isenabled()
-        assert dead() is None  # collected before the freeze, not frozen with the rest
-        assert gc.get_freeze_count() > 1000 and alive is not None
-        assert collector.resume() is False  # once per pause
-    finally:
-        gc.enable()
-        gc.unfreeze()
-
-
-def test_the_first_epoch_resumes_a_paused_collector(fake_data, tmp_path) -> None:
-    import gc
-
-    from cnnbench.run.train import train
-    from cnnbench.speed import collector
-
-    from .conftest import compose_fast
-
-    gc.unfreeze()
-    collector.pause()
-    try:
-        summary = train(compose_fast(fake_data, "trainer.epochs=1", "trainer.batch_size=64"), tmp_path / "run")
-        assert summary["status"] == "completed"
-        assert gc.isenabled() and gc.get_freeze_count() > 1000
-    finally:
-        collector.resume()
-        gc.enable()
         gc.unfreeze()
 
 

@@ -1,4 +1,5 @@
-"""Every option of every config group composes, and the experiments hold the book's recipes."""
+"""Composing conf/ (:mod:`cnnbench.config`): every option of every config group composes, and the experiments
+hold the book's recipes."""
 
 from __future__ import annotations
 
@@ -9,12 +10,7 @@ from cnnbench.config import compose_config, config_dir
 from cnnbench.models import list_models
 from cnnbench.models.configured import image_size
 from cnnbench.models.registry import list_sources
-
-GROUPS = ["model", "dataset", "optimizer", "scheduler", "device", "augment", "experiment"]
-
-
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+from tests.helpers import GROUPS, options
 
 
 def leaves(node, prefix: str = "") -> dict[str, object]:
@@ -174,17 +170,3 @@ def test_an_override_splits_into_its_key_and_value(item, expected):
     from cnnbench.config import override_key, split_override
 
     assert split_override(item) == expected and override_key(item) == expected[0]
-
-
-@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS if g not in ("model", "experiment")
-                                          for o in options(g)])
-def test_every_group_option_is_typed_by_its_schema(group, option):
-    """Each option of a typed group composes to its schema's dataclass (cnnbench.schema), so a value of
-    the wrong type or a key the schema lacks is refused when composed; the model group stays open (each
-    family declares its own arguments)."""
-    from cnnbench.schema import GROUP_SCHEMAS, TrainerConfig
-
-    cfg = compose_config([f"{group}={option}"])
-    assert OmegaConf.get_type(cfg[group]) in GROUP_SCHEMAS[group].values()
-    assert OmegaConf.get_type(cfg.trainer) is TrainerConfig
-    assert OmegaConf.get_type(cfg.model) is dict

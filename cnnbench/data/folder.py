@@ -43,7 +43,7 @@ from .idx import Split
 
 logger = logging.getLogger(__name__)
 
-# torchvision.datasets.folder.IMG_EXTENSIONS (tests/test_folder.py checks they stay equal)
+# torchvision.datasets.folder.IMG_EXTENSIONS (tests/data/test_folder.py checks they stay equal)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")  # sub-folders of dataset.path; val is optional
 CACHE_DIR = "image_folders"

@@ -12,7 +12,7 @@ import torch
 
 from cnnbench.speed import load
 from cnnbench.speed.load import CpuSample, ThreadFollower, others_cores, thread_setting, threads_for
-from tests.conftest import compose_fast, fast_overrides, stop_process
+from tests.helpers import compose_fast, fast_overrides, stop_process
 
 
 @pytest.mark.parametrize("free,most,expected", [
