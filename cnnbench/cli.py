@@ -19,7 +19,7 @@ from hydra.errors import HydraException
 from .errors import CnnbenchError, ConfigError, one_line
 from .fmt import command_parser
 from .speed import collector
-from .speed.threads import choose_omp_wait
+from .speed.threads import choose_omp_wait, follows_the_load
 
 COMMANDS: dict[str, str] = {
     "train": "train a network (Hydra overrides; -m for a sweep)",
@@ -207,8 +207,8 @@ def _top_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cnnbench`` console script and of ``python -m cnnbench``."""
-    choose_omp_wait()  # before torch is imported: libgomp reads it once, at load time
     argv = list(sys.argv[1:] if argv is None else argv)
+    choose_omp_wait(follows_the_load(argv))  # before torch is imported: libgomp reads it once, at load time
     if argv[:1] in (["-sc"], ["--shell-completion"]):  # the shell asks (installed by `train -sc install=`)
         return _complete(argv[1:])
     parser = _top_parser()

@@ -153,15 +153,36 @@ def elf_needed(path: Path) -> list[str]:
     return []
 
 
-def choose_omp_wait() -> str | None:
+FIXED_COUNT = ("device.num_threads=", "trainer.deterministic=true")  # overrides that keep one thread count
+
+
+def follows_the_load(argv: list[str]) -> bool:
+    """Whether this command will train with a thread count that follows the load (cnnbench.speed.load):
+    ``train`` without a fixed ``device.num_threads`` or ``trainer.deterministic=true`` on its command line."""
+    if not argv or argv[0] != "train":
+        return False
+    for arg in argv[1:]:
+        key = arg.lstrip("+~")
+        if key.startswith(FIXED_COUNT[0]) and key != "device.num_threads=auto":
+            return False
+        if key.lower() == FIXED_COUNT[1]:
+            return False
+    return True
+
+
+def choose_omp_wait(follows: bool = False) -> str | None:
     """Set ``OMP_WAIT_POLICY=PASSIVE`` on a busy machine, else ``GOMP_SPINCOUNT=20000`` where torch's
     runtime is libgomp, unless the user set either (or the runtime's own spin variable) or torch is
-    already loaded (then it is too late to matter); returns the setting in force (:func:`omp_wait_policy`)."""
+    already loaded (then it is too late to matter); returns the setting in force (:func:`omp_wait_policy`).
+
+    ``follows``: the run will follow the load with its thread count, so no thread shares a core with another
+    program and a busy start needs no passive wait (which would cost the run 40% once the machine is quiet
+    and the count goes back up): the bounded spin either way."""
     runtime = openmp_runtime()
     spin_variable = SPIN_VARIABLE.get(runtime)  # another runtime's variable is no choice of the user's here
     user_set = "OMP_WAIT_POLICY" in os.environ or (spin_variable is not None and spin_variable in os.environ)
     if not user_set and "torch" not in sys.modules:
-        if machine_is_busy():
+        if not follows and machine_is_busy():
             os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
         elif runtime == GNU:  # the spin bound was measured with libgomp only
             os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT

@@ -96,6 +96,49 @@ def test_the_choice_and_the_users_values_in_process(monkeypatch, given, load, ex
         "GOMP_SPINCOUNT": expected.removeprefix("spin ") if expected.startswith("spin") else None}
 
 
+@pytest.mark.parametrize("argv,follows", [
+    (["train"], True), (["train", "model=lenet", "device.num_threads=auto"], True),
+    (["train", "device.num_threads=2"], False), (["train", "device.num_threads=null"], False),
+    (["train", "trainer.deterministic=true"], False), (["train", "trainer.deterministic=True"], False),
+    (["eval", "outputs/run"], False), ([], False),
+])
+def test_which_commands_follow_the_load(argv, follows):
+    """A train command follows the load unless its command line fixes the thread count."""
+    from cnnbench.speed import threads
+
+    assert threads.follows_the_load(argv) is follows
+
+
+def test_the_train_command_tells_the_choice_it_follows_the_load():
+    """Through the command line: a busy machine, `train` (which follows the load) spins; `train` with a fixed
+    count sleeps at once."""
+    probe = ("import os, sys; from cnnbench.speed import threads; threads.runnable_tasks = lambda: 5000\n"
+             "threads.openmp_runtime = lambda: threads.GNU\n"
+             "from cnnbench.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+             "print('policy', os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
+    for args, expected in ((["train", "--help"], "policy None 20000"),
+                           (["train", "device.num_threads=1", "--help"], "policy PASSIVE None")):
+        out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=300,
+                             env=env)
+        assert out.stdout.strip().splitlines()[-1] == expected, (args, out.stderr[-2000:])
+
+
+def test_a_run_that_follows_the_load_spins_even_on_a_busy_machine(monkeypatch):
+    """Its threads never share a core with another program (cnnbench.speed.load), so a busy start needs no
+    passive wait, which would cost it 40% once the machine is quiet and its thread count goes back up."""
+    from cnnbench.speed import threads
+
+    for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    monkeypatch.setattr(threads, "openmp_runtime", lambda: threads.GNU)
+    monkeypatch.setattr(threads, "machine_is_busy", lambda: True)
+    assert threads.choose_omp_wait(follows=True) == "spin 20000"
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    assert threads.choose_omp_wait(follows=False) == "PASSIVE"
+
+
 # --------------------------------------------------------------------- which OpenMP runtime torch loads
 
 LIB_FOLDERS = {  # torch's lib folder in each kind of build (the files that tell; others left out)
