@@ -204,3 +204,34 @@ def ema_run(trained_run, tmp_path_factory) -> Path:
     state["model"] = untrained.state_dict()
     torch.save(state, run / "last.pt")
     return run
+
+
+WANDB_BLOCK = 32768  # the .wandb file's block size (LevelDB's log format, after a 7-byte header)
+
+
+def wandb_records(path: Path) -> list:
+    """The protobuf records of an offline run's ``run-ID.wandb`` file."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    raw = path.read_bytes()
+    assert raw[:4] == b":W&B"
+    records, pending, pos = [], b"", 7
+    while pos + 7 <= len(raw):
+        left = WANDB_BLOCK - pos % WANDB_BLOCK
+        if left < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        if length == 0 and kind == 0:
+            pos += left
+            continue
+        pending += raw[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records

@@ -32,6 +32,11 @@ class RunSpec:
         return self.settled.spec
 
     @property
+    def trackers(self) -> dict[str, Section]:
+        """Each ``logger`` option's checked settings by its name (``mlflow``, ``wandb``; ``tensorboard``)."""
+        return {key.partition(".")[2]: section for key, section in self.sections.items() if key.startswith("logger.")}
+
+    @property
     def splits(self) -> DataSplits | None:
         """The splits read to settle the data (image folders, CIFAR), or None (IDX files: the build reads them)."""
         return self.settled.splits

@@ -89,7 +89,8 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path |
         try:
             record_dir = _start_records(cfg, run_dir) if main else None
             if main:  # before the build: a run that fails to start is tracked too
-                trackers = open_trackers(cfg, run_dir, overrides, resuming=resume_from is not None)
+                trackers = open_trackers(cfg, run_dir, overrides, resuming=resume_from is not None,
+                                         sections=spec.trackers if spec is not None else None)
             run = build_run(cfg, run_dir, ctx, spec=spec, settled=settled)
             _warn_low_space(run)
             if resume_from is not None:
