@@ -26,6 +26,7 @@ from ..errors import CheckpointError, ConfigError, RunFolderError
 from ..models.configured import image_size, model_from_config
 from ..models.external import ModelBuildError, use_config_dir
 from ..run.checkpoint import check_model_name, load_checkpoint
+from ..run.recorded import compose_recorded
 from ..runfolder.names import BEST_CHECKPOINT, CHECKPOINT, CONFIG, HYDRA_DIR, read_summary
 from ..speed.precision import Precision
 
@@ -93,7 +94,8 @@ class LoadedRun:
 
 
 def read_run_config(run_dir: Path) -> DictConfig:
-    """The composed config a run was trained with (Hydra's record in the run folder)."""
+    """The composed config a run was trained with (Hydra's record in the run folder), read through the
+    preparation step (:func:`cnnbench.run.recorded.compose_recorded`): keys added since at today's defaults."""
     if not run_dir.exists():
         raise RunFolderError(f"run folder {run_dir} does not exist")
     if not run_dir.is_dir():
@@ -107,6 +109,7 @@ def read_run_config(run_dir: Path) -> DictConfig:
         raise RunFolderError(f"{path} cannot be read: {type(exc).__name__}") from None
     if not isinstance(cfg, DictConfig) or "model" not in cfg or "dataset" not in cfg:
         raise RunFolderError(f"{path} is not a cnnbench run config (no model or dataset)")
+    cfg = compose_recorded(cfg, run_dir)  # an older cnnbench's record: today's shape, its facts kept
     _anchor_data_root(cfg, run_dir)
     return cfg
 
