@@ -265,6 +265,9 @@ class StepConfig(Section):
     RANGES = {"step_epochs": POSITIVE, "gamma": POSITIVE}
 
 
+ANNEALS = ("cos", "linear")  # how OneCycle's rate moves between its ends
+
+
 @dataclass
 class OneCycleConfig(Section):
     name: str = MISSING
@@ -273,6 +276,11 @@ class OneCycleConfig(Section):
     final_div_factor: float = MISSING
     anneal: str = MISSING  # cos | linear
     RANGES = {"pct_start": Range(0.0, 1.0, low_open=True), "div_factor": POSITIVE, "final_div_factor": POSITIVE}
+
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        if self.anneal not in ANNEALS:
+            raise ConfigError(f"{prefix}.anneal must be {' or '.join(ANNEALS)}, got {self.anneal!r}")
 
 
 @dataclass

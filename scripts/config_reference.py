@@ -60,6 +60,7 @@ CHOICES: dict[tuple[str, str], tuple] = {
     ("trainer", "monitor"): ("auto", *MONITORS, None),
     ("optimizer", "name"): tuple(OPTIMIZERS),
     ("scheduler", "name"): tuple(SCHEDULES),
+    ("scheduler", "anneal"): schema.ANNEALS,
 }
 
 
