@@ -33,7 +33,6 @@ NOT_YET = {
     "cnnbench/speed/settings.py": "the device section (issue 38 changes it)",
     "cnnbench/run/memory.py": "the estimate takes cfg from validation (edge) and build; next to move",
     "cnnbench/run/summary.py": "summary.json's fields from cfg; next to move",
-    "cnnbench/run/selection.py": "monitor/objective names also serve the pre-launch check of raw configs",
     "cnnbench/run/checkpoint.py": "resolve_resume reads trainer.resume before a spec exists (the lock, the check)",
     "cnnbench/models/configured.py": "the model group is untyped (each family's own kwargs)",
     "cnnbench/data/idx.py": "the dataset section of both new and recorded runs (eval reads the record)",

@@ -28,7 +28,7 @@ from ..models.external import use_config_dir
 from ..run.distributed import broadcast_object, current, init_from_env, launched_by_torchrun, shutdown
 from ..run.resume import check_resume
 from ..run.selection import objective_name
-from ..run.spec import RunSpec, config_key
+from ..run.spec import RunSpec, config_key, trainer_section
 from ..run.validate import validate_config
 from ..runfolder.lock import run_folder_lock
 from ..tracking.live import MlflowLoggerConfig, end_sweep, start_sweep, sweep_browse_lines
@@ -218,7 +218,7 @@ def _sweeper_fixed_params(cfg: DictConfig, job: Sequence[str]) -> list[str]:
 def _check_optimizing_sweep(cfg: DictConfig) -> str | None:
     """A searching sweeper optimizes the jobs' objective (``trainer.objective``) on validation data, never on
     the test set, and in the objective's direction; returns a warning when its direction cannot be read."""
-    warning = check_sweeper_direction(cfg.hydra.sweeper, objective_name(cfg))
+    warning = check_sweeper_direction(cfg.hydra.sweeper, objective_name(trainer_section(cfg)))
     if warning is None and is_searching(cfg.hydra.sweeper) and not int(cfg.dataset.get("val_size", 0) or 0):
         raise ConfigError("a sweep that optimizes a metric needs a validation split, or it would choose on the "
                           "test set: set dataset.val_size (e.g. 5000; hydra/sweeper=lr_search sets it)")
@@ -286,7 +286,8 @@ def hydra_main(args: Sequence[str]) -> int:
                        "run_dir": str(run_dir)}
         outcomes.append({k: summary.get(k) for k in ("status", "error", "run_dir")})
         # what a searching sweeper optimizes; a failure as the sweeper counts one
-        return job_return(summary, objective_name(cfg), str(HydraConfig.get().sweeper.get("_target_") or ""))
+        return job_return(summary, objective_name(trainer_section(cfg)),
+                          str(HydraConfig.get().sweeper.get("_target_") or ""))
 
     tracked = _sweep_tracking(specs) if multirun else None
     if tracked is not None:  # the sweep's parent run, before its jobs (parallel launchers) look for it

@@ -123,9 +123,9 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS,
     batches = train_loader.batches_per_epoch(spec.trainer.limit_train_batches)
     scheduler = build_scheduler(spec.sections["scheduler"], optimizer, batches, spec.trainer.epochs)
     precision = Precision.create(speed.precision, device)
+    monitor = Monitor.from_config(spec.trainer, spec.data.val_size)
     return Run(cfg, run_dir, device, model, raw_model, optimizer, scheduler, precision,
-               train_loader, val_loader, test_loader, Monitor.from_config(cfg), ema, params, flops, speed, ctx,
-               spec=spec)
+               train_loader, val_loader, test_loader, monitor, ema, params, flops, speed, ctx, spec=spec)
 
 
 def tuning_key(cfg: DictConfig, size: int, ctx: DistContext) -> dict:
