@@ -82,3 +82,32 @@ def test_track_and_report_read_an_old_run_folders_logger(old_run):
     settings = read_run(old_run, old_run.parent).settings
     assert settings["logger.mlflow.tracking_uri"].endswith("/old.db") and "logger.name" not in settings
     assert settings["trainer.divergence_loss"] == str(compose_config([]).trainer.divergence_loss)
+
+
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")  # MLflow's store, SQLAlchemy 2.1
+def test_resuming_an_old_run_folder_keeps_its_tracker_settings(fake_data, tmp_path):
+    """A run folder whose checkpoint and records hold the old flat logger section (``logger.tracking_uri``
+    given as earlier versions spelled it) resumes with its own tracker settings, seeing no logger change."""
+    import torch
+
+    from ..conftest import fast_overrides
+
+    pytest.importorskip("mlflow")
+    run, store = tmp_path / "run", f"sqlite:///{tmp_path}/old.db"
+    common = [*fast_overrides(fake_data), "model=lenet", "trainer.batch_size=64", "trainer.limit_train_batches=2",
+              "trainer.limit_eval_batches=1", f"hydra.run.dir={run}"]
+    assert main(["train", *common, "trainer.epochs=1", "logger=mlflow", f"logger.tracking_uri={store}"]) == 0
+    state = torch.load(run / "last.pt", weights_only=True)  # as an older cnnbench saved it
+    state["config"]["logger"] = {"name": "mlflow", **state["config"]["logger"]["mlflow"]}
+    torch.save(state, run / "last.pt")
+    record = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    record["logger"] = {"name": "mlflow", **record["logger"]["mlflow"]}
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(record))
+
+    assert main(["train", *common, "trainer.epochs=2", "trainer.resume=auto"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+    [changed] = [line for line in (run / "train.log").read_text().splitlines() if "changed settings" in line]
+    assert "trainer.epochs: 1 -> 2" in changed and "logger" not in changed  # the same tracker, not a change
+    resumed = OmegaConf.load(sorted((run / ".hydra" / "resumes").glob("*/config.yaml"))[-1])
+    assert resumed.logger.mlflow.tracking_uri == store  # the folder's own tracker, carried to the resume
