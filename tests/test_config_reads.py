@@ -18,6 +18,9 @@ EDGE = {
     "cnnbench/commands/launch.py", "cnnbench/commands/sweeps.py", "cnnbench/commands/plain_logs.py",
     "cnnbench/run/validate.py", "cnnbench/run/spec.py", "cnnbench/run/recorded.py", "cnnbench/data/sources.py",
     "cnnbench/tracking/registry.py", "cnnbench/tracking/trackers.py",
+    # a recorded run's preparation: its config composed onto today's (run/recorded.py) into a LoadedRun,
+    # which eval, predict, export and inspect read (its contract, names and splits)
+    "cnnbench/evaluation/inference.py",
 }
 # The config as a record, whole: written into the run folder, a checkpoint, a tracker's params; compared
 # between a checkpoint and a resume. They read no setting by key to decide what to do.
@@ -38,10 +41,6 @@ NOT_YET = {
     "cnnbench/data/idx.py": "the dataset section of both new and recorded runs (eval reads the record)",
     "cnnbench/data/loader.py": "normalization(cfg) serves eval's recorded configs too",
     "cnnbench/confusion.py": "class_names(cfg) serves eval's recorded configs too",
-    "cnnbench/evaluation/inference.py": "a recorded run: read through run/recorded.py, then by key",
-    "cnnbench/evaluation/evaluate.py": "a recorded run (LoadedRun.cfg)",
-    "cnnbench/evaluation/export.py": "a recorded run (LoadedRun.cfg)",
-    "cnnbench/inspection/command.py": "a recorded run (LoadedRun.cfg)",
     "cnnbench/book/results.py": "matches a config against the book's recipes, key by key",
 }
 

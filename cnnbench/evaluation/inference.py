@@ -81,6 +81,20 @@ class LoadedRun:
         return DeviceLoader(split, bs, self.device, resize=self.contract.side, shuffle=False,
                             normalize=self.contract.normalize, channels_last=self.speed("channels_last", False))
 
+    @property
+    def model_name(self) -> str:
+        """The ``model.name`` the run trained (``lenet_bn``)."""
+        return str(self.cfg.model.name)
+
+    @property
+    def dataset_name(self) -> str:
+        return str(self.cfg.dataset.name)
+
+    def split(self, which: str, data_root: str | None = None) -> Split:
+        """The run's ``test`` or ``val`` split (:func:`eval_split`), its data read from ``data_root`` when the
+        data moved since the run (:func:`with_data_root`), never downloaded."""
+        return eval_split(with_data_root(self.cfg, data_root), which)
+
     def speed(self, key: str, default: Any) -> Any:
         """A speed setting the run trained (and evaluated) with, from its summary."""
         return (self.summary.get("speed") or {}).get(key, default)
