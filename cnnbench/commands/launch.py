@@ -245,7 +245,7 @@ def hydra_main(args: Sequence[str]) -> int:
 
     from ..run.train import train
 
-    args = list(args)
+    args = upgrade_overrides(args)  # logger=mlflow logger.KEY=... as earlier versions spelled it (also for --cfg)
     line = parse_command_line(args)
     if line.shows_only:  # Hydra prints (config, help, completion) and runs nothing
         # --info prints through the logging handler Hydra installs; not a second time through the command's
