@@ -395,7 +395,7 @@ def _claim_run_folder(run_dir: Path, spec: RunSpec, held: contextlib.ExitStack) 
     from ..run.checkpoint import resolve_resume
 
     cfg = spec.cfg
-    check_resume(cfg, resolve_resume(cfg, run_dir, announce=False), announce=False)  # train() says both
+    check_resume(cfg, resolve_resume(spec.trainer.resume, run_dir, announce=False), announce=False)  # train(): both
     ctx = current()
     refusal = None
     if ctx.is_main:

@@ -69,7 +69,7 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None, spec: RunSpec | No
     settled = spec.settled if spec is not None else settle_dataset(cfg)
     ctx = init_from_env(str(cfg.device.type))  # a single process unless started by torchrun
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-    resume_from = resolve_resume(cfg, run_dir)
+    resume_from = resolve_resume(spec.trainer.resume if spec is not None else cfg.trainer.resume, run_dir)
     plan = check_resume(cfg, resume_from)
     with run_folder_lock(run_dir, enabled=ctx.is_main):  # only rank 0 writes the run folder
         return _train(cfg, run_dir, ctx, resume_from, plan, spec, settled)
