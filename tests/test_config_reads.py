@@ -38,8 +38,6 @@ NOT_YET = {
     "cnnbench/run/summary.py": "summary.json's fields from cfg; next to move",
     "cnnbench/models/configured.py": "the model group is untyped (each family's own kwargs)",
     "cnnbench/data/idx.py": "the dataset section of both new and recorded runs (eval reads the record)",
-    "cnnbench/data/loader.py": "normalization(cfg) serves eval's recorded configs too",
-    "cnnbench/confusion.py": "class_names(cfg) serves eval's recorded configs too",
     "cnnbench/book/results.py": "matches a config against the book's recipes, key by key",
 }
 

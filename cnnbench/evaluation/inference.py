@@ -189,7 +189,8 @@ def load_run(run_dir: Path | str, checkpoint: str = "last", device: str = "auto"
     model = network_of(cfg, run_dir)
     step = load_weights(model, cfg, path)
     target = resolve_device(device)
-    contract = InputContract(int(cfg.dataset.in_channels), image_size(cfg), normalization(cfg), class_names(cfg),
+    contract = InputContract(int(cfg.dataset.in_channels), image_size(cfg), normalization(cfg.dataset),
+                             class_names(cfg.dataset),
                              mnist_style=data_format(cfg.dataset) == "idx")
     summary, _ = read_summary(run_dir)  # {} when missing or unreadable
     if (summary.get("speed") or {}).get("channels_last"):

@@ -147,7 +147,8 @@ def build_loaders(cfg: DictConfig, device: torch.device, size: int, ctx: DistCon
     this rank's share of every batch (the splits the spec's settling read, else read now)."""
     splits = load_splits(cfg, spec.settled)
     train_split, val_split, test_split = splits.train, splits.val, splits.test
-    common = dict(device=device, resize=size, normalize=normalization(cfg), rank=ctx.rank, world_size=ctx.world_size)
+    common = dict(device=device, resize=size, normalize=normalization(spec.sections["dataset"]), rank=ctx.rank,
+                  world_size=ctx.world_size)
     trainer = spec.trainer
     train_loader = DeviceLoader(train_split, trainer.batch_size, shuffle=True, seed=trainer.seed,
                                 augment=Augment.from_config(spec.sections.get("augment")), **common)

@@ -68,7 +68,7 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "objective": _safe(lambda: objective_name(run.spec.trainer if run and run.spec else trainer_section(cfg))),
         "stopped_early": s.stop_reason is not None,
         "stop_reason": s.stop_reason,
-        "test/per_class_acc": _safe(lambda: per_class_accuracy(s.test_confusion, class_names(cfg)))
+        "test/per_class_acc": _safe(lambda: per_class_accuracy(s.test_confusion, class_names(cfg.dataset)))
         if s.test_confusion else None,
         "test/confusion": s.test_confusion,  # (C, C) counts, rows true class: the tracker draws it
         "time_to_target_s": s.time_to_target_s,

@@ -110,8 +110,8 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path |
             warn_test_set_selection(run)
             status = run_epochs(run, rlog, stop)
             if run.state.test_confusion:
-                rlog.log_confusion(TB_CONFUSION, torch.tensor(run.state.test_confusion), class_names(cfg),
-                                   run.state.step)
+                names = class_names(run.spec.sections["dataset"] if run.spec else cfg.dataset)
+                rlog.log_confusion(TB_CONFUSION, torch.tensor(run.state.test_confusion), names, run.state.step)
             if status == "interrupted":
                 checkpoint_on_interrupt(run)
         except TrainingDiverged as exc:  # reported by the closing lines
