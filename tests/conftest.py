@@ -235,3 +235,20 @@ def wandb_records(path: Path) -> list:
             records.append(record)
             pending = b""
     return records
+
+
+def finished_wandb_records(run_dir: Path, timeout_s: float = 60.0) -> list:
+    """The records of the run folder's one offline W&B run, once its file holds the run's ``exit`` record: W&B's
+    service may still be writing the file when ``finish()`` returns on a loaded machine (seen: no ``run``
+    record yet), so this waits for the file's own end, not for a time."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+        assert len(files) <= 1, files
+        records = wandb_records(files[0]) if files else []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            assert files, list(run_dir.rglob("*"))
+            return records
+        time.sleep(0.1)

@@ -19,7 +19,7 @@ from cnnbench.schema import Section
 from cnnbench.tracking import registry
 from cnnbench.tracking.trackers import open_trackers, tracker_sections, typed_settings
 
-from ..conftest import compose_fast, wandb_records
+from ..conftest import compose_fast, finished_wandb_records
 
 FAST = ("model=lenet", "trainer.epochs=1", "trainer.batch_size=64", "trainer.limit_train_batches=2",
         "trainer.limit_eval_batches=1", "trainer.logs_per_epoch=1")
@@ -144,8 +144,7 @@ def test_a_run_with_two_trackers_writes_both(fake_data, tmp_path, monkeypatch):
         status = db.execute("SELECT status FROM runs").fetchall()
     assert logged == steps and status == [("FINISHED",)]
 
-    [wandb_file] = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    records = wandb_records(wandb_file)
+    records = finished_wandb_records(run_dir)
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert list(run.tags) == ["both"]
     history = sorted({int(r.history.step.num) for r in records if r.WhichOneof("record_type") == "history"})
