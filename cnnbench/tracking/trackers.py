@@ -36,6 +36,8 @@ def typed_settings(name: str, settings: Any) -> Section:
     today's default, a recorded one stays."""
     if isinstance(settings, Section):
         return settings
+    if isinstance(settings, DictConfig) and OmegaConf.get_type(settings) is tracker_entry(name).schema:
+        return OmegaConf.to_object(settings)  # composed with its schema already: complete
     from ..config import compose_config
 
     today = compose_config([f"{GROUP}={name}"])[GROUP][name]
