@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,30 @@ def split_override(item: str) -> tuple[str, str | None]:
 def override_key(item: str) -> str:
     """``split_override``'s key alone: ``+trainer.ema.decay=0.99`` -> ``trainer.ema.decay``."""
     return split_override(item)[0]
+
+
+def upgrade_overrides(overrides: Sequence[str]) -> list[str]:
+    """Overrides written for the flat logger section of earlier versions, in today's spelling: with one
+    tracker chosen (``logger=mlflow``), ``logger.tracking_uri=X`` is ``logger.mlflow.tracking_uri=X`` (each
+    option's keys now live under its own name, so that several compose). Anything else is returned as it is."""
+    chosen = [split_override(o)[1] for o in overrides if split_override(o)[0] == "logger" and not o.startswith("~")]
+    if len(chosen) != 1 or not chosen[0] or not re.fullmatch(r"\w+", chosen[0]):
+        return list(overrides)
+    option, options = chosen[0], logger_options()
+    upgraded = []
+    for item in overrides:
+        key = split_override(item)[0]
+        head, _, rest = key.partition(".")
+        if head == "logger" and rest and rest.split(".")[0] not in options:
+            prefix = item[: len(item) - len(item.lstrip("+~"))]
+            item = f"{prefix}logger.{option}.{rest}{item[len(prefix) + len(key):]}"
+        upgraded.append(item)
+    return upgraded
+
+
+def logger_options() -> set[str]:
+    """The names of the logger group's options (``conf/logger/*.yaml``)."""
+    return {p.stem for p in (config_dir() / "logger").glob("*.yaml")}
 
 
 def config_dir() -> Path:
@@ -86,6 +111,7 @@ def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = Fa
     """
     from hydra.core.global_hydra import GlobalHydra
 
+    overrides = upgrade_overrides(overrides)
     key = (tuple(overrides), GlobalHydra.instance().is_initialized(), source)
     if key not in _COMPOSED:
         _COMPOSED[key] = _compose(list(overrides), source)
@@ -105,15 +131,23 @@ _COMPOSED: OrderedDict[tuple[tuple[str, ...], bool, ConfigSource], DictConfig] =
 COMPOSED_KEPT = 16
 
 
+def register_all_schemas() -> None:
+    """Put every schema the files under ``conf/`` name into Hydra's ConfigStore: the sections' and groups'
+    (:mod:`cnnbench.schema`) and each tracker's (:mod:`cnnbench.tracking.registry`, beside its tracker)."""
+    from .schema import register_schemas
+    from .tracking.registry import register_tracker_schemas
+
+    register_schemas()
+    register_tracker_schemas()
+
+
 def _compose(overrides: list[str], source: ConfigSource) -> DictConfig:
     from hydra import compose
     from hydra._internal.hydra import Hydra
     from hydra.core.global_hydra import GlobalHydra
     from hydra.version import setbase
 
-    from .schema import register_schemas
-
-    register_schemas()  # conf/'s files name their schemas (cnnbench.schema)
+    register_all_schemas()  # conf/'s files name their schemas
     if GlobalHydra.instance().is_initialized():  # inside a job: Hydra's own search path, the command's
         return compose(config_name=source.config_name, overrides=overrides, return_hydra_config=True)
     # hydra.initialize_config_dir takes one folder; --config-dir needs the search path @hydra.main builds

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+
+from .schema import DatasetConfig
 
 
 def confusion_counts(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -22,10 +23,11 @@ def confusion_counts(labels: torch.Tensor, preds: torch.Tensor, num_classes: int
     return flat.view(num_classes, num_classes)
 
 
-def class_names(cfg: DictConfig) -> list[str]:
-    """``dataset.classes`` of a run's config; "0".."C-1" for configs written before the key existed."""
-    names = cfg.dataset.get("classes")
-    count = int(cfg.dataset.num_classes)
+def class_names(dataset: DatasetConfig) -> list[str]:
+    """``dataset.classes`` of a run's (settled) ``dataset`` section; "0".."C-1" for a record written before
+    the key existed."""
+    names = getattr(dataset, "classes", None)
+    count = int(dataset.num_classes)
     if names is None or len(names) != count:
         return [str(i) for i in range(count)]
     return [str(n) for n in names]

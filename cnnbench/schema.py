@@ -265,6 +265,9 @@ class StepConfig(Section):
     RANGES = {"step_epochs": POSITIVE, "gamma": POSITIVE}
 
 
+ANNEALS = ("cos", "linear")  # how OneCycle's rate moves between its ends
+
+
 @dataclass
 class OneCycleConfig(Section):
     name: str = MISSING
@@ -273,6 +276,11 @@ class OneCycleConfig(Section):
     final_div_factor: float = MISSING
     anneal: str = MISSING  # cos | linear
     RANGES = {"pct_start": Range(0.0, 1.0, low_open=True), "div_factor": POSITIVE, "final_div_factor": POSITIVE}
+
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        if self.anneal not in ANNEALS:
+            raise ConfigError(f"{prefix}.anneal must be {' or '.join(ANNEALS)}, got {self.anneal!r}")
 
 
 @dataclass
@@ -315,63 +323,6 @@ class StrongAugmentConfig(FlipCropConfig):
 
 
 @dataclass
-class TensorBoardLoggerConfig(Section):
-    name: str = MISSING
-
-
-@dataclass
-class MlflowLoggerConfig(Section):
-    """``logger=mlflow``: MLflow beside TensorBoard (:mod:`cnnbench.tracking`)."""
-
-    name: str = MISSING
-    tracking_uri: Optional[str] = MISSING  # noqa: UP045 - null: sqlite:///<cwd>/outputs/mlflow.db
-    experiment: Optional[str] = MISSING  # noqa: UP045 - null: "cnnbench"; a sweep: its folder
-    log_model: bool = MISSING  # also upload best.pt (last.pt without one) and export/
-    timeout_s: float = MISSING  # seconds per HTTP request to a tracking server
-    retries: int = MISSING  # HTTP retries per request
-    finish_timeout_s: float = MISSING  # seconds the end of a run waits for uploads still queued
-    RANGES = {"timeout_s": POSITIVE, "retries": NON_NEGATIVE_INT, "finish_timeout_s": NON_NEGATIVE}
-
-    def check(self, prefix: str) -> None:
-        import importlib.util
-
-        super().check(prefix)
-        if importlib.util.find_spec("mlflow") is None:
-            raise ConfigError(f"{prefix}=mlflow needs MLflow, which is not installed: "
-                              "pip install 'cnnbench[mlflow]' (or mlflow-skinny)")
-        if self.tracking_uri is not None and not re.match(r"^[a-z][a-z0-9+.-]*:", self.tracking_uri):
-            raise ConfigError(f"{prefix}.tracking_uri must be a URI (http://host:5000, sqlite:///path/mlflow.db, "
-                              f"databricks), got {self.tracking_uri!r}")
-        if self.experiment is not None and not self.experiment.strip():
-            raise ConfigError(f"{prefix}.experiment must be a name or null, got {self.experiment!r}")
-
-
-@dataclass
-class WandbLoggerConfig(Section):
-    """``logger=wandb``: Weights & Biases beside TensorBoard, offline by default (:mod:`cnnbench.tracking`)."""
-
-    name: str = MISSING
-    project: str = MISSING
-    mode: str = MISSING  # offline | online | disabled
-    tags: list[str] = MISSING
-
-    def check(self, prefix: str) -> None:
-        import importlib.util
-
-        super().check(prefix)
-        if self.mode not in WANDB_MODES:
-            raise ConfigError(f"{prefix}.mode must be {' or '.join(WANDB_MODES)}, got {self.mode!r}")
-        if importlib.util.find_spec("wandb") is None:
-            raise ConfigError(f"{prefix}=wandb needs Weights & Biases, which is not installed: "
-                              "pip install 'cnnbench[wandb]'")
-        if not self.project.strip():
-            raise ConfigError(f"{prefix}.project must be a name, got {self.project!r}")
-
-
-WANDB_MODES = ("offline", "online", "disabled")
-
-
-@dataclass
 class TrainSchema:
     """The primary config (``train.yaml``): the groups' nodes take their options' schemas."""
 
@@ -387,14 +338,14 @@ class TrainSchema:
 
 
 # group -> {schema name: dataclass}; a YAML option lists its schema first in its defaults
-# (kept under schema/GROUP, not in the group itself, so that they are not offered as options)
+# (kept under schema/GROUP, not in the group itself, so that they are not offered as options). The logger
+# group's schemas live beside their trackers (cnnbench.tracking.registry).
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": {"dataset": DatasetConfig, "image_folder": ImageFolderConfig},
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig},
     "scheduler": {"none": NoScheduleConfig, "cosine": CosineConfig, "step": StepConfig, "onecycle": OneCycleConfig},
     "device": {"device": DeviceConfig},
     "augment": {"none": NoAugmentConfig, "flip_crop": FlipCropConfig, "strong": StrongAugmentConfig},
-    "logger": {"tensorboard": TensorBoardLoggerConfig, "mlflow": MlflowLoggerConfig, "wandb": WandbLoggerConfig},
 }
 PRIMARY_SCHEMA = "train_schema"
 SECTIONS = ("dataset", "optimizer", "scheduler", "device", "augment", "logger", "trainer")
@@ -414,14 +365,21 @@ def register_schemas() -> None:
 
 
 def typed_sections(cfg: DictConfig) -> dict[str, Section]:
-    """The config's sections that have a schema, as the schema's objects (``OmegaConf.to_object``)."""
+    """The config's sections that have a schema, as the schema's objects (``OmegaConf.to_object``), by key:
+    ``trainer``, ``dataset``, ...; each option of the logger group by its own key (``logger.mlflow``)."""
     sections = {}
     for name in SECTIONS:
         node = cfg.get(name)
-        if isinstance(node, DictConfig) and OmegaConf.get_type(node) not in (dict, None):
-            section = OmegaConf.to_object(node)
-            if isinstance(section, Section):
-                sections[name] = section
+        if not isinstance(node, DictConfig):
+            continue
+        # a group whose options compose side by side (logger=[mlflow,wandb]): each option its own section
+        nodes = {name: node} if OmegaConf.get_type(node) not in (dict, None) else {
+            f"{name}.{key}": child for key, child in node.items() if isinstance(child, DictConfig)}
+        for key, child in nodes.items():
+            if OmegaConf.get_type(child) not in (dict, None):
+                section = OmegaConf.to_object(child)
+                if isinstance(section, Section):
+                    sections[key] = section
     return sections
 
 

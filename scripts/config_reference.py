@@ -45,6 +45,7 @@ from cnnbench.models.configured import INIT_SCHEMES  # noqa: E402
 from cnnbench.run.optim import OPTIMIZERS, SCHEDULES  # noqa: E402
 from cnnbench.run.selection import MONITORS  # noqa: E402
 from cnnbench.speed.settings import DEVICE_CHOICES  # noqa: E402
+from cnnbench.tracking.registry import tracker_schemas  # noqa: E402
 
 GROUPS = ("model", "dataset", "optimizer", "scheduler", "device", "augment", "logger")  # the typed ones after model
 # The page's last generated line: sections written by hand (how to keep configs of your own, ...) go below it.
@@ -59,6 +60,7 @@ CHOICES: dict[tuple[str, str], tuple] = {
     ("trainer", "monitor"): ("auto", *MONITORS, None),
     ("optimizer", "name"): tuple(OPTIMIZERS),
     ("scheduler", "name"): tuple(SCHEDULES),
+    ("scheduler", "anneal"): schema.ANNEALS,
 }
 
 
@@ -166,7 +168,7 @@ def load_option(group: str, name: str) -> Option:
         if entry == "_self_":
             merged = OmegaConf.merge(merged, raw)
         elif isinstance(entry, str) and entry.startswith(f"/schema/{group}/") and entry.endswith("@_here_"):
-            schema_cls = schema.GROUP_SCHEMAS[group][entry[len(f"/schema/{group}/"):-len("@_here_")]]
+            schema_cls = group_schemas(group)[entry[len(f"/schema/{group}/"):-len("@_here_")]]
             merged = OmegaConf.merge(OmegaConf.structured(schema_cls), merged)
         elif isinstance(entry, str) and (CONF / group / f"{entry}.yaml").is_file():
             parent = load_option(group, entry)
@@ -179,6 +181,18 @@ def load_option(group: str, name: str) -> Option:
         merged = OmegaConf.merge(OmegaConf.structured(schema_cls), merged)
     comments.update(yaml_comments(path))
     return Option(group, name, OmegaConf.to_container(merged), schema_cls, comments)
+
+
+def group_schemas(group: str) -> dict[str, type]:
+    """The schemas a group's options may name: the trackers' live beside them (cnnbench.tracking.registry)."""
+    return tracker_schemas() if group == "logger" else schema.GROUP_SCHEMAS[group]
+
+
+def package_of(group: str, name: str) -> str:
+    """Where an option's keys go: its ``# @package`` header (``logger.mlflow``), else the group's name."""
+    first = (CONF / group / f"{name}.yaml").read_text().splitlines()[:1]
+    header = re.match(r"#\s*@package\s+(\S+)", first[0]) if first else None
+    return header[1] if header else group
 
 
 def group_options(group: str) -> list[str]:
@@ -295,8 +309,12 @@ def trainer_section(values: dict, comments: dict[str, str]) -> list[str]:
 
 def group_section(group: str, default: str) -> list[str]:
     options = [load_option(group, name) for name in group_options(group)]
+    nested = any(package_of(group, o.name) != group for o in options)
     out = [f"## {group}", "", f"`{group}=OPTION` picks one of these files in `conf/{group}/`; "
-           f"`{group}.KEY=VALUE` sets one value.", ""]
+           f"`{group}.KEY=VALUE` sets one value.", ""] if not nested else [
+        f"## {group}", "", f"`{group}=OPTION` picks one of these files in `conf/{group}/`, "
+        f"`{group}=[OPTION,OPTION]` several side by side; each option's keys live under its own name "
+        f"(`{group}.OPTION.KEY=VALUE`).", ""]
     rows = [[f"`{o.name}`" + (" (default)" if o.name == default else ""),
              header_comment(CONF / group / f"{o.name}.yaml") or "—"] for o in options]
     out += [*table(["option", "what it is"], rows), ""]
@@ -310,9 +328,13 @@ def group_section(group: str, default: str) -> list[str]:
             out += [f"### {group}: {names}", ""]
         sources = [(o.comments, f"{group}/{o.name}.yaml") for o in members]
         rows = []
+        package = package_of(group, members[0].name)
         for key, owner, name, annotation in fields(cls):
-            rows.append([f"`{group}.{key}`", type_words(annotation), allowed_words(group, owner, name, annotation),
+            rows.append([f"`{package}.{key}`", type_words(annotation), allowed_words(group, owner, name, annotation),
                          *(show(lookup(o.values, key)) for o in members), describe(group, key, sources)])
+        if not rows:  # an option with nothing to set (logger=tensorboard)
+            out = out[:-2] if len(by_schema) > 1 else out
+            continue
         out += [*table(["key", "type", "allowed", *(f"`{o.name}`" for o in members), "description"], rows), ""]
     return out
 

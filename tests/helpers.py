@@ -434,3 +434,51 @@ def own_tests(module: str) -> list[str]:
     others = {f"test_{p.stem}" for p in package.glob("*.py") if p.stem != rel.stem}
     return sorted(p.relative_to(REPO).as_posix() for p in folder.glob("test_*.py")
                   if p.stem == f"test_{rel.stem}" or (p.stem.startswith(f"test_{rel.stem}_") and p.stem not in others))
+
+
+WANDB_BLOCK = 32768  # the .wandb file's block size (LevelDB's log format, after a 7-byte header)
+
+
+def wandb_records(path: Path) -> list:
+    """The protobuf records of an offline run's ``run-ID.wandb`` file."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    raw = path.read_bytes()
+    assert raw[:4] == b":W&B"
+    records, pending, pos = [], b"", 7
+    while pos + 7 <= len(raw):
+        left = WANDB_BLOCK - pos % WANDB_BLOCK
+        if left < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        if length == 0 and kind == 0:
+            pos += left
+            continue
+        pending += raw[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def finished_wandb_records(run_dir: Path, timeout_s: float = 60.0) -> list:
+    """The records of the run folder's one offline W&B run, once its file holds the run's ``exit`` record: W&B's
+    service may still be writing the file when ``finish()`` returns on a loaded machine (seen: no ``run``
+    record yet), so this waits for the file's own end, not for a time."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+        assert len(files) <= 1, files
+        records = wandb_records(files[0]) if files else []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            assert files, list(run_dir.rglob("*"))
+            return records
+        time.sleep(0.1)

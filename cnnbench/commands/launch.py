@@ -21,17 +21,17 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..config import PRIMARY_CONFIG, ConfigSource, override_key, split_override
+from ..config import PRIMARY_CONFIG, ConfigSource, override_key, split_override, upgrade_overrides
 from ..data.sources import SettledData, check_data_present, input_side_of, record_settled
 from ..errors import ConfigError, ResumeRefused, RunFolderInUse
 from ..models.external import use_config_dir
 from ..run.distributed import broadcast_object, current, init_from_env, launched_by_torchrun, shutdown
 from ..run.resume import check_resume
 from ..run.selection import objective_name
-from ..run.spec import RunSpec, config_key
+from ..run.spec import RunSpec, config_key, trainer_section
 from ..run.validate import validate_config
 from ..runfolder.lock import run_folder_lock
-from ..tracking.live import end_sweep, start_sweep, sweep_browse_lines
+from ..tracking.live import MlflowLoggerConfig, end_sweep, start_sweep, sweep_browse_lines
 from .sweeps import (
     REFUSED_STATUS,
     RESUME_SWEEP_KEY,
@@ -76,7 +76,7 @@ def parse_command_line(args: Sequence[str]) -> CommandLine:
         raise ConfigError("--config-path replaces cnnbench's own config tree; add your configs with "
                           "--config-dir DIR (searched after the packaged tree) instead")
     shows_only = bool(ns.cfg or ns.info or ns.help or ns.hydra_help or ns.shell_completion)
-    return CommandLine(overrides=list(ns.overrides), multirun=bool(ns.multirun), shows_only=shows_only,
+    return CommandLine(overrides=upgrade_overrides(ns.overrides), multirun=bool(ns.multirun), shows_only=shows_only,
                        source=ConfigSource(config_name=ns.config_name or PRIMARY_CONFIG, extra_dir=extra_dir))
 
 
@@ -218,7 +218,7 @@ def _sweeper_fixed_params(cfg: DictConfig, job: Sequence[str]) -> list[str]:
 def _check_optimizing_sweep(cfg: DictConfig) -> str | None:
     """A searching sweeper optimizes the jobs' objective (``trainer.objective``) on validation data, never on
     the test set, and in the objective's direction; returns a warning when its direction cannot be read."""
-    warning = check_sweeper_direction(cfg.hydra.sweeper, objective_name(cfg))
+    warning = check_sweeper_direction(cfg.hydra.sweeper, objective_name(trainer_section(cfg)))
     if warning is None and is_searching(cfg.hydra.sweeper) and not int(cfg.dataset.get("val_size", 0) or 0):
         raise ConfigError("a sweep that optimizes a metric needs a validation split, or it would choose on the "
                           "test set: set dataset.val_size (e.g. 5000; hydra/sweeper=lr_search sets it)")
@@ -245,7 +245,7 @@ def hydra_main(args: Sequence[str]) -> int:
 
     from ..run.train import train
 
-    args = list(args)
+    args = upgrade_overrides(args)  # logger=mlflow logger.KEY=... as earlier versions spelled it (also for --cfg)
     line = parse_command_line(args)
     if line.shows_only:  # Hydra prints (config, help, completion) and runs nothing
         # --info prints through the logging handler Hydra installs; not a second time through the command's
@@ -286,9 +286,10 @@ def hydra_main(args: Sequence[str]) -> int:
                        "run_dir": str(run_dir)}
         outcomes.append({k: summary.get(k) for k in ("status", "error", "run_dir")})
         # what a searching sweeper optimizes; a failure as the sweeper counts one
-        return job_return(summary, objective_name(cfg), str(HydraConfig.get().sweeper.get("_target_") or ""))
+        return job_return(summary, objective_name(trainer_section(cfg)),
+                          str(HydraConfig.get().sweeper.get("_target_") or ""))
 
-    tracked = _sweep_config(line) if multirun else None
+    tracked = _sweep_tracking(specs) if multirun else None
     if tracked is not None:  # the sweep's parent run, before its jobs (parallel launchers) look for it
         start_sweep(tracked, Path(out_dir))
     with contextlib.ExitStack() as held:
@@ -354,7 +355,8 @@ def with_saved_settings(line: CommandLine) -> CommandLine:
     source = line.source if line.source != ConfigSource() else _saved_source(record)
     if carried:
         logger.info("continuing %s with its own settings: %s", run_dir, " ".join(carried))
-    return CommandLine(overrides=[*carried, *line.overrides], multirun=False, source=source, shows_only=False)
+    return CommandLine(overrides=upgrade_overrides([*carried, *line.overrides]), multirun=False, source=source,
+                       shows_only=False)
 
 
 def latest_hydra_record(run_dir: Path) -> Path | None:
@@ -379,12 +381,11 @@ def _saved_source(record: Path) -> ConfigSource:
     return ConfigSource(config_name=str(hydra_cfg.job.get("config_name") or PRIMARY_CONFIG), extra_dir=extra_dir)
 
 
-def _sweep_config(line: CommandLine) -> DictConfig | None:
-    """The first job's config when the sweep logs to MLflow (``logger=mlflow``), else None."""
-    from ..config import compose_config
-
-    cfg = compose_config(_jobs(line)[0], source=line.source)
-    return cfg if cfg.get("logger") is not None and cfg.logger.get("name") == "mlflow" else None
+def _sweep_tracking(specs: dict[str, RunSpec]) -> MlflowLoggerConfig | None:
+    """The first job's MLflow settings when the sweep logs to MLflow (``logger=mlflow``), else None."""
+    first = next(iter(specs.values()), None)
+    settings = first.sections.get("logger.mlflow") if first is not None else None
+    return settings if isinstance(settings, MlflowLoggerConfig) else None
 
 
 def _claim_run_folder(run_dir: Path, spec: RunSpec, held: contextlib.ExitStack) -> None:
@@ -394,7 +395,7 @@ def _claim_run_folder(run_dir: Path, spec: RunSpec, held: contextlib.ExitStack) 
     from ..run.checkpoint import resolve_resume
 
     cfg = spec.cfg
-    check_resume(cfg, resolve_resume(cfg, run_dir, announce=False), announce=False)  # train() says both
+    check_resume(cfg, resolve_resume(spec.trainer.resume, run_dir, announce=False), announce=False)  # train(): both
     ctx = current()
     refusal = None
     if ctx.is_main:
@@ -423,10 +424,9 @@ def _run_hydra(argv: list[str], task, program: str = "cnnbench train") -> int:
     name (completion registers for ``cnnbench`` itself, see :func:`complete`)."""
     import hydra
 
-    from ..config import config_dir
-    from ..schema import register_schemas
+    from ..config import config_dir, register_all_schemas
 
-    register_schemas()  # conf/'s files name their schemas
+    register_all_schemas()  # conf/'s files name their schemas
     saved = sys.argv
     sys.argv = [program, *argv]
     try:

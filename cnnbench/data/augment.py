@@ -21,8 +21,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
 from torch.nn import functional as F
+
+from ..schema import FlipCropConfig, Section, StrongAugmentConfig
 
 # Keeps augmentation seeds apart from the epoch permutation's (seed * 1_000_003 + epoch).
 SALT = 0x5DEECE66D
@@ -53,15 +54,16 @@ class Augment:
     erase_value: float = 0.0  # the value written there (in [0, 1] pixel units)
 
     @classmethod
-    def from_config(cls, cfg: DictConfig | None) -> Augment | None:
-        """None for ``augment=none`` (the book's way: batches exactly as without this module)."""
-        if cfg is None or str(cfg.get("name", "none")) == "none":
+    def from_config(cls, cfg: Section | None) -> Augment | None:
+        """The ``augment`` section (its schema's object: :class:`FlipCropConfig`, :class:`StrongAugmentConfig`)
+        as an operation; None for ``augment=none`` (the book's way: batches exactly as without this module)."""
+        if not isinstance(cfg, FlipCropConfig):
             return None
-        return cls(flip=float(cfg.get("flip", 0.0)), crop_padding=int(cfg.get("crop_padding", 0)),
-                   erase=float(cfg.get("erase", 0.0)),
-                   erase_scale=tuple(cfg.get("erase_scale", (0.02, 0.25))),
-                   erase_ratio=tuple(cfg.get("erase_ratio", (0.3, 3.3))),
-                   erase_value=float(cfg.get("erase_value", 0.0)))
+        strong = cfg if isinstance(cfg, StrongAugmentConfig) else None  # erasing: augment=strong only
+        return cls(flip=float(cfg.flip), crop_padding=int(cfg.crop_padding),
+                   **({} if strong is None else dict(
+                       erase=float(strong.erase), erase_scale=tuple(strong.erase_scale),
+                       erase_ratio=tuple(strong.erase_ratio), erase_value=float(strong.erase_value))))
 
     @staticmethod
     def generator(seed: int, epoch: int, batch: int) -> torch.Generator:

@@ -10,9 +10,10 @@ import math
 from collections.abc import Iterator, Sequence
 
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import ListConfig
 from torch.nn import functional as F
 
+from ..schema import DatasetConfig
 from .augment import Augment, Draws
 from .idx import Split
 
@@ -117,15 +118,15 @@ class DeviceLoader:
         return x
 
 
-def normalization(cfg: DictConfig) -> tuple[list[float], list[float]] | None:
+def normalization(dataset: DatasetConfig) -> tuple[list[float], list[float]] | None:
     """Per-channel (mean, std) subtracted from and divided into inputs scaled to [0, 1], or None (the
-    book's way). A single number applies to every channel."""
-    if not cfg.dataset.normalize:
+    book's way). A single number applies to every channel. ``dataset``: the settled ``dataset`` section."""
+    if not dataset.normalize:
         return None
-    channels = int(cfg.dataset.in_channels)
+    channels = int(dataset.in_channels)
 
     def per_channel(value) -> list[float]:
         values = [float(v) for v in value] if isinstance(value, (list, tuple, ListConfig)) else [float(value)]
         return values * channels if len(values) == 1 else values
 
-    return per_channel(cfg.dataset.mean), per_channel(cfg.dataset.std)
+    return per_channel(dataset.mean), per_channel(dataset.std)

@@ -29,7 +29,7 @@ from ..fmt import add_data_root, command_parser
 from ..runfolder.log import write_json_atomic
 from ..runfolder.names import EVAL_DIR, find_run_folders
 from ..speed.precision import Precision
-from .inference import SPLITS, LoadedRun, eval_split, load_run, with_data_root
+from .inference import SPLITS, LoadedRun, load_run
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def write_outputs(run: LoadedRun, split: str, images: torch.Tensor, p: Predictio
     mistakes = [{"index": i, "true": names[int(p.labels[i])], "predicted": names[int(pred[i])],
                  "probability": float(probs[i, pred[i]])} for i in shown]
     record["mistakes_shown"] = mistakes
-    title = f"{run.cfg.model.name}, {split} set"
+    title = f"{run.model_name}, {split} set"
     confusion = confusion_image(record["confusion_matrix"]["counts"], names, title=title)  # a Pillow image
     mistakes_fig = mistakes_figure(images[shown].numpy(), [m["true"] for m in mistakes],
                                    [m["predicted"] for m in mistakes], [m["probability"] for m in mistakes],
@@ -138,10 +138,9 @@ def evaluate_run(run_dir: Path, checkpoint: str, split: str, device: str, data_r
                  tensorboard: bool = True) -> tuple[dict[str, Any], dict[str, Path]]:
     """Evaluate one run folder; returns the record written to eval/<split>.json and the files."""
     run = load_run(run_dir, checkpoint, device)
-    data_cfg = with_data_root(run.cfg, data_root)
-    images = eval_split(data_cfg, split)
+    images = run.split(split, data_root)
     preds = predict_split(run.model, run.loader(images), run.precision())
-    record = {"run_dir": str(run.run_dir), "model": run.cfg.model.name, "split": split,
+    record = {"run_dir": str(run.run_dir), "model": run.model_name, "split": split,
               "checkpoint": str(run.checkpoint), "step": run.step, "device": str(run.device),
               "precision": run.precision().name, "run_test_acc": run.summary.get("test/acc"),
               **evaluation_record(preds, run.contract.classes)}

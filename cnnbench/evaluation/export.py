@@ -28,7 +28,7 @@ from torch import nn
 from .. import __version__
 from ..errors import DataError, ExportError
 from ..fmt import add_data_root, command_parser
-from .inference import LoadedRun, load_run, with_data_root
+from .inference import LoadedRun, load_run
 
 logger = logging.getLogger(__name__)
 
@@ -125,11 +125,9 @@ def export_model(model: nn.Module, fmt: str, path: Path, images: torch.Tensor, m
 def check_images(run: LoadedRun, data_root: str | None) -> tuple[torch.Tensor, str]:
     """(N, C, S, S) fp32 CPU images prepared as the run's, and what they are: the first test images,
     or seeded uniform noise when the dataset cannot be found."""
-    from ..data import load_splits
-
     side, channels = run.contract.side, run.contract.channels
     try:
-        test = load_splits(with_data_root(run.cfg, data_root)).test
+        test = run.split("test", data_root)
     except DataError as exc:
         logger.warning("dataset not found (%s); checking the export on random images", str(exc).split(".")[0])
         gen = torch.Generator().manual_seed(0)
@@ -140,7 +138,7 @@ def check_images(run: LoadedRun, data_root: str | None) -> tuple[torch.Tensor, s
 
 
 def metadata_of(run: LoadedRun, fmt: str) -> dict[str, Any]:
-    return {"format": fmt, "model": run.cfg.model.name, "dataset": run.cfg.dataset.name,
+    return {"format": fmt, "model": run.model_name, "dataset": run.dataset_name,
             **run.contract.as_dict(), "run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint),
             "step": run.step, "cnnbench_version": __version__, "torch_version": torch.__version__}
 
@@ -163,7 +161,7 @@ def cmd_export(args: Sequence[str]) -> int:
     if ns.fmt == "onnx":
         _require_onnx()
     run = load_run(ns.run_dir, ns.checkpoint, "cpu")
-    out = ns.out or run.run_dir / "export" / f"{run.cfg.model.name}{FORMATS[ns.fmt]}"
+    out = ns.out or run.run_dir / "export" / f"{run.model_name}{FORMATS[ns.fmt]}"
     images, what = check_images(run, ns.data_root)
     metadata = metadata_of(run, ns.fmt)
     diff = export_model(run.model, ns.fmt, out, images, metadata)

@@ -26,6 +26,7 @@ from ..errors import CheckpointError, ConfigError, RunFolderError
 from ..models.configured import image_size, model_from_config
 from ..models.external import ModelBuildError, use_config_dir
 from ..run.checkpoint import check_model_name, load_checkpoint
+from ..run.recorded import compose_recorded
 from ..runfolder.names import BEST_CHECKPOINT, CHECKPOINT, CONFIG, HYDRA_DIR, read_summary
 from ..speed.precision import Precision
 
@@ -80,6 +81,20 @@ class LoadedRun:
         return DeviceLoader(split, bs, self.device, resize=self.contract.side, shuffle=False,
                             normalize=self.contract.normalize, channels_last=self.speed("channels_last", False))
 
+    @property
+    def model_name(self) -> str:
+        """The ``model.name`` the run trained (``lenet_bn``)."""
+        return str(self.cfg.model.name)
+
+    @property
+    def dataset_name(self) -> str:
+        return str(self.cfg.dataset.name)
+
+    def split(self, which: str, data_root: str | None = None) -> Split:
+        """The run's ``test`` or ``val`` split (:func:`eval_split`), its data read from ``data_root`` when the
+        data moved since the run (:func:`with_data_root`), never downloaded."""
+        return eval_split(with_data_root(self.cfg, data_root), which)
+
     def speed(self, key: str, default: Any) -> Any:
         """A speed setting the run trained (and evaluated) with, from its summary."""
         return (self.summary.get("speed") or {}).get(key, default)
@@ -93,7 +108,8 @@ class LoadedRun:
 
 
 def read_run_config(run_dir: Path) -> DictConfig:
-    """The composed config a run was trained with (Hydra's record in the run folder)."""
+    """The composed config a run was trained with (Hydra's record in the run folder), read through the
+    preparation step (:func:`cnnbench.run.recorded.compose_recorded`): keys added since at today's defaults."""
     if not run_dir.exists():
         raise RunFolderError(f"run folder {run_dir} does not exist")
     if not run_dir.is_dir():
@@ -107,6 +123,7 @@ def read_run_config(run_dir: Path) -> DictConfig:
         raise RunFolderError(f"{path} cannot be read: {type(exc).__name__}") from None
     if not isinstance(cfg, DictConfig) or "model" not in cfg or "dataset" not in cfg:
         raise RunFolderError(f"{path} is not a cnnbench run config (no model or dataset)")
+    cfg = compose_recorded(cfg, run_dir)  # an older cnnbench's record: today's shape, its facts kept
     _anchor_data_root(cfg, run_dir)
     return cfg
 
@@ -172,7 +189,8 @@ def load_run(run_dir: Path | str, checkpoint: str = "last", device: str = "auto"
     model = network_of(cfg, run_dir)
     step = load_weights(model, cfg, path)
     target = resolve_device(device)
-    contract = InputContract(int(cfg.dataset.in_channels), image_size(cfg), normalization(cfg), class_names(cfg),
+    contract = InputContract(int(cfg.dataset.in_channels), image_size(cfg), normalization(cfg.dataset),
+                             class_names(cfg.dataset),
                              mnist_style=data_format(cfg.dataset) == "idx")
     summary, _ = read_summary(run_dir)  # {} when missing or unreadable
     if (summary.get("speed") or {}).get("channels_last"):

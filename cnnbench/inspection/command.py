@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..errors import CnnbenchError
-from ..evaluation.inference import LoadedRun, eval_split, load_run, with_data_root
+from ..evaluation.inference import LoadedRun, load_run
 from ..evaluation.predict import gather_files, load_picture, prepared_batch
 from ..fmt import add_data_root, command_parser
 from ..runfolder.log import write_json_atomic
@@ -61,7 +61,7 @@ class Look:
 
     @property
     def name(self) -> str:
-        return f"{self.run.run_dir.name} ({self.run.cfg.model.name})"
+        return f"{self.run.run_dir.name} ({self.run.model_name})"
 
 
 def class_index(run: LoadedRun, name: str) -> int:
@@ -76,7 +76,7 @@ def class_index(run: LoadedRun, name: str) -> int:
 def test_images(run: LoadedRun, items: Sequence[str], data_root: str | None, count: int) -> list[Shown]:
     """Test images by index or class name (each name takes the next image of that class not yet taken);
     without items, the first ``count`` taking one class after another."""
-    split = eval_split(with_data_root(run.cfg, data_root), "test")
+    split = run.split("test", data_root)
     labels = split.labels.tolist()
     names = run.contract.classes
     if not items:
@@ -265,7 +265,7 @@ def to_tensorboard(run: LoadedRun, images: dict[str, Any]) -> None:
 def record(looks: Sequence[Look], shown: Sequence[Shown], files: Sequence[Path]) -> dict[str, Any]:
     """inspect.json: what was shown, what each run predicted, the stages and the Grad-CAM layer."""
     return {
-        "runs": [{"run_dir": str(lk.run.run_dir), "model": lk.run.cfg.model.name,
+        "runs": [{"run_dir": str(lk.run.run_dir), "model": lk.run.model_name,
                   "checkpoint": str(lk.run.checkpoint), "step": lk.run.step, "gradcam_layer": lk.layer,
                   "stages": [{"name": s.name, "module": s.path, "shape": list(s.output.shape[1:]),
                               "min": float(s.output.min()), "mean": float(s.output.mean()),

@@ -199,7 +199,7 @@ def read_run(path: Path, root: Path) -> RunResult:
     summary, problem = read_summary(path)
     records = read_metrics(path / METRICS)
     config = _read_yaml(path / CONFIG)
-    config = config if isinstance(config, dict) else {}
+    config = as_today(config, path) if isinstance(config, dict) and config else {}
     overrides_list = summary.get("overrides")
     if not isinstance(overrides_list, list):
         overrides_list = _read_yaml(path / OVERRIDES) or []
@@ -210,6 +210,20 @@ def read_run(path: Path, root: Path) -> RunResult:
     return RunResult(path=path, name=name, overrides=parse_overrides(overrides_list),
                      summary=merged, curve=accuracy_curve(records), settings=run_settings(config, summary),
                      started=start_time(path))
+
+
+def as_today(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A run's recorded config through the preparation step (:func:`cnnbench.run.recorded.compose_recorded`):
+    an older cnnbench's record in today's shape, so that its settings compare with today's runs key by key."""
+    from omegaconf import OmegaConf
+
+    from ..run.recorded import compose_recorded
+
+    try:
+        composed = OmegaConf.to_container(compose_recorded(OmegaConf.create(config), path), resolve=False)
+    except Exception:  # noqa: BLE001 - a record OmegaConf cannot read: as it is (never raises, like read_run)
+        return config
+    return composed if isinstance(composed, dict) else config
 
 
 def run_settings(config: dict[str, Any], summary: dict[str, Any]) -> dict[str, str]:

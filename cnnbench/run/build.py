@@ -27,6 +27,7 @@ from ..devices import resolve_device
 from ..errors import ConfigError
 from ..models.configured import image_size, init_weights, model_from_config
 from ..models.stats import count_parameters, forward_flops
+from ..schema import EmaConfig
 from ..speed import load
 from ..speed.allocator import tune_malloc
 from ..speed.compiling import compile_for_training
@@ -113,7 +114,7 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS,
     raw_model = model_from_config(cfg)
     init_weights(raw_model, cfg.trainer.init)
     params, flops = count_parameters(raw_model), forward_flops(raw_model, cfg.dataset.in_channels, size)
-    train_loader, val_loader, test_loader = build_loaders(cfg, device, size, ctx, spec.settled)
+    train_loader, val_loader, test_loader = build_loaders(cfg, device, size, ctx, spec)
     raw_model.to(device)
     speed = prepare_speed(cfg.device, device, raw_model, (train_loader, val_loader, test_loader),
                           bool(cfg.trainer.deterministic), flops, agree=lambda s: broadcast_object(s, ctx),
@@ -124,13 +125,14 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS,
     if speed.compile:  # around DDP's wrapper, so compiled graphs see its gradient hooks
         model = compile_for_training(model, local_batch(int(cfg.trainer.batch_size), ctx),
                                      dynamic_threads=follower is not None)
-    ema = build_ema(raw_model, cfg.trainer.get("ema"))
-    optimizer = build_optimizer(cfg.optimizer, raw_model.parameters(), fused=speed.fused_optimizer)
-    batches = train_loader.batches_per_epoch(cfg.trainer.limit_train_batches)
-    scheduler = build_scheduler(cfg.scheduler, optimizer, batches, int(cfg.trainer.epochs))
+    ema = build_ema(raw_model, spec.trainer.ema)
+    optimizer = build_optimizer(spec.sections["optimizer"], raw_model.parameters(), fused=speed.fused_optimizer)
+    batches = train_loader.batches_per_epoch(spec.trainer.limit_train_batches)
+    scheduler = build_scheduler(spec.sections["scheduler"], optimizer, batches, spec.trainer.epochs)
     precision = Precision.create(speed.precision, device)
+    monitor = Monitor.from_config(spec.trainer, spec.data.val_size)
     return Run(cfg, run_dir, device, model, raw_model, optimizer, scheduler, precision,
-               train_loader, val_loader, test_loader, Monitor.from_config(cfg), ema, params, flops, speed, ctx,
+               train_loader, val_loader, test_loader, monitor, ema, params, flops, speed, ctx,
                spec=spec, threads=torch.get_num_threads(), follower=follower)
 
 
@@ -160,23 +162,25 @@ def local_batch(batch_size: int, ctx: DistContext) -> int:
 
 
 def build_loaders(cfg: DictConfig, device: torch.device, size: int, ctx: DistContext,
-                  settled: SettledData | None = None) -> tuple[DeviceLoader, DeviceLoader | None, DeviceLoader]:
+                  spec: RunSpec) -> tuple[DeviceLoader, DeviceLoader | None, DeviceLoader]:
     """Train, validation (None without a split) and test loaders: each split once on the device,
-    this rank's share of every batch (the splits ``settled`` read, else read now)."""
-    splits = load_splits(cfg, settled)
+    this rank's share of every batch (the splits the spec's settling read, else read now)."""
+    splits = load_splits(cfg, spec.settled)
     train_split, val_split, test_split = splits.train, splits.val, splits.test
-    common = dict(device=device, resize=size, normalize=normalization(cfg), rank=ctx.rank, world_size=ctx.world_size)
-    train_loader = DeviceLoader(train_split, int(cfg.trainer.batch_size), shuffle=True,
-                                seed=int(cfg.trainer.seed), augment=Augment.from_config(cfg.get("augment")), **common)
-    eval_bs = int(cfg.trainer.eval_batch_size or cfg.trainer.batch_size)
+    common = dict(device=device, resize=size, normalize=normalization(spec.sections["dataset"]), rank=ctx.rank,
+                  world_size=ctx.world_size)
+    trainer = spec.trainer
+    train_loader = DeviceLoader(train_split, trainer.batch_size, shuffle=True, seed=trainer.seed,
+                                augment=Augment.from_config(spec.sections.get("augment")), **common)
+    eval_bs = trainer.eval_batch_size or trainer.batch_size
     val_loader = None if val_split is None else DeviceLoader(val_split, eval_bs, shuffle=False, **common)
     return train_loader, val_loader, DeviceLoader(test_split, eval_bs, shuffle=False, **common)
 
 
-def build_ema(model: nn.Module, cfg: DictConfig | None) -> torch.optim.swa_utils.AveragedModel | None:
+def build_ema(model: nn.Module, cfg: EmaConfig) -> torch.optim.swa_utils.AveragedModel | None:
     """An exponential moving average of ``model``'s weights and BatchNorm statistics (torch's
     AveragedModel), or None when ``trainer.ema.decay`` is null."""
-    decay = None if cfg is None else cfg.get("decay")
+    decay = cfg.decay
     if decay is None:
         return None
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn

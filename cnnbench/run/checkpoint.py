@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from .. import __version__
 from ..errors import CheckpointError
@@ -54,10 +54,9 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
     }
 
 
-def resolve_resume(cfg: DictConfig, run_dir: Path, announce: bool = True) -> Path | None:
-    """The checkpoint to resume from: None, this run folder's last.pt (auto), or a given path. ``announce``:
-    say when auto finds none (the run says it; the check before launch does not say it again)."""
-    resume = cfg.trainer.resume
+def resolve_resume(resume: str | None, run_dir: Path, announce: bool = True) -> Path | None:
+    """The checkpoint to resume from (``trainer.resume``): None, this run folder's last.pt (auto), or a given
+    path. ``announce``: say when auto finds none (the run says it; the check before launch does not say it again)."""
     if not resume:
         return None
     if str(resume) == "auto":

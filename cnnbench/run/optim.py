@@ -10,34 +10,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from ..errors import ConfigError
+from ..schema import AdamConfig, CosineConfig, OneCycleConfig, Section, SGDConfig, StepConfig
 
 
-def _sgd(cfg: DictConfig, params: Iterable, extra: dict) -> torch.optim.Optimizer:
+def _sgd(cfg: SGDConfig, params: Iterable, extra: dict) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           dampening=cfg.get("dampening", 0.0), nesterov=cfg.get("nesterov", False), **extra)
+                           dampening=cfg.dampening, nesterov=cfg.nesterov, **extra)
 
 
-def _adam(cls: type[torch.optim.Optimizer]) -> Callable[[DictConfig, Iterable, dict], torch.optim.Optimizer]:
-    def build(cfg: DictConfig, params: Iterable, extra: dict) -> torch.optim.Optimizer:
+def _adam(cls: type[torch.optim.Optimizer]) -> Callable[[AdamConfig, Iterable, dict], torch.optim.Optimizer]:
+    def build(cfg: AdamConfig, params: Iterable, extra: dict) -> torch.optim.Optimizer:
         return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **extra)
     return build
 
 
-# optimizer.name -> builder(cfg, params, extra keyword arguments)
-OPTIMIZERS: dict[str, Callable[[DictConfig, Iterable, dict], torch.optim.Optimizer]] = {
+# optimizer.name -> builder(its typed section, params, extra keyword arguments)
+OPTIMIZERS: dict[str, Callable[[Any, Iterable, dict], torch.optim.Optimizer]] = {
     "sgd": _sgd,  # the book's, with momentum 0
     "adam": _adam(torch.optim.Adam),
     "adamw": _adam(torch.optim.AdamW),
 }
 
 
-def build_optimizer(cfg: DictConfig, params: Iterable, fused: bool = False) -> torch.optim.Optimizer:
-    """torch.optim optimizer for the ``optimizer`` group.
+def build_optimizer(cfg: Section, params: Iterable, fused: bool = False) -> torch.optim.Optimizer:
+    """torch.optim optimizer for the ``optimizer`` section (its schema's object, :class:`SGDConfig` or
+    :class:`AdamConfig`: every value there, none defaulted here).
 
     ``fused`` asks for the single-kernel implementation; otherwise torch picks its default (the
     multi-tensor ``foreach`` path on CUDA, a per-parameter loop on the CPU).
@@ -79,26 +81,25 @@ def onecycle_factor(step: int, total: int, pct_start: float, div_factor: float, 
     return end + (begin - end) / 2.0 * (math.cos(math.pi * pct) + 1)
 
 
-def _onecycle(cfg: DictConfig, base_lr: float, steps_per_epoch: int, total: int) -> Callable[[int], float]:
-    anneal = str(cfg.get("anneal", "cos"))
-    if anneal not in ("cos", "linear"):
-        raise ConfigError(f"scheduler.anneal must be cos or linear, got {anneal!r}")
+def _onecycle(cfg: OneCycleConfig, base_lr: float, steps_per_epoch: int, total: int) -> Callable[[int], float]:
+    anneal = str(cfg.anneal)  # cos | linear (checked by OneCycleConfig.check)
     return lambda step: onecycle_factor(step, total, cfg.pct_start, cfg.div_factor, cfg.final_div_factor, anneal)
 
 
-def _cosine(cfg: DictConfig, base_lr: float, steps_per_epoch: int, total: int) -> Callable[[int], float]:
+def _cosine(cfg: CosineConfig, base_lr: float, steps_per_epoch: int, total: int) -> Callable[[int], float]:
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     floor = cfg.eta_min / base_lr if base_lr else 0.0
     return lambda step: cosine_factor(step, warmup, total, floor)
 
 
-def _step(cfg: DictConfig, base_lr: float, steps_per_epoch: int, total: int) -> Callable[[int], float]:
+def _step(cfg: StepConfig, base_lr: float, steps_per_epoch: int, total: int) -> Callable[[int], float]:
     period = max(1, int(cfg.step_epochs * steps_per_epoch))
     return lambda step: step_factor(step, period, cfg.gamma)
 
 
-# scheduler.name -> factor maker(cfg, base lr, steps per epoch, total steps), or None for a constant rate
-SCHEDULES: dict[str, Callable[[DictConfig, float, int, int], Callable[[int], float]] | None] = {
+# scheduler.name -> factor maker(its typed section, base lr, steps per epoch, total steps), or None for a
+# constant rate
+SCHEDULES: dict[str, Callable[[Any, float, int, int], Callable[[int], float]] | None] = {
     "none": None,  # the book's constant rate
     "cosine": _cosine,
     "step": _step,
@@ -106,8 +107,9 @@ SCHEDULES: dict[str, Callable[[DictConfig, float, int, int], Callable[[int], flo
 }
 
 
-def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int):
-    """A LambdaLR stepped once per optimizer step, or None for ``none`` (the book's constant rate)."""
+def build_scheduler(cfg: Section, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int):
+    """A LambdaLR stepped once per optimizer step, or None for ``none`` (the book's constant rate); ``cfg``:
+    the ``scheduler`` section, its schema's object."""
     check_name("scheduler.name", cfg.name, SCHEDULES)
     make = SCHEDULES[cfg.name]
     if make is None:

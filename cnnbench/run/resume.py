@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ResumeRefused
 from ..runfolder.names import CONFIG, HYDRA_DIR, RESUMES_DIR
+from ..tracking.registry import GROUP, logger_sections
 
 if TYPE_CHECKING:
     from .build import Run
@@ -161,7 +162,10 @@ def peek_checkpoint(path: Path) -> dict | None:
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return {"config": dict(state["config"]), "epoch": int(state["epoch"]), "network": state.get("network")}
+        config = dict(state["config"])
+        if GROUP in config:  # an older cnnbench's flat logger section, in today's shape
+            config[GROUP] = logger_sections(config[GROUP])
+        return {"config": config, "epoch": int(state["epoch"]), "network": state.get("network")}
     except Exception:  # noqa: BLE001 - see the docstring
         return None
 

@@ -17,9 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig
-
 from ..errors import ConfigError
+from ..schema import TrainerConfig
 from .state import RunState
 
 logger = logging.getLogger(__name__)
@@ -29,11 +28,11 @@ TEST_SET_WARNING = ("trainer.monitor={name} selects the checkpoint on the test s
                     "reported for it is optimistic; hold out a validation split instead (dataset.val_size=5000)")
 
 
-def monitor_name(cfg: DictConfig) -> str | None:
+def monitor_name(trainer: TrainerConfig, val_size: int) -> str | None:
     """The monitored metric: ``trainer.monitor``, with ``auto`` meaning val/acc when a validation split
-    exists and nothing otherwise."""
-    name = cfg.trainer.get("monitor", "auto")
-    has_val = int(cfg.dataset.get("val_size", 0) or 0) > 0
+    exists (``val_size`` examples held out) and nothing otherwise."""
+    name = trainer.monitor
+    has_val = val_size > 0
     if name is None or str(name) in ("none", "null"):
         return None
     if str(name) == "auto":
@@ -58,16 +57,17 @@ class Monitor:
         return self.name.endswith("/acc")
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> Monitor | None:
-        name = monitor_name(cfg)
-        stopping = cfg.trainer.get("early_stopping") or {}
-        patience = stopping.get("patience")
+    def from_config(cls, trainer: TrainerConfig, val_size: int) -> Monitor | None:
+        """The run's monitor (``trainer.monitor``, ``trainer.early_stopping``), None when it selects nothing."""
+        name = monitor_name(trainer, val_size)
+        stopping = trainer.early_stopping
+        patience = stopping.patience
         if name is None:
             if patience is not None:
                 raise ConfigError("trainer.early_stopping needs a monitored metric: hold out a validation "
                                   "split (dataset.val_size=5000) or set trainer.monitor")
             return None
-        return cls(name, float(stopping.get("min_delta", 0.0) or 0.0), None if patience is None else int(patience))
+        return cls(name, float(stopping.min_delta), None if patience is None else int(patience))
 
     def gain(self, value: float, best: float | None) -> float:
         """How much better ``value`` is than ``best`` (positive: better), in the metric's own units."""
@@ -100,9 +100,9 @@ OBJECTIVES: dict[str, str] = {"val/acc": "maximize", "val/loss": "minimize"}
 DEFAULT_OBJECTIVE = "val/acc"  # what summaries written before trainer.objective existed were chosen by
 
 
-def objective_name(cfg: DictConfig) -> str:
+def objective_name(trainer: TrainerConfig) -> str:
     """``trainer.objective``, checked: a validation metric, never a test one."""
-    name = str(cfg.trainer.get("objective", DEFAULT_OBJECTIVE))
+    name = str(trainer.objective)
     if name.startswith("test/"):
         raise ConfigError(f"trainer.objective={name} would choose among runs on the test set, so the test accuracy "
                           "reported for the choice is optimistic: use val/acc or val/loss (with dataset.val_size)")

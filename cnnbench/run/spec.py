@@ -32,6 +32,11 @@ class RunSpec:
         return self.settled.spec
 
     @property
+    def trackers(self) -> dict[str, Section]:
+        """Each ``logger`` option's checked settings by its name (``mlflow``, ``wandb``; ``tensorboard``)."""
+        return {key.partition(".")[2]: section for key, section in self.sections.items() if key.startswith("logger.")}
+
+    @property
     def splits(self) -> DataSplits | None:
         """The splits read to settle the data (image folders, CIFAR), or None (IDX files: the build reads them)."""
         return self.settled.splits
@@ -48,10 +53,15 @@ class RunSpec:
 def run_spec(cfg: DictConfig, settled: SettledData) -> RunSpec:
     """The typed spec of a checked, settled ``cfg``."""
     sections = typed_sections(cfg)
-    trainer = sections.get("trainer")
+    return RunSpec(cfg=cfg, settled=settled, trainer=trainer_section(cfg, sections), sections=sections)
+
+
+def trainer_section(cfg: DictConfig, sections: dict[str, Section] | None = None) -> TrainerConfig:
+    """The ``trainer`` section as its schema's object (``sections``: the config's typed sections, if built)."""
+    trainer = (sections if sections is not None else typed_sections(cfg)).get("trainer")
     if not isinstance(trainer, TrainerConfig):  # a config without the schema (an older run folder's)
         trainer = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainerConfig), cfg.trainer))
-    return RunSpec(cfg=cfg, settled=settled, trainer=trainer, sections=sections)
+    return trainer
 
 
 def config_key(cfg: DictConfig) -> str:

@@ -28,6 +28,7 @@ from ..models.configured import image_size, network_label, network_record
 from ..runfolder.names import BEST_CHECKPOINT
 from .build import Run
 from .selection import objective_name, objective_value
+from .spec import trainer_section
 from .state import RunState
 
 logger = logging.getLogger("cnnbench.run.train")  # the closing lines belong to the train command's log
@@ -64,10 +65,10 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "best/test_acc": s.best_eval.get("test/acc"),
         "best/test_loss": s.best_eval.get("test/loss"),
         # What the run offers a searching sweep (trainer.objective) and its value: that checkpoint's figure.
-        "objective": _safe(lambda: objective_name(cfg)),
+        "objective": _safe(lambda: objective_name(run.spec.trainer if run and run.spec else trainer_section(cfg))),
         "stopped_early": s.stop_reason is not None,
         "stop_reason": s.stop_reason,
-        "test/per_class_acc": _safe(lambda: per_class_accuracy(s.test_confusion, class_names(cfg)))
+        "test/per_class_acc": _safe(lambda: per_class_accuracy(s.test_confusion, class_names(cfg.dataset)))
         if s.test_confusion else None,
         "test/confusion": s.test_confusion,  # (C, C) counts, rows true class: the tracker draws it
         "time_to_target_s": s.time_to_target_s,

@@ -69,7 +69,7 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None, spec: RunSpec | No
     settled = spec.settled if spec is not None else settle_dataset(cfg)
     ctx = init_from_env(str(cfg.device.type))  # a single process unless started by torchrun
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-    resume_from = resolve_resume(cfg, run_dir)
+    resume_from = resolve_resume(spec.trainer.resume if spec is not None else cfg.trainer.resume, run_dir)
     plan = check_resume(cfg, resume_from)
     with run_folder_lock(run_dir, enabled=ctx.is_main):  # only rank 0 writes the run folder
         return _train(cfg, run_dir, ctx, resume_from, plan, spec, settled)
@@ -89,7 +89,8 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path |
         try:
             record_dir = _start_records(cfg, run_dir) if main else None
             if main:  # before the build: a run that fails to start is tracked too
-                trackers = open_trackers(cfg, run_dir, overrides, resuming=resume_from is not None)
+                trackers = open_trackers(cfg, run_dir, overrides, resuming=resume_from is not None,
+                                         sections=spec.trackers if spec is not None else None)
             run = build_run(cfg, run_dir, ctx, spec=spec, settled=settled)
             _warn_low_space(run)
             if resume_from is not None:
@@ -109,8 +110,8 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path |
             warn_test_set_selection(run)
             status = run_epochs(run, rlog, stop)
             if run.state.test_confusion:
-                rlog.log_confusion(TB_CONFUSION, torch.tensor(run.state.test_confusion), class_names(cfg),
-                                   run.state.step)
+                names = class_names(run.spec.sections["dataset"] if run.spec else cfg.dataset)
+                rlog.log_confusion(TB_CONFUSION, torch.tensor(run.state.test_confusion), names, run.state.step)
             if status == "interrupted":
                 checkpoint_on_interrupt(run)
         except TrainingDiverged as exc:  # reported by the closing lines

@@ -97,6 +97,7 @@ def _check_selection(cfg: DictConfig, n: int | None) -> None:
     """The validation split, the monitor, early stopping and the objective; ``n``: the examples train and
     validation share."""
     from .selection import Monitor, objective_name
+    from .spec import trainer_section
 
     val_size = int(cfg.dataset.val_size)  # an integer >= 0 (schema)
     if n is not None and val_size >= n:
@@ -105,8 +106,9 @@ def _check_selection(cfg: DictConfig, n: int | None) -> None:
     if n is not None and n - val_size < cfg.trainer.batch_size:
         raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is larger than the training set left "
                           f"after holding out dataset.val_size={val_size} ({n - val_size} examples)")
-    Monitor.from_config(cfg)  # an unknown monitor, val/* without a split, early stopping without a monitor
-    objective_name(cfg)  # a test metric or an unknown name (a split is needed only by a searching sweep)
+    trainer = trainer_section(cfg)
+    Monitor.from_config(trainer, val_size)  # an unknown monitor, val/* without a split, stopping without a monitor
+    objective_name(trainer)  # a test metric or an unknown name (a split is needed only by a searching sweep)
 
 
 def _check_names(cfg: DictConfig) -> None:

@@ -1,4 +1,8 @@
-"""Experiment trackers beside the run folder: MLflow (``logger=mlflow``), live and from finished folders.
+"""Experiment trackers beside the run folder: MLflow (``logger=mlflow``), live and from finished folders;
+Weights & Biases (``logger=wandb``); several at once (``logger=[mlflow,wandb]``).
+
+- :mod:`.registry`: the trackers by name, each with the schema of its settings (``conf/logger/NAME.yaml``);
+- :mod:`.trackers`: the run's trackers as one list;
 
 - :mod:`.record`: what a run records (params, metric points, final figures, tags, artifacts), read from
   what the run folder holds; no MLflow import;

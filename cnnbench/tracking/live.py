@@ -10,17 +10,22 @@ and the run goes on: ``cnnbench track RUN_DIR`` uploads the finished run from it
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional  # noqa: UP035 - OmegaConf reads Optional[...] annotations
 
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 
+from ..errors import ConfigError
 from ..runfolder.log import current_swept_keys
+from ..schema import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Section
 from .client import PARENT_TAG, Tracker, client_version, failure_reason, quiet_mlflow
 from .record import (
     Point,
@@ -36,31 +41,42 @@ from .record import (
     sweep_dir_of,
     ui_command,
 )
+from .registry import register_tracker
 
 logger = logging.getLogger(__name__)
 
 FLUSH_S = 60.0  # seconds: a long epoch still shows its train points this often
 
 
-class NoTracker:
-    """``logger=tensorboard``: nothing beyond the run folder."""
+@dataclass
+class MlflowLoggerConfig(Section):
+    """``logger=mlflow``: MLflow beside TensorBoard (``conf/logger/mlflow.yaml``)."""
 
-    warning: str | None = None
+    tracking_uri: Optional[str] = MISSING  # noqa: UP045 - null: sqlite:///<cwd>/outputs/mlflow.db
+    experiment: Optional[str] = MISSING  # noqa: UP045 - null: "cnnbench"; a sweep: its folder
+    log_model: bool = MISSING  # also upload best.pt (last.pt without one) and export/
+    timeout_s: float = MISSING  # seconds per HTTP request to a tracking server
+    retries: int = MISSING  # HTTP retries per request
+    finish_timeout_s: float = MISSING  # seconds the end of a run waits for uploads still queued
+    RANGES = {"timeout_s": POSITIVE, "retries": NON_NEGATIVE_INT, "finish_timeout_s": NON_NEGATIVE}
 
-    def start(self) -> None:
-        pass
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        if importlib.util.find_spec("mlflow") is None:
+            raise ConfigError("logger=mlflow needs MLflow, which is not installed: "
+                              "pip install 'cnnbench[mlflow]' (or mlflow-skinny)")
+        if self.tracking_uri is not None and not re.match(r"^[a-z][a-z0-9+.-]*:", self.tracking_uri):
+            raise ConfigError(f"{prefix}.tracking_uri must be a URI (http://host:5000, sqlite:///path/mlflow.db, "
+                              f"databricks), got {self.tracking_uri!r}")
+        if self.experiment is not None and not self.experiment.strip():
+            raise ConfigError(f"{prefix}.experiment must be a name or null, got {self.experiment!r}")
 
-    def log(self, kind: str, record: dict[str, Any]) -> None:
-        pass
 
-    def finish(self, summary: dict[str, Any]) -> None:
-        pass
-
-
+@register_tracker("mlflow", MlflowLoggerConfig)
 class MlflowTracker:
     """One run's MLflow logging, on a worker thread (see the module's docstring)."""
 
-    def __init__(self, logger_cfg: DictConfig, cfg: DictConfig, run_dir: Path, overrides: list[str],
+    def __init__(self, logger_cfg: MlflowLoggerConfig, cfg: DictConfig, run_dir: Path, overrides: list[str],
                  resuming: bool) -> None:
         self.uri = resolve_tracking_uri(logger_cfg.tracking_uri)
         self.run_dir = run_dir
@@ -166,23 +182,14 @@ class MlflowTracker:
         logger.warning("%s", self.warning)
 
 
-def open_tracker(cfg: DictConfig, run_dir: Path, overrides: list[str], resuming: bool) -> NoTracker | MlflowTracker:
-    """The run's tracker: MLflow with ``logger=mlflow``, else nothing beyond the run folder. A run that
-    resumes from a checkpoint continues its folder's MLflow run; a fresh start gets a new one."""
-    logger_cfg = cfg.get("logger")
-    if logger_cfg is None or logger_cfg.get("name") != "mlflow":
-        return NoTracker()
-    return MlflowTracker(logger_cfg, cfg, run_dir, overrides, resuming)
-
-
 # ------------------------------------------------------------------------------------------- sweeps
 
 
-def start_sweep(cfg: DictConfig, sweep_dir: Path) -> str | None:
+def start_sweep(logger_cfg: MlflowLoggerConfig | None, sweep_dir: Path) -> str | None:
     """Before a sweep's jobs start (in the launching process): its parent run, so that parallel jobs
-    find one. A failure is one warning (the jobs then try themselves); returns the run id or None."""
-    logger_cfg = cfg.get("logger")
-    if logger_cfg is None or logger_cfg.get("name") != "mlflow":
+    find one. A failure is one warning (the jobs then try themselves); returns the run id or None.
+    ``logger_cfg``: the sweep's ``logger.mlflow`` settings, None without ``logger=mlflow``."""
+    if logger_cfg is None:
         return None
     uri = resolve_tracking_uri(logger_cfg.tracking_uri)
     try:
@@ -195,10 +202,9 @@ def start_sweep(cfg: DictConfig, sweep_dir: Path) -> str | None:
         return None
 
 
-def end_sweep(cfg: DictConfig, sweep_dir: Path, outcomes: list[dict[str, Any]]) -> None:
+def end_sweep(logger_cfg: MlflowLoggerConfig | None, sweep_dir: Path, outcomes: list[dict[str, Any]]) -> None:
     """After the jobs: the parent run's counts of jobs and its status (FINISHED when every job completed)."""
-    logger_cfg = cfg.get("logger")
-    if logger_cfg is None or logger_cfg.get("name") != "mlflow":
+    if logger_cfg is None:
         return
     uri = resolve_tracking_uri(logger_cfg.tracking_uri)
     ids = read_ids(sweep_dir, uri)
@@ -211,12 +217,11 @@ def end_sweep(cfg: DictConfig, sweep_dir: Path, outcomes: list[dict[str, Any]]) 
         logger.warning("MLflow: the sweep's parent run could not be closed at %s (%s)", uri, failure_reason(exc))
 
 
-def sweep_browse_lines(cfg: DictConfig | None, sweep_dir: Path) -> list[str]:
+def sweep_browse_lines(logger_cfg: MlflowLoggerConfig | None, sweep_dir: Path) -> list[str]:
     """How to see a sweep's runs in MLflow, for its closing lines: the UI command (with the version that
     reads the store: the UI must be at least the writer's, it refuses a newer database schema) and the
-    address of the sweep's runs view. [] without ``logger=mlflow``."""
-    logger_cfg = cfg.get("logger") if cfg is not None else None
-    if logger_cfg is None or logger_cfg.get("name") != "mlflow":
+    address of the sweep's runs view. [] without ``logger=mlflow`` (``logger_cfg`` None)."""
+    if logger_cfg is None:
         return []
     uri = resolve_tracking_uri(logger_cfg.tracking_uri)
     ids = read_ids(sweep_dir, uri)

@@ -387,8 +387,11 @@ class FolderRun:
 def read_folder(run_dir: Path) -> FolderRun:
     """Read a run folder's config, summary and metric records (never raises on a missing file)."""
     from ..report.runs import read_metrics
+    from ..run.recorded import compose_recorded
 
     config = OmegaConf.load(run_dir / CONFIG) if (run_dir / CONFIG).is_file() else None
+    if isinstance(config, DictConfig):  # an older cnnbench's record: today's shape, its facts kept
+        config = compose_recorded(config, run_dir)
     summary, _ = read_summary(run_dir)
     metrics = run_dir / METRICS
     return FolderRun(run_dir, config if isinstance(config, DictConfig) else None, summary, read_metrics(metrics),

@@ -1,51 +1,49 @@
-"""The run's experiment trackers as one list: TensorBoard and the run folder always, plus the ``logger`` option's.
+"""The run's experiment trackers as one list: TensorBoard and the run folder always, plus each ``logger`` option's.
 
 Every tracker has the same four members, fed by the same record functions
 (:class:`cnnbench.runfolder.log.RunLogger` hands each metrics.jsonl record to :meth:`Trackers.log`):
 ``start()`` once the run is built, ``log(kind, record)`` per record (plain numbers, already read by the loop:
 no host sync), ``finish(summary)`` after summary.json is written, and ``warning`` (None, or the one sentence of a
-tracker that failed and stopped; the run goes on). :data:`OPENERS` maps a ``logger`` option's name to the
-function that opens its tracker; adding a tracker is its module, its ``conf/logger/NAME.yaml`` (with a schema in
-:mod:`cnnbench.schema`) and one entry here.
+tracker that failed and stopped; the run goes on). Trackers are found by name in
+:mod:`cnnbench.tracking.registry`; adding one is its module and its ``conf/logger/NAME.yaml``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, OmegaConf
+
+from ..schema import Section
+from .registry import ALWAYS, GROUP, logger_sections, tracker_entry
 
 logger = logging.getLogger(__name__)
 
-ALWAYS = "tensorboard"  # the run folder's own record (metrics.jsonl, TensorBoard events): not a tracker here
+
+def tracker_sections(cfg: DictConfig) -> list[tuple[str, Any]]:
+    """(name, its settings) of each tracker the config asks for beyond TensorBoard, in the order given
+    (``logger=[mlflow,wandb]``). A config recorded by an older cnnbench (one flat ``logger`` option) reads the
+    same; one recorded without a logger has none."""
+    return [(name, settings) for name, settings in logger_sections(cfg.get(GROUP)).items() if name != ALWAYS]
 
 
-def _open_mlflow(section: DictConfig, cfg: DictConfig, run_dir: Path, overrides: list[str], resuming: bool):
-    from .live import MlflowTracker
+def typed_settings(name: str, settings: Any) -> Section:
+    """A tracker's settings as its schema's object. Settings not typed yet (an older run folder's, which may
+    lack keys added since) are laid over today's option (``conf/logger/NAME.yaml``): a missing key gets
+    today's default, a recorded one stays."""
+    if isinstance(settings, Section):
+        return settings
+    if isinstance(settings, DictConfig) and OmegaConf.get_type(settings) is tracker_entry(name).schema:
+        return OmegaConf.to_object(settings)  # composed with its schema already: complete
+    from ..config import compose_config
 
-    return MlflowTracker(section, cfg, run_dir, overrides, resuming)
-
-
-def _open_wandb(section: DictConfig, cfg: DictConfig, run_dir: Path, overrides: list[str], resuming: bool):
-    from .wandb_tracker import WandbTracker
-
-    return WandbTracker(section, cfg, run_dir, overrides, resuming)
-
-
-# logger option name -> (its section, the whole config, run folder, overrides, resuming) -> a tracker
-OPENERS: dict[str, Callable[..., Any]] = {"mlflow": _open_mlflow, "wandb": _open_wandb}
-
-
-def tracker_sections(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
-    """(name, its settings) of each tracker the config asks for beyond TensorBoard: the ``logger`` option's
-    (``logger=mlflow``), or each entry of a list of them. A config recorded without a logger has none."""
-    node = cfg.get("logger")
-    nodes = list(node) if isinstance(node, (ListConfig, list)) else [node]
-    return [(str(n.get("name")), n) for n in nodes
-            if isinstance(n, DictConfig) and n.get("name") not in (None, ALWAYS)]
+    today = compose_config([f"{GROUP}={name}"])[GROUP][name]
+    given = settings if isinstance(settings, DictConfig) else OmegaConf.create(dict(settings or {}))
+    known = {k: v for k, v in given.items() if k in today}  # keys that no longer exist are dropped
+    return OmegaConf.to_object(OmegaConf.merge(today, known))
 
 
 class Trackers:
@@ -75,8 +73,16 @@ class Trackers:
             tracker.finish(summary)
 
 
-def open_trackers(cfg: DictConfig, run_dir: Path, overrides: list[str], resuming: bool) -> Trackers:
+def open_trackers(cfg: DictConfig, run_dir: Path, overrides: list[str], resuming: bool,
+                  sections: dict[str, Section] | None = None) -> Trackers:
     """The run's trackers beyond the run folder, opened (before the build: a run that fails to start is
-    tracked too). A run that resumes from a checkpoint continues its folder's tracker runs where a tracker can."""
-    return Trackers([OPENERS[name](section, cfg, run_dir, overrides, resuming)
-                     for name, section in tracker_sections(cfg) if name in OPENERS])
+    tracked too). ``sections``: the checked settings of each tracker (the run spec's), else read from ``cfg``.
+    ``cfg`` is what the trackers record as the run's config. A run that resumes from a checkpoint continues
+    its folder's tracker runs where a tracker can."""
+    chosen = sections if sections is not None else dict(tracker_sections(cfg))
+    opened = []
+    for name, settings in chosen.items():
+        opener = tracker_entry(name).opener
+        if opener is not None:
+            opened.append(opener(typed_settings(name, settings), cfg, run_dir, overrides, resuming))
+    return Trackers(opened)

@@ -36,6 +36,7 @@ from .record import (
     sweep_dir_of,
     ui_command,
 )
+from .registry import logger_sections
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +93,10 @@ def cmd_track(args: Sequence[str]) -> int:
 
 
 def _configured(run: FolderRun, key: str) -> Any:
-    """A ``logger.KEY`` of the run's own config, when it logged to MLflow."""
-    node = run.config.get("logger") if run.config is not None else None
-    return node.get(key) if node is not None and node.get("name") == "mlflow" else None
+    """A ``logger.mlflow.KEY`` of the run's own config, when it logged to MLflow (an older cnnbench's flat
+    ``logger.KEY`` reads the same)."""
+    node = logger_sections(run.config.get("logger")).get("mlflow") if run.config is not None else None
+    return node.get(key) if node is not None else None
 
 
 def upload_run(tracker: Tracker, run: FolderRun, experiment: str | None, with_model: bool,

@@ -10,12 +10,18 @@ tracker opens, before the run's build; any failure of W&B is one warning and the
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from ..errors import ConfigError
+from ..schema import Section
+from .registry import register_tracker
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +33,33 @@ def _numbers(record: dict[str, Any]) -> dict[str, float]:
             if k not in SKIPPED and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class WandbLoggerConfig(Section):
+    """``logger=wandb``: Weights & Biases beside TensorBoard, offline by default (``conf/logger/wandb.yaml``)."""
+
+    project: str = MISSING
+    mode: str = MISSING  # offline | online | disabled
+    tags: list[str] = MISSING
+
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        if self.mode not in WANDB_MODES:
+            raise ConfigError(f"{prefix}.mode must be {' or '.join(WANDB_MODES)}, got {self.mode!r}")
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError("logger=wandb needs Weights & Biases, which is not installed: "
+                              "pip install 'cnnbench[wandb]'")
+        if not self.project.strip():
+            raise ConfigError(f"{prefix}.project must be a name, got {self.project!r}")
+
+
+@register_tracker("wandb", WandbLoggerConfig)
 class WandbTracker:
     """One run's W&B logging (see the module's docstring)."""
 
-    def __init__(self, section: DictConfig, cfg: DictConfig, run_dir: Path, overrides: list[str],
+    def __init__(self, section: WandbLoggerConfig, cfg: DictConfig, run_dir: Path, overrides: list[str],
                  resuming: bool) -> None:
         self.warning: str | None = None
         self.mode = str(section.mode)

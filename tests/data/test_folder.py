@@ -315,7 +315,8 @@ def test_per_channel_normalization_reaches_the_batches(tmp_path):
     cfg = _cfg(root)
     sources.settle_dataset(cfg)
     train = sources.load_splits(cfg).train
-    loader = DeviceLoader(train, 24, torch.device("cpu"), resize=12, shuffle=False, normalize=normalization(cfg))
+    loader = DeviceLoader(train, 24, torch.device("cpu"), resize=12, shuffle=False,
+                          normalize=normalization(cfg.dataset))
     x, _ = next(loader.batches(0))
     assert x.shape == (24, 3, 12, 12)
     assert torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-3)

@@ -100,6 +100,15 @@ def test_the_setting_is_auto_null_or_a_count(value, expected):
     assert thread_setting(value) == expected
 
 
+@pytest.fixture(autouse=True)
+def all_cores():
+    """Each test starts from torch's default count (one per usable core), whatever a test before it left."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(len(load.usable_cpu_ids()))
+    yield
+    torch.set_num_threads(before)
+
+
 def busy_everywhere_but_one(monkeypatch) -> None:
     """Readings that say other programs hold all usable cores but one (whatever this process does)."""
     real = load.cpu_sample

@@ -385,8 +385,8 @@ def test_mlflow_logger_without_mlflow_is_refused_before_anything(fake_data, tmp_
 def test_bad_logger_values_are_one_line_before_anything(fake_data, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
-    for bad, words in (("logger.timeout_s=0", "logger.timeout_s must be a positive number"),
-                       ("logger.tracking_uri=outputs/mlflow.db", "logger.tracking_uri must be a URI")):
+    for bad, words in (("logger.timeout_s=0", "logger.mlflow.timeout_s must be a positive number"),
+                       ("logger.tracking_uri=outputs/mlflow.db", "logger.mlflow.tracking_uri must be a URI")):
         assert main(["train", *fast_overrides(fake_data), "logger=mlflow", bad, f"hydra.run.dir={run_dir}"]) == 2
         err = capsys.readouterr().err.strip()
         assert words in err and err.count("\n") == 0
@@ -399,14 +399,15 @@ def test_the_sweeps_closing_lines_say_how_to_open_its_runs_in_mlflow(tmp_path, s
     from cnnbench.commands.sweeps import sweep_closing_lines
     from cnnbench.tracking.live import sweep_browse_lines
     from cnnbench.tracking.record import write_ids
+    from cnnbench.tracking.trackers import typed_settings
 
-    cfg = OmegaConf.create({"logger": {"name": "mlflow", "tracking_uri": store}})
+    settings = typed_settings("mlflow", OmegaConf.create({"tracking_uri": store}))
     write_ids(tmp_path, store, "7", "abc")
-    lines = sweep_browse_lines(cfg, tmp_path)
+    lines = sweep_browse_lines(settings, tmp_path)
     assert lines[0].startswith(f"mlflow ui --backend-store-uri {store}") and f"mlflow>={mlflow.__version__}" in lines[0]
     assert lines[1] == "then open http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning" \
                        "&viewStateShareKey=cnnbench"
-    assert sweep_browse_lines(OmegaConf.create({"logger": {"name": "tensorboard"}}), tmp_path) == []
+    assert sweep_browse_lines(None, tmp_path) == []  # no logger=mlflow
     with caplog.at_level(logging.INFO):
         sweep_closing_lines(tmp_path, [{"status": "completed", "error": None, "run_dir": "x"}], lines)
     assert "in MLflow:    mlflow ui --backend-store-uri" in caplog.text and "then open http" in caplog.text
