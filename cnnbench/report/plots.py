@@ -19,7 +19,8 @@ from ..figures import pyplot
 from ..fmt import human
 from .runs import Report, RunResult, finite_number, outcome_line
 
-INLINE_LABELS_MAX = 6  # beyond this many runs or groups, points get numbers and the legend moves below
+INLINE_LABELS_MAX = 6  # beyond this many runs or groups, the legend moves below and points get numbers...
+NAMED_POINTS_MAX = 16  # ...unless every label is at most this long ('googlenet, 96 px'): then their names
 NETWORK_LABEL_MIN = 3  # from this many differing settings, runs of different networks go by the network alone
 # Where a point's label may go, tried in this order: (dx, dy) in points from the point, and its alignment.
 # Beyond these, a label goes further up or down on a short leader line (LEADER_STEPS rows of ~11 points).
@@ -83,8 +84,10 @@ class Axis:
     value: Callable[[RunResult], float | None]
     label: Callable[[Sequence[RunResult]], str]  # the x axis' label, from the runs plotted
     tick: Callable[[float], str]
-    # Major ticks at these values (nice durations) rather than at powers of ten; None: matplotlib's.
+    # Major ticks at these values (nice durations) rather than at powers of ten, about one a decade; where
+    # fewer than three of them fall inside the axis, ``fine_ticks`` too. None: matplotlib's.
     ticks: tuple[float, ...] | None = None
+    fine_ticks: tuple[float, ...] = ()
 
 
 # ``cnnbench report --against KEY``: each key one panel, the x axis logarithmic (the eight book networks span
@@ -93,7 +96,8 @@ AXES: dict[str, Axis] = {
     "throughput": Axis("training throughput", lambda r: finite_number(r.summary.get("examples_per_sec")),
                        lambda runs: "training throughput (examples/sec, log scale)", _count),
     "time": Axis("wall time", run_time, _time_label, _duration,
-                 ticks=(1, 10, 60, 300, 600, 1800, 3600, 3 * 3600, 10 * 3600, 24 * 3600, 72 * 3600)),
+                 ticks=(1, 10, 60, 600, 3600, 10 * 3600, 100 * 3600),
+                 fine_ticks=(3, 30, 300, 1800, 3 * 3600, 30 * 3600)),
     "params": Axis("parameters", lambda r: finite_number(r.summary.get("params")),
                    lambda runs: "trainable parameters (log scale)", human),
     "flops": Axis("FLOPs", lambda r: finite_number(r.summary.get("flops_per_image")),
@@ -133,15 +137,16 @@ def plot_report(report: Report, path: Path, against: Sequence[str] = DEFAULT_AGA
         raise ValueError(f"unknown --against {', '.join(unknown) or '(none)'}: choose from {', '.join(AXES)}")
     plt = pyplot()
     series = series_of(report, plt.get_cmap("tab20"))
-    numbered = len(series) > INLINE_LABELS_MAX
+    below = len(series) > INLINE_LABELS_MAX  # one legend below the panels rather than one in the curves'
+    numbered = below and max(len(s.label) for s in series.values()) > NAMED_POINTS_MAX
     columns = _legend_columns(series)
-    legend_h = 0.19 * math.ceil(len(series) / columns) + 0.25 if numbered else 0.0  # inches below the panels
+    legend_h = 0.19 * math.ceil(len(series) / columns) + 0.25 if below else 0.0  # inches below the panels
     rows = math.ceil((1 + len(against)) / 2)  # two panels a row: the curves first, then one per quantity
     fig, grid = plt.subplots(rows, 2, figsize=(13, 5.2 * rows + legend_h), squeeze=False)
     axes = list(grid.flat)
     for spare in axes[1 + len(against):]:  # an odd number of panels leaves the last spot empty
         spare.remove()
-    drawn = _plot_curves(report, axes[0], series, numbered)
+    drawn = _plot_curves(report, axes[0], series, below)
     panels: dict[str, Panel] = {}
     for key, ax in zip(against, axes[1:], strict=False):
         panels[key] = _plot_against(report, ax, AXES[key], series, numbered)
@@ -151,12 +156,12 @@ def plot_report(report: Report, path: Path, against: Sequence[str] = DEFAULT_AGA
         title += " (failed and missing runs are not plotted)"
     fig.suptitle(title, fontsize=12)
     bottom = 0.0
-    if numbered and drawn:
+    if below and drawn:
         # Many runs: one legend below the panels, numbered like the table rows and the points.
         from matplotlib.lines import Line2D
 
         handles = [Line2D([], [], color=s.color, marker=s.marker, linestyle=s.linestyle,
-                          label=_legend_label(report, key, s, True))
+                          label=_legend_label(report, key, s, numbered))
                    for key, s in series.items() if key in drawn]
         fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=8, frameon=False)
         bottom = legend_h / fig.get_figheight()
@@ -227,7 +232,7 @@ def _legend_label(report: Report, key: str, s: _Series, numbered: bool) -> str:
     return label + (f" ({runs[0].status})" if runs[0].status != "completed" else "")
 
 
-def _plot_curves(report: Report, ax: Any, series: dict[str, _Series], numbered: bool) -> set[str]:
+def _plot_curves(report: Report, ax: Any, series: dict[str, _Series], below: bool) -> set[str]:
     """One line per run with a test accuracy curve; returns the series keys drawn."""
     drawn: set[str] = set()
     for r in report.runs:
@@ -236,7 +241,7 @@ def _plot_curves(report: Report, ax: Any, series: dict[str, _Series], numbered: 
         key = report.color_key(r)
         s = series[key]
         # A seed group gets one legend entry; with many runs the figure's legend replaces this one.
-        label = None if key in drawn or numbered else _legend_label(report, key, s, False)
+        label = None if key in drawn or below else _legend_label(report, key, s, False)
         drawn.add(key)
         xs, ys = zip(*r.curve, strict=True)
         ax.plot(xs, ys, marker=s.marker, markersize=4, linewidth=1.6, linestyle=s.linestyle, color=s.color,
@@ -249,7 +254,7 @@ def _plot_curves(report: Report, ax: Any, series: dict[str, _Series], numbered: 
         _empty(ax, "no test accuracy logged yet")
         return drawn
     ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
-    if not numbered:
+    if not below:
         ax.legend(fontsize=8, loc="best", framealpha=0.85)  # the corner that hides the fewest points
     return drawn
 
@@ -389,7 +394,10 @@ def _pad_log_x(ax: Any, axis: Axis, xs: Sequence[float], room: float) -> None:
     plain = FuncFormatter(lambda x, _pos: axis.tick(x))
     ax.xaxis.set_major_formatter(plain)
     if axis.ticks is not None:
-        ax.xaxis.set_major_locator(FixedLocator([t for t in axis.ticks if lo <= t <= hi]))
+        ticks = [t for t in axis.ticks if lo <= t <= hi]
+        if len(ticks) < 3:
+            ticks = sorted(ticks + [t for t in axis.fine_ticks if lo <= t <= hi])
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_minor_formatter(NullFormatter())
     # Within about a decade there is at most one major tick: label the minor ones (2x, 3x, 5x) too.
     elif math.log10(hi / lo) < 1.6:
