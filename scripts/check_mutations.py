@@ -1045,6 +1045,9 @@ MUTATIONS: tuple[Mutation, ...] = (
              "            xs = [x for x in (axis.value(r) for r in g.finished) if x]",
              '            xs = [x for x in (finite_number(r.summary.get("examples_per_sec")) for r in g.finished) if x]',
              ("tests/report/test_plots.py", "-k", "seeds_mean")),
+    Mutation("the book's picture is accuracy against time, parameters and FLOPs", "scripts/reproduce_book.py",
+             'PICTURE_AGAINST = ("time", "params", "flops")', 'PICTURE_AGAINST = ("time",)',
+             ("tests/project/test_docs.py", "-k", "book_picture")),
 )
 
 

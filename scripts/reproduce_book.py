@@ -285,8 +285,8 @@ def results_folder() -> Path:
     return collections.Counter(folders).most_common(1)[0][0]
 
 
-def picture(folder: Path | None) -> int:
-    """docs/images/book_results.png from ``cnnbench report FOLDER --against time params flops``."""
+def picture(folder: Path | None, target: Path = PICTURE) -> int:
+    """docs/images/book_results.png (``target``) from ``cnnbench report FOLDER --against time params flops``."""
     folder = (folder or results_folder()).resolve()
     with tempfile.TemporaryDirectory() as tmp:
         # report.md and report.csv go to the temporary folder with it: only the picture is kept
@@ -295,10 +295,12 @@ def picture(folder: Path | None) -> int:
         code = subprocess.run([sys.executable, "-m", "cnnbench", *args], cwd=REPO).returncode
         if code != 0:
             return code
-        from readme_pictures import small_png  # scripts/ is on the path when this runs as a script
+        if str(REPO / "scripts") not in sys.path:  # loaded by path (the tests), not run as a script
+            sys.path.insert(0, str(REPO / "scripts"))
+        from readme_pictures import small_png
 
-        size = small_png(Path(tmp) / "report.png", PICTURE)
-    print(f"{PICTURE.relative_to(REPO)}: {size:,} bytes", flush=True)
+        size = small_png(Path(tmp) / "report.png", target)
+    print(f"{target}: {size:,} bytes", flush=True)
     return 0
 
 
