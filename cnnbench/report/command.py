@@ -33,8 +33,8 @@ def cmd_report(args: Sequence[str]) -> int:
     parser.add_argument("--no-plot", action="store_true", help="skip report.png (no matplotlib needed)")
     parser.add_argument("--against", nargs="+", choices=list(AXES), default=list(DEFAULT_AGAINST), metavar="KEY",
                         help="report.png's panels of final test accuracy against KEY, one each: "
-                             f"{', '.join(AXES)} (default: %(default)s); time is the whole command's wall time "
-                             "where command_times.jsonl timed it, else the run's")
+                             f"{', '.join(AXES)} (default: {' '.join(DEFAULT_AGAINST)}); time is the whole "
+                             "command's wall time where command_times.jsonl timed it, else the run's")
     ns = parser.parse_args(list(args))
     try:
         report = build_report(ns.dir)

@@ -32,12 +32,13 @@ LABEL_GAP_PX = 2.0  # pixels kept between two labels
 # one drawn last does not hide the others (a dashed line over a solid one shows both colours).
 LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = "osD^v"
+
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
 
 
 @dataclass
 class _Series:
-    """How one run, or one seed group, looks in both panels."""
+    """How one run, or one seed group, looks in every panel."""
 
     label: str  # short settings, e.g. "lenet_bn, lr=0.3"
     number: int  # rank in the table (1 = best): the point's tag when there are many
@@ -67,12 +68,12 @@ def run_time(run: RunResult) -> float | None:
 
 
 def _time_label(runs: Sequence[RunResult]) -> str:
-    """Which clock the time axis shows: the whole commands', the runs' own, or each run's best."""
+    """Which clock the time axis shows: the whole commands', the runs' own, or the first where timed."""
     timed = [r.command_time_s is not None for r in runs]
     if all(timed):
         return "whole-command wall time, summed over its starts (log scale)"
     if not any(timed):
-        return "wall time (s), the run's own clock: summary.json's wall_time_s (log scale)"
+        return "wall time, the run's own clock: summary.json's wall_time_s (log scale)"
     return "wall time: the whole command's where timed (command_times.jsonl), else the run's (log scale)"
 
 
