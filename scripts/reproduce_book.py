@@ -4,6 +4,7 @@
         [--set device.num_threads=1]                                 # more overrides for every run
     python scripts/reproduce_book.py collect                        # records -> results/MACHINE-DATE/RECIPE/
     python scripts/reproduce_book.py table [--check]                 # README's table from results/
+    python scripts/reproduce_book.py picture [--folder results/X]    # docs/images/book_results.png
 
 ``run`` trains each ``d2l_*`` recipe with ``device=fast`` (what the README tells CPU users) into
 ``outputs/book/RECIPE`` with ``trainer.resume=auto``: a run stopped (Ctrl-C, the machine taken back) continues
@@ -16,11 +17,17 @@ train.log; no checkpoints) to ``results/CPU-Ncore-DATE/RECIPE/`` (DATE: the run'
 
 ``table`` writes the README's results table between its two marker comments from every record under results/
 (the newest record of each recipe, seed 0); ``--check`` exits 1 when the README differs (tests/project/test_docs.py).
+
+``picture`` runs ``cnnbench report RESULTS_FOLDER --against time params flops`` (the folder holding most of
+the table's CPU records unless ``--folder`` names one) and keeps its report.png, palette-quantized like the
+README's other pictures, as ``docs/images/book_results.png``: accuracy per epoch, and final accuracy against
+whole-command wall time, parameters and FLOPs per image.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import json
 import re
@@ -28,6 +35,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +52,8 @@ NETWORKS = {"d2l_lenet": "LeNet, 28 px", "d2l_lenet_bn": "BatchNorm-LeNet, 28 px
 RECORD_FILES = ("summary.json", "metrics.jsonl", "command_times.jsonl", "train.log")
 TIMES = "command_times.jsonl"
 START, END = "<!-- results table: start (scripts/reproduce_book.py table) -->", "<!-- results table: end -->"
+PICTURE = REPO / "docs" / "images" / "book_results.png"
+PICTURE_AGAINST = ("time", "params", "flops")  # cnnbench report --against: the issue's comparison
 SWING_EPOCHS = 5  # the test accuracy's range over the last epochs: how much one final figure can be trusted
 
 
@@ -264,6 +274,36 @@ def write_table(check: bool) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ picture
+
+
+def results_folder() -> Path:
+    """The results folder holding the most of the newest CPU records (the README table's)."""
+    folders = [folder.parent for (_, kind), (folder, _) in records().items() if kind == "cpu"]
+    if not folders:
+        raise SystemExit("no completed CPU record under results/: run `collect` first")
+    return collections.Counter(folders).most_common(1)[0][0]
+
+
+def picture(folder: Path | None, target: Path = PICTURE) -> int:
+    """docs/images/book_results.png (``target``) from ``cnnbench report FOLDER --against time params flops``."""
+    folder = (folder or results_folder()).resolve()
+    with tempfile.TemporaryDirectory() as tmp:
+        # report.md and report.csv go to the temporary folder with it: only the picture is kept
+        args = ["report", str(folder), "--out", tmp, "--against", *PICTURE_AGAINST]
+        print(f"cnnbench {shlex.join(args)}", flush=True)
+        code = subprocess.run([sys.executable, "-m", "cnnbench", *args], cwd=REPO).returncode
+        if code != 0:
+            return code
+        if str(REPO / "scripts") not in sys.path:  # loaded by path (the tests), not run as a script
+            sys.path.insert(0, str(REPO / "scripts"))
+        from readme_pictures import small_png
+
+        size = small_png(Path(tmp) / "report.png", target)
+    print(f"{target}: {size:,} bytes", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -278,12 +318,17 @@ def main(argv: list[str] | None = None) -> int:
                        help="the runs' folder (default outputs/book; one outside the checkout outlives a fresh clone)")
     p_table = sub.add_parser("table", help="write (or --check) the README's results table")
     p_table.add_argument("--check", action="store_true")
+    p_picture = sub.add_parser("picture", help=f"write {PICTURE.relative_to(REPO)} from a results folder")
+    p_picture.add_argument("--folder", type=Path, default=None,
+                           help="the results folder (default: the one holding most of the table's CPU records)")
     ns = parser.parse_args(argv)
     if ns.command == "run":
         return run(ns.recipes, ns.data, ns.set, ns.runs.resolve())
     if ns.command == "collect":
         collect(ns.runs.resolve())
         return 0
+    if ns.command == "picture":
+        return picture(ns.folder)
     return write_table(ns.check)
 
 

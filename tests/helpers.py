@@ -4,6 +4,7 @@ modules import from here (and get fixtures from conftest.py), never from one ano
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 from torch import nn
 
@@ -482,3 +484,62 @@ def finished_wandb_records(run_dir: Path, timeout_s: float = 60.0) -> list:
             assert files, list(run_dir.rglob("*"))
             return records
         time.sleep(0.1)
+
+
+# ------------------------------------------------------------------------- run folders for cnnbench report
+
+
+FAKE_RUN_EPOCHS = 3  # epochs of every fake_run
+
+
+@functools.cache
+def default_config() -> str:
+    """The default resolved config as YAML (composed once: composing takes ~0.2 s)."""
+    from omegaconf import OmegaConf
+
+    from cnnbench.config import compose_config
+
+    return OmegaConf.to_yaml(compose_config([f"trainer.epochs={FAKE_RUN_EPOCHS}"]))
+
+
+def resolved_config(overrides: list[str]) -> str:
+    """``.hydra/config.yaml`` of a run started with ``overrides``: the default config with each key=value
+    set, and a group choice (model=lenet_bn) standing for its option's name only."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(default_config())
+    for item in overrides:
+        key, value = item.split("=", 1)
+        OmegaConf.update(cfg, key if "." in key else f"{key}.name", yaml.safe_load(value))
+    return OmegaConf.to_yaml(cfg)
+
+
+def fake_run(folder: Path, overrides: list[str], test_acc: float | None, *, status: str = "completed",
+             error: str | None = None, examples_per_sec: float = 5000.0, summary: bool = True,
+             **fields: object) -> Path:
+    """A run folder like ``cnnbench train`` leaves: .hydra files, metrics.jsonl and summary.json (``fields``
+    replace its values: ``params=``, ``wall_time_s=``, ...)."""
+    model = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "lenet")
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (folder / ".hydra" / "config.yaml").write_text(resolved_config(overrides))
+    lines = []
+    for epoch in range(1, FAKE_RUN_EPOCHS + 1):
+        lines.append({"kind": "train", "step": epoch * 10 - 5, "epoch": epoch - 0.5, "train/loss": 1.0,
+                      "train/acc": 0.5, "lr": 0.1})
+        if test_acc is not None:
+            lines.append({"kind": "epoch", "step": epoch * 10, "epoch": epoch, "train/loss": 1.0 / epoch,
+                          "train/acc": 0.6 + 0.01 * epoch, "test/acc": test_acc - 0.05 * (FAKE_RUN_EPOCHS - epoch)})
+    text = "".join(json.dumps(line) + "\n" for line in lines) + '{"kind": "epoch", "step": 3'  # cut-off line
+    (folder / "metrics.jsonl").write_text(text)
+    if summary:
+        (folder / "summary.json").write_text(json.dumps({
+            "status": status, "error": error, "traceback": None, "model": model, "resize": 28,
+            "epochs": FAKE_RUN_EPOCHS, "epochs_completed": FAKE_RUN_EPOCHS if test_acc is not None else 0,
+            "train/loss": 0.3123456 if test_acc is not None else None,
+            "train/acc": 0.8876543 if test_acc is not None else None,
+            "test/acc": test_acc, "best/test_acc": test_acc, "wall_time_s": 12.345,
+            "examples_per_sec": examples_per_sec, "params": 61706, "flops_per_image": 429_000,
+            "device": "cpu", "seed": 0, "overrides": overrides, **fields,
+        }))
+    return folder

@@ -56,6 +56,9 @@ BOOKKEEPING = frozenset({"dataset.root", "dataset.download", "trainer.resume", "
 OPTION_GROUPS = ("model", "dataset", "optimizer", "scheduler", "augment")  # each option has a name
 SEED_KEY = "seed"
 LOG_FILE = "train.log"  # Hydra's job log (hydra.job.name=train), appended to by every start
+# One JSON line per start of the command that ran the run ({"start": s, "end": s, ...}, Unix seconds), written
+# by scripts/reproduce_book.py around each `cnnbench train`: a run continued over several starts took their sum.
+COMMAND_TIMES = "command_times.jsonl"
 MISSING = "missing"  # status of a run folder without a readable summary.json
 # Statuses whose numbers are final or still meaningful; the rest sort last.
 OK_STATUSES = ("completed", "interrupted", "running")
@@ -75,6 +78,7 @@ class RunResult:
     curve: list[tuple[float, float]] = field(default_factory=list)  # (epoch, test acc)
     settings: dict[str, str] = field(default_factory=dict)  # setting name or dotted config key -> value
     started: str | None = None  # "2026-12-06 22:43", the first start's local time
+    command_time_s: float | None = None  # whole-command wall seconds, summed over its starts (command_times.jsonl)
 
     @property
     def status(self) -> str:
@@ -209,7 +213,7 @@ def read_run(path: Path, root: Path) -> RunResult:
     name = str(path.relative_to(root)) if path != root else path.resolve().name
     return RunResult(path=path, name=name, overrides=parse_overrides(overrides_list),
                      summary=merged, curve=accuracy_curve(records), settings=run_settings(config, summary),
-                     started=start_time(path))
+                     started=start_time(path), command_time_s=command_time(path / COMMAND_TIMES))
 
 
 def as_today(config: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -279,6 +283,17 @@ def start_time(path: Path) -> str | None:
         return datetime.fromtimestamp((path / CONFIG).stat().st_mtime).strftime("%Y-%m-%d %H:%M")
     except OSError:
         return None
+
+
+def command_time(path: Path) -> float | None:
+    """The wall seconds of every timed start in ``command_times.jsonl``, summed; None without the file or a
+    complete line (a start still running has no end yet)."""
+    spans = []
+    for record in read_metrics(path):  # the same JSON-lines reading: a cut-off line is skipped
+        start, end = finite_number(record.get("start")), finite_number(record.get("end"))
+        if start is not None and end is not None:
+            spans.append(end - start)
+    return sum(spans) if spans else None
 
 
 def _read_yaml(path: Path) -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fmt import human
-from .plots import plot_report
+from .plots import DEFAULT_AGAINST, plot_report
 from .runs import SEED_KEY, Report, finite_number, outcome_line
 
 ERROR_WIDTH = 60  # characters of an error's first line shown in the table
@@ -253,14 +253,16 @@ def write_csv(report: Report, path: Path) -> None:
         writer.writerows(rows)
 
 
-def write_report(report: Report, out_dir: Path | None = None, plot: bool = True) -> dict[str, Path]:
-    """Write report.md, report.csv and (with ``plot``) report.png into ``out_dir`` (default: the root)."""
+def write_report(report: Report, out_dir: Path | None = None, plot: bool = True,
+                 against: Sequence[str] = DEFAULT_AGAINST) -> dict[str, Path]:
+    """Write report.md, report.csv and (with ``plot``) report.png into ``out_dir`` (default: the root), its
+    point panels against each quantity of ``against`` (:data:`cnnbench.report.plots.AXES`)."""
     out_dir = Path(out_dir) if out_dir is not None else report.root
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name.split(".")[1]: out_dir / name for name in REPORT_FILES}
     write_csv(report, paths["csv"])
     if plot:
-        plot_report(report, paths["png"])
+        plot_report(report, paths["png"], against)
     else:
         paths.pop("png")
     paths["md"].write_text(report_markdown(report, paths["png"].name if plot else None))

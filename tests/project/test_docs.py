@@ -157,6 +157,18 @@ def test_the_results_table_reads_a_record(tmp_path, monkeypatch):
     assert "| not measured |" in other
 
 
+def test_the_book_picture_compares_the_records(tmp_path):
+    """`reproduce_book.py picture` draws the results folder's records: the curves and accuracy against time,
+    parameters and FLOPs (four panels, two rows)."""
+    from PIL import Image
+
+    book = _reproduce_book()
+    assert book.picture(None, tmp_path / "book.png") == 0
+    with Image.open(tmp_path / "book.png") as im:
+        assert im.size == (1430, 2 * 572) and im.mode == "P"  # quantized like the README's other pictures
+    assert book.results_folder().parent == REPO / "results"
+
+
 def test_quickstart_points_to_a_readme_section():
     """conf/experiment/quickstart.yaml names the README section that shows its measured run."""
     named = re.search(r'README \("([^"]+)"\)', (REPO / "conf" / "experiment" / "quickstart.yaml").read_text())

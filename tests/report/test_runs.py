@@ -4,68 +4,15 @@ training, only the files ``cnnbench train`` writes."""
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import statistics
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cnnbench.report import build_report, cmd_report, read_metrics, write_report
-
-EPOCHS = 3
-
-
-@functools.cache
-def default_config() -> str:
-    """The default resolved config as YAML (composed once: composing takes ~0.2 s)."""
-    from omegaconf import OmegaConf
-
-    from cnnbench.config import compose_config
-
-    return OmegaConf.to_yaml(compose_config([f"trainer.epochs={EPOCHS}"]))
-
-
-def resolved_config(overrides: list[str]) -> str:
-    """``.hydra/config.yaml`` of a run started with ``overrides``: the default config with each key=value
-    set, and a group choice (model=lenet_bn) standing for its option's name only."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.create(default_config())
-    for item in overrides:
-        key, value = item.split("=", 1)
-        OmegaConf.update(cfg, key if "." in key else f"{key}.name", yaml.safe_load(value))
-    return OmegaConf.to_yaml(cfg)
-
-
-def fake_run(folder: Path, overrides: list[str], test_acc: float | None, *, status: str = "completed",
-             error: str | None = None, examples_per_sec: float = 5000.0, summary: bool = True) -> Path:
-    """A run folder like ``cnnbench train`` leaves: .hydra files, metrics.jsonl and summary.json."""
-    model = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "lenet")
-    (folder / ".hydra").mkdir(parents=True)
-    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    (folder / ".hydra" / "config.yaml").write_text(resolved_config(overrides))
-    lines = []
-    for epoch in range(1, EPOCHS + 1):
-        lines.append({"kind": "train", "step": epoch * 10 - 5, "epoch": epoch - 0.5, "train/loss": 1.0,
-                      "train/acc": 0.5, "lr": 0.1})
-        if test_acc is not None:
-            lines.append({"kind": "epoch", "step": epoch * 10, "epoch": epoch, "train/loss": 1.0 / epoch,
-                          "train/acc": 0.6 + 0.01 * epoch, "test/acc": test_acc - 0.05 * (EPOCHS - epoch)})
-    text = "".join(json.dumps(line) + "\n" for line in lines) + '{"kind": "epoch", "step": 3'  # cut-off line
-    (folder / "metrics.jsonl").write_text(text)
-    if summary:
-        (folder / "summary.json").write_text(json.dumps({
-            "status": status, "error": error, "traceback": None, "model": model, "resize": 28,
-            "epochs": EPOCHS, "epochs_completed": EPOCHS if test_acc is not None else 0,
-            "train/loss": 0.3123456 if test_acc is not None else None,
-            "train/acc": 0.8876543 if test_acc is not None else None,
-            "test/acc": test_acc, "best/test_acc": test_acc, "wall_time_s": 12.345,
-            "examples_per_sec": examples_per_sec, "params": 61706, "flops_per_image": 429_000,
-            "device": "cpu", "seed": 0, "overrides": overrides,
-        }))
-    return folder
+from tests.helpers import FAKE_RUN_EPOCHS as EPOCHS
+from tests.helpers import fake_run
 
 
 def grid_sweep(root: Path) -> dict[str, float]:
@@ -329,27 +276,3 @@ def test_run_names_are_the_shortest_unique_tails_of_their_paths(tmp_path: Path) 
     fake_run(tmp_path / "2026-01-03/12-00-00_lenet", ["model=lenet"], 0.6)
     assert sorted(r.name for r in build_report(tmp_path).runs) == [
         "10-00-00/0_model=lenet", "11-00-00/0_model=lenet", "12-00-00_lenet", "1_model=nin"]
-
-
-def test_picture_labels_stay_apart_and_equal_curves_differ_in_style(tmp_path: Path) -> None:
-    """The sweep of issue 36: two runs with the same accuracy and close throughput printed their labels
-    on top of each other, and their equal curves hid each other. The labels' boxes, as matplotlib drew
-    them, do not overlap; every series has its own dash pattern and marker."""
-    import itertools
-
-    import matplotlib.pyplot as plt
-
-    from cnnbench.report.plots import plot_report, series_of
-
-    for i, (model, lr, acc, speed) in enumerate((("lenet", "0.3", 0.1, 11850.0), ("lenet", "0.9", 0.1, 12359.0),
-                                                 ("lenet_bn", "0.3", 0.703, 19680.0),
-                                                 ("lenet_bn", "0.9", 0.685, 8241.0))):
-        fake_run(tmp_path / f"{i}_model={model},optimizer.lr={lr}", [f"model={model}", f"optimizer.lr={lr}"], acc,
-                 examples_per_sec=speed)
-    report = build_report(tmp_path)
-    boxes = plot_report(report, tmp_path / "report.png")
-    assert len(boxes) == 4
-    for a, b in itertools.combinations(boxes, 2):
-        assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
-    styles = [(s.linestyle, s.marker) for s in series_of(report, plt.get_cmap("tab20")).values()]
-    assert len(set(styles)) == len(styles) == 4
