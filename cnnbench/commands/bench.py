@@ -87,9 +87,10 @@ def cnnbench_steady(cfg, warmup: int, steps: int) -> dict:
     from ..models.configured import image_size, model_from_config
     from ..run.build import build_run
     from ..run.loop import LoopHooks, train_one_epoch
+    from ..run.train import thread_count_kept
     from ..speed.roofline import step_bytes
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, thread_count_kept():  # the run's thread count stays the run's
         run = build_run(cfg, Path(tmp))
         hooks = LoopHooks(log_points=set())
         common = dict(global_step=0, hooks=hooks)
@@ -106,6 +107,7 @@ def cnnbench_steady(cfg, warmup: int, steps: int) -> dict:
         moved = step_bytes(model_from_config(cfg), int(cfg.trainer.batch_size), int(cfg.dataset.in_channels),
                            image_size(cfg), dtype, run.speed.channels_last)
     return {"examples_per_sec": out.examples / seconds, "flops_per_image": run.flops, "bytes_per_step": moved,
+            "threads": run.threads,
             "precision": run.speed.precision, "channels_last": run.speed.channels_last}
 
 
@@ -142,7 +144,10 @@ def measure_recipe(recipe: str, root: Path, device_option: str, args: argparse.N
     limits += [f"trainer.limit_eval_batches={args.eval_batches}"] if args.eval_batches else []
     cfg = compose_config([f"experiment={recipe}", f"dataset.root={root}", "dataset.download=false",
                           f"device={device_option}", f"device.type={device.type}", "trainer.epochs=1",
-                          "trainer.checkpoint=false", "trainer.progress_bar=false", *limits, *args.override])
+                          "trainer.checkpoint=false", "trainer.progress_bar=false",
+                          # one fixed thread count for every recipe (the peaks were measured with it): a count
+                          # that follows the load would time each recipe with another (override to change it)
+                          f"device.num_threads={torch.get_num_threads()}", *limits, *args.override])
     logger.info("%s: cnnbench (device=%s)", recipe, device_option)
     steady = cnnbench_steady(cfg, args.warmup, args.steps)
     e2e = cnnbench_end_to_end(cfg)

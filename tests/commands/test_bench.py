@@ -90,3 +90,29 @@ def test_bench_defaults_to_the_eight_book_recipes_in_chapter_order():
 
     assert book_recipes() == ["d2l_lenet", "d2l_lenet_bn", "d2l_alexnet", "d2l_vgg11", "d2l_nin", "d2l_googlenet",
                               "d2l_resnet18", "d2l_densenet"]
+
+
+def test_bench_times_every_recipe_with_one_fixed_thread_count(tmp_path, monkeypatch):
+    """Even on a machine that looks busy, each recipe is timed with the count the peaks were measured with
+    (a count that follows the load would time each with another), and the caller keeps its own count."""
+    import torch
+
+    from cnnbench.speed import load
+
+    real, start = load.cpu_sample, load.cpu_sample()
+
+    def busy(cpus=None):  # others on every usable core but one
+        now = real(cpus)
+        return load.CpuSample(now.own_s + (len(load.usable_cpu_ids()) - 1) * (now.wall_s - start.wall_s), now.own_s,
+                              now.wall_s)
+
+    monkeypatch.setattr(load, "cpu_sample", busy)
+    monkeypatch.setattr("cnnbench.run.build.cpu_sample", busy)
+    torch.set_num_threads(len(load.usable_cpu_ids()))
+    before = torch.get_num_threads()
+    out = tmp_path / "bench"
+    assert cmd_bench(["d2l_lenet", "d2l_lenet_bn", "--fake-data", "--warmup", "1", "--steps", "1", "--epoch-batches",
+                      "1", "--eval-batches", "1", "--no-book", "--device", "cpu", "--out", str(out)]) == 0
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert [r["cnnbench/threads"] for r in rows] == [before, before]
+    assert torch.get_num_threads() == before
