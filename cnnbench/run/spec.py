@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from omegaconf import DictConfig, OmegaConf
 
 from ..data.sources import DataSpec, DataSplits, SettledData
-from ..schema import Section, TrainerConfig, typed_sections
+from ..schema import DeviceConfig, Section, TrainerConfig, typed_sections
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,11 @@ class RunSpec:
     @property
     def data(self) -> DataSpec:
         return self.settled.spec
+
+    @property
+    def device(self) -> DeviceConfig:
+        """The ``device`` section (its schema's object: every option, defaults from conf/device/)."""
+        return self.sections["device"]
 
     @property
     def trackers(self) -> dict[str, Section]:
