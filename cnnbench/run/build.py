@@ -104,7 +104,7 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS,
     device = torch.device("cuda", ctx.local_rank) if ctx.backend == "nccl" else resolve_device(
         device_cfg.type, device_cfg.index)
     if device.type == "cuda":  # with the GPU's free memory now (validation used its total, creating no context)
-        check_step_fits(cfg, device, ctx.world_size, live=True, data_bytes=spec.data.bytes)
+        check_step_fits(spec, device, ctx.world_size, live=True)
     threads = thread_setting(device_cfg.num_threads)
     if isinstance(threads, int):
         torch.set_num_threads(threads)

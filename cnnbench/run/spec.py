@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from omegaconf import DictConfig, OmegaConf
 
 from ..data.sources import DataSpec, DataSplits, SettledData
+from ..models.configured import Network, network_of
 from ..schema import DeviceConfig, Section, TrainerConfig, typed_sections
 
 
@@ -35,6 +36,11 @@ class RunSpec:
     def device(self) -> DeviceConfig:
         """The ``device`` section (its schema's object: every option, defaults from conf/device/)."""
         return self.sections["device"]
+
+    @property
+    def network(self) -> Network:
+        """The configured network (the ``model`` group, sized for the data): what it builds, as values."""
+        return network_of(self.cfg)
 
     @property
     def trackers(self) -> dict[str, Section]:

@@ -119,7 +119,7 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path |
         except CnnbenchError as exc:  # a problem the user can fix: its one sentence, in the closing lines
             status, error = "failed", exc
         except Exception as exc:  # any failure of this job is recorded, not raised (sweeps go on)
-            status, error = "failed", _user_error(exc, cfg, run) or exc
+            status, error = "failed", _user_error(exc, run.spec if run else spec, run) or exc
             if error is exc:
                 logger.error("run failed: %s: %s", type(exc).__name__, exc, exc_info=True)
     summary = summarize(run, cfg, run_dir, status, time.perf_counter() - start, overrides, error)
@@ -148,9 +148,9 @@ def _warn_low_space(run: Run) -> None:
             run.state.warnings.append(warning)
 
 
-def _user_error(exc: Exception, cfg: DictConfig, run: Run | None) -> CnnbenchError | None:
+def _user_error(exc: Exception, spec: RunSpec | None, run: Run | None) -> CnnbenchError | None:
     """One sentence for the failures a user can act on: out of memory, a failed write."""
-    memory = explain_oom(exc, cfg, run.device if run else None, run.dist.world_size if run else 1)
+    memory = explain_oom(exc, spec, run.device if run else None, run.dist.world_size if run else 1)
     if memory is not None:
         return memory
     os_error = os_error_in(exc)  # a write that no writer named (the writers raise RunFileWriteError)

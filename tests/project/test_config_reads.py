@@ -35,7 +35,6 @@ NOT_YET = {
     # trainer, device and data come from the spec; left: build_run(cfg) (every caller hands a composed config)
     # and the untyped model group (tuning_key's record of it)
     "cnnbench/run/build.py": "build_run(cfg, ...) is what callers and tests hand a composed config to",
-    "cnnbench/run/memory.py": "the estimate takes cfg from validation (edge) and build; next to move",
     "cnnbench/run/summary.py": "summary.json's fields from cfg; next to move",
     "cnnbench/models/configured.py": "the model group is untyped (each family's own kwargs)",
     "cnnbench/data/idx.py": "the dataset section of both new and recorded runs (eval reads the record)",
