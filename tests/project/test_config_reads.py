@@ -37,7 +37,6 @@ NOT_YET = {
     "cnnbench/run/build.py": "build_run(cfg, ...) is what callers and tests hand a composed config to",
     "cnnbench/run/summary.py": "summary.json's fields from cfg; next to move",
     "cnnbench/models/configured.py": "the model group is untyped (each family's own kwargs)",
-    "cnnbench/data/idx.py": "the dataset section of both new and recorded runs (eval reads the record)",
     "cnnbench/book/results.py": "matches a config against the book's recipes, key by key",
 }
 
