@@ -141,7 +141,7 @@ def _start_records(cfg: DictConfig, run_dir: Path) -> str | None:
 
 def _warn_low_space(run: Run) -> None:
     """Warn at the start when the disk holds fewer than a few checkpoints (weights + optimizer state)."""
-    if run.cfg.trainer.checkpoint and run.dist.is_main:
+    if run.spec.trainer.checkpoint and run.dist.is_main:
         param_bytes = sum(t.numel() * t.element_size() for t in run.raw_model.state_dict().values())
         warning = low_space_warning(run.run_dir, 3 * param_bytes)  # weights and up to two optimizer moments
         if warning:
@@ -296,7 +296,7 @@ def warn_test_set_selection(run: Run) -> None:
 
 def checkpoint_on_interrupt(run: Run) -> None:
     """A stopped run writes its checkpoint (mid-epoch sums included) and says how to continue."""
-    if not (run.cfg.trainer.checkpoint and run.dist.is_main):
+    if not (run.spec.trainer.checkpoint and run.dist.is_main):
         return
     path = run.run_dir / CHECKPOINT
     save_checkpoint(path, checkpoint_state(run))
