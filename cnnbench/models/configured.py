@@ -43,6 +43,18 @@ class Network:
         return build_model(self.name, in_channels=self.in_channels, num_classes=self.num_classes,
                            image_size=self.side, **self.kwargs)
 
+    def label(self) -> str:
+        """The network in a few words: ``lenet``, ``torchvision resnet18``, ``model.target mynets:small_cnn``."""
+        if self.name == "custom" and self.kwargs.get("target"):
+            return f"model.target {self.kwargs['target']}"
+        if self.kwargs.get("arch"):
+            return f"{self.name} {self.kwargs['arch']}"
+        return self.name
+
+    def record(self, model: nn.Module) -> dict:
+        """The run's record of its network beyond the config (module file, library version, layer digest)."""
+        return _record(self.name, self.kwargs, model)
+
 
 def network_of(cfg: DictConfig) -> Network:
     """The :class:`Network` a composed config asks for."""

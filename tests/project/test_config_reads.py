@@ -42,7 +42,6 @@ NOT_YET = {
     # trainer, device and data come from the spec; left: build_run(cfg) (every caller hands a composed config)
     # and the untyped model group (tuning_key's record of it)
     "cnnbench/run/build.py": "build_run(cfg, ...) is what callers and tests hand a composed config to",
-    "cnnbench/run/summary.py": "summary.json's fields from cfg: a run that failed before its spec existed has only cfg",
 }
 
 
