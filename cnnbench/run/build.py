@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from ..data import DeviceLoader, load_splits
+from ..data import DeviceLoader
 from ..data.augment import Augment
 from ..data.loader import normalization
 from ..data.sources import SettledData
@@ -119,7 +119,7 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS,
     raw_model.to(device)
     speed = prepare_speed(device_cfg, device, raw_model, (train_loader, val_loader, test_loader),
                           trainer.deterministic, flops, agree=lambda s: broadcast_object(s, ctx),
-                          key=tuning_key(cfg, spec, size, ctx), tunes=ctx.rank == 0)
+                          key=tuning_key(spec, size, ctx), tunes=ctx.rank == 0)
     model = wrap_ddp(raw_model, spec, ctx, device)
     raw_model = model.module if ctx.enabled else raw_model  # SyncBatchNorm conversion makes a new module
     follower = follow_load(threads, device, trainer.deterministic, since)  # after the timed choices
@@ -149,10 +149,11 @@ def follow_load(setting: int | str | None, device: torch.device, deterministic: 
     return follower
 
 
-def tuning_key(cfg: DictConfig, spec: RunSpec, size: int, ctx: DistContext) -> dict:
+def tuning_key(spec: RunSpec, size: int, ctx: DistContext) -> dict:
     """What start-up timing decisions are kept for (with the machine and torch's version, which
     cnnbench.speed.decisions adds): the model and its arguments, the input, the batch one process trains on."""
-    return {"model": OmegaConf.to_container(cfg.model, resolve=True), "input": [spec.data.channels, size, size],
+    network = spec.network
+    return {"model": {"name": network.name, **network.kwargs}, "input": [spec.data.channels, size, size],
             "classes": spec.data.num_classes, "batch": local_batch(spec.trainer.batch_size, ctx)}
 
 
@@ -165,7 +166,7 @@ def build_loaders(device: torch.device, size: int, ctx: DistContext,
                   spec: RunSpec) -> tuple[DeviceLoader, DeviceLoader | None, DeviceLoader]:
     """Train, validation (None without a split) and test loaders: each split once on the device,
     this rank's share of every batch (the splits the spec's settling read, else read now)."""
-    splits = load_splits(spec.cfg, spec.settled)
+    splits = spec.load_splits()
     train_split, val_split, test_split = splits.train, splits.val, splits.test
     common = dict(device=device, resize=size, normalize=normalization(spec.sections["dataset"]), rank=ctx.rank,
                   world_size=ctx.world_size)

@@ -52,6 +52,12 @@ class RunSpec:
         """The splits read to settle the data (image folders, CIFAR), or None (IDX files: the build reads them)."""
         return self.settled.splits
 
+    def load_splits(self) -> DataSplits:
+        """Train, validation and test splits: those the settling read, else read now (IDX files)."""
+        from ..data.sources import load_splits
+
+        return load_splits(self.cfg, self.settled)
+
     def for_config(self, cfg: DictConfig) -> RunSpec:
         """This spec for ``cfg``, an equal config composed again (a Hydra job's own): its data facts written
         in, nothing read or checked again."""
