@@ -29,6 +29,9 @@ def test_a_step_that_cannot_fit_is_refused_before_training(fake_data, tmp_path, 
     assert 8 <= suggested < 256 and need.total(suggested) <= 600 * 2**20
     summary = train(cfg, tmp_path / "direct")  # train() itself refuses too, before any step
     assert summary["status"] == "failed" and summary["steps"] == 0 and "NotEnoughMemory" in summary["error"]
+    # no spec exists yet (its check refused the run): the summary says what was asked, from the raw config
+    assert (summary["model"], summary["resize"], summary["epochs"], summary["seed"], summary["objective"]) == (
+        "resnet18", 96, cfg.trainer.epochs, cfg.trainer.seed, "val/acc")
 
 
 def test_out_of_memory_during_training_fails_with_one_line(fake_data, tmp_path, monkeypatch):
