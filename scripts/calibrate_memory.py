@@ -23,6 +23,7 @@ CHILD = r"""
 import json, os, resource, sys
 from cnnbench.config import compose_config
 from cnnbench.run.memory import estimate_step_memory
+from cnnbench.run.validate import validate_config
 from cnnbench.run.train import train
 model, size, batch, precision, out = sys.argv[1:6]
 cfg = compose_config(["dataset=fashion_mnist_mini", f"model={model}", f"dataset.resize={size}",
@@ -33,7 +34,7 @@ page = os.sysconf("SC_PAGE_SIZE")
 before = int(open("/proc/self/statm").read().split()[1]) * page
 summary = train(cfg, out)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-est = estimate_step_memory(cfg).total(int(batch))
+est = estimate_step_memory(validate_config(cfg)).total(int(batch))
 print(json.dumps({"status": summary["status"], "measured": peak - before, "estimate": est}))
 """
 

@@ -233,7 +233,7 @@ def _check_distributed(cfg: DictConfig) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     check_global_batch(int(cfg.trainer.batch_size), world)
     if world > 1:
-        check_sync_batchnorm(cfg)
+        check_sync_batchnorm(cfg.trainer, cfg.device)  # the raw sections, read as their schema's objects
 
 
 # --------------------------------------------------------------------------------------- entry point

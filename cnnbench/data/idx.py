@@ -24,10 +24,10 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
 from ..config import cache_root
 from ..errors import DataError
+from ..schema import DatasetConfig
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def _download(folder_name: str, root: str | None) -> Path | None:
     return find_data_root(folder_name, str(target))
 
 
-def _missing_message(cfg: DictConfig) -> str:
+def _missing_message(cfg: DatasetConfig) -> str:
     searched = ", ".join(str(p / cfg.folder / "raw") for p in candidate_roots(cfg.root))
     files = ", ".join(n for pair in IDX_FILES.values() for n in pair)
     return (
@@ -223,7 +223,7 @@ def _missing_message(cfg: DictConfig) -> str:
     )
 
 
-def locate(cfg: DictConfig) -> Path:
+def locate(cfg: DatasetConfig) -> Path:
     """The folder holding the ``dataset`` group's four files, downloaded first when missing and allowed;
     missing, one DataError saying where it looked and what to do."""
     folder = find_data_root(cfg.folder, cfg.root)
@@ -234,8 +234,9 @@ def locate(cfg: DictConfig) -> Path:
     return folder
 
 
-def load_splits(cfg: DictConfig) -> tuple[Split, Split]:
-    """Train and test splits for the ``dataset`` config group."""
+def load_splits(cfg: DatasetConfig) -> tuple[Split, Split]:
+    """Train and test splits for the ``dataset`` section (its schema's fields: the typed object or the
+    composed node the preparation step, :mod:`cnnbench.data.sources`, hands over)."""
     if cfg.name == "fashion_mnist_mini":
         return load_mini()
     folder = locate(cfg)
@@ -247,7 +248,7 @@ def load_splits(cfg: DictConfig) -> tuple[Split, Split]:
 KNOWN_TRAIN_SIZES = {"fashion_mnist": 60_000, "mnist": 60_000, "kmnist": 60_000, "fashion_mnist_mini": 6_000}
 
 
-def train_size(dataset: DictConfig) -> int | None:
+def train_size(dataset: DatasetConfig) -> int | None:
     """Training examples of the ``dataset`` group's data: the count in its label file's header when the
     files are found, else the published size of a known dataset, else None. Cheap (reads 8 bytes)."""
     folder = find_data_root(str(dataset.folder), dataset.root) if dataset.name != "fashion_mnist_mini" else None

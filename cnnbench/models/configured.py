@@ -3,6 +3,8 @@ initialization (``trainer.init``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -23,13 +25,47 @@ def model_kwargs(cfg: DictConfig) -> dict:
     return {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
 
 
+@dataclass(frozen=True)
+class Network:
+    """The configured network as plain values: the ``model`` group's name and keyword arguments (no schema:
+    each family declares its own, checked by the registry), sized for the data's channels, classes and the
+    run's input side (pixels)."""
+
+    name: str
+    kwargs: dict
+    in_channels: int
+    num_classes: int
+    side: int
+
+    def build(self) -> nn.Module:
+        """The network; a ``model.*`` value its family does not allow is refused in one line."""
+        check_model_kwargs(self.name, self.kwargs)
+        return build_model(self.name, in_channels=self.in_channels, num_classes=self.num_classes,
+                           image_size=self.side, **self.kwargs)
+
+    def label(self) -> str:
+        """The network in a few words: ``lenet``, ``torchvision resnet18``, ``model.target mynets:small_cnn``."""
+        if self.name == "custom" and self.kwargs.get("target"):
+            return f"model.target {self.kwargs['target']}"
+        if self.kwargs.get("arch"):
+            return f"{self.name} {self.kwargs['arch']}"
+        return self.name
+
+    def record(self, model: nn.Module) -> dict:
+        """The run's record of its network beyond the config (module file, library version, layer digest)."""
+        return _record(self.name, self.kwargs, model)
+
+
+def network_of(cfg: DictConfig) -> Network:
+    """The :class:`Network` a composed config asks for."""
+    return Network(str(cfg.model.name), model_kwargs(cfg), int(cfg.dataset.in_channels),
+                   int(cfg.dataset.num_classes), image_size(cfg))
+
+
 def model_from_config(cfg: DictConfig) -> nn.Module:
     """The configured network, sized for the dataset's channels, classes and the run's input side; a
     ``model.*`` value its family does not allow is refused in one line (``cnnbench summary`` too)."""
-    kwargs = model_kwargs(cfg)
-    check_model_kwargs(cfg.model.name, kwargs)
-    return build_model(cfg.model.name, in_channels=cfg.dataset.in_channels, num_classes=cfg.dataset.num_classes,
-                       image_size=image_size(cfg), **kwargs)
+    return network_of(cfg).build()
 
 
 def network_label(cfg: DictConfig) -> str:

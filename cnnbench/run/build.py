@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from ..data import DeviceLoader, load_splits
+from ..data import DeviceLoader
 from ..data.augment import Augment
 from ..data.loader import normalization
 from ..data.sources import SettledData
@@ -27,7 +27,7 @@ from ..devices import resolve_device
 from ..errors import ConfigError
 from ..models.configured import image_size, init_weights, model_from_config
 from ..models.stats import count_parameters, forward_flops
-from ..schema import EmaConfig
+from ..schema import DeviceConfig, EmaConfig, TrainerConfig
 from ..speed import load
 from ..speed.allocator import tune_malloc
 from ..speed.compiling import compile_for_training
@@ -66,13 +66,13 @@ class Run:
     dist: DistContext = field(default_factory=DistContext)
     state: RunState = field(default_factory=RunState)
     clock_start: float = 0.0  # time.perf_counter() at the run's first start (earlier segments included)
-    spec: RunSpec | None = None  # the checked spec the run was built from (typed sections, settled data)
+    spec: RunSpec | None = None  # the checked spec it was built from (typed sections, settled data): build_run sets it
     threads: int = field(default_factory=torch.get_num_threads)  # torch's CPU threads as it starts training
     follower: ThreadFollower | None = None  # device.num_threads=auto on the CPU: the count follows the load
 
     @property
     def batches_per_epoch(self) -> int:
-        return self.train_loader.batches_per_epoch(self.cfg.trainer.limit_train_batches)
+        return self.train_loader.batches_per_epoch(self.spec.trainer.limit_train_batches)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -98,32 +98,33 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS,
     is checked again. Without it ``cfg`` is checked here (its data settled unless ``settled`` is given)."""
     since = cpu_sample()  # the start-up is the first window of the load the thread count follows
     spec = spec if spec is not None else validate_config(cfg, settled)
-    check_global_batch(int(cfg.trainer.batch_size), ctx.world_size)
-    tune_malloc(bool(cfg.device.get("malloc_tuning", True)))  # once per process, before the data is read
+    trainer, device_cfg = spec.trainer, spec.device
+    check_global_batch(trainer.batch_size, ctx.world_size)
+    tune_malloc(device_cfg.malloc_tuning)  # once per process, before the data is read
     device = torch.device("cuda", ctx.local_rank) if ctx.backend == "nccl" else resolve_device(
-        cfg.device.type, cfg.device.get("index"))
+        device_cfg.type, device_cfg.index)
     if device.type == "cuda":  # with the GPU's free memory now (validation used its total, creating no context)
-        check_step_fits(cfg, device, ctx.world_size, live=True, data_bytes=spec.data.bytes)
-    threads = thread_setting(cfg.device.num_threads)
+        check_step_fits(spec, device, ctx.world_size, live=True)
+    threads = thread_setting(device_cfg.num_threads)
     if isinstance(threads, int):
         torch.set_num_threads(threads)
-    seed_everything(int(cfg.trainer.seed), bool(cfg.trainer.deterministic))
+    seed_everything(trainer.seed, trainer.deterministic)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = bool(cfg.device.cudnn_benchmark) and not cfg.trainer.deterministic
+        torch.backends.cudnn.benchmark = device_cfg.cudnn_benchmark and not trainer.deterministic
     size = image_size(cfg)
     raw_model = model_from_config(cfg)
-    init_weights(raw_model, cfg.trainer.init)
-    params, flops = count_parameters(raw_model), forward_flops(raw_model, cfg.dataset.in_channels, size)
-    train_loader, val_loader, test_loader = build_loaders(cfg, device, size, ctx, spec)
+    init_weights(raw_model, trainer.init)
+    params, flops = count_parameters(raw_model), forward_flops(raw_model, spec.data.channels, size)
+    train_loader, val_loader, test_loader = build_loaders(device, size, ctx, spec)
     raw_model.to(device)
-    speed = prepare_speed(cfg.device, device, raw_model, (train_loader, val_loader, test_loader),
-                          bool(cfg.trainer.deterministic), flops, agree=lambda s: broadcast_object(s, ctx),
-                          key=tuning_key(cfg, size, ctx), tunes=ctx.rank == 0)
-    model = wrap_ddp(raw_model, cfg, ctx, device)
+    speed = prepare_speed(device_cfg, device, raw_model, (train_loader, val_loader, test_loader),
+                          trainer.deterministic, flops, agree=lambda s: broadcast_object(s, ctx),
+                          key=tuning_key(spec, size, ctx), tunes=ctx.rank == 0)
+    model = wrap_ddp(raw_model, spec, ctx, device)
     raw_model = model.module if ctx.enabled else raw_model  # SyncBatchNorm conversion makes a new module
-    follower = follow_load(threads, device, bool(cfg.trainer.deterministic), since)  # after the timed choices
+    follower = follow_load(threads, device, trainer.deterministic, since)  # after the timed choices
     if speed.compile:  # around DDP's wrapper, so compiled graphs see its gradient hooks
-        model = compile_for_training(model, local_batch(int(cfg.trainer.batch_size), ctx),
+        model = compile_for_training(model, local_batch(trainer.batch_size, ctx),
                                      dynamic_threads=follower is not None)
     ema = build_ema(raw_model, spec.trainer.ema)
     optimizer = build_optimizer(spec.sections["optimizer"], raw_model.parameters(), fused=speed.fused_optimizer)
@@ -148,12 +149,12 @@ def follow_load(setting: int | str | None, device: torch.device, deterministic: 
     return follower
 
 
-def tuning_key(cfg: DictConfig, size: int, ctx: DistContext) -> dict:
+def tuning_key(spec: RunSpec, size: int, ctx: DistContext) -> dict:
     """What start-up timing decisions are kept for (with the machine and torch's version, which
     cnnbench.speed.decisions adds): the model and its arguments, the input, the batch one process trains on."""
-    return {"model": OmegaConf.to_container(cfg.model, resolve=True),
-            "input": [int(cfg.dataset.in_channels), size, size], "classes": int(cfg.dataset.num_classes),
-            "batch": local_batch(int(cfg.trainer.batch_size), ctx)}
+    network = spec.network
+    return {"model": {"name": network.name, **network.kwargs}, "input": [spec.data.channels, size, size],
+            "classes": spec.data.num_classes, "batch": local_batch(spec.trainer.batch_size, ctx)}
 
 
 def local_batch(batch_size: int, ctx: DistContext) -> int:
@@ -161,11 +162,11 @@ def local_batch(batch_size: int, ctx: DistContext) -> int:
     return batch_size // ctx.world_size + (1 if ctx.rank < batch_size % ctx.world_size else 0)
 
 
-def build_loaders(cfg: DictConfig, device: torch.device, size: int, ctx: DistContext,
+def build_loaders(device: torch.device, size: int, ctx: DistContext,
                   spec: RunSpec) -> tuple[DeviceLoader, DeviceLoader | None, DeviceLoader]:
     """Train, validation (None without a split) and test loaders: each split once on the device,
     this rank's share of every batch (the splits the spec's settling read, else read now)."""
-    splits = load_splits(cfg, spec.settled)
+    splits = spec.load_splits()
     train_split, val_split, test_split = splits.train, splits.val, splits.test
     common = dict(device=device, resize=size, normalize=normalization(spec.sections["dataset"]), rank=ctx.rank,
                   world_size=ctx.world_size)
@@ -190,20 +191,20 @@ def build_ema(model: nn.Module, cfg: EmaConfig) -> torch.optim.swa_utils.Average
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(decay)), use_buffers=True)
 
 
-def check_sync_batchnorm(cfg: DictConfig) -> None:
+def check_sync_batchnorm(trainer: TrainerConfig, device: DeviceConfig) -> None:
     """PyTorch's SyncBatchNorm runs only on CUDA devices; say so before anything starts."""
-    if cfg.trainer.get("sync_batchnorm") and (str(cfg.device.type) == "cpu" or not torch.cuda.is_available()):
+    if trainer.sync_batchnorm and (str(device.type) == "cpu" or not torch.cuda.is_available()):
         raise ConfigError("trainer.sync_batchnorm=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
                           "implementation); on CPUs each process keeps its own BatchNorm statistics")
 
 
-def wrap_ddp(model: nn.Module, cfg: DictConfig, ctx: DistContext, device: torch.device) -> nn.Module:
+def wrap_ddp(model: nn.Module, spec: RunSpec, ctx: DistContext, device: torch.device) -> nn.Module:
     """DistributedDataParallel around ``model`` (optionally with SyncBatchNorm) when under torchrun."""
     if not ctx.enabled:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    check_sync_batchnorm(cfg)
-    if cfg.trainer.get("sync_batchnorm"):
+    check_sync_batchnorm(spec.trainer, spec.device)
+    if spec.trainer.sync_batchnorm:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

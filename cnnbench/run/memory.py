@@ -1,6 +1,6 @@
 """Will a training step fit in the device's memory? An estimate before training, a clear end after.
 
-``estimate_step_memory(cfg)`` runs one image through the configured network (on PyTorch's *meta* device,
+``estimate_step_memory(spec)`` runs one image through the configured network (on PyTorch's *meta* device,
 shapes only, for the big networks; on the CPU for the small ones, see there) and adds up what one
 training step holds: weights, gradients, optimizer state, the dataset kept on the device, and per example the
 forward activations the backward pass needs (``cnnbench summary``'s activation memory,
@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 
 from ..errors import CnnbenchError
 from ..fmt import human
+from ..models.configured import Network
+from ..schema import Section
+from .spec import RunSpec
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,6 @@ RUNTIME_OVERHEAD = 100 * 2**20  # bytes: what a run allocates beyond tensors (mo
 REFUSE_ABOVE = 1.25  # estimate / available
 FIT_MARGIN = 0.85  # a suggested batch keeps 15% of the available memory in reserve
 IMAGE_BYTES = 28 * 28 + 8  # one uint8 28x28 image and its int64 label, as the loaders keep them
-DEFAULT_TEST_SIZE = 10_000  # test images of the MNIST-format datasets
 REAL_FORWARD_MAX_BYTES = 64 * 2**20  # float32 weights up to this: the estimate's forward runs on the CPU
 # ... and input values up to this (a 224-pixel colour image): ResNet-18 on one 4096x4096 image takes
 # 9-16 s on 2 cores, on the meta device about a second.
@@ -73,22 +74,22 @@ class StepMemory:
         return batch - batch % 8 if batch > 8 else batch
 
 
-def optimizer_slots(cfg: DictConfig) -> int:
-    """Tensors of optimizer state per parameter tensor: Adam's two moments, SGD's momentum buffer."""
-    name = str(cfg.optimizer.name)
-    if name in ("adam", "adamw"):
+def optimizer_slots(optimizer: Section) -> int:
+    """Tensors of optimizer state per parameter tensor: Adam's two moments, SGD's momentum buffer
+    (``optimizer``: the section's schema object; Adam's has no momentum)."""
+    if optimizer.name in ("adam", "adamw"):
         return 2
-    return 1 if float(cfg.optimizer.get("momentum", 0) or 0) > 0 else 0
+    return 1 if float(getattr(optimizer, "momentum", 0) or 0) > 0 else 0
 
 
-def estimate_step_memory(cfg: DictConfig, data_bytes: int | None = None) -> StepMemory:
-    """The memory of one training step of ``cfg`` on one device (this rank's share of the batch);
-    ``data_bytes``: the settled data's bytes (:class:`cnnbench.data.sources.DataSpec`), else measured here."""
-    from ..models.configured import image_size, model_from_config
+def estimate_step_memory(spec: RunSpec) -> StepMemory:
+    """The memory of one training step of ``spec`` on one device (this rank's share of the batch), the
+    dataset's bytes as settled (:class:`cnnbench.data.sources.DataSpec`)."""
     from ..models.stats import activation_bytes, count_parameters
 
-    size, channels = image_size(cfg), int(cfg.dataset.in_channels)
-    model = meta_model(cfg)
+    network = spec.network
+    size, channels = network.side, network.in_channels
+    model = meta_model(network)
     params = count_parameters(model)
     # float32 bytes of every layer's output for one image. A small network runs one real image on the
     # CPU (milliseconds): the meta device's first forward imports torch's shape-checking and decomposition
@@ -97,37 +98,29 @@ def estimate_step_memory(cfg: DictConfig, data_bytes: int | None = None) -> Step
     # device.
     if 4 * params <= REAL_FORWARD_MAX_BYTES and channels * size * size <= REAL_FORWARD_MAX_VALUES:
         with torch.random.fork_rng(devices=[]):  # its initialization draws nothing from the run's generator
-            model = model_from_config(cfg)
+            model = network.build()
     with torch.device(next(model.parameters()).device):  # the image where the weights are
         per_image = activation_bytes(model, channels, size)
-    amp = str(cfg.device.precision) in ("bf16", "fp16")
+    amp = spec.device.precision in ("bf16", "fp16")
     factor = AMP_ACTIVATION_FACTOR if amp else ACTIVATION_FACTOR
     # weights, gradients and optimizer state in float32; the dataset; the runtime's own
-    data_bytes = _dataset_bytes(cfg) if data_bytes is None else data_bytes
-    fixed = 4 * params * (2 + optimizer_slots(cfg)) + data_bytes + RUNTIME_OVERHEAD
+    fixed = 4 * params * (2 + optimizer_slots(spec.sections["optimizer"])) + spec.data.bytes + RUNTIME_OVERHEAD
     per_example = int(per_image * factor) + 4 * channels * size * size  # + the float32 input
     return StepMemory(fixed=fixed, per_example=per_example)
 
 
-def meta_model(cfg: DictConfig) -> torch.nn.Module:
+def meta_model(network: Network) -> torch.nn.Module:
     """The configured network on the meta device (shapes only: nothing allocated, nothing computed), or on
     the CPU for the few that cannot be built without real values (torchvision's RegNets compute their
     widths from tensors)."""
-    from ..models.configured import model_from_config
     from ..models.external import ModelBuildError
 
     try:
         with torch.device("meta"):
-            return model_from_config(cfg)
+            return network.build()
     except (ModelBuildError, NotImplementedError, RuntimeError):
         with torch.random.fork_rng(devices=[]):  # its initialization draws nothing from the run's generator
-            return model_from_config(cfg)
-
-
-def _dataset_bytes(cfg: DictConfig) -> int:
-    from ..data.sources import dataset_bytes
-
-    return dataset_bytes(cfg, DEFAULT_TEST_SIZE)
+            return network.build()
 
 
 # ------------------------------------------------------------------------------------ what is there
@@ -208,23 +201,21 @@ def _cgroup_room() -> int | None:
 # --------------------------------------------------------------------------------------- the checks
 
 
-def check_step_fits(cfg: DictConfig, device: torch.device, world_size: int = 1, live: bool = False,
-                    data_bytes: int | None = None) -> None:
-    """Refuse a configuration whose training step clearly cannot fit in ``device``'s memory (``data_bytes``:
-    as :func:`estimate_step_memory`)."""
+def check_step_fits(spec: RunSpec, device: torch.device, world_size: int = 1, live: bool = False) -> None:
+    """Refuse a run whose training step clearly cannot fit in ``device``'s memory."""
     room = available_memory(device, live)
     if room is None:
         return
     _BEFORE_TRAINING[str(device)] = room
     available, what = room
-    need = estimate_step_memory(cfg, data_bytes)
-    batch = _per_rank_batch(cfg, world_size)
+    need = estimate_step_memory(spec)
+    batch = _per_rank_batch(spec, world_size)
     if need.total(batch) <= REFUSE_ABOVE * available:
         return
     raise NotEnoughMemory(
-        f"a training step of {_what_runs(cfg, world_size)} needs about {human(need.total(batch), 'B')} "
+        f"a training step of {_what_runs(spec, world_size)} needs about {human(need.total(batch), 'B')} "
         f"(estimated: weights, gradients, optimizer state and activations), but only "
-        f"{human(available, 'B')} is {what} on {device.type}; {_suggestion(cfg, need, available, world_size)}"
+        f"{human(available, 'B')} is {what} on {device.type}; {_suggestion(need, available, world_size)}"
     )
 
 
@@ -240,20 +231,21 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def explain_oom(exc: BaseException, cfg: DictConfig, device: torch.device | None,
+def explain_oom(exc: BaseException, spec: RunSpec | None, device: torch.device | None,
                 world_size: int = 1) -> NotEnoughMemory | None:
-    """One sentence for an out-of-memory error met during training (None for other errors)."""
-    if not is_out_of_memory(exc):
+    """One sentence for an out-of-memory error met during training (None for other errors, and before the
+    run's spec exists: nothing to estimate from)."""
+    if spec is None or not is_out_of_memory(exc):
         return None
-    need = estimate_step_memory(cfg)
+    need = estimate_step_memory(spec)
     room = None if device is None else _BEFORE_TRAINING.get(str(device)) or available_memory(device, live=True)
     advice = "try a smaller trainer.batch_size or dataset.resize"
     if room is not None:
         available, _what = room
         # The step at this batch did not fit, whatever the estimate says: suggest at most half of it.
-        advice = _suggestion(cfg, need, available, world_size, at_most=_per_rank_batch(cfg, world_size) // 2)
+        advice = _suggestion(need, available, world_size, at_most=_per_rank_batch(spec, world_size) // 2)
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return NotEnoughMemory(f"out of memory with {_what_runs(cfg, world_size)} ({_allocator_words(first)}); "
+    return NotEnoughMemory(f"out of memory with {_what_runs(spec, world_size)} ({_allocator_words(first)}); "
                            f"{advice}")
 
 
@@ -264,20 +256,19 @@ def _allocator_words(first_line: str) -> str:
     return text.split(". Error code")[0][:200]
 
 
-def _per_rank_batch(cfg: DictConfig, world_size: int) -> int:
-    return max(1, int(cfg.trainer.batch_size) // max(1, world_size))
+def _per_rank_batch(spec: RunSpec, world_size: int) -> int:
+    return max(1, spec.trainer.batch_size // max(1, world_size))
 
 
-def _what_runs(cfg: DictConfig, world_size: int) -> str:
-    from ..models.configured import image_size
+def _what_runs(spec: RunSpec, world_size: int) -> str:
+    network = spec.network
+    size = network.side
+    per_rank = f" ({_per_rank_batch(spec, world_size)} per process)" if world_size > 1 else ""
+    return (f"{network.name} at batch size {spec.trainer.batch_size}{per_rank}, {size}x{size} inputs, "
+            f"{spec.device.precision} precision")
 
-    size = image_size(cfg)
-    per_rank = f" ({_per_rank_batch(cfg, world_size)} per process)" if world_size > 1 else ""
-    return (f"{cfg.model.name} at batch size {int(cfg.trainer.batch_size)}{per_rank}, {size}x{size} inputs, "
-            f"{cfg.device.precision} precision")
 
-
-def _suggestion(cfg: DictConfig, need: StepMemory, available: int, world_size: int, at_most: int | None = None) -> str:
+def _suggestion(need: StepMemory, available: int, world_size: int, at_most: int | None = None) -> str:
     per_rank = need.largest_batch(available)
     if at_most is not None:
         per_rank = min(per_rank, at_most)
@@ -288,6 +279,6 @@ def _suggestion(cfg: DictConfig, need: StepMemory, available: int, world_size: i
     return f"the largest batch that fits is about {batch}: try trainer.batch_size={batch} (or a smaller dataset.resize)"
 
 
-def step_memory_bytes(cfg: DictConfig) -> int:
+def step_memory_bytes(spec: RunSpec) -> int:
     """The estimate of one step at the configured batch (for scripts and summaries)."""
-    return estimate_step_memory(cfg).total(int(cfg.trainer.batch_size))
+    return estimate_step_memory(spec).total(spec.trainer.batch_size)

@@ -202,12 +202,12 @@ def check_network(cfg: DictConfig, checkpoint: Path, saved: dict | None) -> None
     """The same config may build another network than the checkpoint's: a custom target's file edited since,
     another torchvision or timm release. Refuse when the layers differ (their names and shapes, built on the
     meta device: nothing allocated), naming what changed; a file that moved with the same layers is logged."""
-    from ..models.configured import network_record
+    from ..models.configured import network_of, network_record
     from .memory import meta_model
 
     if not saved or not saved.get("layers_digest"):
         return  # a checkpoint from before the record: restoring compares the weights' shapes
-    now = network_record(cfg, meta_model(cfg))
+    now = network_record(cfg, meta_model(network_of(cfg)))
     if now["layers_digest"] != saved["layers_digest"]:
         where = [f"{k}: {_show(saved.get(k))} -> {_show(now.get(k))}" for k in ("module_file", "library", "parameters")
                  if saved.get(k) != now.get(k)]

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 from omegaconf import DictConfig, OmegaConf
 
 from ..data.sources import DataSpec, DataSplits, SettledData
-from ..schema import Section, TrainerConfig, typed_sections
+from ..models.configured import Network, network_of
+from ..schema import DeviceConfig, Section, TrainerConfig, typed_sections
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,16 @@ class RunSpec:
         return self.settled.spec
 
     @property
+    def device(self) -> DeviceConfig:
+        """The ``device`` section (its schema's object: every option, defaults from conf/device/)."""
+        return self.sections["device"]
+
+    @property
+    def network(self) -> Network:
+        """The configured network (the ``model`` group, sized for the data): what it builds, as values."""
+        return network_of(self.cfg)
+
+    @property
     def trackers(self) -> dict[str, Section]:
         """Each ``logger`` option's checked settings by its name (``mlflow``, ``wandb``; ``tensorboard``)."""
         return {key.partition(".")[2]: section for key, section in self.sections.items() if key.startswith("logger.")}
@@ -40,6 +51,12 @@ class RunSpec:
     def splits(self) -> DataSplits | None:
         """The splits read to settle the data (image folders, CIFAR), or None (IDX files: the build reads them)."""
         return self.settled.splits
+
+    def load_splits(self) -> DataSplits:
+        """Train, validation and test splits: those the settling read, else read now (IDX files)."""
+        from ..data.sources import load_splits
+
+        return load_splits(self.cfg, self.settled)
 
     def for_config(self, cfg: DictConfig) -> RunSpec:
         """This spec for ``cfg``, an equal config composed again (a Hydra job's own): its data facts written

@@ -11,43 +11,68 @@ import platform
 import shlex
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from .. import __version__
-from ..book.results import book_comparison
 from ..confusion import class_names, per_class_accuracy
 from ..devices import device_name
 from ..errors import TrainingDiverged
 from ..fmt import human
 from ..machine import machine_info, source_info, version_line
-from ..models.configured import image_size, network_label, network_record
 from ..runfolder.names import BEST_CHECKPOINT
 from .build import Run
 from .selection import objective_name, objective_value
-from .spec import trainer_section
+from .spec import RunSpec
 from .state import RunState
 
 logger = logging.getLogger("cnnbench.run.train")  # the closing lines belong to the train command's log
 
 
-def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall: float,
+@dataclass(frozen=True)
+class Asked:
+    """What a run was asked for, as summary.json records it: from its spec (:func:`asked_of`), or, for a
+    run that failed before its spec existed, from the raw config at the edge (``run.train``)."""
+
+    model: str
+    dataset: str
+    resize: int | None  # the input side (pixels)
+    epochs: int
+    device: str  # device.type
+    precision: str  # device.precision as asked (the run's own once built)
+    seed: int
+    deterministic: bool
+    objective: str | None  # trainer.objective, checked (None: not a valid one)
+    classes: list[str] | None = None  # the class names (None: unknown)
+
+
+def asked_of(spec: RunSpec) -> Asked:
+    """What ``spec`` asks for, in summary.json's terms."""
+    trainer, device = spec.trainer, spec.device
+    return Asked(model=spec.network.name, dataset=spec.data.name, resize=_safe(lambda: spec.network.side),
+                 epochs=trainer.epochs, device=str(device.type), precision=str(device.precision), seed=trainer.seed,
+                 deterministic=trainer.deterministic, objective=_safe(lambda: objective_name(trainer)),
+                 classes=_safe(lambda: class_names(spec.sections["dataset"])))
+
+
+def summarize(run: Run | None, asked: Asked, run_dir: Path, status: str, wall: float,
               overrides: list[str], error: BaseException | None = None) -> dict[str, Any]:
-    """The summary.json content for any outcome (``run`` is None when set-up itself failed)."""
+    """The summary.json content for any outcome (``run`` is None when set-up itself failed); summary.json's
+    ``book`` is added by the caller (it compares the whole config)."""
     s = run.state if run is not None else RunState()
     summary: dict[str, Any] = {
         "status": status,
         "error": None if error is None else f"{type(error).__name__}: {error}",
         "traceback": None if error is None or isinstance(error, TrainingDiverged)
         else "".join(traceback.format_exception(error)),
-        "model": cfg.model.name,
-        "network": _safe(lambda: network_record(cfg, run.raw_model)) if run else None,  # module file, digest
-        "dataset": cfg.dataset.name,
-        "resize": _safe(lambda: image_size(cfg)),
-        "epochs": int(cfg.trainer.epochs),
+        "model": asked.model,
+        "network": _safe(lambda: run.spec.network.record(run.raw_model)) if run else None,  # module file, digest
+        "dataset": asked.dataset,
+        "resize": asked.resize,
+        "epochs": asked.epochs,
         "epochs_completed": s.epoch,
         "steps": s.step,
         "train/loss": s.last_train.get("train/loss"),
@@ -65,10 +90,10 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "best/test_acc": s.best_eval.get("test/acc"),
         "best/test_loss": s.best_eval.get("test/loss"),
         # What the run offers a searching sweep (trainer.objective) and its value: that checkpoint's figure.
-        "objective": _safe(lambda: objective_name(run.spec.trainer if run and run.spec else trainer_section(cfg))),
+        "objective": asked.objective,
         "stopped_early": s.stop_reason is not None,
         "stop_reason": s.stop_reason,
-        "test/per_class_acc": _safe(lambda: per_class_accuracy(s.test_confusion, class_names(cfg.dataset)))
+        "test/per_class_acc": _safe(lambda: per_class_accuracy(s.test_confusion, asked.classes))
         if s.test_confusion else None,
         "test/confusion": s.test_confusion,  # (C, C) counts, rows true class: the tracker draws it
         "time_to_target_s": s.time_to_target_s,
@@ -77,11 +102,11 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
         "examples_per_sec": s.train_examples / s.train_time_s if s.train_time_s else None,
         "params": run.params if run else None,
         "flops_per_image": run.flops if run else None,
-        "device": device_name(run.device) if run else str(cfg.device.type),
-        "precision": run.speed.precision if run else cfg.device.precision,
+        "device": device_name(run.device) if run else asked.device,
+        "precision": run.speed.precision if run else asked.precision,
         "speed": dataclasses.asdict(run.speed) if run else None,
-        "seed": int(cfg.trainer.seed),
-        "deterministic": bool(cfg.trainer.deterministic),
+        "seed": asked.seed,
+        "deterministic": asked.deterministic,
         "warnings": s.warnings,
         "resumes": s.resumes,  # one record per resume: time, overrides, changed settings, forced or not
         "overrides": overrides,
@@ -101,7 +126,6 @@ def summarize(run: Run | None, cfg: DictConfig, run_dir: Path, status: str, wall
     if isinstance(error, TrainingDiverged):
         summary.update({"diverged_at_step": error.step, "diverged_loss": error.loss,
                         "last_finite_loss": error.last_finite_loss})
-    summary["book"] = _safe(lambda: book_comparison(cfg, summary))  # a d2l_* recipe: the book beside it
     return summary
 
 
@@ -147,8 +171,9 @@ def thread_words(run: Run) -> str:
 def header_lines(run: Run, resumed_at_epoch: int | None) -> list[str]:
     """What a run is, said once at its start: cnnbench's version, network, data, device and precision,
     schedule, folder."""
-    cfg, speed = run.cfg, run.speed
-    side = image_size(cfg)
+    spec, speed = run.spec, run.speed
+    network, trainer, optimizer = spec.network, spec.trainer, spec.sections["optimizer"]
+    side = network.side
     sizes = [f"{len(run.train_loader.labels):,} train"]
     if run.val_loader is not None:
         sizes.append(f"{len(run.val_loader.labels):,} validation")
@@ -159,17 +184,18 @@ def header_lines(run: Run, resumed_at_epoch: int | None) -> list[str]:
               if on]
     threads = f", {thread_words(run)}" if run.device.type == "cpu" else ""
     world = f" x {run.dist.world_size} processes" if run.dist.world_size > 1 else ""
-    schedule = cfg.scheduler.name if cfg.get("scheduler") else "none"
+    scheduler = spec.sections.get("scheduler")
+    schedule = scheduler.name if scheduler is not None else "none"
     lines = [
         version_line(),
-        f"{network_label(cfg)}: {human(run.params)} parameters, {human(run.flops)} FLOPs per image, "
-        f"{side}x{side} input, {_count(cfg.dataset.in_channels, 'channel')}, {cfg.dataset.num_classes} classes",
-        f"data: {cfg.dataset.name}, {', '.join(sizes)} images",
+        f"{network.label()}: {human(run.params)} parameters, {human(run.flops)} FLOPs per image, "
+        f"{side}x{side} input, {_count(network.in_channels, 'channel')}, {network.num_classes} classes",
+        f"data: {spec.data.name}, {', '.join(sizes)} images",
         f"device: {device_name(run.device)}{threads}{world}, {speed.precision}{tuned}"
         + "".join(f", {e}" for e in extras),
-        f"training: {_count(cfg.trainer.epochs, 'epoch')} of {_count(run.batches_per_epoch, 'batch', 'batches')} of "
-        f"{cfg.trainer.batch_size}, "
-        f"{cfg.optimizer.name} lr {cfg.optimizer.lr:g}, schedule {schedule}, seed {cfg.trainer.seed}",
+        f"training: {_count(trainer.epochs, 'epoch')} of {_count(run.batches_per_epoch, 'batch', 'batches')} of "
+        f"{trainer.batch_size}, "
+        f"{optimizer.name} lr {optimizer.lr:g}, schedule {schedule}, seed {trainer.seed}",
         f"run folder: {run.run_dir}" + (f" (continuing after epoch {resumed_at_epoch})"
                                         if resumed_at_epoch is not None else ""),
         f"curves: tensorboard --logdir {shlex.quote(str(run.run_dir))}",

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from ..book.results import book_comparison
 from ..confusion import class_names
 from ..data.sources import SettledData, settle_dataset
 from ..errors import CnnbenchError, RunFileWriteError, TrainingDiverged
@@ -47,10 +48,10 @@ from .distributed import DistContext, any_rank, init_from_env
 from .loop import EpochProgress, EpochResult, LoopHooks, log_points, sums_over_ranks, train_one_epoch
 from .memory import explain_oom
 from .resume import ResumePlan, check_resume, resume_run, write_hydra_record
-from .selection import TEST_SET_WARNING
+from .selection import TEST_SET_WARNING, objective_name
 from .signals import GracefulStop
-from .spec import RunSpec
-from .summary import closing_lines, header_lines, summarize
+from .spec import RunSpec, trainer_section
+from .summary import Asked, asked_of, closing_lines, header_lines, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -119,16 +120,45 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path |
         except CnnbenchError as exc:  # a problem the user can fix: its one sentence, in the closing lines
             status, error = "failed", exc
         except Exception as exc:  # any failure of this job is recorded, not raised (sweeps go on)
-            status, error = "failed", _user_error(exc, cfg, run) or exc
+            status, error = "failed", _user_error(exc, run.spec if run else spec, run) or exc
             if error is exc:
                 logger.error("run failed: %s: %s", type(exc).__name__, exc, exc_info=True)
-    summary = summarize(run, cfg, run_dir, status, time.perf_counter() - start, overrides, error)
+    spec = run.spec if run is not None and run.spec is not None else spec
+    asked = asked_of(spec) if spec is not None else _asked(cfg)
+    summary = summarize(run, asked, run_dir, status, time.perf_counter() - start, overrides, error)
+    summary["book"] = _book(cfg, summary)
     if rlog is not None:
         error = _close_log(rlog, cfg, overrides, summary) or error
     summary["warnings"] += trackers.warnings  # a tracker that failed during the run: summary.json says so
     summary = _finish(summary, run_dir, main, overrides, error)
     trackers.finish(summary)  # after summary.json is written: it is uploaded
     return summary
+
+
+def _asked(cfg: DictConfig) -> Asked:
+    """What a run that failed before its spec existed was asked for, from the raw config (it may be the
+    reason it failed: a value that cannot be read is left out, None)."""
+    def safe(fn: Callable) -> object:
+        try:
+            return fn()
+        except Exception:  # noqa: BLE001 - the summary of a failed run must never fail itself
+            return None
+
+    from ..models.configured import image_size
+
+    trainer = cfg.trainer
+    return Asked(model=str(cfg.model.name), dataset=str(cfg.dataset.name), resize=safe(lambda: image_size(cfg)),
+                 epochs=int(trainer.epochs), device=str(cfg.device.type), precision=str(cfg.device.precision),
+                 seed=int(trainer.seed), deterministic=bool(trainer.deterministic),
+                 objective=safe(lambda: objective_name(trainer_section(cfg))))
+
+
+def _book(cfg: DictConfig, summary: dict) -> dict | None:
+    """summary.json's ``book``: a d2l_* recipe's run beside the book's figures (None otherwise)."""
+    try:
+        return book_comparison(cfg, summary)
+    except Exception:  # noqa: BLE001 - the summary of a failed run must never fail itself
+        return None
 
 
 def _start_records(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -141,16 +171,16 @@ def _start_records(cfg: DictConfig, run_dir: Path) -> str | None:
 
 def _warn_low_space(run: Run) -> None:
     """Warn at the start when the disk holds fewer than a few checkpoints (weights + optimizer state)."""
-    if run.cfg.trainer.checkpoint and run.dist.is_main:
+    if run.spec.trainer.checkpoint and run.dist.is_main:
         param_bytes = sum(t.numel() * t.element_size() for t in run.raw_model.state_dict().values())
         warning = low_space_warning(run.run_dir, 3 * param_bytes)  # weights and up to two optimizer moments
         if warning:
             run.state.warnings.append(warning)
 
 
-def _user_error(exc: Exception, cfg: DictConfig, run: Run | None) -> CnnbenchError | None:
+def _user_error(exc: Exception, spec: RunSpec | None, run: Run | None) -> CnnbenchError | None:
     """One sentence for the failures a user can act on: out of memory, a failed write."""
-    memory = explain_oom(exc, cfg, run.device if run else None, run.dist.world_size if run else 1)
+    memory = explain_oom(exc, spec, run.device if run else None, run.dist.world_size if run else 1)
     if memory is not None:
         return memory
     os_error = os_error_in(exc)  # a write that no writer named (the writers raise RunFileWriteError)
@@ -296,7 +326,7 @@ def warn_test_set_selection(run: Run) -> None:
 
 def checkpoint_on_interrupt(run: Run) -> None:
     """A stopped run writes its checkpoint (mid-epoch sums included) and says how to continue."""
-    if not (run.cfg.trainer.checkpoint and run.dist.is_main):
+    if not (run.spec.trainer.checkpoint and run.dist.is_main):
         return
     path = run.run_dir / CHECKPOINT
     save_checkpoint(path, checkpoint_state(run))

@@ -169,11 +169,12 @@ def validate_config(cfg: DictConfig, settled: SettledData | None = None) -> RunS
     spec that ``train`` and ``build_run`` take. ``settled``: the data as an equal config settled it already."""
     settled = check_values(cfg, settled)
     check_device(cfg)
-    check_memory(cfg, settled.spec.bytes)
-    return run_spec(cfg, settled)
+    spec = run_spec(cfg, settled)
+    check_memory(spec)
+    return spec
 
 
-def check_memory(cfg: DictConfig, data_bytes: int | None = None) -> None:
+def check_memory(spec: RunSpec) -> None:
     """A training step that clearly cannot fit in the device's memory (without creating a CUDA context)."""
     import torch
 
@@ -181,14 +182,10 @@ def check_memory(cfg: DictConfig, data_bytes: int | None = None) -> None:
     from .memory import check_step_fits
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    try:
-        index = cfg.device.get("index")
-    except Exception:  # noqa: BLE001 - '${hydra:job.num}': known only inside a sweep job
-        index = None
-    device = resolve_device(str(cfg.device.type), index)
+    device = resolve_device(spec.device.type, spec.device.index)
     if device.type == "cuda" and world > 1:  # under torchrun each rank checks its own GPU
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    check_step_fits(cfg, device, world, data_bytes=data_bytes)
+    check_step_fits(spec, device, world)
 
 
 # ------------------------------------------------------------------------- command-line pre-flight

@@ -16,13 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from ..data import DeviceLoader
 from ..devices import bf16_supported, synchronize
 from ..errors import ConfigError
 from ..machine import hardware_key
+from ..schema import DeviceConfig
 from .allocator import malloc_tuned
 from .compiling import check_compiler, wants_compile
 from .cpu.fused import use_fused_kernels
@@ -82,15 +82,15 @@ DEVICE_CHOICES: dict[str, tuple] = {
 }
 
 
-def check_device_options(cfg: DictConfig, device: torch.device) -> None:
+def check_device_options(cfg: DeviceConfig, device: torch.device) -> None:
     """The ``device`` values checked before a run folder exists: the choices above, and what the device
     at hand cannot do (fp16 without CUDA, torch.compile on the CPU without a C++ compiler)."""
     for key, choices in DEVICE_CHOICES.items():
-        value = cfg.get(key, choices[0])
+        value = getattr(cfg, key)
         if not any(value is c if isinstance(c, bool) else value == c for c in choices):
             words = ", ".join(str(c).lower() for c in choices)
             raise ConfigError(f"device.{key} must be one of {words}, got {value!r}")
-    thread_setting(cfg.get("num_threads"))
+    thread_setting(cfg.num_threads)
     if cfg.precision != "auto":
         Precision.create(str(cfg.precision), device)  # fp16 needs CUDA
     if cfg.compile is True:
@@ -172,7 +172,7 @@ def autotune(model: nn.Module, loader: DeviceLoader, device: torch.device, candi
     return best, timings
 
 
-def resolve_speed(cfg: DictConfig, device: torch.device, model: nn.Module, loader: DeviceLoader,
+def resolve_speed(cfg: DeviceConfig, device: torch.device, model: nn.Module, loader: DeviceLoader,
                   deterministic: bool = False, flops_per_image: int = 0, key: dict | None = None,
                   tunes: bool = True) -> SpeedSettings:
     """Turn the ``device`` group's values into settings; ``auto`` precision/layout (and, on the CPU, the
@@ -190,14 +190,14 @@ def resolve_speed(cfg: DictConfig, device: torch.device, model: nn.Module, loade
                              omp_wait_policy=omp_wait_policy())
     # Not under torch.compile: Inductor writes its own pooling loops, and a custom autograd.Function in
     # the graph keeps AOTAutograd from caching it (the next run would trace it again).
-    if device.type == "cpu" and cfg.get("fast_pooling", True) and not settings.compile:
+    if device.type == "cpu" and cfg.fast_pooling and not settings.compile:
         settings.fast_pooling = use_fast_pooling(model) > 0  # before autotune, so it times the model as trained
-    if device.type == "cpu" and cfg.get("fused_kernels", True) and not settings.compile:
+    if device.type == "cpu" and cfg.fused_kernels and not settings.compile:
         settings.fused_kernels = use_fused_kernels(model)  # the same: the autotune times the fused layers
         if settings.fused_kernels:
             logger.debug("fused CPU kernels (BatchNorm2d + sigmoid + 2x2 pool, or sigmoid + pool): layers %s",
                         ", ".join(settings.fused_kernels))
-    fused = cfg.get("fused_optimizer", False)
+    fused = cfg.fused_optimizer
     settings.fused_optimizer = device.type == "cuda" if str(fused) == "auto" else bool(fused)
     candidates = candidates_of(precision, channels_last, device)
     question = tuning_question(cfg, device, deterministic, settings, candidates, flops_per_image)
@@ -209,7 +209,7 @@ def resolve_speed(cfg: DictConfig, device: torch.device, model: nn.Module, loade
         def time_it() -> dict:
             return time_choices(model, loader, device, question, candidates)
 
-        mode = str(cfg.get("autotune", "cached"))
+        mode = str(cfg.autotune)
         entry, settings.autotune = decide({**(key or {}), **question, **hardware_key(device),
                                            "torch": torch.__version__}, mode, time_it)
         choice = entry["choice"]
@@ -229,14 +229,14 @@ def candidates_of(precision: str, channels_last, device: torch.device) -> list[t
     return [(p, c) for p in precisions for c in layouts]
 
 
-def tuning_question(cfg: DictConfig, device: torch.device, deterministic: bool, settings: SpeedSettings,
+def tuning_question(cfg: DeviceConfig, device: torch.device, deterministic: bool, settings: SpeedSettings,
                     candidates: list[tuple[str, bool]], flops_per_image: int) -> dict:
     """What start-up timing has to decide for this run ({} when nothing): the (precision, layout)
     candidates and whether the convolutions' weight-gradient layout is timed, with the settings that change
     what is timed (compile, fast pooling, fused kernels, whether a small network is timed closely)."""
     precision = candidates[0][0] if len(candidates) == 1 else "auto"
     layout = candidates[0][1] if len(candidates) == 1 else "auto"
-    convs = _tunes_conv_weight_grads(cfg.get("conv_weight_grad", "auto"), layout, device, deterministic,
+    convs = _tunes_conv_weight_grads(cfg.conv_weight_grad, layout, device, deterministic,
                                      settings.compile, precision, flops_per_image)
     if not convs and len(candidates) < 2:
         return {}
@@ -274,7 +274,7 @@ def time_choices(model: nn.Module, loader: DeviceLoader, device: torch.device, q
     return {"choice": chosen, "timings": timings}
 
 
-def prepare_speed(cfg: DictConfig, device: torch.device, model: nn.Module, loaders: Sequence[DeviceLoader | None],
+def prepare_speed(cfg: DeviceConfig, device: torch.device, model: nn.Module, loaders: Sequence[DeviceLoader | None],
                   deterministic: bool, flops_per_image: int,
                   agree: Callable[[SpeedSettings], SpeedSettings] = lambda s: s, key: dict | None = None,
                   tunes: bool = True) -> SpeedSettings:

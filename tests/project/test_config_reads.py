@@ -21,24 +21,27 @@ EDGE = {
     # a recorded run's preparation: its config composed onto today's (run/recorded.py) into a LoadedRun,
     # which eval, predict, export and inspect read (its contract, names and splits)
     "cnnbench/evaluation/inference.py",
+    # train(cfg) is the in-process entry (tests, notebooks, Hydra's task function): without a spec it settles
+    # the data itself (the preparation step), and it hands cfg to the run folder's records and the trackers
+    "cnnbench/run/train.py",
+    # the model group has no schema (each family declares its own kwargs, checked by the registry):
+    # network_of types it into a Network, which the spec, the memory estimate and the build read
+    "cnnbench/models/configured.py",
 }
 # The config as a record, whole: written into the run folder, a checkpoint, a tracker's params; compared
 # between a checkpoint and a resume. They read no setting by key to decide what to do.
 RECORDS = {
     "cnnbench/runfolder/log.py", "cnnbench/tracking/record.py", "cnnbench/tracking/live.py",
     "cnnbench/tracking/wandb_tracker.py", "cnnbench/run/resume.py", "cnnbench/run/checkpoint.py",
+    # a finished run's whole config compared with the book's recipes (summary.json's "book"), key by key
+    "cnnbench/book/results.py",
 }
 # Still reading settings from the raw config (issue 33: to move to the run spec's typed sections, one
 # module at a time). Each entry says why it is not done yet.
 NOT_YET = {
-    "cnnbench/run/train.py": "train(cfg) is the public entry tests call; it hands cfg to build and summary",
-    "cnnbench/run/build.py": "the device section and thread setting belong to issue 38's change of them",
-    "cnnbench/speed/settings.py": "the device section (issue 38 changes it)",
-    "cnnbench/run/memory.py": "the estimate takes cfg from validation (edge) and build; next to move",
-    "cnnbench/run/summary.py": "summary.json's fields from cfg; next to move",
-    "cnnbench/models/configured.py": "the model group is untyped (each family's own kwargs)",
-    "cnnbench/data/idx.py": "the dataset section of both new and recorded runs (eval reads the record)",
-    "cnnbench/book/results.py": "matches a config against the book's recipes, key by key",
+    # every setting it reads comes from the spec (trainer, device, data, network); left: the entry itself
+    "cnnbench/run/build.py": "build_run(cfg, ...): callers and ~20 tests hand it a composed config, which its Run "
+                             "records and model_from_config (which tests patch) builds from",
 }
 
 

@@ -8,7 +8,9 @@ import torch
 
 from cnnbench.cli import main
 from cnnbench.config import compose_config
+from cnnbench.data.sources import settle_dataset
 from cnnbench.run.memory import estimate_step_memory
+from cnnbench.run.spec import run_spec
 from cnnbench.run.train import train
 from tests.helpers import cfg_for, fast_overrides
 
@@ -23,9 +25,13 @@ def test_a_step_that_cannot_fit_is_refused_before_training(fake_data, tmp_path, 
                           "precision needs about 1.3")
     suggested = int(err.split("try trainer.batch_size=")[1].split()[0])
     cfg = compose_config(overrides)
-    assert 8 <= suggested < 256 and estimate_step_memory(cfg).total(suggested) <= 600 * 2**20
+    need = estimate_step_memory(run_spec(cfg, settle_dataset(cfg)))
+    assert 8 <= suggested < 256 and need.total(suggested) <= 600 * 2**20
     summary = train(cfg, tmp_path / "direct")  # train() itself refuses too, before any step
     assert summary["status"] == "failed" and summary["steps"] == 0 and "NotEnoughMemory" in summary["error"]
+    # no spec exists yet (its check refused the run): the summary says what was asked, from the raw config
+    assert (summary["model"], summary["resize"], summary["epochs"], summary["seed"], summary["objective"]) == (
+        "resnet18", 96, cfg.trainer.epochs, cfg.trainer.seed, "val/acc")
 
 
 def test_out_of_memory_during_training_fails_with_one_line(fake_data, tmp_path, monkeypatch):
@@ -62,10 +68,11 @@ def test_the_memory_estimate_is_the_same_on_the_cpu_and_the_meta_device_and_draw
     """Small networks run the estimate's one image on the CPU (the meta device's first forward costs a
     second of imports): same bytes as on the meta device, and the run's random generator untouched."""
     cfg = cfg_for(fake_data, f"model={model}")
+    spec = run_spec(cfg, settle_dataset(cfg))
     torch.manual_seed(0)
-    on_cpu = estimate_step_memory(cfg)
+    on_cpu = estimate_step_memory(spec)
     after = torch.rand(3)
     torch.manual_seed(0)
     assert torch.equal(torch.rand(3), after)  # nothing drawn by the estimate
     monkeypatch.setattr("cnnbench.run.memory.REAL_FORWARD_MAX_BYTES", 0)  # every network on the meta device
-    assert estimate_step_memory(cfg) == on_cpu
+    assert estimate_step_memory(spec) == on_cpu

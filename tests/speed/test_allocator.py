@@ -73,15 +73,17 @@ def test_nothing_happens_off_glibc(monkeypatch, caplog):
 
 def test_a_run_tunes_malloc_before_reading_its_data(fake_data, tmp_path, monkeypatch):
     """train() in-process (tests, notebooks) applies the setting itself, before the dataset is read."""
+    import cnnbench.data.sources as sources
     import cnnbench.run.build as build
     from cnnbench.run.train import train
     from tests.helpers import compose_fast
 
     order = []
-    real_tune, real_load = build.tune_malloc, build.load_splits
+    real_tune, real_load = build.tune_malloc, sources.load_splits
     monkeypatch.setattr(build, "tune_malloc",
                         lambda enabled=True: order.append(("tune", enabled)) or real_tune(enabled))
-    monkeypatch.setattr(build, "load_splits", lambda *a, **k: order.append(("load",)) or real_load(*a, **k))
+    # the build reads the splits through the spec (RunSpec.load_splits -> data.sources.load_splits)
+    monkeypatch.setattr(sources, "load_splits", lambda *a, **k: order.append(("load",)) or real_load(*a, **k))
     summary = train(compose_fast(fake_data, "trainer.epochs=1", "trainer.limit_train_batches=1",
                                  "trainer.limit_eval_batches=1", "trainer.checkpoint=false"), tmp_path)
     assert summary["status"] == "completed", summary["error"]
