@@ -21,6 +21,7 @@ import cnnbench.run.loop as engine
 from cnnbench.config import compose_config
 from cnnbench.run.build import build_run
 from cnnbench.run.loop import LoopHooks, log_points, train_one_epoch
+from cnnbench.run.validate import validate_config
 
 
 def epoch_seconds(run, points: set[int], epoch: int) -> float:
@@ -33,7 +34,7 @@ def epoch_seconds(run, points: set[int], epoch: int) -> float:
 def main(overrides: list[str]) -> None:
     cfg = compose_config(["trainer.progress_bar=false", *overrides])
     with tempfile.TemporaryDirectory() as tmp:
-        run = build_run(cfg, Path(tmp))
+        run = build_run(validate_config(cfg), Path(tmp))
         n = len(run.train_loader)
         points = log_points(n, int(cfg.trainer.logs_per_epoch))
         epoch_seconds(run, points, 0)  # warm-up

@@ -543,3 +543,11 @@ def fake_run(folder: Path, overrides: list[str], test_acc: float | None, *, stat
             "device": "cpu", "seed": 0, "overrides": overrides, **fields,
         }))
     return folder
+
+
+def built(cfg, run_dir):
+    """``build_run`` of a composed config: checked first (``validate_config``), as ``train`` does."""
+    from cnnbench.run.build import build_run
+    from cnnbench.run.validate import validate_config
+
+    return build_run(validate_config(cfg), run_dir)

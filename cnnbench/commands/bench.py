@@ -88,10 +88,11 @@ def cnnbench_steady(cfg, warmup: int, steps: int) -> dict:
     from ..run.build import build_run
     from ..run.loop import LoopHooks, train_one_epoch
     from ..run.train import thread_count_kept
+    from ..run.validate import validate_config
     from ..speed.roofline import step_bytes
 
     with tempfile.TemporaryDirectory() as tmp, thread_count_kept():  # the run's thread count stays the run's
-        run = build_run(cfg, Path(tmp))
+        run = build_run(validate_config(cfg), Path(tmp))
         hooks = LoopHooks(log_points=set())
         common = dict(global_step=0, hooks=hooks)
         train_one_epoch(run.model, run.train_loader, run.optimizer, None, run.precision, epoch=0,

@@ -1,6 +1,6 @@
 """Everything a run needs before its first step, built from the composed config.
 
-``build_run(cfg, run_dir)`` makes, in order: the device, the seeds, the model (with the book's weight
+``build_run(spec, run_dir)`` makes, in order: the device, the seeds, the model (with the book's weight
 initialization), the data loaders on the device, the speed settings (autotuned where ``auto``), the DDP
 wrapper under torchrun, the optimizer and the schedule. The result is a :class:`Run`, the live objects
 the loop in :mod:`cnnbench.run.train` works with.
@@ -22,10 +22,9 @@ from torch import nn
 from ..data import DeviceLoader
 from ..data.augment import Augment
 from ..data.loader import normalization
-from ..data.sources import SettledData
 from ..devices import resolve_device
 from ..errors import ConfigError
-from ..models.configured import image_size, init_weights, model_from_config
+from ..models.configured import init_weights
 from ..models.stats import count_parameters, forward_flops
 from ..schema import DeviceConfig, EmaConfig, TrainerConfig
 from ..speed import load
@@ -40,14 +39,14 @@ from .optim import build_optimizer, build_scheduler
 from .selection import Monitor
 from .spec import RunSpec
 from .state import RunState
-from .validate import check_global_batch, validate_config
+from .validate import check_global_batch
 
 
 @dataclass
 class Run:
     """The live objects of one run."""
 
-    cfg: DictConfig
+    cfg: DictConfig  # the composed config as the run records it (checkpoints), read whole: settings come from spec
     run_dir: Path
     device: torch.device
     model: nn.Module  # what is trained (maybe wrapped in DDP, maybe compiled)
@@ -90,14 +89,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(deterministic)
 
 
-def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS, spec: RunSpec | None = None,
-              settled: SettledData | None = None) -> Run:
-    """Build device, data, model, optimizer and scheduler for ``cfg`` (this rank's share under DDP).
-
-    ``spec``: ``cfg`` checked already (:func:`validate_config`'s result): only what needs the live device
-    is checked again. Without it ``cfg`` is checked here (its data settled unless ``settled`` is given)."""
+def build_run(spec: RunSpec, run_dir: Path, ctx: DistContext = SINGLE_PROCESS) -> Run:
+    """Build device, data, model, optimizer and scheduler for the checked run ``spec`` (:func:`validate_config`'s
+    result; this rank's share under DDP). Only what needs the live device is checked again."""
     since = cpu_sample()  # the start-up is the first window of the load the thread count follows
-    spec = spec if spec is not None else validate_config(cfg, settled)
     trainer, device_cfg = spec.trainer, spec.device
     check_global_batch(trainer.batch_size, ctx.world_size)
     tune_malloc(device_cfg.malloc_tuning)  # once per process, before the data is read
@@ -111,8 +106,9 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS,
     seed_everything(trainer.seed, trainer.deterministic)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = device_cfg.cudnn_benchmark and not trainer.deterministic
-    size = image_size(cfg)
-    raw_model = model_from_config(cfg)
+    network = spec.network
+    size = network.side
+    raw_model = network.build()
     init_weights(raw_model, trainer.init)
     params, flops = count_parameters(raw_model), forward_flops(raw_model, spec.data.channels, size)
     train_loader, val_loader, test_loader = build_loaders(device, size, ctx, spec)
@@ -132,7 +128,7 @@ def build_run(cfg: DictConfig, run_dir: Path, ctx: DistContext = SINGLE_PROCESS,
     scheduler = build_scheduler(spec.sections["scheduler"], optimizer, batches, spec.trainer.epochs)
     precision = Precision.create(speed.precision, device)
     monitor = Monitor.from_config(spec.trainer, spec.data.val_size)
-    return Run(cfg, run_dir, device, model, raw_model, optimizer, scheduler, precision,
+    return Run(spec.record, run_dir, device, model, raw_model, optimizer, scheduler, precision,
                train_loader, val_loader, test_loader, monitor, ema, params, flops, speed, ctx,
                spec=spec, threads=torch.get_num_threads(), follower=follower)
 

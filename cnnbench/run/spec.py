@@ -38,6 +38,12 @@ class RunSpec:
         return self.sections["device"]
 
     @property
+    def record(self) -> DictConfig:
+        """The composed config as the run records it (a checkpoint's ``config``, the network record): read whole,
+        never for a setting (the typed sections say those)."""
+        return self.cfg
+
+    @property
     def network(self) -> Network:
         """The configured network (the ``model`` group, sized for the data): what it builds, as values."""
         return network_of(self.cfg)

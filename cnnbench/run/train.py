@@ -52,6 +52,7 @@ from .selection import TEST_SET_WARNING, objective_name
 from .signals import GracefulStop
 from .spec import RunSpec, trainer_section
 from .summary import Asked, asked_of, closing_lines, header_lines, summarize
+from .validate import validate_config
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ def _train(cfg: DictConfig, run_dir: Path, ctx: DistContext, resume_from: Path |
             if main:  # before the build: a run that fails to start is tracked too
                 trackers = open_trackers(cfg, run_dir, overrides, resuming=resume_from is not None,
                                          sections=spec.trackers if spec is not None else None)
-            run = build_run(cfg, run_dir, ctx, spec=spec, settled=settled)
+            spec = spec if spec is not None else validate_config(cfg, settled)  # checked here when not before
+            run = build_run(spec, run_dir, ctx)
             _warn_low_space(run)
             if resume_from is not None:
                 resume_run(run, plan or resume_from, overrides, record_dir)

@@ -11,8 +11,7 @@ from cnnbench.config import compose_config
 from cnnbench.data import DeviceLoader
 from cnnbench.data.augment import Augment, erase_boxes, random_crop
 from cnnbench.data.idx import Split
-from cnnbench.run.build import build_run
-from tests.helpers import compose_fast, random_split
+from tests.helpers import built, compose_fast, random_split
 
 STRONG = Augment(flip=0.5, crop_padding=3, erase=0.5)
 
@@ -61,7 +60,7 @@ def test_erasing_blanks_exactly_its_rectangle():
 
 def test_none_leaves_batches_exactly_as_before(fake_data, tmp_path):
     """augment=none builds no augmentation at all: the batches are bit for bit a plain loader's."""
-    run = build_run(compose_fast(fake_data, "augment=none", "trainer.batch_size=32"), tmp_path)
+    run = built(compose_fast(fake_data, "augment=none", "trainer.batch_size=32"), tmp_path)
     assert run.train_loader.augment is None
     plain = DeviceLoader(Split(run.train_loader.images, run.train_loader.labels), 32, torch.device("cpu"), seed=0)
     for (x, y), (px, py) in zip(run.train_loader.batches(1), plain.batches(1), strict=True):
@@ -71,7 +70,7 @@ def test_none_leaves_batches_exactly_as_before(fake_data, tmp_path):
 def test_evaluation_batches_are_never_augmented(fake_data, tmp_path):
     """augment=strong changes training batches only: the validation and test batches of every epoch are
     bit for bit a plain loader's."""
-    run = build_run(compose_fast(fake_data, "augment=strong", "dataset.val_size=40", "trainer.batch_size=32"), tmp_path)
+    run = built(compose_fast(fake_data, "augment=strong", "dataset.val_size=40", "trainer.batch_size=32"), tmp_path)
     train_x = next(run.train_loader.batches(1))[0]
     plain_train = DeviceLoader(Split(run.train_loader.images, run.train_loader.labels), 32, torch.device("cpu"), seed=0)
     assert not torch.equal(train_x, next(plain_train.batches(1))[0])  # training batches are augmented

@@ -11,8 +11,7 @@ import torch
 
 from cnnbench.data.idx import Split
 from cnnbench.data.split import class_quotas, split_train_val
-from cnnbench.run.build import build_run
-from tests.helpers import compose_fast, write_idx
+from tests.helpers import built, compose_fast, write_idx
 
 N_TRAIN, N_TEST = 300, 60
 
@@ -77,7 +76,7 @@ def test_quotas_sum_exactly_with_largest_remainders():
 
 def test_no_validation_image_in_any_training_batch(numbered_data, tmp_path):
     cfg = compose_fast(numbered_data, "dataset.val_size=50", "trainer.batch_size=32")
-    run = build_run(cfg, tmp_path)
+    run = built(cfg, tmp_path)
     seen = [image_ids(x) for epoch in (0, 1) for x, _ in run.train_loader.batches(epoch)]
     train_ids = set().union(*seen)
     val_ids = set().union(*(image_ids(x) for x, _ in run.val_loader.batches(0)))
@@ -92,10 +91,10 @@ def test_same_split_across_training_seeds(numbered_data, tmp_path):
     compare on one validation set."""
     held = []
     for seed in (0, 1):
-        run = build_run(compose_fast(numbered_data, "dataset.val_size=50", f"trainer.seed={seed}",
+        run = built(compose_fast(numbered_data, "dataset.val_size=50", f"trainer.seed={seed}",
                                      "trainer.batch_size=32"), tmp_path)
         held.append(set().union(*(image_ids(x) for x, _ in run.val_loader.batches(0))))
     assert held[0] == held[1]
-    other = build_run(compose_fast(numbered_data, "dataset.val_size=50", "dataset.val_seed=1",
+    other = built(compose_fast(numbered_data, "dataset.val_size=50", "dataset.val_seed=1",
                                    "trainer.batch_size=32"), tmp_path)
     assert set().union(*(image_ids(x) for x, _ in other.val_loader.batches(0))) != held[0]

@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from cnnbench.config import compose_config
-from cnnbench.run.build import build_run
 from cnnbench.run.train import train
-from tests.helpers import Probe, stop_process
+from tests.helpers import Probe, built, stop_process
 from tests.helpers import first_losses as cpu_first_losses
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -89,7 +88,7 @@ def test_data_stays_on_the_gpu(fake_data, tmp_path):
 
     from cnnbench.run.loop import LoopHooks, train_one_epoch
 
-    run = build_run(compose_config(cuda_overrides(fake_data, "trainer.batch_size=16")), tmp_path)
+    run = built(compose_config(cuda_overrides(fake_data, "trainer.batch_size=16")), tmp_path)
     assert run.train_loader.images.is_cuda and run.test_loader.images.is_cuda
     train_one_epoch(run.model, run.train_loader, run.optimizer, None, run.precision, epoch=0, global_step=0,
                     hooks=LoopHooks())  # warm-up
@@ -138,7 +137,7 @@ def test_nccl_ddp_with_sync_batchnorm_matches_one_process(fake_data, tmp_path):
 def test_device_index_picks_the_gpu(fake_data, tmp_path):
     count = torch.cuda.device_count()
     index = count  # taken modulo the count: the first GPU again (a parallel sweep's job number)
-    run = build_run(compose_config(cuda_overrides(fake_data, f"device.index={index}")), tmp_path)
+    run = built(compose_config(cuda_overrides(fake_data, f"device.index={index}")), tmp_path)
     assert run.device == torch.device("cuda", index % count)
     assert next(run.raw_model.parameters()).device == run.device and run.train_loader.images.device == run.device
 

@@ -12,12 +12,11 @@ import torch
 import cnnbench.run.callbacks as callbacks_module
 from cnnbench.models.configured import model_from_config
 from cnnbench.run import callbacks as cb
-from cnnbench.run.build import build_run
 from cnnbench.run.loop import EvalResult, LoopHooks, evaluate, train_one_epoch
 from cnnbench.run.state import RunState
 from cnnbench.run.train import train
 from cnnbench.speed.precision import Precision
-from tests.helpers import compose_fast, quick
+from tests.helpers import built, compose_fast, quick
 
 
 def test_state_dict_is_the_fields_a_callback_owns():
@@ -34,9 +33,9 @@ def test_state_dict_is_the_fields_a_callback_owns():
 
 def test_every_step_callback_runs_after_every_step(fake_data, tmp_path):
     """``after_step`` is a list: each entry is called once per optimizer step."""
-    from cnnbench.run.build import build_run
+    from tests.helpers import built
 
-    run = build_run(compose_fast(fake_data, "model=lenet", "trainer.batch_size=64"), tmp_path)
+    run = built(compose_fast(fake_data, "model=lenet", "trainer.batch_size=64"), tmp_path)
     calls = {"a": 0, "b": 0}
     hooks = LoopHooks(after_step=[lambda: calls.__setitem__("a", calls["a"] + 1),
                                   lambda: calls.__setitem__("b", calls["b"] + 1)])
@@ -104,7 +103,7 @@ def test_ema_weights_are_what_is_evaluated(fake_data, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in records if r["kind"] == "epoch"][-1]
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
-    test_loader = build_run(cfg, tmp_path / "probe").test_loader
+    test_loader = built(cfg, tmp_path / "probe").test_loader
     scores = {}
     for name, weights in (("ema", reported_weights(state)), ("raw", state["model"])):
         model = model_from_config(cfg)

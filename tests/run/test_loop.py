@@ -11,11 +11,11 @@ from torch import nn
 
 from cnnbench.data import DeviceLoader
 from cnnbench.models.configured import init_weights, model_from_config
-from cnnbench.run.build import build_run, seed_everything
+from cnnbench.run.build import seed_everything
 from cnnbench.run.loop import evaluate, log_points
 from cnnbench.run.train import train
 from cnnbench.speed.precision import Precision
-from tests.helpers import quick, random_split
+from tests.helpers import built, quick, random_split
 
 
 def test_label_smoothing_loss_is_the_hand_computed_one(fake_data, tmp_path):
@@ -28,7 +28,7 @@ def test_label_smoothing_loss_is_the_hand_computed_one(fake_data, tmp_path):
     seed_everything(0, True)  # the run's own order of draws: seed, build, initialize
     model = model_from_config(cfg)
     init_weights(model, "xavier")
-    x, y = next(build_run(cfg, tmp_path / "probe").train_loader.batches(0))
+    x, y = next(built(cfg, tmp_path / "probe").train_loader.batches(0))
     log_p = torch.log_softmax(model(x), dim=1).double()  # (B, 10)
     expected = ((1 - eps) * -log_p.gather(1, y[:, None]).squeeze(1) + eps * -log_p.mean(dim=1)).mean()
     assert logged == pytest.approx(float(expected), rel=1e-5)

@@ -36,13 +36,13 @@ def test_a_step_that_cannot_fit_is_refused_before_training(fake_data, tmp_path, 
 
 def test_out_of_memory_during_training_fails_with_one_line(fake_data, tmp_path, monkeypatch):
     """A real allocator failure (256 TiB asked of the CPU allocator) at the third training step."""
-    import cnnbench.run.build as build
+    from cnnbench.models.configured import Network
 
-    real = build.model_from_config
+    real = Network.build
     steps = []
 
-    def with_huge_step(cfg):
-        model = real(cfg)
+    def with_huge_step(network):
+        model = real(network)
 
         def hook(module, _inputs):
             if module.training:
@@ -53,7 +53,7 @@ def test_out_of_memory_during_training_fails_with_one_line(fake_data, tmp_path, 
         model.register_forward_pre_hook(hook)
         return model
 
-    monkeypatch.setattr(build, "model_from_config", with_huge_step)
+    monkeypatch.setattr(Network, "build", with_huge_step)
     summary = train(cfg_for(fake_data, "trainer.epochs=1"), tmp_path)
     assert summary["status"] == "failed" and len(steps) == 3 and summary["epochs_completed"] == 0
     assert summary["error"] == (

@@ -122,13 +122,13 @@ def test_a_run_reuses_the_kept_decision(fake_data, tmp_path, monkeypatch):
     """Through the run's set-up: the layout is timed in the first run only, a run with another batch
     times again, device.autotune=refresh times again."""
     import cnnbench.speed.settings as speed
-    from cnnbench.run.build import build_run
+    from tests.helpers import built
 
     calls = []
     monkeypatch.setattr(speed, "autotune", fake_autotune(calls))
 
     def build(*overrides: str):
-        return build_run(compose_fast(fake_data, "model=lenet_bn", "device.channels_last=auto", *overrides),
+        return built(compose_fast(fake_data, "model=lenet_bn", "device.channels_last=auto", *overrides),
                          tmp_path).speed
 
     first = build()
@@ -145,10 +145,10 @@ def test_a_run_reuses_the_kept_decision(fake_data, tmp_path, monkeypatch):
 def test_timing_leaves_the_random_numbers_as_they_were(fake_data, tmp_path):
     """A run that timed trains like one that read the decision: dropout in the timed steps draws nothing
     from the run's generator."""
-    from cnnbench.run.build import build_run
     from cnnbench.speed.settings import time_choices
+    from tests.helpers import built
 
-    run = build_run(compose_fast(fake_data, "model=lenet", "trainer.batch_size=16"), tmp_path)
+    run = built(compose_fast(fake_data, "model=lenet", "trainer.batch_size=16"), tmp_path)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Dropout(0.5), nn.Flatten(), nn.LazyLinear(10))
     model(torch.zeros(1, 1, 28, 28))
     question = {"conv_weight_grads": False, "closely": False}

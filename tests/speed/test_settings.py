@@ -124,9 +124,9 @@ def test_autotune_rounds_take_turns_and_the_median_decides(fake_data, tmp_path, 
     """With several rounds the candidates alternate, only the first round warms up, and one fast round
     does not outvote the rest (each candidate's median counts)."""
     import cnnbench.speed.settings as speed
-    from cnnbench.run.build import build_run
+    from tests.helpers import built
 
-    run = build_run(compose_fast(fake_data, "model=lenet_bn", "trainer.batch_size=32"), tmp_path)
+    run = built(compose_fast(fake_data, "model=lenet_bn", "trainer.batch_size=32"), tmp_path)
     calls = []
     per_round = {False: [0.7, 1.0, 1.0, 1.0, 1.0], True: [0.9, 0.9, 0.9, 0.9, 0.9]}  # NCHW: one lucky round
 
@@ -160,8 +160,8 @@ def test_small_networks_are_autotuned_at_their_own_batch_in_rounds(fake_data, tm
 
     monkeypatch.setattr(speed, "autotune", fake_autotune)
     cfg = compose_fast(fake_data, f"model={model}", "device.channels_last=auto", "dataset.resize=32")
-    from cnnbench.run.build import build_run
-    build_run(cfg, tmp_path)
+    from tests.helpers import built
+    built(cfg, tmp_path)
     assert seen == (dict(steps=2, rounds=5, batch=None) if closely else {})
 
 
@@ -174,15 +174,17 @@ def test_every_rank_trains_with_rank_0s_convolution_choice(fake_data, tmp_path, 
 
     monkeypatch.setattr(build, "broadcast_object",
                         lambda obj, ctx: dataclasses.replace(obj, nhwc_weight_grads=["0"]))  # rank 0 chose conv 0
-    run = build.build_run(compose_fast(fake_data, "model=lenet_bn", "device.conv_weight_grad=native"), tmp_path)
+    from tests.helpers import built
+
+    run = built(compose_fast(fake_data, "model=lenet_bn", "device.conv_weight_grad=native"), tmp_path)
     assert type(run.raw_model[0]) is Conv2dNHWCWeightGrad and type(run.raw_model[4]) is nn.Conv2d
 
 
 def test_autotune_stops_timing_a_candidate_far_behind(fake_data, tmp_path, monkeypatch):
     import cnnbench.speed.settings as speed
-    from cnnbench.run.build import build_run
+    from tests.helpers import built
 
-    run = build_run(compose_fast(fake_data, "model=lenet_bn", "trainer.batch_size=32"), tmp_path)
+    run = built(compose_fast(fake_data, "model=lenet_bn", "trainer.batch_size=32"), tmp_path)
     calls = []
 
     def fake_time_steps(model, x, y, precision, steps, warmup=True):

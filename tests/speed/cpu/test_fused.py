@@ -305,9 +305,8 @@ def test_the_lenets_train_the_same_with_the_kernels(name):
 def test_the_run_uses_them_on_the_cpu_and_the_switch_turns_them_off(fake_data, tmp_path):
     """Fused by default (on a machine with a C compiler), ATen's layers with device.fused_kernels=false;
     the first logged losses agree to float rounding."""
-    from cnnbench.run.build import build_run
     from cnnbench.run.train import train
-    from tests.helpers import compose_fast
+    from tests.helpers import built, compose_fast
 
     common = ("model=lenet_bn", "trainer.batch_size=32", "trainer.epochs=1", "trainer.limit_train_batches=4",
               "trainer.logs_per_epoch=4", "trainer.limit_eval_batches=1", "trainer.checkpoint=false")
@@ -315,7 +314,7 @@ def test_the_run_uses_them_on_the_cpu_and_the_switch_turns_them_off(fake_data, t
     losses = {}
     for on in (True, False):
         cfg = compose_fast(fake_data, *common, f"device.fused_kernels={str(on).lower()}")
-        types = {type(m) for m in build_run(cfg, tmp_path / f"b{on}").model.modules()}
+        types = {type(m) for m in built(cfg, tmp_path / f"b{on}").model.modules()}
         assert (BatchNormSigmoidPool2d in types) is (on and bool(expected))
         summary = train(cfg, tmp_path / str(on))
         assert summary["status"] == "completed", summary["error"]

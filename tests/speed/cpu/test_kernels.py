@@ -68,9 +68,8 @@ def test_the_book_models_pool_the_same_after_the_swap():
 
 def test_the_run_uses_it_on_the_cpu_and_the_switch_turns_it_off(fake_data, tmp_path):
     """Same losses with and without it (bit for bit); the model trained really holds the fast pools."""
-    from cnnbench.run.build import build_run
     from cnnbench.run.train import train
-    from tests.helpers import compose_fast
+    from tests.helpers import built, compose_fast
 
     common = ("model=lenet_bn", "trainer.batch_size=32", "trainer.epochs=1", "trainer.limit_train_batches=4",
               "trainer.logs_per_epoch=4", "trainer.limit_eval_batches=1", "trainer.checkpoint=false",
@@ -78,7 +77,7 @@ def test_the_run_uses_it_on_the_cpu_and_the_switch_turns_it_off(fake_data, tmp_p
     runs = {}
     for on in (True, False):
         cfg = compose_fast(fake_data, *common, f"device.fast_pooling={str(on).lower()}")
-        pools = {type(m) for m in build_run(cfg, tmp_path / f"b{on}").model.modules() if isinstance(m, nn.AvgPool2d)}
+        pools = {type(m) for m in built(cfg, tmp_path / f"b{on}").model.modules() if isinstance(m, nn.AvgPool2d)}
         assert pools == ({AvgPool2x2} if on else {nn.AvgPool2d})
         summary = train(cfg, tmp_path / str(on))
         assert summary["status"] == "completed", summary["error"]
