@@ -100,13 +100,13 @@ def test_one_settle_one_listing_one_validation(tmp_path, monkeypatch):
 
 def test_the_checked_spec_reaches_the_run(tmp_path, fake_data, monkeypatch):
     """``train`` given the pre-launch check's spec checks nothing again; without one it checks itself."""
+    import cnnbench.run.train as train_module
     from cnnbench.config import compose_config
-    from cnnbench.run import build
     from cnnbench.run.train import train
 
     checked = []
     real = validate.validate_config
-    monkeypatch.setattr(build, "validate_config", lambda *a, **k: checked.append(1) or real(*a, **k))
+    monkeypatch.setattr(train_module, "validate_config", lambda *a, **k: checked.append(1) or real(*a, **k))
     overrides = fast_overrides(fake_data, "model=lenet", "trainer.epochs=1", "trainer.batch_size=32",
                                "trainer.limit_train_batches=1", "trainer.limit_eval_batches=1")
     cfg = compose_config(overrides)
