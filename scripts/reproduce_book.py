@@ -164,14 +164,14 @@ def records() -> dict[tuple[str, str], tuple[Path, dict]]:
 
 
 def command_time_s(folder: Path, summary: dict) -> tuple[float, int]:
-    """(whole-command wall seconds, starts): the sum of the timed segments; the run's own clock when untimed."""
-    try:
-        segments = [json.loads(line) for line in (folder / TIMES).read_text().splitlines() if line.strip()]
-    except OSError:
-        segments = []
-    if not segments:
+    """(whole-command wall seconds, starts): the timed segments summed as `cnnbench report` sums them
+    (cnnbench.report.runs.command_time); the run's own clock when untimed."""
+    from cnnbench.report.runs import command_time, read_metrics
+
+    seconds = command_time(folder / TIMES)
+    if seconds is None:
         return float(summary["wall_time_s"]), 1 + len(summary.get("resumes") or [])
-    return sum(s["end"] - s["start"] for s in segments), len(segments)
+    return seconds, sum(1 for r in read_metrics(folder / TIMES) if r.get("end") is not None)
 
 
 def short_cpu(name: str) -> str:
