@@ -208,7 +208,11 @@ def _tuning_words(record: dict) -> str:
     if record.get("source") == "cache":
         return " (start-up timing kept from an earlier run)"
     if record.get("source") == "timed":
-        return " (timed at start-up, kept for later runs)" if record.get("file") else " (timed at start-up)"
+        if record.get("file"):
+            return " (timed at start-up, kept for later runs)"
+        if record.get("not_kept") == "load":
+            return f" (timed at start-up beside {record['others_cores']:.1f} busy cores: not kept)"
+        return " (timed at start-up)"
     return ""
 
 

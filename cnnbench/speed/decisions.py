@@ -21,6 +21,15 @@ replaces ``<cache root>/autotune``), written atomically (:func:`cnnbench.runfold
 holding the entry folder's lock (:mod:`cnnbench.runfolder.lock`): sweep jobs that start together time once,
 the others wait for that decision and read it. A file that is not a decision for this key (torn, hand-edited,
 another format) is warned about, timed anew and replaced.
+
+A decision timed while other programs kept the cores busy is used by that run only, not kept: the load
+decides such a timing more than the candidates do (measured, 2-core Xeon, LeNet at 1 thread: a decision
+timed beside a test suite and a training kept channels-last at "17,696 against 9,277 images/s", where a
+quiet machine trains it at 19,170-19,806 against 24,369-24,569 in NCHW, a 25% loss for every later run of
+that key). The timing's window is read from ``/proc/stat`` (:func:`cnnbench.speed.load.others_cores`): the
+cores other programs used while it ran, against the cores the run's threads leave them. The next start on
+a quiet machine times again and keeps its decision; the summary's ``speed.autotune`` says which happened
+(``file`` null, ``others_cores``).
 """
 
 from __future__ import annotations
@@ -34,17 +43,27 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
+
 from ..config import cache_root
 from ..errors import RunFileWriteError, RunFolderInUse
 from ..runfolder.disk import atomic_write
 from ..runfolder.lock import holder_of, run_folder_lock
+from .load import cpu_sample, others_cores, usable_cpu_ids
 
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "CNNBENCH_AUTOTUNE_CACHE"
 DECISION = "decision.json"
-FORMAT = 1  # raised when a decision's meaning changes: older files are then timed anew
+# raised when a decision's meaning changes: older files are then timed anew. 2: decisions are kept only when
+# timed on a quiet machine (format 1 files may have been timed under load)
+FORMAT = 2
 MODES = ("cached", "refresh", "always")
+# cores other programs may use while a decision is timed, beyond those the run's threads leave free (a
+# shell, a file watcher), for the decision to be kept; $CNNBENCH_AUTOTUNE_LOAD_TOLERANCE replaces it ("inf":
+# keep every decision, whatever the load, as format 1 did)
+LOAD_TOLERANCE = 0.25
+TOLERANCE_ENV = "CNNBENCH_AUTOTUNE_LOAD_TOLERANCE"
 WAIT_S = 900.0  # another process is timing the same key: wait this long for its decision, then time alone
 CHOICE_TYPES = {"precision": str, "channels_last": bool, "nhwc_weight_grads": list}
 
@@ -119,16 +138,47 @@ def decide(key: dict, mode: str, time_it: Callable[[], dict]) -> tuple[dict, dic
             logger.debug("start-up timing: the decision kept in %s (device.autotune=refresh times again)", path)
             return entry, _record(entry, key, mode, "cache", path)
         entry, record = _timed(time_it, key, mode, path)
-        if not write_decision(path, key, entry):
+        if not quiet_enough(entry.get("others_cores")):
+            logger.info("start-up timing ran while other programs kept %.1f cores busy: its choice is used for "
+                        "this run, not kept (a start on a quieter machine times again)", entry["others_cores"])
+            record["file"], record["not_kept"] = None, "load"
+        elif not write_decision(path, key, entry):
             record["file"] = None
         return entry, record
 
 
+def quiet_enough(others: float | None, threads: int | None = None, cores: int | None = None) -> bool:
+    """Whether a timing during which other programs kept ``others`` cores busy may decide later runs: they
+    used no more than the cores the run's ``threads`` (default: torch's count) leave free of the usable
+    ``cores``, plus LOAD_TOLERANCE. None (no reading on this OS): kept, as before."""
+    if others is None:
+        return True
+    threads = torch.get_num_threads() if threads is None else threads
+    cores = len(usable_cpu_ids()) if cores is None else cores
+    return others <= max(0, cores - threads) + load_tolerance()
+
+
+def load_tolerance() -> float:
+    """LOAD_TOLERANCE, or ``$CNNBENCH_AUTOTUNE_LOAD_TOLERANCE`` (cores, a float; "inf" keeps every decision)."""
+    value = os.environ.get(TOLERANCE_ENV)
+    if not value:
+        return LOAD_TOLERANCE
+    try:
+        return float(value)
+    except ValueError:
+        logger.warning("$%s=%r is not a number of cores: using %s", TOLERANCE_ENV, value, LOAD_TOLERANCE)
+        return LOAD_TOLERANCE
+
+
 def _timed(time_it: Callable[[], dict], key: dict, mode: str, path: Path | None) -> tuple[dict, dict]:
-    entry = {**time_it(), "decided": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    before = cpu_sample()
+    entry = time_it()
+    after = cpu_sample()
+    others = round(others_cores(before, after), 2) if before is not None and after is not None else None
+    entry = {**entry, "decided": datetime.now(timezone.utc).isoformat(timespec="seconds"), "others_cores": others}
     return entry, _record(entry, key, mode, "timed", path)
 
 
 def _record(entry: dict, key: dict, mode: str, source: str, path: Path | None) -> dict:
     return {"mode": mode, "source": source, "file": None if path is None else str(path),
-            "decided": entry.get("decided"), "key": key}
+            "decided": entry.get("decided"), "others_cores": entry.get("others_cores"), "key": key}

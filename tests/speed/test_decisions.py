@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnnbench.speed import decisions
+from cnnbench.run.summary import _tuning_words
+from cnnbench.speed import decisions, load
 from tests.helpers import REPO, compose_fast
 
 
@@ -84,6 +85,60 @@ def test_a_corrupt_decision_is_ignored_with_a_warning_and_rewritten(content, cap
     assert any("ignoring the start-up timing decision" in r.getMessage() for r in caplog.records)
     assert json.loads(path.read_text())["choice"] == NHWC  # rewritten: the next run reads it
     assert decisions.decide(KEY, "cached", time_it)[1]["source"] == "cache" and len(calls) == 1
+
+
+def machine_busy_with(monkeypatch, others: float):
+    """The load rule in force (not the suite's "keep everything"), and /proc/stat readings in which other
+    programs keep ``others`` cores busy over each timing (one second of wall time, none of it this process's)."""
+    monkeypatch.delenv(decisions.TOLERANCE_ENV, raising=False)
+    clock = iter(range(1000))
+
+    def reading():
+        t = next(clock)
+        return load.CpuSample(busy_s=others * t, own_s=0.0, wall_s=float(t))
+    monkeypatch.setattr(decisions, "cpu_sample", reading)
+
+
+def test_a_decision_timed_under_load_is_used_but_not_kept(monkeypatch, caplog):
+    machine_busy_with(monkeypatch, others=2.0)  # a 2-core machine's both cores held by other programs
+    time_it, calls = counting_timer([NHWC, NCHW])
+    with caplog.at_level(logging.INFO, logger="cnnbench.speed.decisions"):
+        entry, record = decisions.decide(KEY, "cached", time_it)
+    assert entry["choice"] == NHWC
+    assert (record["file"], record["others_cores"], record["not_kept"]) == (None, 2.0, "load")
+    assert _tuning_words(record) == " (timed at start-up beside 2.0 busy cores: not kept)"  # the run's header
+    assert not (decisions.entry_folder(KEY) / decisions.DECISION).exists()
+    assert any("not kept" in r.getMessage() for r in caplog.records)
+    machine_busy_with(monkeypatch, others=0.0)  # the next start, on a quiet machine: times again and keeps
+    entry, record = decisions.decide(KEY, "cached", time_it)
+    assert (entry["choice"], record["source"], record["others_cores"], len(calls)) == (NCHW, "timed", 0.0, 2)
+    assert decisions.decide(KEY, "cached", time_it)[1]["source"] == "cache" and len(calls) == 2
+
+
+@pytest.mark.parametrize("others, threads, cores, kept", [
+    (0.2, 2, 2, True), (0.3, 2, 2, False),  # every core the run's: a quarter of a core of others at most
+    (1.0, 1, 2, True), (1.5, 1, 2, False),  # one thread on 2 cores: the other core is theirs
+    (None, 2, 2, True),  # no /proc/stat (not Linux): kept, as before the rule
+])
+def test_how_much_load_a_kept_decision_tolerates(monkeypatch, others, threads, cores, kept):
+    monkeypatch.delenv(decisions.TOLERANCE_ENV, raising=False)
+    assert decisions.quiet_enough(others, threads=threads, cores=cores) is kept
+
+
+def test_the_tolerance_can_be_set_and_inf_keeps_every_decision(monkeypatch):
+    monkeypatch.setenv(decisions.TOLERANCE_ENV, "inf")
+    assert decisions.quiet_enough(64.0, threads=2, cores=2)
+    monkeypatch.setenv(decisions.TOLERANCE_ENV, "1.5")
+    assert decisions.quiet_enough(1.4, threads=2, cores=2) and not decisions.quiet_enough(1.6, threads=2, cores=2)
+
+
+def test_a_decision_of_the_format_before_the_load_rule_is_timed_again():
+    path = decisions.entry_folder(KEY) / decisions.DECISION
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"format": 1, "key": KEY, "choice": NHWC, "timings": {}}))  # maybe timed under load
+    time_it, calls = counting_timer([NCHW])
+    entry, record = decisions.decide(KEY, "cached", time_it)
+    assert (entry["choice"], record["source"], len(calls)) == (NCHW, "timed", 1)
 
 
 def test_jobs_starting_together_time_once(tmp_path):
