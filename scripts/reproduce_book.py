@@ -227,7 +227,13 @@ def table() -> str:
     machines = {machine_words(*r) for r in cpu_records}
     folders = sorted({r[0].parent.relative_to(REPO).as_posix() for r in cpu_records})
     shared = machines.pop() if len(machines) == 1 else None
-    lines = [f"CPU: {shared} (`{'`, `'.join(folders)}/`).", ""] if shared else []
+    # One folder of records: named once above the table (each row's record is its recipe's subfolder), so a
+    # row does not repeat the path; records in several folders keep a link per row.
+    one_folder = folders[0] if shared and len(folders) == 1 else None
+    if one_folder:
+        lines = [f"CPU: {shared}; records in `{one_folder}/RECIPE/`.", ""]
+    else:
+        lines = [f"CPU: {shared} (`{'`, `'.join(folders)}/`).", ""] if shared else []
     lines += ["| recipe | network, input | book | cnnbench (seed 0) | last 5 epochs | precision | CPU, whole command "
               "| GPU, whole command |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for recipe in sorted(published(), key=lambda r: list(NETWORKS).index(r)):
@@ -248,9 +254,11 @@ def table() -> str:
             seconds, starts = command_time_s(folder, summary)
             where = "" if shared else f", {machine_words(folder, summary)}"
             cpu_time = f"{duration(seconds)}{where}{f', {starts} starts' if starts > 1 else ''}"
+        acc = f"{summary['test/acc']:.3f}"
+        if not (one_folder and folder.parent.relative_to(REPO).as_posix() == one_folder):
+            acc = f"[{acc}]({folder.relative_to(REPO).as_posix()})"
         lines.append(
-            f"| `{recipe}` | {NETWORKS[recipe]} | {book} | [{summary['test/acc']:.3f}]"
-            f"({folder.relative_to(REPO).as_posix()}) {verdict}{mark} | "
+            f"| `{recipe}` | {NETWORKS[recipe]} | {book} | {acc} {verdict}{mark} | "
             f"{'' if swing is None else f'{swing[0]:.3f}-{swing[1]:.3f}'} | {summary.get('precision')} | "
             f"{cpu_time} | {gpu_time} |")
     return "\n".join(lines)

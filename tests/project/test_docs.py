@@ -130,8 +130,9 @@ def test_readme_results_table_is_the_records():
 
 
 def test_the_results_table_reads_a_record(tmp_path, monkeypatch):
-    """A completed d2l_* record under results/ fills its row: accuracy and its link, the book's verdict, the swing
-    over the last epochs, precision, the summed whole-command time of its starts and the machine."""
+    """A completed d2l_* record under results/ fills its row: accuracy, the book's verdict, the swing over the last
+    epochs, precision, the summed whole-command time of its starts and the machine; where records lie in one
+    folder it is named once above the table, records in several folders are linked from their rows."""
     book = _reproduce_book()
     monkeypatch.setattr(book, "REPO", tmp_path)
     monkeypatch.setattr(book, "RESULTS", tmp_path / "results")
@@ -148,13 +149,23 @@ def test_the_results_table_reads_a_record(tmp_path, monkeypatch):
     (record / "command_times.jsonl").write_text(json.dumps({"start": 0.0, "end": 1800.0}) + "\n"
                                                 + json.dumps({"start": 5000.0, "end": 6500.0}) + "\n")
     row = next(line for line in book.table().splitlines() if line.startswith("| `d2l_densenet`"))
-    assert "[0.839](results/intel-xeon-processor-2core-2026-12-07/d2l_densenet) below, train figures off" in row
+    assert "| 0.839 below, train figures off" in row
     assert "| 0.749-0.884 |" in row and "| bf16 |" in row
     assert "| 55 min, 2 starts |" in row and row.endswith("| not measured |")
-    # the CPU all records share, once above the table
-    assert "CPU: 2-core Intel Xeon, 1 thread (`results/intel-xeon-processor-2core-2026-12-07/`)." in book.table()
+    # the CPU and the folder all records share, once above the table
+    assert ("CPU: 2-core Intel Xeon, 1 thread; records in `results/intel-xeon-processor-2core-2026-12-07/RECIPE/`."
+            in book.table())
     other = next(line for line in book.table().splitlines() if line.startswith("| `d2l_alexnet`"))
     assert "| not measured |" in other
+    # a record in a second folder: each row links its record
+    second = tmp_path / "results" / "intel-xeon-processor-2core-2026-12-09" / "d2l_alexnet"
+    second.mkdir(parents=True)
+    (second / "summary.json").write_text(json.dumps({**summary, "book": {**summary["book"], "recipe": "d2l_alexnet"}}))
+    (second / "metrics.jsonl").write_text((record / "metrics.jsonl").read_text())
+    lines = book.table().splitlines()
+    row = next(line for line in lines if line.startswith("| `d2l_densenet`"))
+    assert "[0.839](results/intel-xeon-processor-2core-2026-12-07/d2l_densenet) below" in row
+    assert "[0.839](results/intel-xeon-processor-2core-2026-12-09/d2l_alexnet)" in book.table()
 
 
 def test_the_book_picture_compares_the_records(tmp_path):
