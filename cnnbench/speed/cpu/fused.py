@@ -1,4 +1,5 @@
-"""BatchNorm2d + sigmoid + 2x2 average pooling as one CPU kernel (and sigmoid + pooling), for the LeNets.
+"""BatchNorm2d + sigmoid + 2x2 average pooling as one CPU kernel (and sigmoid + pooling), for the LeNets;
+and a direct kernel for a first convolution of one input channel (grey images).
 
 In LeNet-BN's first stage (256 x 6 x 24 x 24 floats, 3.5 MB) ATen's BatchNorm, sigmoid and pooling are
 separate memory-bound passes, about half of a CPU training step. The C kernels in ``fused_cpu.c``
@@ -27,6 +28,15 @@ followed by such a pool, without BatchNorm, to :class:`SigmoidPool2x2`); the sig
 become :class:`Absorbed` pass-throughs. Same module objects, same parameters and buffers: optimizers,
 state dicts and checkpoints are unchanged. Inputs the kernel does not take (not float32, not contiguous
 NCHW, an odd side, double backward, BatchNorm in eval mode with gradients) go through ATen's layers.
+
+The one-channel convolution (:class:`OneChannelConv2d`): oneDNN runs LeNet's first convolution (1 -> 6
+channels, 5x5) at a fifth of the core's fp32 peak, where its second runs at three quarters; ``fused_cpu.c``
+computes it directly (16 columns of 6 output channels per step) and its weight gradient, 1.6x faster on one
+core of a 2-core Xeon. Every ``nn.Conv2d`` with one input channel, stride 1, a square kernel of at most 7 and
+even zero padding becomes one; it uses the kernel only where its input needs no gradient (the network's
+input) and is float32, contiguous, on the CPU; otherwise it is ATen's ``nn.Conv2d``. Results match ATen's to
+float rounding (another order of the same sums); the weight gradient sums images in fixed blocks, so the
+thread count does not change it.
 """
 
 from __future__ import annotations
@@ -70,7 +80,10 @@ SIGNATURES = {  # every kernel returns a status (an int): 0, or STATUS_NO_MEMORY
     "bsp_forward": [_P, _I, _I, _I, _I, _P, _P, _P, _P, _N],
     "bsp_backward": [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _N],
     "sp_backward": [_P, _P, _I, _I, _I, _I, _P, _N],
+    "c1_forward": [_P, _I, _I, _I, _P, _P, _I, _I, _I, _P, _N],
+    "c1_weight_grad": [_P, _P, _I, _I, _I, _I, _I, _I, _P, _P, _N],
 }
+C1_MAX_K = 7  # fused_cpu.c's: the largest kernel side of the one-channel convolution
 STATUS_NO_MEMORY = 1  # fused_cpu.c's BSP_NO_MEMORY: a work buffer's malloc failed, nothing written
 
 
@@ -292,6 +305,35 @@ class _SigmoidPool(torch.autograd.Function):
         return dz
 
 
+class _OneChannelConv(torch.autograd.Function):
+    """(B, 1, H, W) -> (B, O, Ho, Wo): a stride-1 convolution of a one-channel input that needs no gradient
+    (the network's input), with the same zero padding on every side; gradients for the weight and bias."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding: int):
+        n, _, h, w = x.shape
+        o, k = weight.shape[0], weight.shape[-1]
+        weight_ = weight.detach().contiguous()
+        bias_ = bias.detach().contiguous() if bias is not None else None
+        out = torch.empty(n, o, h + 2 * padding - k + 1, w + 2 * padding - k + 1)  # (B, O, Ho, Wo)
+        call_kernel("c1_forward", _ptr(x), n, h, w, _ptr(weight_), _ptr(bias_), o, k, padding, _ptr(out),
+                    torch.get_num_threads())
+        ctx.save_for_backward(x)
+        ctx.geometry, ctx.has_bias = (o, k, padding), bias is not None
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        o, k, padding = ctx.geometry
+        n, _, h, w = x.shape
+        dweight, dbias = torch.empty(o, 1, k, k), torch.empty(o) if ctx.has_bias else None
+        call_kernel("c1_weight_grad", _ptr(x), _ptr(grad.contiguous()), n, h, w, o, k, padding, _ptr(dweight),
+                    _ptr(dbias), torch.get_num_threads())
+        return None, dweight, dbias, None
+
+
 def _pool(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """What the absorbed pool computed: a copy of it as it was (AvgPool2x2's fast pooling or ATen's)."""
     pool = head.__dict__.get("_absorbed_pool")
@@ -334,6 +376,31 @@ class SigmoidPool2x2(nn.Sigmoid):
         return _pool(self, torch.sigmoid(x))
 
 
+class OneChannelConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` of one input channel (a network's first layer on grey images) computed by the direct
+    kernel of ``fused_cpu.c`` where its input needs no gradient; ATen's convolution otherwise."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.requires_grad and _fits_one_channel(x) and self.weight.dtype == torch.float32:
+            return _OneChannelConv.apply(x, self.weight, self.bias, self.padding[0])
+        return super().forward(x)
+
+
+def one_channel_eligible(m: nn.Module) -> bool:
+    """A plain ``nn.Conv2d`` the one-channel kernel computes: 1 input channel, square kernel of at most
+    C1_MAX_K, stride and dilation 1, one group, the same zero padding on every side."""
+    return (type(m) is nn.Conv2d and m.in_channels == 1 and m.groups == 1 and m.stride == (1, 1)
+            and m.dilation == (1, 1) and m.kernel_size[0] == m.kernel_size[1] <= C1_MAX_K
+            and m.padding_mode == "zeros" and not isinstance(m.padding, str) and m.padding[0] == m.padding[1])
+
+
+def _fits_one_channel(x: torch.Tensor) -> bool:
+    """The one-channel kernel's inputs: contiguous (B, 1, H, W) float32 on the CPU, outside torch.compile."""
+    return (x.dim() == 4 and x.shape[1] == 1 and x.dtype == torch.float32 and x.device.type == "cpu"
+            and x.is_contiguous() and x.numel() > 0 and not torch.compiler.is_compiling()
+            and load_library() is not None)
+
+
 class Absorbed(nn.Module):
     """A layer whose work the layer before it now does (the class of a swapped ``Sigmoid`` or pool)."""
 
@@ -350,8 +417,9 @@ def _is_pool(m: nn.Module) -> bool:
 
 def use_fused_kernels(model: nn.Module) -> list[str]:
     """Swap BatchNorm2d + Sigmoid + 2x2 pool (and Sigmoid + 2x2 pool) runs inside ``nn.Sequential``
-    containers for the fused kernels; returns the names of the layers that now do the work (none where
-    the kernels cannot be built)."""
+    containers for the fused kernels, and one-input-channel convolutions (:func:`one_channel_eligible`) for
+    the direct kernel; returns the names of the layers that now do the work (none where the kernels cannot
+    be built)."""
     candidates = []
     for prefix, parent in model.named_modules():
         if not isinstance(parent, nn.Sequential) or type(parent).forward is not nn.Sequential.forward:
@@ -370,8 +438,11 @@ def use_fused_kernels(model: nn.Module) -> list[str]:
                 i += 2
             else:
                 i += 1
-    if not candidates or load_library() is None:
+    convs = [(name, m) for name, m in model.named_modules() if one_channel_eligible(m)]
+    if not (candidates or convs) or load_library() is None:
         return []
+    for _, m in convs:
+        m.__class__ = OneChannelConv2d
     for _, head, cls, followers in candidates:
         # The fallback path's pool: a copy of the pool before its swap (pools hold no parameters or
         # buffers; kept out of the registered children, so state dicts keep their keys).
@@ -379,4 +450,5 @@ def use_fused_kernels(model: nn.Module) -> list[str]:
         head.__class__ = cls
         for m in followers:
             m.__class__ = Absorbed
-    return [name for name, *_ in candidates]
+    swapped = {name for name, *_ in candidates} | {name for name, _ in convs}
+    return [name for name, _ in model.named_modules() if name in swapped]  # in the model's order

@@ -17,6 +17,7 @@ from cnnbench.speed.cpu import fused as fused_cpu
 from cnnbench.speed.cpu.fused import (
     Absorbed,
     BatchNormSigmoidPool2d,
+    OneChannelConv2d,
     SigmoidPool2x2,
     load_library,
     use_fused_kernels,
@@ -191,14 +192,17 @@ HUGE_SIDE, OVERFLOWING_SIDE = 2 ** 24, 2 ** 31
 @pytest.mark.parametrize("kernel, shape", [
     ("bsp_forward", (1, 1, HUGE_SIDE, HUGE_SIDE)), ("bsp_forward", (1, 1, OVERFLOWING_SIDE, OVERFLOWING_SIDE)),
     ("bsp_backward", (1, 1, HUGE_SIDE, HUGE_SIDE)), ("bsp_backward", (HUGE_SIDE, HUGE_SIDE, 2, 2)),
-    ("sp_backward", (1, 1, HUGE_SIDE, HUGE_SIDE))])
+    ("sp_backward", (1, 1, HUGE_SIDE, HUGE_SIDE)), ("c1_forward", (1, HUGE_SIDE, HUGE_SIDE)),
+    ("c1_weight_grad", (1, HUGE_SIDE, HUGE_SIDE))])
 def test_a_failed_allocation_in_a_kernel_raises_memory_error(kernel, shape):
     """The real library: its malloc fails, the kernel returns BSP_NO_MEMORY, call_kernel raises."""
     stand_in = torch.zeros(16)
     p = stand_in.data_ptr()
     args = {"bsp_forward": (p, *shape, p, p, p, p, 1),
             "bsp_backward": (p, p, *shape, p, p, p, p, p, p, p, p, p, 1),
-            "sp_backward": (p, p, *shape, p, 1)}[kernel]
+            "sp_backward": (p, p, *shape, p, 1),
+            "c1_forward": (p, *shape, p, p, 6, 5, 2, p, 1),  # (B, H, W), 6 channels, 5x5, padding 2
+            "c1_weight_grad": (p, p, *shape, 6, 5, 2, p, p, 1)}[kernel]
     with pytest.raises(MemoryError, match=f"fused CPU kernel {kernel}: could not allocate"):
         fused_cpu.call_kernel(kernel, *args)
     assert torch.equal(stand_in, torch.zeros(16))  # nothing written
@@ -216,7 +220,8 @@ class _FailingLibrary:
 
 @pytest.mark.parametrize("layer, failing", [
     ("batch norm", "bsp_batch_stats"), ("batch norm", "bsp_forward"), ("batch norm", "bsp_backward"),
-    ("batch norm, evaluation", "bsp_forward"), ("sigmoid", "bsp_forward"), ("sigmoid", "sp_backward")])
+    ("batch norm, evaluation", "bsp_forward"), ("sigmoid", "bsp_forward"), ("sigmoid", "sp_backward"),
+    ("one-channel convolution", "c1_forward"), ("one-channel convolution", "c1_weight_grad")])
 @pytest.mark.parametrize("status, error", [(fused_cpu.STATUS_NO_MEMORY, MemoryError), (7, RuntimeError)])
 def test_a_kernels_nonzero_status_raises_in_the_layer(layer, failing, status, error, monkeypatch):
     """Each call of a kernel in the fused layers (training forward and backward, evaluation) checks its
@@ -224,10 +229,14 @@ def test_a_kernels_nonzero_status_raises_in_the_layer(layer, failing, status, er
     kernel. A stand-in library returns the status (no compiler needed)."""
     lib = _FailingLibrary(failing, status)
     monkeypatch.setattr(fused_cpu, "load_library", lambda: lib)
-    _, fused = _pair(None if layer == "sigmoid" else {}, 2)
     evaluation = layer.endswith("evaluation")
+    if layer == "one-channel convolution":  # the network's input: no gradient of its own
+        fused, z = nn.Conv2d(1, 2, 3, padding=1), torch.randn(2, 1, 2, 2)
+        assert use_fused_kernels(fused) == [""]
+    else:
+        _, fused = _pair(None if layer == "sigmoid" else {}, 2)
+        z = torch.randn(2, 2, 4, 4, requires_grad=not evaluation)
     fused.train(not evaluation)
-    z = torch.randn(2, 2, 4, 4, requires_grad=not evaluation)
 
     def step():
         with torch.set_grad_enabled(not evaluation):  # evaluation: no_grad, the running statistics' map
@@ -257,9 +266,9 @@ def _swappable():
 def test_only_the_patterns_inside_sequentials_are_swapped():
     model = _swappable()
     keys = list(model.state_dict())
-    assert use_fused_kernels(model) == ["1", "5", "14.0"]
+    assert use_fused_kernels(model) == ["0", "1", "5", "14.0"]  # 0: the one-channel convolution
     assert [type(m) for m in model] == [
-        nn.Conv2d, BatchNormSigmoidPool2d, Absorbed, Absorbed, nn.Conv2d, SigmoidPool2x2, Absorbed,
+        OneChannelConv2d, BatchNormSigmoidPool2d, Absorbed, Absorbed, nn.Conv2d, SigmoidPool2x2, Absorbed,
         nn.BatchNorm2d, nn.ReLU, nn.AvgPool2d, nn.Sigmoid, nn.MaxPool2d, nn.Sigmoid, nn.AvgPool2d, nn.Sequential]
     assert [type(m) for m in model[14]] == [BatchNormSigmoidPool2d, Absorbed, Absorbed]
     assert list(model.state_dict()) == keys
@@ -280,7 +289,7 @@ def test_the_lenets_train_the_same_with_the_kernels(name):
     ref = build_model(name, in_channels=1, num_classes=10, image_size=28)
     fused = copy.deepcopy(ref)
     use_fast_pooling(ref), use_fast_pooling(fused)
-    assert use_fused_kernels(fused) == (["1", "5"] if name == "lenet_bn" else ["1", "4"])
+    assert use_fused_kernels(fused) == (["0", "1", "5"] if name == "lenet_bn" else ["0", "1", "4"])
     start = {k: v.clone() for k, v in ref.state_dict().items()}
     gen = torch.Generator().manual_seed(2)
     data = [(torch.randn(64, 1, 28, 28, generator=gen), torch.randint(0, 10, (64,), generator=gen)) for _ in range(3)]
@@ -310,7 +319,7 @@ def test_the_run_uses_them_on_the_cpu_and_the_switch_turns_them_off(fake_data, t
 
     common = ("model=lenet_bn", "trainer.batch_size=32", "trainer.epochs=1", "trainer.limit_train_batches=4",
               "trainer.logs_per_epoch=4", "trainer.limit_eval_batches=1", "trainer.checkpoint=false")
-    expected = ["1", "5"] if load_library() is not None else []
+    expected = ["0", "1", "5"] if load_library() is not None else []
     losses = {}
     for on in (True, False):
         cfg = compose_fast(fake_data, *common, f"device.fused_kernels={str(on).lower()}")
@@ -323,6 +332,81 @@ def test_the_run_uses_them_on_the_cpu_and_the_switch_turns_them_off(fake_data, t
         losses[on] = [json.loads(line)["train/loss"] for line in lines if '"kind": "train"' in line]
     assert len(losses[True]) == 4
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- the one-channel convolution
+
+def _conv_pair(out_channels: int, kernel: int, padding: int, bias: bool = True):
+    """(ATen's nn.Conv2d of one input channel, the same swapped), equal parameters."""
+    torch.manual_seed(0)
+    ref = nn.Conv2d(1, out_channels, kernel, padding=padding, bias=bias)
+    fused = copy.deepcopy(ref)
+    assert use_fused_kernels(fused) == [""] and type(fused) is OneChannelConv2d
+    return ref, fused
+
+
+@needs_kernels
+@pytest.mark.parametrize("out_channels, kernel, padding, shape", [
+    (6, 5, 2, (13, 28, 28)),   # LeNet's first layer; 13 images: not a multiple of the 8-image blocks
+    (6, 5, 0, (8, 28, 28)),    # LeNet-BN's
+    (8, 3, 1, (3, 17, 40)),    # channels past one block of 6, a wide image (3 vectors a row, the last part-used)
+    (4, 7, 3, (2, 33, 9)),     # the largest kernel, fewer channels than a block
+    (1, 1, 0, (1, 5, 5)),
+])
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_one_channel_convolution_matches_aten(out_channels, kernel, padding, shape, bias):
+    """Output, weight gradient and bias gradient as ATen's to float rounding (the same sums in another order)."""
+    ref, fused = _conv_pair(out_channels, kernel, padding, bias)
+    x = torch.randn(shape[0], 1, *shape[1:])
+    out_ref, out = ref(x), fused(x)
+    torch.testing.assert_close(out, out_ref, **TOL)
+    grad = torch.randn_like(out_ref)
+    out_ref.backward(grad), out.backward(grad)
+    torch.testing.assert_close(fused.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5 * ref.weight.grad.abs().max())
+    if bias:
+        torch.testing.assert_close(fused.bias.grad, ref.bias.grad, rtol=1e-5, atol=1e-5 * ref.bias.grad.abs().max())
+
+
+@needs_kernels
+def test_the_one_channel_weight_gradient_does_not_depend_on_the_number_of_threads():
+    _, fused = _conv_pair(6, 5, 2)
+    x = torch.randn(37, 1, 28, 28)
+    grads = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            fused.weight.grad = fused.bias.grad = None
+            fused(x).square().sum().backward()
+            grads.append((fused.weight.grad.clone(), fused.bias.grad.clone()))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(g[0], grads[0][0]) and torch.equal(g[1], grads[0][1]) for g in grads)
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", ["input needs a gradient", "float64", "bfloat16"])
+def test_inputs_the_one_channel_kernel_does_not_take_go_through_aten_exactly(case):
+    ref, fused = _conv_pair(6, 5, 2)
+    x = torch.randn(4, 1, 12, 12)
+    if case == "input needs a gradient":
+        x.requires_grad_(True)
+    else:
+        dtype = {"float64": torch.float64, "bfloat16": torch.bfloat16}[case]
+        ref, fused, x = ref.to(dtype), fused.to(dtype), x.to(dtype)
+    assert torch.equal(fused(x), ref(x))
+    if case == "input needs a gradient":
+        fused(x).sum().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(3, 6, 5), nn.Conv2d(1, 6, 5, stride=2), nn.Conv2d(1, 6, 5, dilation=2), nn.Conv2d(1, 6, (3, 5)),
+    nn.Conv2d(1, 6, 9), nn.Conv2d(1, 6, 5, padding=(1, 2)), nn.Conv2d(1, 6, 5, padding="same"),
+    nn.Conv2d(1, 6, 5, padding=2, padding_mode="reflect")], ids=str)
+def test_convolutions_the_one_channel_kernel_does_not_compute_are_left_alone(conv):
+    assert not fused_cpu.one_channel_eligible(conv)
+    assert fused_cpu.one_channel_eligible(nn.Conv2d(1, 6, 5, padding=2))
 
 
 # ----------------------------------------------------------------------------- building and loading
