@@ -173,11 +173,11 @@ def test_every_rank_trains_with_rank_0s_convolution_choice(fake_data, tmp_path, 
     from cnnbench.speed.cpu.kernels import Conv2dNHWCWeightGrad
 
     monkeypatch.setattr(build, "broadcast_object",
-                        lambda obj, ctx: dataclasses.replace(obj, nhwc_weight_grads=["0"]))  # rank 0 chose conv 0
+                        lambda obj, ctx: dataclasses.replace(obj, nhwc_weight_grads=["4"]))  # rank 0 chose conv 4
     from tests.helpers import built
 
     run = built(compose_fast(fake_data, "model=lenet_bn", "device.conv_weight_grad=native"), tmp_path)
-    assert type(run.raw_model[0]) is Conv2dNHWCWeightGrad and type(run.raw_model[4]) is nn.Conv2d
+    assert type(run.raw_model[4]) is Conv2dNHWCWeightGrad and type(run.raw_model[0]) is not Conv2dNHWCWeightGrad
 
 
 def test_autotune_stops_timing_a_candidate_far_behind(fake_data, tmp_path, monkeypatch):

@@ -381,7 +381,9 @@ class OneChannelConv2d(nn.Conv2d):
     kernel of ``fused_cpu.c`` where its input needs no gradient; ATen's convolution otherwise."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not x.requires_grad and _fits_one_channel(x) and self.weight.dtype == torch.float32:
+        # Not under autocast: the layer then computes in bf16/fp16 as the run asked (ATen's kernel).
+        if (not x.requires_grad and _fits_one_channel(x) and self.weight.dtype == torch.float32
+                and not _channels_last_weight(self.weight) and not torch.is_autocast_enabled(x.device.type)):
             return _OneChannelConv.apply(x, self.weight, self.bias, self.padding[0])
         return super().forward(x)
 
@@ -399,6 +401,13 @@ def _fits_one_channel(x: torch.Tensor) -> bool:
     return (x.dim() == 4 and x.shape[1] == 1 and x.dtype == torch.float32 and x.device.type == "cpu"
             and x.is_contiguous() and x.numel() > 0 and not torch.compiler.is_compiling()
             and load_library() is not None)
+
+
+def _channels_last_weight(weight: torch.Tensor) -> bool:
+    """A model moved to channels-last (``device.channels_last``): with one input channel only the weight's
+    strides say so (stride 1 between channels), and ATen's convolution then returns a channels-last output
+    that the layers after it keep; such a layer stays ATen's, so the whole network keeps the run's layout."""
+    return weight.shape[-1] * weight.shape[-2] > 1 and weight.stride(1) == 1
 
 
 class Absorbed(nn.Module):

@@ -365,8 +365,6 @@ int c1_weight_grad(const float* x, const float* g, int64_t B, int64_t H, int64_t
   const int64_t Ho = H + 2 * P - K + 1, Wo = W + 2 * P - K + 1;
   const int64_t chunks = (Wo + VL - 1) / VL, Wq = chunks * VL + K, Wg = chunks * VL;
   const int64_t taps = K * K, per_block = O * (taps + 1) * VL, blocks = (B + C1_IMAGE_BLOCK - 1) / C1_IMAGE_BLOCK;
-  int64_t offset[C1_MAX_K * C1_MAX_K];  /* a tap's offset into the padded image */
-  for (int64_t t = 0; t < taps; t++) offset[t] = (t / K) * Wq + t % K;
   float* sums = calloc(blocks ? blocks * per_block : 1, sizeof(float));  /* (blocks, O, taps + 1, VL) */
   if (!sums) return BSP_NO_MEMORY;
   int status = BSP_OK;
@@ -374,33 +372,44 @@ int c1_weight_grad(const float* x, const float* g, int64_t B, int64_t H, int64_t
   {
     float* xp = alloc_array(H + 2 * P, Wq, sizeof(float));
     float* gp = alloc_array(O * Ho, Wg, sizeof(float));
-    if (!xp || !gp) {
+    /* a row of ones: the bias "tap" (the sum of g) and the taps past the last one read vectors from here
+     * with a row step of 0, so the inner loop is the same for every tap (no branch, all in registers) */
+    float* ones = alloc_array(1, Wg, sizeof(float));
+    if (!xp || !gp || !ones) {
 #pragma omp atomic write
       status = BSP_NO_MEMORY;
+    } else {
+      for (int64_t j = 0; j < Wg; j++) ones[j] = 1.0f;
     }
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < blocks; blk++) {
-      if (!xp || !gp) continue;
+      if (!xp || !gp || !ones) continue;
       float* acc_blk = sums + blk * per_block;
       const int64_t b_end = (blk + 1) * C1_IMAGE_BLOCK < B ? (blk + 1) * C1_IMAGE_BLOCK : B;
       for (int64_t b = blk * C1_IMAGE_BLOCK; b < b_end; b++) {
         pad_image(x + b * H * W, H, W, P, xp, Wq);
         memset(gp, 0, sizeof(float) * O * Ho * Wg);  /* zeros past Wo: an overhanging vector adds nothing */
         for (int64_t r = 0; r < O * Ho; r++) memcpy(gp + r * Wg, g + (b * O * Ho + r) * Wo, sizeof(float) * Wo);
-        for (int64_t o0 = 0; o0 < O; o0 += OB) {
-          const int64_t ob = O - o0 < OB ? O - o0 : OB;
-          for (int64_t t0 = 0; t0 <= taps; t0 += TB) {
+        for (int64_t t0 = 0; t0 <= taps; t0 += TB) {
+          const float* base[TB];  /* each tap's first input vector, and its step from one output row to the next */
+          int64_t step[TB];
+          for (int t = 0; t < TB; t++) {
+            const int64_t tap = t0 + t;
+            base[t] = tap < taps ? xp + (tap / K) * Wq + tap % K : ones;
+            step[t] = tap < taps ? Wq : 0;
+          }
+          for (int64_t o0 = 0; o0 < O; o0 += OB) {
+            const int64_t ob = O - o0 < OB ? O - o0 : OB;
             v16 acc[OB][TB];
             for (int o = 0; o < OB; o++)
               for (int t = 0; t < TB; t++) acc[o][t] = vsplat(0.0f);
             for (int64_t i = 0; i < Ho; i++)
               for (int64_t c = 0; c < chunks; c++) {
                 v16 gv[OB];
-                for (int o = 0; o < OB; o++) gv[o] = o < ob ? vload(gp + ((o0 + o) * Ho + i) * Wg + c * VL) : vsplat(0.0f);
+                for (int o = 0; o < OB; o++)
+                  gv[o] = o < ob ? vload(gp + ((o0 + o) * Ho + i) * Wg + c * VL) : vsplat(0.0f);
                 for (int t = 0; t < TB; t++) {
-                  const int64_t tap = t0 + t;
-                  if (tap > taps) break;
-                  const v16 v = tap == taps ? vsplat(1.0f) : vload(xp + i * Wq + c * VL + offset[tap]);
+                  const v16 v = vload(base[t] + i * step[t] + c * VL);
                   for (int o = 0; o < OB; o++) acc[o][t] += gv[o] * v;
                 }
               }
@@ -415,6 +424,7 @@ int c1_weight_grad(const float* x, const float* g, int64_t B, int64_t H, int64_t
     }
     free(xp);
     free(gp);
+    free(ones);
   }
   if (status == BSP_OK) {
     for (int64_t o = 0; o < O; o++)

@@ -385,16 +385,21 @@ def test_the_one_channel_weight_gradient_does_not_depend_on_the_number_of_thread
 
 
 @needs_kernels
-@pytest.mark.parametrize("case", ["input needs a gradient", "float64", "bfloat16"])
+@pytest.mark.parametrize("case", ["input needs a gradient", "float64", "bfloat16", "autocast", "channels_last"])
 def test_inputs_the_one_channel_kernel_does_not_take_go_through_aten_exactly(case):
     ref, fused = _conv_pair(6, 5, 2)
     x = torch.randn(4, 1, 12, 12)
     if case == "input needs a gradient":
         x.requires_grad_(True)
-    else:
+    elif case == "channels_last":  # the run's layout: ATen's output keeps it for the layers after
+        ref, fused = ref.to(memory_format=torch.channels_last), fused.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        assert fused(x).is_contiguous(memory_format=torch.channels_last) and not fused(x).is_contiguous()
+    elif case != "autocast":
         dtype = {"float64": torch.float64, "bfloat16": torch.bfloat16}[case]
         ref, fused, x = ref.to(dtype), fused.to(dtype), x.to(dtype)
-    assert torch.equal(fused(x), ref(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast"):  # bf16 as the run asked
+        assert torch.equal(fused(x), ref(x))
     if case == "input needs a gradient":
         fused(x).sum().backward()
         assert x.grad is not None and x.grad.abs().sum() > 0
