@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-from torch import nn
 
 from cnnbench.run.train import train
 from tests.helpers import Probe, compose_fast, fast_overrides, first_losses, is_channels_last

@@ -32,9 +32,10 @@ NCHW, an odd side, double backward, BatchNorm in eval mode with gradients) go th
 The one-channel convolution (:class:`OneChannelConv2d`): oneDNN runs LeNet's first convolution (1 -> 6
 channels, 5x5) at a fifth of the core's fp32 peak, where its second runs at three quarters; ``fused_cpu.c``
 computes it directly (2 rows x 32 columns x 6 output channels per step) and its weight gradient, 1.6-1.8x
-faster on one core of a 2-core Xeon. Every ``nn.Conv2d`` with one input channel, stride 1, a square kernel of at most 7 and
-even zero padding becomes one; it uses the kernel only where its input needs no gradient (the network's
-input) and is float32, contiguous, on the CPU; otherwise it is ATen's ``nn.Conv2d``. Results match ATen's to
+faster on one core of a 2-core Xeon. Every ``nn.Conv2d`` with one input channel, stride 1, a square kernel of
+at most 7 and even zero padding becomes one; it uses the kernel only where its input needs no gradient (the
+network's input) and is float32, contiguous, on the CPU, outside autocast, in an NCHW model; otherwise it is
+ATen's ``nn.Conv2d``. Results match ATen's to
 float rounding (another order of the same sums); the weight gradient sums images in fixed blocks, so the
 thread count does not change it.
 """
