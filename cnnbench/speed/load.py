@@ -9,11 +9,11 @@ same way. One thread fewer than the free cores costs a run alone half its speed,
 
 :class:`ThreadFollower` measures, over windows of about a second, the CPU time the usable cores spent busy
 (``/proc/stat``) minus this process's own (``time.process_time``, all its threads): what other programs
-used, in cores. It runs ``round(free cores)`` threads, at least 1 and at most the count it started with
-(torch's default: the usable cores), fewer at once when others take a core, more again only after two windows
-agree (a program that pauses for a moment does not flap the count). It is called between training steps:
-one clock read per step, a file read per second, no device wait. ``torch.set_num_threads`` between steps
-is cheap (the next parallel region forms the smaller team).
+used, in cores. It runs n threads where at least n - SLACK cores are free (:func:`threads_for`), at least 1
+and at most the count it started with (torch's default: the usable cores), fewer at once when others take a
+core, more again only after two windows agree (a program that pauses for a moment does not flap the count).
+It is called between training steps: one clock read per step, a file read per second, no device wait.
+``torch.set_num_threads`` between steps is cheap (the next parallel region forms the smaller team).
 
 The count changes the rounding, not the method: ATen's reductions and a few oneDNN kernels sum in per-thread
 pieces, so a step at 1 thread and at 2 threads differ in the last bits (measured: LeNet-BN's BatchNorm1d
@@ -37,6 +37,7 @@ from ..errors import ConfigError
 logger = logging.getLogger(__name__)
 
 INTERVAL_S = 1.0  # seconds between two readings of the machine's load
+SLACK = 0.25  # of a core: n threads need n - SLACK free cores (others' stray work, kernel threads)
 RAISE_AFTER = 2  # windows in a row that must leave more cores free before the count goes up
 # /proc/stat's per-CPU fields, in order: user nice system idle iowait irq softirq steal (guest is inside user)
 IDLE_FIELDS = (3, 4)  # idle, iowait: the core was free
@@ -104,9 +105,11 @@ def others_cores(before: CpuSample, after: CpuSample) -> float:
 
 
 def threads_for(free_cores: float, most: int) -> int:
-    """The thread count for ``free_cores`` left by others: rounded to the nearest, between 1 and ``most``.
-    (2 cores, another program on one: it gets 0.7 of a core while this run holds both, 1.3 free: 1 thread.)"""
-    return max(1, min(most, math.floor(free_cores + 0.5)))
+    """The thread count for ``free_cores`` left by others: the largest n with at least n - SLACK free, between 1
+    and ``most``. Biased down because others' use is measured while this run competes with them: a program
+    spinning on one of 2 cores gets about half of it while this run holds both (measured 0.5-0.7), so 1.3-1.5
+    cores look free, and one thread too many costs a small network most of its speed, one too few at most half."""
+    return max(1, min(most, math.floor(free_cores + SLACK)))
 
 
 @dataclass
