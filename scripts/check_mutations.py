@@ -393,6 +393,9 @@ MUTATIONS: tuple[Mutation, ...] = (
              'info["dirty"] = None if status is None else bool(status.strip())', 'info["dirty"] = False',
              ("tests/test_machine.py", "-k", "source_info")),
     # ---- fused CPU kernels (issue 17, round three): names start with "fused:"
+    Mutation("a resumed epoch's speed counts the examples trained after the resume", "cnnbench/run/train.py",
+             "        trained = out.examples - done_before", "        trained = out.examples - (partial.count if partial else 0)",
+             ("tests/run/test_signals.py", "-k", "resumed_mid_way")),
     Mutation("fused: one-channel convolutions are swapped for the direct kernel", "cnnbench/speed/cpu/fused.py",
              "    convs = [(name, m) for name, m in model.named_modules() if one_channel_eligible(m)]",
              "    convs = []", ("tests/speed/cpu/test_fused.py", "-k", "one_channel_convolution_matches")),

@@ -263,6 +263,7 @@ def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop,
     while run.state.epoch < trainer.epochs and not run.state.stop_reason:  # a stopped run stays stopped on resume
         epoch = run.state.epoch
         partial = _restore_partial(run)
+        done_before = partial.count if partial else 0  # examples of this epoch trained before a resume
         for callback in callbacks:
             callback.on_epoch_start(epoch)
         hooks = LoopHooks(
@@ -287,12 +288,14 @@ def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop,
         elapsed = time.perf_counter() - t0
         run.state.step = out.step
         run.state.train_time_s += elapsed
-        run.state.train_examples += out.examples - (partial.count if partial else 0)
+        # this call's examples (a resumed epoch: its rest); ``partial`` is the loop's progress, counted up in place
+        trained = out.examples - done_before
+        run.state.train_examples += trained
         if not out.complete:
             run.state.partial = _partial_as_checkpoint_data(out.progress, run.dist)
             return "interrupted"
         run.state.partial = None
-        finish_epoch(run, callbacks, out, elapsed)
+        finish_epoch(run, callbacks, out, elapsed, trained)
         if run.state.stop_reason:  # early stopping: the same decision on every rank (same global sums)
             logger.info("%s", run.state.stop_reason)
             return "completed"
@@ -301,13 +304,15 @@ def run_epochs(run: Run, rlog: RunLogger, stop: GracefulStop,
     return "completed"
 
 
-def finish_epoch(run: Run, callbacks: list[Callback], out: EpochResult, elapsed: float) -> None:
+def finish_epoch(run: Run, callbacks: list[Callback], out: EpochResult, elapsed: float, trained: int) -> None:
     """The epoch's record (train metrics, speed), then each callback's end of epoch in order: evaluate
-    (when due), select (best.pt, early stopping), the target, log the record, the chance check, last.pt."""
+    (when due), select (best.pt, early stopping), the target, log the record, the chance check, last.pt.
+    ``trained``: the examples of this process's ``elapsed`` seconds (an epoch resumed mid-way: only its rest,
+    so its speed is not the whole epoch's examples over the rest's time)."""
     run.state.epoch += 1
     end = EpochEnd(epoch=run.state.epoch, out=out, elapsed=elapsed, record={
         "step": run.state.step, "epoch": run.state.epoch, **out.metrics(),
-        "throughput/examples_per_sec": out.examples / max(elapsed, 1e-9),
+        "throughput/examples_per_sec": trained / max(elapsed, 1e-9),
         "time/epoch_s": elapsed,
     })
     run.state.last_train = out.metrics()

@@ -109,3 +109,28 @@ def test_second_signal_stops_at_once(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == -signal.SIGTERM
     assert "first handled" in proc.stdout and "should not get here" not in proc.stdout
+
+
+def test_an_epoch_resumed_mid_way_reports_the_speed_of_its_rest(fake_data, tmp_path):
+    """Interrupted after 3 steps of 16 and resumed: the resumed epoch's examples/sec counts the 208 examples
+    trained after the resume (256 - 48), not the epoch's 256, over the seconds after the resume."""
+
+    def signal_in_step_three(module, args, calls=[]):  # noqa: B006 (the count of this one run's calls)
+        if isinstance(module, torch.nn.Conv2d) and module.in_channels == 1 and module.training:
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(signal_in_step_three)
+    try:
+        first = train(cfg_for(fake_data, "trainer.batch_size=16", "trainer.epochs=1"), tmp_path)
+    finally:
+        handle.remove()
+    assert first["status"] == "interrupted" and first["steps"] == 3
+    resumed = train(cfg_for(fake_data, "trainer.batch_size=16", "trainer.epochs=1", "trainer.resume=auto"), tmp_path)
+    assert resumed["status"] == "completed"
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    epoch = next(r for r in records if r.get("kind") == "epoch" and r.get("epoch") == 1)
+    assert epoch["throughput/examples_per_sec"] * epoch["time/epoch_s"] == pytest.approx(256 - 48)
+    # the run's own speed: every example once, over both starts' training seconds
+    assert resumed["examples_per_sec"] * resumed["train_time_s"] == pytest.approx(256)
