@@ -25,8 +25,8 @@ another format) is warned about, timed anew and replaced.
 A decision timed while other programs kept the cores busy is used by that run only, not kept: the load
 decides such a timing more than the candidates do (measured, 2-core Xeon, LeNet at 1 thread: a decision
 timed beside a test suite and a training kept channels-last at "17,696 against 9,277 images/s", where a
-quiet machine trains it at 19,170-19,806 against 24,369-24,569 in NCHW, a 25% loss for every later run of
-that key). The timing's window is read from ``/proc/stat`` (:func:`cnnbench.speed.load.others_cores`): the
+quiet machine trains it at 19,170-19,806 against 24,369-24,569 in NCHW: every later run of that key lost a
+fifth of its speed). The timing's window is read from ``/proc/stat`` (:func:`cnnbench.speed.load.others_cores`): the
 cores other programs used while it ran, against the cores the run's threads leave them. The next start on
 a quiet machine times again and keeps its decision; the summary's ``speed.autotune`` says which happened
 (``file`` null, ``others_cores``).
