@@ -49,7 +49,7 @@ from ..config import cache_root
 from ..errors import RunFileWriteError, RunFolderInUse
 from ..runfolder.disk import atomic_write
 from ..runfolder.lock import holder_of, run_folder_lock
-from .load import cpu_sample, others_cores, usable_cpu_ids
+from .load import SLACK, cpu_sample, others_cores, usable_cpu_ids
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ MODES = ("cached", "refresh", "always")
 # cores other programs may use while a decision is timed, beyond those the run's threads leave free (a
 # shell, a file watcher), for the decision to be kept; $CNNBENCH_AUTOTUNE_LOAD_TOLERANCE replaces it ("inf":
 # keep every decision, whatever the load, as format 1 did)
-LOAD_TOLERANCE = 0.25
+LOAD_TOLERANCE = SLACK  # the thread follower's: the same stray work of others, in cores
 TOLERANCE_ENV = "CNNBENCH_AUTOTUNE_LOAD_TOLERANCE"
 WAIT_S = 900.0  # another process is timing the same key: wait this long for its decision, then time alone
 CHOICE_TYPES = {"precision": str, "channels_last": bool, "nhwc_weight_grads": list}

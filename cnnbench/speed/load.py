@@ -107,8 +107,9 @@ def others_cores(before: CpuSample, after: CpuSample) -> float:
 def threads_for(free_cores: float, most: int) -> int:
     """The thread count for ``free_cores`` left by others: the largest n with at least n - SLACK free, between 1
     and ``most``. Biased down because others' use is measured while this run competes with them: a program
-    spinning on one of 2 cores gets about half of it while this run holds both (measured 0.5-0.7), so 1.3-1.5
-    cores look free, and one thread too many costs a small network most of its speed, one too few at most half."""
+    spinning on one of 2 cores gets part of it while this run holds both (0.5 or less where a fresh-clone CI
+    run kept 2 threads beside one, its summary says), so 1.3-1.5 cores look free; one thread too many costs a
+    small network most of its speed, one too few at most half."""
     return max(1, min(most, math.floor(free_cores + SLACK)))
 
 
