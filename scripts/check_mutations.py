@@ -1120,6 +1120,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("the book's picture is accuracy against time, parameters and FLOPs", "scripts/reproduce_book.py",
              'PICTURE_AGAINST = ("time", "params", "flops")', 'PICTURE_AGAINST = ("time",)',
              ("tests/project/test_docs.py", "-k", "book_picture")),
+    Mutation("the book table's threads are every start's, resumes included", "scripts/reproduce_book.py",
+             "    counts = set(configured_threads(folder)) or",
+             "    counts = set(configured_threads(folder)[:1]) or",
+             ("tests/project/test_docs.py", "-k", "table_reads")),
 )
 
 

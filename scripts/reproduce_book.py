@@ -180,17 +180,28 @@ def short_cpu(name: str) -> str:
     return " ".join(name.split())
 
 
-def configured_threads(folder: Path) -> int | None:
-    """The run's ``device.num_threads`` when it set one (the header's count; summary.json's machine record
-    reads torch's count when the summary is written, after the run)."""
+def configured_threads(folder: Path) -> list[int | None]:
+    """Each start's ``device.num_threads`` (None where a start left it to the thread follower), from the first
+    start's .hydra/config.yaml and each resume's .hydra/resumes/*/config.yaml; summary.json's machine record
+    reads torch's count only when the summary is written, after the last start."""
     import yaml
 
-    try:
-        cfg = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
-    except (OSError, ValueError):
-        return None
-    value = ((cfg or {}).get("device") or {}).get("num_threads")
-    return int(value) if isinstance(value, int) else None
+    counts: list[int | None] = []
+    for path in [folder / ".hydra" / "config.yaml", *sorted((folder / ".hydra" / "resumes").glob("*/config.yaml"))]:
+        try:
+            cfg = yaml.safe_load(path.read_text())
+        except (OSError, ValueError):
+            continue
+        value = ((cfg or {}).get("device") or {}).get("num_threads")
+        counts.append(int(value) if isinstance(value, int) else None)
+    return counts
+
+
+def threads_words(folder: Path, summary: dict) -> str:
+    """'1 thread', '1/2 threads' or 'auto/1 threads': the thread counts the record's starts ran with."""
+    counts = set(configured_threads(folder)) or {(summary.get("machine") or {}).get("torch_threads")}
+    labels = [str(n) for n in sorted(n for n in counts if n is not None)] + (["auto"] if None in counts else [])
+    return f"{'/'.join(labels)} thread{'' if labels == ['1'] else 's'}"
 
 
 def test_acc_swing(folder: Path) -> tuple[float, float] | None:
@@ -210,11 +221,10 @@ def duration(seconds: float) -> str:
 
 
 def machine_words(folder: Path, summary: dict) -> str:
-    """'2-core Intel Xeon, 1 thread': the CPU a record ran on, as its summary records it."""
+    """'2-core Intel Xeon': the CPU a record ran on, as its summary records it (the thread counts of its starts
+    are each row's, threads_words)."""
     machine = summary.get("machine") or {}
-    threads = configured_threads(folder) or machine.get("torch_threads")
-    used = f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""
-    return f"{machine.get('cpu_count', '?')}-core {short_cpu(machine.get('cpu', '?'))}{used}"
+    return f"{machine.get('cpu_count', '?')}-core {short_cpu(machine.get('cpu', '?'))}"
 
 
 def table() -> str:
@@ -253,7 +263,8 @@ def table() -> str:
         if (recipe, "cpu") in found:
             seconds, starts = command_time_s(folder, summary)
             where = "" if shared else f", {machine_words(folder, summary)}"
-            cpu_time = f"{duration(seconds)}{where}{f', {starts} starts' if starts > 1 else ''}"
+            cpu_time = (f"{duration(seconds)}{where}, {threads_words(folder, summary)}"
+                        f"{f', {starts} starts' if starts > 1 else ''}")
         acc = f"{summary['test/acc']:.3f}"
         if not (one_folder and folder.parent.relative_to(REPO).as_posix() == one_folder):
             acc = f"[{acc}]({folder.relative_to(REPO).as_posix()})"

@@ -131,8 +131,9 @@ def test_readme_results_table_is_the_records():
 
 def test_the_results_table_reads_a_record(tmp_path, monkeypatch):
     """A completed d2l_* record under results/ fills its row: accuracy, the book's verdict, the swing over the last
-    epochs, precision, the summed whole-command time of its starts and the machine; where records lie in one
-    folder it is named once above the table, records in several folders are linked from their rows."""
+    epochs, precision, the summed whole-command time of its starts, the thread counts its starts ran with, and the
+    machine; where records lie in one folder it is named once above the table, records in several folders are
+    linked from their rows."""
     book = _reproduce_book()
     monkeypatch.setattr(book, "REPO", tmp_path)
     monkeypatch.setattr(book, "RESULTS", tmp_path / "results")
@@ -148,13 +149,21 @@ def test_the_results_table_reads_a_record(tmp_path, monkeypatch):
                                                   for i, a in enumerate(accs)))
     (record / "command_times.jsonl").write_text(json.dumps({"start": 0.0, "end": 1800.0}) + "\n"
                                                 + json.dumps({"start": 5000.0, "end": 6500.0}) + "\n")
+    # the first start set 1 thread, the resume 2 (each start's Hydra record); summary.json's count is the last's
+    for config, threads in ((record / ".hydra" / "config.yaml", 1),
+                            (record / ".hydra" / "resumes" / "2026-12-07_15-31-40" / "config.yaml", 2)):
+        config.parent.mkdir(parents=True)
+        config.write_text(f"device:\n  num_threads: {threads}\n")
     row = next(line for line in book.table().splitlines() if line.startswith("| `d2l_densenet`"))
     assert "| 0.839 below, train figures off" in row
     assert "| 0.749-0.884 |" in row and "| bf16 |" in row
-    assert "| 55 min, 2 starts |" in row and row.endswith("| not measured |")
+    assert "| 55 min, 1/2 threads, 2 starts |" in row and row.endswith("| not measured |")
     # the CPU and the folder all records share, once above the table
-    assert ("CPU: 2-core Intel Xeon, 1 thread; records in `results/intel-xeon-processor-2core-2026-12-07/RECIPE/`."
+    assert ("CPU: 2-core Intel Xeon; records in `results/intel-xeon-processor-2core-2026-12-07/RECIPE/`."
             in book.table())
+    # a start that left the count to the thread follower
+    (record / ".hydra" / "config.yaml").write_text("device:\n  num_threads: null\n")
+    assert "| 55 min, 2/auto threads, 2 starts |" in book.table()
     other = next(line for line in book.table().splitlines() if line.startswith("| `d2l_alexnet`"))
     assert "| not measured |" in other
     # a record in a second folder: each row links its record
