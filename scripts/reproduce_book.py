@@ -229,7 +229,8 @@ def machine_words(folder: Path, summary: dict) -> str:
 
 def table() -> str:
     """The README's results table (Markdown), one row per recipe, from the records under results/; the CPU
-    the records ran on said once above it when they share one, else in each row."""
+    the records ran on said once above it when they share one, else in each row; the GPU column only once a
+    GPU record exists (until then the line above the table says none was measured)."""
     from cnnbench.book.results import published
 
     found = records()
@@ -240,20 +241,26 @@ def table() -> str:
     # One folder of records: named once above the table (each row's record is its recipe's subfolder), so a
     # row does not repeat the path; records in several folders keep a link per row.
     one_folder = folders[0] if shared and len(folders) == 1 else None
+    any_gpu = any(kind == "gpu" for _, kind in found)
+    no_gpu = "" if any_gpu else " No GPU has run them yet."
     if one_folder:
-        lines = [f"CPU: {shared}; records in `{one_folder}/RECIPE/`.", ""]
+        lines = [f"CPU: {shared}; records in `{one_folder}/RECIPE/`.{no_gpu}", ""]
+    elif shared:
+        lines = [f"CPU: {shared} (`{'`, `'.join(folders)}/`).{no_gpu}", ""]
     else:
-        lines = [f"CPU: {shared} (`{'`, `'.join(folders)}/`).", ""] if shared else []
-    lines += ["| recipe | network, input | book | cnnbench (seed 0) | last 5 epochs | precision | CPU, whole command "
-              "| GPU, whole command |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines = [no_gpu.strip(), ""] if no_gpu else []
+    columns = ["recipe", "network, input", "book", "cnnbench (seed 0)", "last 5 epochs", "precision",
+               "CPU, whole command", *(["GPU, whole command"] if any_gpu else [])]
+    lines += [f"| {' | '.join(columns)} |", f"|{' --- |' * len(columns)}"]
     for recipe in sorted(published(), key=lambda r: list(NETWORKS).index(r)):
         editions = published()[recipe]["editions"]
         book = " / ".join(f"{editions[e]['test_acc']:.3f}" for e in ("classic_v0.17", "zh_v2.0.0"))
         gpu = found.get((recipe, "gpu"))
         gpu_time = "not measured" if gpu is None else f"{duration(command_time_s(*gpu)[0])}, {gpu[1]['device']}"
+        gpu_cell = f" {gpu_time} |" if any_gpu else ""
         record = found.get((recipe, "cpu")) or gpu
         if record is None:
-            lines.append(f"| `{recipe}` | {NETWORKS[recipe]} | {book} | not measured | | | | {gpu_time} |")
+            lines.append(f"| `{recipe}` | {NETWORKS[recipe]} | {book} | not measured | | | |{gpu_cell}")
             continue
         folder, summary = record
         verdict = summary["book"]["test_acc"]["position"]
@@ -271,7 +278,7 @@ def table() -> str:
         lines.append(
             f"| `{recipe}` | {NETWORKS[recipe]} | {book} | {acc} {verdict}{mark} | "
             f"{'' if swing is None else f'{swing[0]:.3f}-{swing[1]:.3f}'} | {summary.get('precision')} | "
-            f"{cpu_time} | {gpu_time} |")
+            f"{cpu_time} |{gpu_cell}")
     return "\n".join(lines)
 
 

@@ -157,15 +157,15 @@ def test_the_results_table_reads_a_record(tmp_path, monkeypatch):
     row = next(line for line in book.table().splitlines() if line.startswith("| `d2l_densenet`"))
     assert "| 0.839 below, train figures off" in row
     assert "| 0.749-0.884 |" in row and "| bf16 |" in row
-    assert "| 55 min, 1/2 threads, 2 starts |" in row and row.endswith("| not measured |")
+    assert row.endswith("| 55 min, 1/2 threads, 2 starts |")  # no GPU column while no GPU record exists
     # the CPU and the folder all records share, once above the table
-    assert ("CPU: 2-core Intel Xeon; records in `results/intel-xeon-processor-2core-2026-12-07/RECIPE/`."
-            in book.table())
+    assert ("CPU: 2-core Intel Xeon; records in `results/intel-xeon-processor-2core-2026-12-07/RECIPE/`. No GPU has "
+            "run them yet." in book.table())
     # a start that left the count to the thread follower
     (record / ".hydra" / "config.yaml").write_text("device:\n  num_threads: null\n")
     assert "| 55 min, 2/auto threads, 2 starts |" in book.table()
     other = next(line for line in book.table().splitlines() if line.startswith("| `d2l_alexnet`"))
-    assert "| not measured |" in other
+    assert other.endswith("| not measured | | | |")
     # a record in a second folder: each row links its record
     second = tmp_path / "results" / "intel-xeon-processor-2core-2026-12-09" / "d2l_alexnet"
     second.mkdir(parents=True)
@@ -175,6 +175,17 @@ def test_the_results_table_reads_a_record(tmp_path, monkeypatch):
     row = next(line for line in lines if line.startswith("| `d2l_densenet`"))
     assert "[0.839](results/intel-xeon-processor-2core-2026-12-07/d2l_densenet) below" in row
     assert "[0.839](results/intel-xeon-processor-2core-2026-12-09/d2l_alexnet)" in book.table()
+    # a GPU record: the GPU column appears, with its whole-command time and device
+    gpu = tmp_path / "results" / "nvidia-h100-2026-12-10" / "d2l_lenet"
+    gpu.mkdir(parents=True)
+    (gpu / "summary.json").write_text(json.dumps({**summary, "device": "cuda:0", "wall_time_s": 30.0,
+                                                  "book": {**summary["book"], "recipe": "d2l_lenet"}}))
+    (gpu / "metrics.jsonl").write_text((record / "metrics.jsonl").read_text())
+    lines = book.table().splitlines()
+    assert "| CPU, whole command | GPU, whole command |" in lines[lines.index("") + 1]
+    assert next(line for line in lines if line.startswith("| `d2l_lenet`")).endswith("| 30 s, cuda:0 |")
+    assert next(line for line in lines if line.startswith("| `d2l_densenet`")).endswith("| not measured |")
+    assert "No GPU" not in book.table()
 
 
 def test_the_book_picture_compares_the_records(tmp_path):
