@@ -16,16 +16,17 @@ import torch
 
 from ..errors import ConfigError
 from ..schema import AdamConfig, CosineConfig, OneCycleConfig, Section, SGDConfig, StepConfig
+from ..speed.dynamo import lazy_step_class
 
 
 def _sgd(cfg: SGDConfig, params: Iterable, extra: dict) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+    return lazy_step_class(torch.optim.SGD)(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                            dampening=cfg.dampening, nesterov=cfg.nesterov, **extra)
 
 
 def _adam(cls: type[torch.optim.Optimizer]) -> Callable[[AdamConfig, Iterable, dict], torch.optim.Optimizer]:
     def build(cfg: AdamConfig, params: Iterable, extra: dict) -> torch.optim.Optimizer:
-        return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **extra)
+        return lazy_step_class(cls)(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **extra)
     return build
 
 
@@ -42,7 +43,9 @@ def build_optimizer(cfg: Section, params: Iterable, fused: bool = False) -> torc
     :class:`AdamConfig`: every value there, none defaulted here).
 
     ``fused`` asks for the single-kernel implementation; otherwise torch picks its default (the
-    multi-tensor ``foreach`` path on CUDA, a per-parameter loop on the CPU).
+    multi-tensor ``foreach`` path on CUDA, a per-parameter loop on the CPU). The optimizer is torch's class
+    with a step that does not import the compiler into a run that compiles nothing
+    (:mod:`cnnbench.speed.dynamo`).
     """
     check_name("optimizer.name", cfg.name, OPTIMIZERS)
     return OPTIMIZERS[cfg.name](cfg, params, {"fused": True} if fused else {})

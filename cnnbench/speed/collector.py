@@ -1,7 +1,7 @@
 """Python's garbage collector in a ``cnnbench`` command: paused while the command starts, and pointed at
 what training creates once it begins.
 
-Importing torch (torch._dynamo comes with the first torch.optim optimizer), Hydra and their dependencies
+Importing torch, Hydra and their dependencies (before :mod:`cnnbench.speed.dynamo`, torch._dynamo too)
 leaves some 575,000 objects the collector tracks, nearly all alive until the process ends. Every
 collection of the oldest generation walks all of them: measured with ``gc.callbacks`` on a LeNet-BN
 command, its start ran 6 such collections (0.31 s) and 860 younger ones (0.09 s).

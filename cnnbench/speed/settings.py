@@ -28,6 +28,7 @@ from .compiling import check_compiler, wants_compile
 from .cpu.fused import use_fused_kernels
 from .cpu.kernels import faster_in_nhwc, set_nhwc_weight_grads, time_conv_weight_grads, use_fast_pooling
 from .decisions import MODES, decide
+from .dynamo import lazy_step_class
 from .load import thread_setting
 from .precision import Precision
 from .threads import omp_wait_policy
@@ -106,7 +107,8 @@ def time_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: Pr
                warmup: bool = True) -> float:
     """Seconds per training step of ``model`` on one batch, after one untimed step when ``warmup`` (one
     timed step only when that first step takes over SLOW_STEP_S)."""
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: timing only, weights stay as they are
+    # lr 0: timing only, weights stay as they are; torch's SGD that does not import the compiler (.dynamo)
+    opt = lazy_step_class(torch.optim.SGD)(model.parameters(), lr=0.0)
 
     def step() -> None:
         with precision.autocast():

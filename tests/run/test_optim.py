@@ -71,7 +71,8 @@ def test_every_optimizer_config_builds_what_it_names(option):
     for overrides in ([], unusual):
         cfg = compose_config([f"optimizer={option}", *overrides]).optimizer
         opt = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
-        assert type(opt) is OPTIMIZER_CLASSES[cfg.name]
+        # torch's class, its step not importing the compiler (cnnbench.speed.dynamo)
+        assert type(opt).__bases__ == (OPTIMIZER_CLASSES[cfg.name],)
         group = opt.param_groups[0]
         for key, value in cfg.items():
             if key != "name":
