@@ -6,8 +6,8 @@ runs: the constructor (``add_param_group``), ``step``, ``zero_grad``, ``state_di
 ``load_state_dict``. That import is 0.7 s of a command's start (measured: ``import torch._dynamo`` after
 ``import torch``, 0.72-0.76 s, 3 runs; an SGD constructor, 3 steps and a ``state_dict`` round trip
 0.75 s with it, 0.00 s without), about a tenth of a 3-epoch LeNet-BN command, and the objects it creates
-would make every later full collection of the garbage collector walk a third more objects (measured:
-379,000 tracked objects after importing torch and cnnbench's training modules, 509,000 with torch._dynamo;
+would make every later full collection of the garbage collector walk half as many objects again (measured:
+213,000 tracked objects after importing torch and cnnbench's training modules, 335,000 with torch._dynamo;
 :mod:`cnnbench.speed.collector`).
 
 The marks only matter while torch.compile traces a function that calls them, and nothing can be traced
