@@ -18,7 +18,7 @@ from hydra.errors import HydraException
 
 from .errors import CnnbenchError, ConfigError, one_line
 from .fmt import command_parser
-from .speed import collector
+from .speed import collector, load
 from .speed.threads import choose_omp_wait, follows_the_load
 
 COMMANDS: dict[str, str] = {
@@ -239,7 +239,8 @@ def run() -> None:
     """The ``cnnbench`` console script and ``python -m cnnbench``: :func:`main`, then exit with its code.
 
     For ``train``, the garbage collector is paused while the command starts (:mod:`cnnbench.speed.collector`);
-    the first epoch resumes it. The other commands keep it as it is.
+    the first epoch resumes it. The other commands keep it as it is. ``train`` also reads the machine's load
+    first thing (:func:`cnnbench.speed.load.note_command_start`): its thread count's first window.
 
     Before the interpreter shuts down, every object alive is moved out of the garbage collector's reach
     (``gc.freeze``): the shutdown's last full collection would otherwise walk the hundreds of thousands of
@@ -250,6 +251,7 @@ def run() -> None:
     """
     if sys.argv[1:2] == ["train"]:
         collector.pause()
+        load.note_command_start()  # the thread count's first window: the whole start-up
     code = main()
     gc.freeze()
     sys.exit(code)

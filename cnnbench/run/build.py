@@ -30,7 +30,7 @@ from ..schema import DeviceConfig, EmaConfig, TrainerConfig
 from ..speed import load
 from ..speed.allocator import tune_malloc
 from ..speed.compiling import compile_for_training
-from ..speed.load import FOLLOW, CpuSample, ThreadFollower, cpu_sample, thread_setting
+from ..speed.load import FOLLOW, CpuSample, ThreadFollower, thread_setting
 from ..speed.precision import Precision
 from ..speed.settings import SpeedSettings, prepare_speed
 from .distributed import SINGLE_PROCESS, DistContext, broadcast_object
@@ -92,7 +92,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def build_run(spec: RunSpec, run_dir: Path, ctx: DistContext = SINGLE_PROCESS) -> Run:
     """Build device, data, model, optimizer and scheduler for the checked run ``spec`` (:func:`validate_config`'s
     result; this rank's share under DDP). Only what needs the live device is checked again."""
-    since = cpu_sample()  # the start-up is the first window of the load the thread count follows
+    since = load.start_window()  # the command's start-up is the first window of the load the count follows
     trainer, device_cfg = spec.trainer, spec.device
     check_global_batch(trainer.batch_size, ctx.world_size)
     tune_malloc(device_cfg.malloc_tuning)  # once per process, before the data is read

@@ -24,15 +24,19 @@ A run that must give the same numbers whatever the load fixes the count: ``devic
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import time
 from dataclasses import dataclass, field
 
-import torch
-
 from ..errors import ConfigError
+
+try:
+    import resource  # Unix: the CPU time of this process's finished children
+except ImportError:  # pragma: no cover - Windows
+    resource = None
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +51,13 @@ BUSY_FIELDS = (0, 1, 2, 5, 6, 7)
 @dataclass(frozen=True)
 class CpuSample:
     """One reading: CPU seconds the usable cores spent busy (every program), this process's CPU seconds
-    (all its threads), and the wall clock, all in seconds."""
+    (all its threads, and its children that have ended: a compiler building the fused kernels, git), and the
+    wall clock, all in seconds."""
 
     busy_s: float
     own_s: float
     wall_s: float
+    taken_at: str = ""  # "command start" for the console script's first reading (note_command_start)
 
 
 FOLLOW = "auto"  # device.num_threads's value that follows the load
@@ -92,7 +98,37 @@ def cpu_sample(cpus: set[int] | None = None) -> CpuSample | None:
             values = [int(v) for v in rest.split()]
             ticks += sum(values[i] for i in BUSY_FIELDS if i < len(values))
     hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    return CpuSample(busy_s=ticks / hz, own_s=time.process_time(), wall_s=time.perf_counter())
+    return CpuSample(busy_s=ticks / hz, own_s=time.process_time() + _children_s(), wall_s=time.perf_counter())
+
+
+def _children_s() -> float:
+    """CPU seconds of this process's children that have ended (0 where the OS does not say)."""
+    if resource is None:
+        return 0.0
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# The reading the console script took as a `cnnbench train` command began (note_command_start), until the
+# command's first run takes it: process-wide, as the command itself is.
+_command_start: CpuSample | None = None
+
+
+def note_command_start() -> None:
+    """Read the load as the command begins, before torch is imported: its run's first window then spans the
+    whole start-up (1.5-2 s for a LeNet command) rather than only the run's own set-up (0.13 s measured), in
+    which a moment of another program's work (a few hundredths of a CPU second) reads as a busy core."""
+    global _command_start
+    sample = cpu_sample()
+    _command_start = None if sample is None else dataclasses.replace(sample, taken_at="command start")
+
+
+def start_window() -> CpuSample | None:
+    """Where a run's first window starts: the command's reading, taken once (the first run of the process),
+    else now (a later run in the same process, a program calling :func:`cnnbench.run.train.train`)."""
+    global _command_start
+    noted, _command_start = _command_start, None
+    return noted or cpu_sample()
 
 
 def others_cores(before: CpuSample, after: CpuSample) -> float:
@@ -128,13 +164,18 @@ class ThreadFollower:
     next_s: float = 0.0
     pending_raise: int = 0  # windows in a row that asked for more threads
     since_s: float = 0.0  # when the count in force was set
+    first_window: dict | None = None  # the start-up window the first count came from: seconds, others' cores, from
 
     def start(self, since: CpuSample | None) -> int:
-        """Choose the first count from the load since ``since`` (a reading taken at the run's start, so the
-        start-up itself is the first window), set it, and return it."""
+        """Choose the first count from the load since ``since`` (:func:`start_window`: the command's start, so
+        the start-up itself is the first window), set it, and return it."""
         now = cpu_sample()
-        first = self.most if since is None or now is None else threads_for(self.cores - others_cores(since, now),
-                                                                           self.most)
+        first = self.most
+        if since is not None and now is not None:
+            self.first_window = {"seconds": round(now.wall_s - since.wall_s, 3),
+                                 "others_cores": round(others_cores(since, now), 3),
+                                 "from": since.taken_at or "run set-up"}
+            first = threads_for(self.cores - others_cores(since, now), self.most)
         self.last, self.since_s = now, time.perf_counter()
         self.next_s = self.since_s + self.interval_s
         self._set(first)
@@ -166,12 +207,16 @@ class ThreadFollower:
             self.changes += 1
             logger.debug("threads: %d -> %d (other programs hold cores)", self.threads, threads)
         self.threads, self.since_s, self.pending_raise = threads, now, 0
+        import torch  # here, not above: the console script reads the load before torch is imported
+
         torch.set_num_threads(threads)
 
     def record(self) -> dict:
-        """summary.json's ``threads``: the policy, the count at the start and now, changes, seconds at each."""
+        """summary.json's ``threads``: the policy, the count at the start and now, changes, seconds at each, and
+        the start-up window the first count was read from."""
         seconds = dict(self.seconds_at)
         if self.threads:
             seconds[self.threads] = seconds.get(self.threads, 0.0) + time.perf_counter() - self.since_s
         return {"policy": "follow", "most": self.most, "changes": self.changes,
-                "seconds_at": {str(k): round(v, 1) for k, v in sorted(seconds.items())}}
+                "seconds_at": {str(k): round(v, 1) for k, v in sorted(seconds.items())},
+                "first_window": self.first_window}

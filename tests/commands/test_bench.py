@@ -107,7 +107,6 @@ def test_bench_times_every_recipe_with_one_fixed_thread_count(tmp_path, monkeypa
                               now.wall_s)
 
     monkeypatch.setattr(load, "cpu_sample", busy)
-    monkeypatch.setattr("cnnbench.run.build.cpu_sample", busy)
     torch.set_num_threads(len(load.usable_cpu_ids()))
     before = torch.get_num_threads()
     out = tmp_path / "bench"

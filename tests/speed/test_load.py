@@ -41,6 +41,39 @@ def test_the_kernels_counts_are_read():
     assert b.busy_s >= a.busy_s and b.own_s > a.own_s and b.wall_s > a.wall_s
 
 
+@pytest.mark.skipif(load.resource is None, reason="no getrusage (not Unix)")
+def test_a_finished_child_process_is_this_process_own_work():
+    """A compiler or git run by this process is not another program: its CPU time counts as this process's."""
+    before = load.cpu_sample()
+    child = subprocess.run([sys.executable, "-c", "import time; sum(i * i for i in range(3_000_000)); "
+                            "print(time.process_time())"], check=True, capture_output=True, text=True)
+    after = load.cpu_sample()
+    assert after.own_s - before.own_s >= 0.9 * float(child.stdout) > 0.05
+
+
+def test_the_command_start_is_the_first_window_once():
+    """The console script's reading starts the first run's window; a second run in the process reads afresh."""
+    load.note_command_start()
+    noted = load._command_start
+    assert noted is not None and noted.taken_at == "command start" and load.start_window() is noted
+    assert load.start_window() is not noted and load._command_start is None
+
+
+def test_a_command_reads_the_load_from_its_start(fake_data, tmp_path):
+    """`cnnbench train` with auto threads: the first count comes from a window spanning the command's start-up
+    (imports, Hydra, set-up: over half a second), not the run's set-up alone (about a tenth); the summary says."""
+    out = subprocess.run([sys.executable, "-m", "cnnbench", "train",
+                          *fast_overrides(fake_data, "model=lenet", "device.num_threads=auto", "trainer.epochs=1",
+                                          "trainer.limit_train_batches=2", f"hydra.run.dir={tmp_path / 'run'}")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    threads = json.loads((tmp_path / "run" / "summary.json").read_text())["threads"]
+    if threads is None or len(load.usable_cpu_ids()) < 2:
+        pytest.skip("one usable core: the count does not follow")
+    assert threads["first_window"]["from"] == "command start", threads
+    assert threads["first_window"]["seconds"] > 0.5, threads
+
+
 class FakeMachine:
     """Readings as a machine with ``cores`` cores would give them: ``others`` cores busy with other programs
     and this process using ``own`` cores, one reading per ``interval`` seconds of a fake clock."""
@@ -50,7 +83,7 @@ class FakeMachine:
         self.cores = cores
         monkeypatch.setattr(load.time, "perf_counter", lambda: self.clock)
         monkeypatch.setattr(load, "cpu_sample", lambda cpus=None: CpuSample(self.busy, self.own, self.clock))
-        monkeypatch.setattr(load.torch, "set_num_threads", self.set_threads)
+        monkeypatch.setattr(torch, "set_num_threads", self.set_threads)
         self.threads: list[int] = []
 
     def set_threads(self, n: int) -> None:
@@ -93,7 +126,10 @@ def test_the_first_count_comes_from_the_start_up_window(monkeypatch):
     machine = FakeMachine(monkeypatch, cores=4)
     since = load.cpu_sample()
     machine.advance(1.5, others=2.9)  # three other programs hold cores through the start-up
-    assert ThreadFollower(most=4, cores=4).start(since) == 1
+    follower = ThreadFollower(most=4, cores=4)
+    assert follower.start(since) == 1
+    assert follower.record()["first_window"] == {"seconds": 1.5, "others_cores": pytest.approx(2.9),
+                                                 "from": "run set-up"}
     assert ThreadFollower(most=4, cores=4).start(None) == 4  # nothing to read: torch's count
 
 
@@ -122,7 +158,6 @@ def busy_everywhere_but_one(monkeypatch) -> None:
         return CpuSample(now.own_s + others, now.own_s, now.wall_s)
 
     monkeypatch.setattr(load, "cpu_sample", sample)
-    monkeypatch.setattr("cnnbench.run.build.cpu_sample", sample)  # the run's start-up reading
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/stat") or len(load.usable_cpu_ids()) < 2, reason="needs 2 cores, Linux")
@@ -160,7 +195,6 @@ def test_the_count_follows_during_the_run(fake_data, tmp_path, monkeypatch):
         return CpuSample(now.own_s + others, now.own_s, now.wall_s)
 
     monkeypatch.setattr(load, "cpu_sample", sample)
-    monkeypatch.setattr("cnnbench.run.build.cpu_sample", sample)
     monkeypatch.setattr(load, "INTERVAL_S", 0.0)  # a reading after every step
     summary = train(compose_fast(fake_data, "model=lenet", "device.num_threads=auto", "trainer.epochs=1",
                                  "trainer.limit_train_batches=4"), tmp_path / "run")
