@@ -32,12 +32,13 @@ torch's to the bit.
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.optim.optimizer import Optimizer
+from torch.optim.optimizer import Optimizer, _use_grad_for_differentiable
 
 DYNAMO = "torch._dynamo"
 # Optimizer methods marked with torch._disable_dynamo (torch/optim/optimizer.py)
@@ -82,11 +83,14 @@ def lazy_step_class(cls: type[Optimizer]) -> type[Optimizer]:
     """A subclass of ``cls`` whose ``step`` imports torch._dynamo only if it is imported already (see the
     module docstring); ``cls`` itself where its ``step`` is not torch's wrapped one or the marked methods
     cannot be deferred. One subclass per class, so torch patches its step hooks once."""
-    raw_step = getattr(cls.step, "__wrapped__", None)
-    if raw_step is None or not defer_dynamo_import():
+    if getattr(cls.step, "__wrapped__", None) is None or not defer_dynamo_import():
         return cls
     if cls not in _lazy_classes:
-        wrapped_step = cls.step
+        # The step as written, under torch's grad-mode wrapper and (once an instance of ``cls`` exists) its
+        # hooks wrapper; torch's grad-mode wrapper made again around it, without the hooks (torch hooks this
+        # class's step itself, so they run once).
+        raw_step = inspect.unwrap(cls.step)
+        wrapped_step = _use_grad_for_differentiable(raw_step)
 
         @functools.wraps(raw_step)
         def step(self: Optimizer, closure: Callable[[], Any] | None = None) -> Any:

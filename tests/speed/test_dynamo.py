@@ -87,3 +87,23 @@ def test_the_marked_methods_become_torchs_once_the_compiler_is_imported():
     opt = lazy_step_class(torch.optim.SGD)([nn.Parameter(torch.ones(2))], lr=0.1)
     opt.zero_grad()
     assert raw.__dynamo_disable.__module__.startswith("torch._dynamo")
+
+
+@pytest.mark.parametrize("compiler_imported", [False, True], ids=["before-dynamo", "after-dynamo"])
+def test_step_hooks_run_once_after_torch_hooked_its_class(monkeypatch, compiler_imported):
+    """Once an instance of torch's class exists, torch has wrapped that class's step in its hooks: the subclass
+    still runs a step's hooks once per step."""
+    monkeypatch.setattr(dynamo, "_lazy_classes", {})
+    torch.optim.SGD([nn.Parameter(torch.ones(2))], lr=0.1)  # torch hooks torch.optim.SGD.step
+    if compiler_imported:
+        importlib.import_module("torch._dynamo")
+    else:
+        monkeypatch.setattr(dynamo, "dynamo_imported", lambda: False)
+    weight = nn.Parameter(torch.ones(2))
+    opt = lazy_step_class(torch.optim.SGD)([weight], lr=0.5)
+    calls = []
+    opt.register_step_pre_hook(lambda *_: calls.append("pre"))
+    opt.register_step_post_hook(lambda *_: calls.append("post"))
+    weight.grad = torch.ones(2)
+    opt.step()
+    assert calls == ["pre", "post"] and torch.equal(weight.detach(), torch.full((2,), 0.5))
