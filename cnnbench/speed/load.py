@@ -116,8 +116,8 @@ _command_start: CpuSample | None = None
 
 def note_command_start() -> None:
     """Read the load as the command begins, before torch is imported: its run's first window then spans the
-    whole start-up (1.5-2 s for a LeNet command) rather than only the run's own set-up (0.13 s measured), in
-    which a moment of another program's work (a few hundredths of a CPU second) reads as a busy core."""
+    whole start-up (1.3-1.7 s measured for LeNet commands) rather than only the run's own set-up (0.13 s
+    measured), where a moment of another program's work weighs ten times as much."""
     global _command_start
     sample = cpu_sample()
     _command_start = None if sample is None else dataclasses.replace(sample, taken_at="command start")
@@ -172,10 +172,10 @@ class ThreadFollower:
         now = cpu_sample()
         first = self.most
         if since is not None and now is not None:
-            self.first_window = {"seconds": round(now.wall_s - since.wall_s, 3),
-                                 "others_cores": round(others_cores(since, now), 3),
+            others = others_cores(since, now)
+            self.first_window = {"seconds": round(now.wall_s - since.wall_s, 3), "others_cores": round(others, 3),
                                  "from": since.taken_at or "run set-up"}
-            first = threads_for(self.cores - others_cores(since, now), self.most)
+            first = threads_for(self.cores - others, self.most)
         self.last, self.since_s = now, time.perf_counter()
         self.next_s = self.since_s + self.interval_s
         self._set(first)
