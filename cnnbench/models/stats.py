@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, mm_flop
 
 from ..fmt import human
 from . import build_model, get_model_spec, list_models
@@ -27,9 +28,11 @@ def forward_flops(model: nn.Module, in_channels: int, image_size: int) -> int:
     linear layers, nothing for biases, norms, pooling or activations).
 
     Networks built of the layers above are counted by forward hooks on their conv and linear layers with
-    the counter's own formulas; ``FlopCounterMode`` (a dispatch mode) gives the same figure -- the tests
-    check it for every registered network -- but its first use imports torch._dynamo and sympy, 1.2 s of
-    every run's start-up (measured on LeNet). Any other layer type goes through ``FlopCounterMode``.
+    the counter's formulas (:func:`conv_flops`, :func:`linear_flops`); ``FlopCounterMode`` (a dispatch mode)
+    gives the same figure -- the tests check it for every registered network -- but its first use imports
+    torch._dynamo and sympy, 1.2 s of every run's start-up (measured on LeNet), and importing its module
+    imports triton where torch's CUDA wheels installed it (0.09 s of every command; 2-core Xeon, 3 runs).
+    Any other layer type goes through ``FlopCounterMode``.
     """
     leaves = [m for m in model.modules() if not list(m.children())]
     if not all(isinstance(m, (nn.Conv2d, nn.Linear, *_UNCOUNTED)) for m in leaves):
@@ -39,10 +42,10 @@ def forward_flops(model: nn.Module, in_channels: int, image_size: int) -> int:
     def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         nonlocal total
         if isinstance(module, nn.Conv2d):  # weight (C_out, C_in / groups, kh, kw)
-            total += conv_flop_count(list(inputs[0].shape), list(module.weight.shape), list(output.shape))
+            total += conv_flops(output.shape, module.weight.shape)
         else:  # nn.Linear on (..., in_features): a (rows, in) x (in, out) product
             rows = inputs[0].numel() // module.in_features
-            total += mm_flop((rows, module.in_features), (module.in_features, module.out_features))
+            total += linear_flops(rows, module.in_features, module.out_features)
 
     handles = [m.register_forward_hook(count) for m in leaves if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
@@ -53,8 +56,22 @@ def forward_flops(model: nn.Module, in_channels: int, image_size: int) -> int:
     return total
 
 
+def conv_flops(out_shape: Sequence[int], weight_shape: Sequence[int]) -> int:
+    """FLOPs of a 2-D convolution as ``torch.utils.flop_counter.conv_flop_count`` counts them: every output
+    element (B, C_out, H_out, W_out) is a dot product of C_in / groups * kh * kw terms, 2 FLOPs each; the
+    weight is (C_out, C_in / groups, kh, kw)."""
+    return 2 * math.prod(out_shape) * math.prod(weight_shape[1:])
+
+
+def linear_flops(rows: int, in_features: int, out_features: int) -> int:
+    """FLOPs of a (rows, in) x (in, out) product as ``torch.utils.flop_counter.mm_flop`` counts them."""
+    return 2 * rows * in_features * out_features
+
+
 def reference_flops(model: nn.Module, in_channels: int, image_size: int) -> int:
     """Forward FLOPs for one image counted by ``torch.utils.flop_counter.FlopCounterMode``."""
+    from torch.utils.flop_counter import FlopCounterMode  # imports triton where installed: only here
+
     with FlopCounterMode(display=False) as counter:
         _forward_one_image(model, in_channels, image_size)
     return int(counter.get_total_flops())
