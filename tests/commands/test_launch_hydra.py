@@ -239,3 +239,57 @@ def test_resume_auto_without_a_checkpoint_says_so_once(fake_data, tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (done.stdout + done.stderr).count("starting from scratch") == 1
+
+
+def _hydra_compositions(monkeypatch) -> list:
+    """The run mode of every composition Hydra's config loader makes from now on (Hydra's ``get_mode``
+    composes in MULTIRUN mode only to read ``hydra.mode``; a run and ``compose`` compose in RUN mode)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    modes = []
+    original = ConfigLoaderImpl.load_configuration
+
+    def recording(self, config_name, overrides, run_mode, *args, **kwargs):
+        modes.append(run_mode)
+        return original(self, config_name, overrides, run_mode, *args, **kwargs)
+
+    monkeypatch.setattr(ConfigLoaderImpl, "load_configuration", recording)
+    return modes
+
+
+def test_a_single_run_is_composed_once_by_the_check_and_once_by_hydra(fake_data, tmp_path, monkeypatch):
+    """Hydra's composition only to read ``hydra.mode`` is answered from the pre-launch check's; a sweep's
+    is not (its jobs' overrides are not the command line's), and Hydra's own method is back after each."""
+    from hydra._internal.hydra import Hydra
+    from hydra.types import RunMode
+
+    get_mode = Hydra.get_mode
+    modes = _hydra_compositions(monkeypatch)
+    overrides = [*fast_overrides(fake_data), "model=lenet_bn", "trainer.epochs=1", "trainer.limit_train_batches=2"]
+    assert main(["train", *overrides, f"hydra.run.dir={tmp_path / 'run'}"]) == 0
+    # the check's composition, Hydra's run's (then the book comparison's of the lenet_bn recipe), none to read the mode
+    assert RunMode.MULTIRUN not in modes and modes[:2] == [RunMode.RUN, RunMode.RUN]
+    assert Hydra.get_mode is get_mode
+    modes.clear()
+    assert main(["train", "-m", *overrides, "trainer.batch_size=32,64", f"hydra.sweep.dir={tmp_path / 'sweep'}"]) == 0
+    assert RunMode.MULTIRUN in modes and Hydra.get_mode is get_mode
+
+
+@pytest.mark.parametrize("given", [[], ["hydra.mode=RUN"], ["hydra.mode=MULTIRUN"]])
+def test_the_checks_mode_is_the_one_hydra_reads(fake_data, given):
+    """What the pre-launch check passes on as ``hydra.mode`` is what Hydra's ``get_mode`` composes to."""
+    from hydra._internal.hydra import Hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    from cnnbench.commands.launch import CommandLine, preflight
+    from cnnbench.config import PACKAGED, PRIMARY_CONFIG
+
+    overrides = [*fast_overrides(fake_data), *given]
+    checked = preflight(CommandLine(overrides=overrides, multirun=False, source=PACKAGED, shows_only=False))
+    Hydra.create_main_hydra2(task_name=PRIMARY_CONFIG, config_search_path=PACKAGED.search_path())
+    try:
+        hydras = GlobalHydra.instance().hydra.get_mode(config_name=PRIMARY_CONFIG, overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+    assert checked.hydra_modes == (hydras,)
+    assert hydras == (None if not given else hydras)  # the config leaves the mode to the command line
