@@ -188,7 +188,7 @@ def resolve_speed(cfg: DeviceConfig, device: torch.device, model: nn.Module, loa
     if deterministic:
         precision = "fp32" if precision == "auto" else precision
         channels_last = False if str(channels_last) == "auto" else channels_last
-    settings = SpeedSettings(compile=wants_compile(cfg.compile, device, flops_per_image), malloc_tuning=malloc_tuned(),
+    settings = SpeedSettings(compile=wants_compile(cfg.compile), malloc_tuning=malloc_tuned(),
                              omp_wait_policy=omp_wait_policy())
     # Not under torch.compile: Inductor writes its own pooling loops, and a custom autograd.Function in
     # the graph keeps AOTAutograd from caching it (the next run would trace it again).

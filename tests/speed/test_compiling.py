@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
 import pytest
@@ -15,8 +14,6 @@ from cnnbench.errors import ConfigError
 from cnnbench.run.build import local_batch
 from cnnbench.run.distributed import DistContext
 from tests.helpers import compose_fast
-
-RESNET18_AT_96 = 637_315_072  # FLOPs per image: auto compiles it on the CPU
 
 
 def test_the_cache_folder_is_stable_and_the_users_choice_wins(monkeypatch, tmp_path):
@@ -62,13 +59,11 @@ def test_each_rank_compiles_for_its_share_of_the_batch():
     assert shares == [len(s) for s in torch.arange(10).tensor_split(4)] == [3, 3, 2, 2]
 
 
-def test_auto_compiles_the_big_networks_on_the_cpu_only(monkeypatch):
-    monkeypatch.setattr(compiling, "cpp_compiler", lambda: "g++")  # a machine with a C++ compiler
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert not compiling.wants_compile("auto", cpu, 833_040)  # LeNet: no faster compiled
-    assert compiling.wants_compile("auto", cpu, 637_315_072)  # ResNet-18 at 96: 3% a step
-    assert not compiling.wants_compile("auto", cuda, 637_315_072)  # not measured on GPUs
-    assert compiling.wants_compile(True, cpu, 0) and not compiling.wants_compile(False, cpu, 10**12)
+def test_auto_leaves_compile_off_where_it_was_measured_no_faster():
+    """device=fast's ``auto`` compiles nothing (no book network trained faster compiled on the CPU; CUDA not
+    measured); an explicit setting wins."""
+    assert compiling.wants_compile("auto") is False
+    assert compiling.wants_compile(True) is True and compiling.wants_compile(False) is False
 
 
 def test_device_fast_means_compile_auto():
@@ -79,21 +74,6 @@ def test_device_fast_means_compile_auto():
 
 
 # ------------------------------------------------------------------------- no C++ compiler (Inductor's)
-
-
-def test_without_a_cpp_compiler_auto_stays_off_and_says_so_once(monkeypatch, caplog):
-    """Inductor builds C++ on the CPU: without a compiler the run would fail at its first step."""
-    monkeypatch.setattr(compiling, "cpp_compiler", lambda: None)
-    monkeypatch.setattr(compiling, "_told_no_compiler", False)  # a fresh process
-    cpu = torch.device("cpu")
-    with caplog.at_level(logging.INFO, logger="cnnbench.speed.compiling"):
-        for _ in range(3):  # three jobs of a sweep, one process
-            assert compiling.wants_compile("auto", cpu, RESNET18_AT_96) is False
-    said = [r for r in caplog.records if r.name == "cnnbench.speed.compiling"]
-    assert len(said) == 1
-    assert said[0].getMessage().startswith("device.compile=auto: torch.compile stays off: no working C++ compiler")
-    monkeypatch.setattr(compiling, "cpp_compiler", lambda: "g++")
-    assert compiling.wants_compile("auto", cpu, RESNET18_AT_96) is True
 
 
 def test_compile_true_without_a_cpp_compiler_is_refused(monkeypatch):
