@@ -26,7 +26,13 @@ from ..schema import DeviceConfig
 from .allocator import malloc_tuned
 from .compiling import check_compiler, wants_compile
 from .cpu.fused import use_fused_kernels
-from .cpu.kernels import faster_in_nhwc, set_nhwc_weight_grads, time_conv_weight_grads, use_fast_pooling
+from .cpu.kernels import (
+    faster_in_nhwc,
+    pool_before_relu,
+    set_nhwc_weight_grads,
+    time_conv_weight_grads,
+    use_fast_pooling,
+)
 from .decisions import MODES, decide
 from .dynamo import lazy_step_class
 from .load import thread_setting
@@ -193,7 +199,8 @@ def resolve_speed(cfg: DeviceConfig, device: torch.device, model: nn.Module, loa
     # Not under torch.compile: Inductor writes its own pooling loops, and a custom autograd.Function in
     # the graph keeps AOTAutograd from caching it (the next run would trace it again).
     if device.type == "cpu" and cfg.fast_pooling and not settings.compile:
-        settings.fast_pooling = use_fast_pooling(model) > 0  # before autotune, so it times the model as trained
+        # before autotune, so it times the model as trained
+        settings.fast_pooling = use_fast_pooling(model) + pool_before_relu(model) > 0
     if device.type == "cpu" and cfg.fused_kernels and not settings.compile:
         settings.fused_kernels = use_fused_kernels(model)  # the same: the autotune times the fused layers
         if settings.fused_kernels:

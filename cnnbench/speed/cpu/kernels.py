@@ -108,6 +108,39 @@ def use_fast_pooling(model: nn.Module) -> int:
     return swapped
 
 
+def _reorderable(first: nn.Module, second: nn.Module) -> bool:
+    """A ``nn.ReLU`` followed by a ``nn.MaxPool2d`` that returns no indices: the two commute exactly."""
+    return type(first) is nn.ReLU and type(second) is nn.MaxPool2d and not second.return_indices
+
+
+def pool_before_relu(model: nn.Module) -> int:
+    """In every plain ``nn.Sequential`` of ``model``, put each max pool that follows a ReLU before it; returns
+    how many pairs were swapped.
+
+    Max pooling and ReLU commute exactly (ReLU is monotone: the largest of the rectified values is the
+    rectified largest; -inf padding and NaN alike), and so do their gradients (each window's gradient goes to
+    the same first maximum, times ReLU's 0 or 1 there). Pooled first, the ReLU and its backward pass run over a
+    quarter of the values (2x2 and 3x3/stride-2 pools): in VGG-11 at 224 pixels (bf16, channels-last, 2
+    threads) they were 13% of an eager training step over the first stage's 128 x 16 x 224 x 224 tensors.
+    The pair's modules trade places (neither holds parameters or buffers: state dicts keep their keys).
+    """
+    swapped = 0
+    for parent in model.modules():
+        if not isinstance(parent, nn.Sequential) or type(parent).forward is not nn.Sequential.forward:
+            continue
+        names = list(parent._modules)
+        i = 0
+        while i + 1 < len(names):
+            first, second = parent._modules[names[i]], parent._modules[names[i + 1]]
+            if _reorderable(first, second):
+                parent._modules[names[i]], parent._modules[names[i + 1]] = second, first
+                swapped += 1
+                i += 2
+            else:
+                i += 1
+    return swapped
+
+
 # ----------------------------------------------------------------------------- convolution weight gradients
 
 NHWC_MARGIN = 0.85  # swap a layer when its channels-last weight gradient takes at most this share of ATen's

@@ -1,4 +1,5 @@
-"""The CPU's fast 2x2 average pooling: ATen's numbers bit for bit, swapped in by cnnbench's build only."""
+"""The CPU's fast pooling (2x2 average pools as strided adds, max pools before the ReLU they follow): ATen's
+numbers bit for bit, swapped in by cnnbench's build only; and the convolution weight gradients' layout."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from cnnbench.speed.cpu.kernels import (
     AvgPool2x2,
     Conv2dNHWCWeightGrad,
     faster_in_nhwc,
+    pool_before_relu,
     set_nhwc_weight_grads,
     time_conv_weight_grads,
     use_fast_pooling,
@@ -64,6 +66,59 @@ def test_the_book_models_pool_the_same_after_the_swap():
         plain.eval(), fast.eval()
         with torch.no_grad():
             assert torch.equal(fast(x), plain(x)), name
+
+
+def test_max_pools_move_before_the_relu_they_follow_in_plain_sequentials():
+    class Custom(nn.Sequential):  # its own forward: the children's order says nothing about the data flow
+        def forward(self, x):
+            return super().forward(x)
+
+    inner = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2))
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2, 2),          # swapped
+                          nn.ReLU(), nn.MaxPool2d(3, 2, padding=1),                   # swapped
+                          nn.ReLU(inplace=True), nn.MaxPool2d(2, return_indices=True),  # indices: no
+                          nn.Sigmoid(), nn.MaxPool2d(2), nn.ReLU(), nn.AvgPool2d(2),   # not ReLU -> max pool
+                          inner, Custom(nn.ReLU(), nn.MaxPool2d(2)))
+    keys = list(model.state_dict())
+    assert pool_before_relu(model) == 3
+    assert [type(m) for m in model][:7] == [nn.Conv2d, nn.MaxPool2d, nn.ReLU, nn.MaxPool2d, nn.ReLU, nn.ReLU,
+                                            nn.MaxPool2d]
+    assert [type(m) for m in inner] == [nn.MaxPool2d, nn.ReLU]
+    assert [type(m) for m in model[-1]] == [nn.ReLU, nn.MaxPool2d]
+    assert list(model.state_dict()) == keys
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg11", "googlenet", "resnet18", "densenet"])
+def test_pooled_before_the_relu_the_book_networks_train_bit_for_bit_the_same(name):
+    """One training step at the book's resolution: the same loss and the same gradient of every parameter,
+    to the last bit (dropout draws the same masks: the same seed, the same order of draws)."""
+    torch.manual_seed(0)
+    plain = build_model(name, in_channels=1, num_classes=10)
+    pooled = build_model(name, in_channels=1, num_classes=10)
+    pooled.load_state_dict(plain.state_dict())
+    assert pool_before_relu(pooled) > 0
+    size = {"alexnet": 224, "vgg11": 224}.get(name, 96)
+    x, y = torch.randn(2, 1, size, size), torch.tensor([3, 7])
+    results = []
+    for model in (plain, pooled):
+        torch.manual_seed(1)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in model.parameters()]))
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1], strict=True))
+
+
+def test_a_run_with_fast_pooling_pools_before_the_relu(fake_data, tmp_path):
+    from tests.helpers import built, compose_fast
+
+    def relu_then_max(model: nn.Module) -> int:
+        return sum(type(a) is nn.ReLU and type(b) is nn.MaxPool2d for m in model.modules()
+                   if isinstance(m, nn.Sequential) for a, b in zip(list(m)[:-1], list(m)[1:], strict=True))
+
+    for on in (True, False):
+        cfg = compose_fast(fake_data, "model=vgg11", "dataset.resize=32", f"device.fast_pooling={str(on).lower()}")
+        assert relu_then_max(built(cfg, tmp_path / str(on)).model) == (0 if on else 5)
 
 
 def test_the_run_uses_it_on_the_cpu_and_the_switch_turns_it_off(fake_data, tmp_path):
