@@ -458,7 +458,7 @@ def _run_hydra(argv: list[str], task, program: str = "cnnbench train", mode: Any
 def _mode_given(mode: Any):
     """Hydra's ``@hydra.main`` composes a run's whole config twice: first (``Hydra.get_mode``) only to read
     ``hydra.mode`` from it, then for the run. Where the pre-launch check has composed the same overrides,
-    the first composition is answered with the mode it found (that composition took 0.20-0.21 s in traces of a
+    the first composition is answered with the mode it found (that composition took 0.21 s in a trace of a
     LeNet-BN command, 2-core Xeon). Any other case, or a Hydra without that method, composes as Hydra does.
     """
     from hydra._internal.hydra import Hydra

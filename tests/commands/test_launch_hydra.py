@@ -275,11 +275,13 @@ def test_a_single_run_is_composed_once_by_the_check_and_once_by_hydra(fake_data,
     assert RunMode.MULTIRUN in modes and Hydra.get_mode is get_mode
 
 
-@pytest.mark.parametrize("given", [[], ["hydra.mode=RUN"], ["hydra.mode=MULTIRUN"]])
-def test_the_checks_mode_is_the_one_hydra_reads(fake_data, given):
+@pytest.mark.parametrize("given, mode",
+                         [([], None), (["hydra.mode=RUN"], "RUN"), (["hydra.mode=MULTIRUN"], "MULTIRUN")])
+def test_the_checks_mode_is_the_one_hydra_reads(fake_data, given, mode):
     """What the pre-launch check passes on as ``hydra.mode`` is what Hydra's ``get_mode`` composes to."""
     from hydra._internal.hydra import Hydra
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
 
     from cnnbench.commands.launch import CommandLine, preflight
     from cnnbench.config import PACKAGED, PRIMARY_CONFIG
@@ -292,4 +294,4 @@ def test_the_checks_mode_is_the_one_hydra_reads(fake_data, given):
     finally:
         GlobalHydra.instance().clear()
     assert checked.hydra_modes == (hydras,)
-    assert hydras == (None if not given else hydras)  # the config leaves the mode to the command line
+    assert hydras == (mode and RunMode[mode])  # unset, the config leaves the mode to the command line
