@@ -17,6 +17,7 @@ from cnnbench.speed.cpu import fused as fused_cpu
 from cnnbench.speed.cpu.fused import (
     Absorbed,
     BatchNormSigmoidPool2d,
+    MaxPool2dKernel,
     OneChannelConv2d,
     SigmoidPool2x2,
     load_library,
@@ -221,7 +222,8 @@ class _FailingLibrary:
 @pytest.mark.parametrize("layer, failing", [
     ("batch norm", "bsp_batch_stats"), ("batch norm", "bsp_forward"), ("batch norm", "bsp_backward"),
     ("batch norm, evaluation", "bsp_forward"), ("sigmoid", "bsp_forward"), ("sigmoid", "sp_backward"),
-    ("one-channel convolution", "c1_forward"), ("one-channel convolution", "c1_weight_grad")])
+    ("one-channel convolution", "c1_forward"), ("one-channel convolution", "c1_weight_grad"),
+    ("max pool", "maxpool_forward"), ("max pool", "maxpool_backward")])
 @pytest.mark.parametrize("status, error", [(fused_cpu.STATUS_NO_MEMORY, MemoryError), (7, RuntimeError)])
 def test_a_kernels_nonzero_status_raises_in_the_layer(layer, failing, status, error, monkeypatch):
     """Each call of a kernel in the fused layers (training forward and backward, evaluation) checks its
@@ -233,6 +235,9 @@ def test_a_kernels_nonzero_status_raises_in_the_layer(layer, failing, status, er
     if layer == "one-channel convolution":  # the network's input: no gradient of its own
         fused, z = nn.Conv2d(1, 2, 3, padding=1), torch.randn(2, 1, 2, 2)
         assert use_fused_kernels(fused) == [""]
+    elif layer == "max pool":
+        fused, z = nn.Sequential(nn.MaxPool2d(2), nn.ReLU()), torch.randn(2, 2, 4, 4, requires_grad=True)
+        assert use_fused_kernels(fused) == ["0"]
     else:
         _, fused = _pair(None if layer == "sigmoid" else {}, 2)
         z = torch.randn(2, 2, 4, 4, requires_grad=not evaluation)
@@ -256,7 +261,7 @@ def _swappable():
         nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Sigmoid(), nn.AvgPool2d(2, 2),       # 1: BN + sigmoid + pool
         nn.Conv2d(4, 4, 3), nn.Sigmoid(), nn.AvgPool2d(2),                              # 5: sigmoid + pool
         nn.BatchNorm2d(4), nn.ReLU(), nn.AvgPool2d(2, 2),                               # ReLU: no
-        nn.Sigmoid(), nn.MaxPool2d(2, 2),                                               # max pool: no
+        nn.Sigmoid(), nn.MaxPool2d(2, 2),                                               # 11: the max pool
         nn.Sigmoid(), nn.AvgPool2d(3, 2),                                               # 3x3 pool: no
         nn.Sequential(nn.BatchNorm2d(4), nn.Sigmoid(), AvgPool2x2(2, 2)),               # nested: 14.0
     )
@@ -266,10 +271,11 @@ def _swappable():
 def test_only_the_patterns_inside_sequentials_are_swapped():
     model = _swappable()
     keys = list(model.state_dict())
-    assert use_fused_kernels(model) == ["0", "1", "5", "14.0"]  # 0: the one-channel convolution
+    assert use_fused_kernels(model) == ["0", "1", "5", "11", "14.0"]  # 0: the one-channel convolution
     assert [type(m) for m in model] == [
         OneChannelConv2d, BatchNormSigmoidPool2d, Absorbed, Absorbed, nn.Conv2d, SigmoidPool2x2, Absorbed,
-        nn.BatchNorm2d, nn.ReLU, nn.AvgPool2d, nn.Sigmoid, nn.MaxPool2d, nn.Sigmoid, nn.AvgPool2d, nn.Sequential]
+        nn.BatchNorm2d, nn.ReLU, nn.AvgPool2d, nn.Sigmoid, MaxPool2dKernel, nn.Sigmoid, nn.AvgPool2d,
+        nn.Sequential]
     assert [type(m) for m in model[14]] == [BatchNormSigmoidPool2d, Absorbed, Absorbed]
     assert list(model.state_dict()) == keys
 
