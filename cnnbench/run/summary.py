@@ -180,7 +180,9 @@ def header_lines(run: Run, resumed_at_epoch: int | None) -> list[str]:
     sizes.append(f"{len(run.test_loader.labels):,} test")
     tuned = _tuning_words(speed.autotune or {})
     extras = [name for name, on in (("channels-last", speed.channels_last), ("torch.compile", speed.compile),
-                                    (f"fused CPU kernels on {len(speed.fused_kernels)} layers", speed.fused_kernels))
+                                    (f"fused CPU kernels on {len(speed.fused_kernels)} layers", speed.fused_kernels),
+                                    (f"GEMM weight gradients on {len(speed.gemm_weight_grads)} layers",
+                                     speed.gemm_weight_grads))
               if on]
     threads = f", {thread_words(run)}" if run.device.type == "cpu" else ""
     world = f" x {run.dist.world_size} processes" if run.dist.world_size > 1 else ""

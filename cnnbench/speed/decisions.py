@@ -65,7 +65,7 @@ MODES = ("cached", "refresh", "always")
 LOAD_TOLERANCE = SLACK  # the thread follower's: the same stray work of others, in cores
 TOLERANCE_ENV = "CNNBENCH_AUTOTUNE_LOAD_TOLERANCE"
 WAIT_S = 900.0  # another process is timing the same key: wait this long for its decision, then time alone
-CHOICE_TYPES = {"precision": str, "channels_last": bool, "nhwc_weight_grads": list}
+CHOICE_TYPES = {"precision": str, "channels_last": bool, "nhwc_weight_grads": list, "gemm_weight_grads": list}
 
 
 def decisions_dir() -> Path:

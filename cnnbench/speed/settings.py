@@ -27,10 +27,13 @@ from .allocator import malloc_tuned
 from .compiling import check_compiler, wants_compile
 from .cpu.fused import use_fused_kernels
 from .cpu.kernels import (
+    faster_as_gemm,
     faster_in_nhwc,
     pool_before_relu,
+    set_gemm_weight_grads,
     set_nhwc_weight_grads,
     time_conv_weight_grads,
+    time_gemm_weight_grads,
     use_fast_pooling,
 )
 from .decisions import MODES, decide
@@ -66,6 +69,10 @@ class SpeedSettings:
     # every timed layer's channels-last / ATen time
     nhwc_weight_grads: list[str] = field(default_factory=list)
     conv_weight_grad_ratios: dict[str, float] = field(default_factory=dict)
+    # convolutions of the bigger networks whose weight gradient is one GEMM (cnnbench.speed.cpu.kernels), and
+    # every timed layer's GEMM / ATen time
+    gemm_weight_grads: list[str] = field(default_factory=list)
+    gemm_weight_grad_ratios: dict[str, float] = field(default_factory=dict)
     # the OpenMP wait torch's runtime read (cnnbench.speed.threads): OMP_WAIT_POLICY, "spin N" (libgomp's
     # GOMP_SPINCOUNT), "blocktime N ms" (KMP_BLOCKTIME, Intel's or LLVM's runtime), None: its default
     omp_wait_policy: str | None = None
@@ -210,7 +217,8 @@ def resolve_speed(cfg: DeviceConfig, device: torch.device, model: nn.Module, loa
     settings.fused_optimizer = device.type == "cuda" if str(fused) == "auto" else bool(fused)
     candidates = candidates_of(precision, channels_last, device)
     question = tuning_question(cfg, device, deterministic, settings, candidates, flops_per_image)
-    choice = {"precision": candidates[0][0], "channels_last": candidates[0][1], "nhwc_weight_grads": []}
+    choice = {"precision": candidates[0][0], "channels_last": candidates[0][1], "nhwc_weight_grads": [],
+              "gemm_weight_grads": []}
     if not question:  # one candidate, convolutions not timed: nothing to decide
         settings.precision, settings.channels_last = choice["precision"], choice["channels_last"]
         return settings
@@ -224,8 +232,10 @@ def resolve_speed(cfg: DeviceConfig, device: torch.device, model: nn.Module, loa
         choice = entry["choice"]
         settings.tuning = entry["timings"].get("tuning", {})
         settings.conv_weight_grad_ratios = entry["timings"].get("conv_weight_grad_ratios", {})
+        settings.gemm_weight_grad_ratios = entry["timings"].get("gemm_weight_grad_ratios", {})
     settings.precision, settings.channels_last = choice["precision"], choice["channels_last"]
     settings.nhwc_weight_grads = set_nhwc_weight_grads(model, choice["nhwc_weight_grads"])
+    settings.gemm_weight_grads = set_gemm_weight_grads(model, choice["gemm_weight_grads"])
     return settings
 
 
@@ -247,11 +257,13 @@ def tuning_question(cfg: DeviceConfig, device: torch.device, deterministic: bool
     layout = candidates[0][1] if len(candidates) == 1 else "auto"
     convs = _tunes_conv_weight_grads(cfg.conv_weight_grad, layout, device, deterministic,
                                      settings.compile, precision, flops_per_image)
-    if not convs and len(candidates) < 2:
+    gemm = _tunes_gemm_weight_grads(cfg.conv_weight_grad, device, deterministic, settings.compile, flops_per_image)
+    if not convs and not gemm and len(candidates) < 2:
         return {}
     return {"candidates": [candidate_name(*c) for c in candidates] if len(candidates) > 1 else [],
-            "conv_weight_grads": convs, "compile": settings.compile, "fast_pooling": settings.fast_pooling,
-            "fused_kernels": settings.fused_kernels, "closely": _small(flops_per_image)}
+            "conv_weight_grads": convs, "gemm_weight_grads": gemm, "compile": settings.compile,
+            "fast_pooling": settings.fast_pooling, "fused_kernels": settings.fused_kernels,
+            "closely": _small(flops_per_image)}
 
 
 def time_choices(model: nn.Module, loader: DeviceLoader, device: torch.device, question: dict,
@@ -279,7 +291,17 @@ def time_choices(model: nn.Module, loader: DeviceLoader, device: torch.device, q
             logger.debug("autotune picked %s (examples/sec: %s)",
                         candidate_name(chosen["precision"], chosen["channels_last"]),
                         ", ".join(f"{k} {v:.0f}" for k, v in timings["tuning"].items()))
+        if question.get("gemm_weight_grads"):  # in the precision and layout just chosen
+            x, _ = next(loader.batches(epoch=0, limit=1))  # (B, C, H, W): this rank's batch size
+            dtype = torch.bfloat16 if chosen["precision"] == "bf16" else torch.float32
+            ratios = time_gemm_weight_grads(model, x, x.shape[0], dtype, chosen["channels_last"])
+            timings["gemm_weight_grad_ratios"] = ratios
+            chosen["gemm_weight_grads"] = faster_as_gemm(ratios)
+            logger.debug("convolution weight gradients as one GEMM: %s (GEMM / ATen time: %s)",
+                         ", ".join(chosen["gemm_weight_grads"]) or "none",
+                         ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     chosen.setdefault("nhwc_weight_grads", [])
+    chosen.setdefault("gemm_weight_grads", [])
     return {"choice": chosen, "timings": timings}
 
 
@@ -293,6 +315,7 @@ def prepare_speed(cfg: DeviceConfig, device: torch.device, model: nn.Module, loa
     only rank 0 ``tunes``), so each rank adopts the agreed layers and layout here."""
     settings = agree(resolve_speed(cfg, device, model, loaders[0], deterministic, flops_per_image, key, tunes))
     set_nhwc_weight_grads(model, settings.nhwc_weight_grads)
+    set_gemm_weight_grads(model, settings.gemm_weight_grads)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
         for loader in loaders:
@@ -303,6 +326,15 @@ def prepare_speed(cfg: DeviceConfig, device: torch.device, model: nn.Module, loa
 
 def _small(flops_per_image: int) -> bool:
     return 0 < flops_per_image < SMALL_NETWORK_FLOPS
+
+
+def _tunes_gemm_weight_grads(option: str, device: torch.device, deterministic: bool, compiled: bool,
+                             flops_per_image: int) -> bool:
+    """device.conv_weight_grad=auto on the CPU for the bigger networks (the small ones time the channels-last
+    copies instead, :func:`_tunes_conv_weight_grads`), trained eagerly, not deterministic runs (timings differ
+    from run to run: the layers chosen could too)."""
+    return (str(option) == "auto" and device.type == "cpu" and not deterministic and not compiled
+            and flops_per_image >= SMALL_NETWORK_FLOPS)
 
 
 def _tunes_conv_weight_grads(option: str, channels_last, device: torch.device, deterministic: bool, compiled: bool,

@@ -30,8 +30,8 @@ def counting_timer(choices: list[dict]):
     return time_it, calls
 
 
-NCHW = {"precision": "fp32", "channels_last": False, "nhwc_weight_grads": []}
-NHWC = {"precision": "fp32", "channels_last": True, "nhwc_weight_grads": ["0"]}
+NCHW = {"precision": "fp32", "channels_last": False, "nhwc_weight_grads": [], "gemm_weight_grads": []}
+NHWC = {"precision": "fp32", "channels_last": True, "nhwc_weight_grads": ["0"], "gemm_weight_grads": []}
 KEY = {"model": {"name": "lenet_bn"}, "batch": 256, "cpu": "test CPU"}
 
 

@@ -179,6 +179,23 @@ def test_every_rank_trains_with_rank_0s_convolution_choice(fake_data, tmp_path, 
     assert type(run.raw_model[4]) is Conv2dNHWCWeightGrad and type(run.raw_model[0]) is not Conv2dNHWCWeightGrad
 
 
+def test_every_rank_trains_with_rank_0s_gemm_choice(fake_data, tmp_path, monkeypatch):
+    """The same for the bigger networks' GEMM weight gradients."""
+    import dataclasses
+
+    import cnnbench.run.build as build
+    from cnnbench.speed.cpu.kernels import Conv2dGemmWeightGrad
+
+    monkeypatch.setattr(build, "broadcast_object",
+                        lambda obj, ctx: dataclasses.replace(obj, gemm_weight_grads=["4.0.conv2"]))
+    from tests.helpers import built
+
+    run = built(compose_fast(fake_data, "model=resnet18", "dataset.resize=32", "device.conv_weight_grad=native"),
+                tmp_path)
+    swapped = [name for name, m in run.raw_model.named_modules() if type(m) is Conv2dGemmWeightGrad]
+    assert swapped == ["4.0.conv2"]
+
+
 def test_autotune_stops_timing_a_candidate_far_behind(fake_data, tmp_path, monkeypatch):
     import cnnbench.speed.settings as speed
     from tests.helpers import built

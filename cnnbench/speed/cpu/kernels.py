@@ -293,3 +293,143 @@ def set_nhwc_weight_grads(model: nn.Module, names: list[str]) -> list[str]:
         if type(m) is Conv2dNHWCWeightGrad:
             swapped.append(name)
     return swapped
+
+
+# ----------------------------------------------------------------------------- weight gradients as one GEMM
+
+GEMM_MARGIN = 0.85  # use the GEMM weight gradient where it takes at most this share of ATen's time
+GEMM_ROUNDS = 3  # timed calls of each way, alternating; the medians are compared
+GEMM_GIVE_UP = 2.0  # a first GEMM call this many times ATen's: the layer is not timed further
+
+
+def gemm_eligible(m: nn.Module) -> bool:
+    """A plain ``nn.Conv2d`` whose weight gradient :func:`gemm_weight_grad` computes: one group, no dilation,
+    numeric zero padding, a weight that trains."""
+    return (type(m) is nn.Conv2d and m.groups == 1 and m.dilation == (1, 1) and m.padding_mode == "zeros"
+            and not isinstance(m.padding, str) and m.weight.requires_grad)
+
+
+def gemm_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
+                     padding: tuple[int, int]) -> torch.Tensor:
+    """A convolution's weight gradient (O, C, kh, kw) as one matrix product: the output gradient as a
+    (B*Ho*Wo, O) matrix (a view of a channels-last tensor) against the input's patches as (B*Ho*Wo, kh*kw*C),
+    gathered from the input in (B, H, W, C) order; returned in ``weight``'s memory format. oneDNN's bf16
+    weight gradient of a 3x3 convolution at 3x3 pixels (ResNet-18's last stage at 96 px: 512 -> 512 channels,
+    batch 256) runs at a seventh of its forward's speed; as one GEMM it takes 22 ms against 155 ms (2-core
+    Xeon with AMX). Where the spatial side is large and the channels few it is slower: timed per layer."""
+    n, c = x.shape[:2]
+    o, _, kh, kw = weight.shape
+    ho, wo = grad.shape[-2:]
+    (sh, sw), (ph, pw) = stride, padding
+    xn = x.permute(0, 2, 3, 1)  # (B, H, W, C): a view of a channels-last x
+    if ph or pw:
+        xn = nn.functional.pad(xn, (0, 0, pw, pw, ph, ph))
+    cols = x.new_empty(n, ho, wo, kh, kw, c)  # (B, Ho, Wo, kh, kw, C)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i, j] = xn[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+    g = grad.permute(0, 2, 3, 1).reshape(n * ho * wo, o)  # (B*Ho*Wo, O)
+    dw = (g.t() @ cols.view(n * ho * wo, kh * kw * c)).view(o, kh, kw, c).permute(0, 3, 1, 2)  # (O, C, kh, kw)
+    return dw.contiguous(memory_format=_layout(weight))
+
+
+class _Conv2dGemmWeightGrad(torch.autograd.Function):
+    """conv2d as ATen computes it; backward: the input and bias gradients by ATen, the weight gradient as one
+    GEMM. Under autocast the inputs are cast as autocast casts a convolution's (``custom_fwd``)."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.bfloat16)
+    def forward(ctx, x, weight, bias, stride, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.geometry, ctx.has_bias = (stride, padding), bias is not None
+        return nn.functional.conv2d(x, weight, bias, stride, padding)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, padding = ctx.geometry
+        grad = grad.contiguous(memory_format=_layout(x))  # (B, O, Ho, Wo)
+        grad_x = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _conv_backward(grad, x, weight, (stride, padding, (1, 1), 1), False, (True, False, False))[0]
+        grad_w = gemm_weight_grad(grad, x, weight, stride, padding) if ctx.needs_input_grad[1] else None
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            # summed in float, rounded once, as oneDNN does; not by ATen's backward: asked for the bias gradient,
+            # oneDNN's computes the weight gradient too (190 ms against 42 ms for the input gradient alone at
+            # 512 channels, 3x3 pixels, batch 256, bf16)
+            grad_b = grad.float().sum((0, 2, 3)).to(grad.dtype)  # (O,)
+        return grad_x, grad_w, grad_b, None, None
+
+
+class Conv2dGemmWeightGrad(nn.Conv2d):
+    """``nn.Conv2d`` whose weight gradient is one GEMM (:func:`gemm_weight_grad`) when it trains on the CPU;
+    ATen's path otherwise (no gradient, another device, torch.compile)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (torch.is_grad_enabled() and self.weight.requires_grad and x.dim() == 4 and x.device.type == "cpu"
+                and not torch.compiler.is_compiling()):
+            return _Conv2dGemmWeightGrad.apply(x, self.weight, self.bias, self.stride, self.padding)
+        return super().forward(x)
+
+
+def _gemm_ratio(conv: nn.Conv2d, x_shape: tuple[int, ...], out_shape: tuple[int, ...], dtype: torch.dtype,
+                layout: torch.memory_format) -> float | None:
+    """Median time of the GEMM weight gradient over ATen's at these shapes, dtype and layout (random values);
+    None where the first GEMM call takes over GEMM_GIVE_UP times ATen's."""
+    gen = torch.Generator().manual_seed(0)  # its own generator: the run's random numbers stay as they are
+    x = torch.randn(x_shape, generator=gen).to(dtype).contiguous(memory_format=layout)  # (B, C, H, W)
+    grad = torch.randn(out_shape, generator=gen).to(dtype).contiguous(memory_format=layout)  # (B, O, Ho, Wo)
+    weight = conv.weight.detach().to(dtype).contiguous(memory_format=layout)
+    geometry = (conv.stride, conv.padding, (1, 1), 1)
+
+    def aten() -> None:
+        _conv_backward(grad, x, weight, geometry, False, (False, True, False))
+
+    def gemm() -> None:
+        gemm_weight_grad(grad, x, weight, conv.stride, conv.padding)
+
+    aten()  # warms oneDNN's primitive cache
+    if _time_call(gemm) > GEMM_GIVE_UP * _time_call(aten):
+        return None
+    aten_s, gemm_s = [], []
+    for _ in range(GEMM_ROUNDS):  # alternating, so a slow moment of the machine hits both
+        aten_s.append(_time_call(aten))
+        gemm_s.append(_time_call(gemm))
+    return statistics.median(gemm_s) / statistics.median(aten_s)
+
+
+def time_gemm_weight_grads(model: nn.Module, example: torch.Tensor, batch_size: int, dtype: torch.dtype,
+                           channels_last: bool) -> dict[str, float]:
+    """{layer name: GEMM time / ATen time} of every eligible convolution's weight gradient in ``model`` at
+    ``batch_size`` examples shaped like ``example`` ((B, C, H, W); two of its images learn each layer's shapes),
+    in ``dtype`` and the layout the run trains in. Layers whose GEMM is far slower are left out."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    ratios: dict[str, float] = {}
+    for name, (conv, x_shape, out_shape) in _conv_inputs(model, example[:2]).items():
+        if gemm_eligible(conv):
+            ratio = _gemm_ratio(conv, (batch_size, *x_shape[1:]), (batch_size, *out_shape[1:]), dtype, layout)
+            if ratio is not None:
+                ratios[name] = ratio
+    return ratios
+
+
+def faster_as_gemm(ratios: dict[str, float]) -> list[str]:
+    """The layers of :func:`time_gemm_weight_grads`'s result whose GEMM weight gradient is clearly faster."""
+    return [name for name, ratio in ratios.items() if ratio <= GEMM_MARGIN]
+
+
+def set_gemm_weight_grads(model: nn.Module, names: list[str]) -> list[str]:
+    """Make exactly the convolutions ``names`` of ``model`` :class:`Conv2dGemmWeightGrad` (in place) and any
+    other one a plain ``nn.Conv2d`` again; returns the names swapped."""
+    wanted, swapped = set(names), []
+    for name, m in model.named_modules():
+        if name in wanted and gemm_eligible(m):
+            m.__class__ = Conv2dGemmWeightGrad
+        elif name not in wanted and type(m) is Conv2dGemmWeightGrad:
+            m.__class__ = nn.Conv2d
+        if type(m) is Conv2dGemmWeightGrad:
+            swapped.append(name)
+    return swapped
+

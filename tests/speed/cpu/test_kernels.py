@@ -4,6 +4,7 @@ numbers bit for bit, swapped in by cnnbench's build only; and the convolution we
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -11,13 +12,20 @@ from torch import nn
 
 from cnnbench.models import build_model
 from cnnbench.speed.cpu.kernels import (
+    GEMM_MARGIN,
     NHWC_MARGIN,
     AvgPool2x2,
+    Conv2dGemmWeightGrad,
     Conv2dNHWCWeightGrad,
+    faster_as_gemm,
     faster_in_nhwc,
+    gemm_eligible,
+    gemm_weight_grad,
     pool_before_relu,
+    set_gemm_weight_grads,
     set_nhwc_weight_grads,
     time_conv_weight_grads,
+    time_gemm_weight_grads,
     use_fast_pooling,
 )
 
@@ -294,3 +302,172 @@ def test_an_unknown_conv_weight_grad_setting_is_refused(fake_data, tmp_path):
 
     summary = train(compose_fast(fake_data, "device.conv_weight_grad=nhwc"), tmp_path)
     assert summary["status"] == "failed" and "device.conv_weight_grad must be one of auto, native" in summary["error"]
+
+
+# ----------------------------------------------------------------------------- weight gradients as one GEMM
+
+GEMM_CASES = [  # (conv keyword arguments, input side): ResNet's 3x3, its strided 3x3 and 1x1 shortcut, a 7x7
+    (dict(in_channels=8, out_channels=12, kernel_size=3, padding=1), 9),  # stem, a 5x5, a rectangle, no bias
+    (dict(in_channels=8, out_channels=12, kernel_size=3, stride=2, padding=1), 11),
+    (dict(in_channels=8, out_channels=16, kernel_size=1, stride=2), 11),
+    (dict(in_channels=1, out_channels=6, kernel_size=7, stride=2, padding=3), 20),
+    (dict(in_channels=6, out_channels=4, kernel_size=5, padding=2, bias=False), 10),
+    (dict(in_channels=5, out_channels=7, kernel_size=(3, 1), stride=(2, 1), padding=(1, 0)), 9),
+]
+
+
+@pytest.mark.parametrize("kwargs, side", GEMM_CASES)
+@pytest.mark.parametrize("dtype, layout", [(torch.float32, torch.contiguous_format),
+                                           (torch.float32, torch.channels_last), (torch.bfloat16, torch.channels_last)])
+def test_the_gemm_layer_trains_like_atens_convolution(kwargs, side, dtype, layout):
+    """The output and the input gradient are ATen's bit for bit; the weight and bias gradients are the same sums
+    in another order (equal to rounding); bf16 runs under autocast, as device=fast trains, and the gradients
+    reach the float32 parameters in their own layout."""
+    torch.manual_seed(0)
+    plain = nn.Conv2d(**kwargs).to(memory_format=layout)
+    gemm = nn.Conv2d(**kwargs).to(memory_format=layout)
+    gemm.load_state_dict(plain.state_dict())
+    assert set_gemm_weight_grads(gemm, [""]) == [""]
+    x = torch.randn(4, kwargs["in_channels"], side, side).contiguous(memory_format=layout)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        ref, out = plain(a), gemm(b)
+    assert out.grad_fn.name() == "_Conv2dGemmWeightGradBackward"
+    assert out.dtype == ref.dtype == dtype and torch.equal(out, ref)
+    grad = torch.randn(ref.shape).to(dtype)
+    ref.backward(grad)
+    out.backward(grad)
+    assert torch.equal(b.grad, a.grad)
+    assert gemm.weight.grad.is_contiguous(memory_format=layout)  # in the parameter's own layout
+    # float32: sums of a few hundred products in another order; bf16: summed in float both ways, then rounded
+    # once to bf16 (a different float sum can round to the neighbouring bf16 value: one step)
+    ulps = 100 if dtype == torch.float32 else 1
+    eps = torch.finfo(dtype).eps
+    for mine, atens in [(gemm.weight, plain.weight)] + ([(gemm.bias, plain.bias)] if plain.bias is not None else []):
+        assert mine.grad.dtype == torch.float32
+        scale = float(atens.grad.abs().max())
+        torch.testing.assert_close(mine.grad, atens.grad, rtol=ulps * eps, atol=ulps * eps * scale)
+
+
+def test_gemm_weight_grad_is_the_weight_gradient_itself():
+    """Against the definition, in float64: dW[o, c, i, j] = sum of grad[b, o, y, x] * xpad[b, c, y*s + i, x*s + j]."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 7, 6, dtype=torch.float64, generator=gen)
+    weight = torch.empty(4, 2, 3, 2, dtype=torch.float64)
+    grad = torch.randn(3, 4, 4, 4, dtype=torch.float64, generator=gen)  # stride 2, padding (1, 1)
+    xp = nn.functional.pad(x, (1, 1, 1, 1))
+    expected = torch.zeros_like(weight)
+    for i in range(3):
+        for j in range(2):
+            patch = xp[:, :, i:i + 7:2, j:j + 7:2][:, :, :4, :4]  # (B, C, 4, 4)
+            expected[:, :, i, j] = torch.einsum("boyx,bcyx->oc", grad, patch)
+    torch.testing.assert_close(gemm_weight_grad(grad, x, weight, (2, 2), (1, 1)), expected)
+
+
+def test_the_gemm_layer_falls_back_to_aten_where_it_does_not_train():
+    gemm = nn.Conv2d(3, 4, 3)
+    set_gemm_weight_grads(gemm, [""])
+    x = torch.randn(2, 3, 8, 8)
+    assert gemm(x).grad_fn.name() == "_Conv2dGemmWeightGradBackward"
+    with torch.no_grad():
+        assert gemm(x).grad_fn is None
+    gemm.weight.requires_grad_(False)
+    assert gemm(x.requires_grad_()).grad_fn.name() == "ConvolutionBackward0"
+
+
+def test_which_convolutions_the_gemm_takes():
+    assert gemm_eligible(nn.Conv2d(3, 4, 3, stride=2, padding=1))
+    assert not gemm_eligible(nn.Conv2d(4, 4, 3, groups=2))
+    assert not gemm_eligible(nn.Conv2d(4, 4, 3, dilation=2))
+    assert not gemm_eligible(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"))
+    assert not gemm_eligible(nn.Conv2d(4, 4, 3, padding="same"))
+    frozen = nn.Conv2d(4, 4, 3)
+    frozen.weight.requires_grad_(False)
+    assert not gemm_eligible(frozen)
+
+
+def test_set_gemm_weight_grads_swaps_exactly_the_named_layers_in_place():
+    model = build_model("resnet18", in_channels=1, num_classes=10)
+    params, keys = [id(p) for p in model.parameters()], set(model.state_dict())
+    assert set_gemm_weight_grads(model, ["4.0.conv1", "4.1.conv2", "1"]) == ["4.0.conv1", "4.1.conv2"]
+    assert type(model[4][0].conv1) is Conv2dGemmWeightGrad and type(model[4][0].conv2) is nn.Conv2d
+    assert [id(p) for p in model.parameters()] == params and set(model.state_dict()) == keys
+    assert set_gemm_weight_grads(model, ["3.0.conv1"]) == ["3.0.conv1"]  # another choice (rank 0's) undoes the first
+    assert type(model[4][0].conv1) is nn.Conv2d
+    assert set_gemm_weight_grads(model, []) == []
+
+
+def test_the_gemm_timing_covers_each_convolution_gives_up_on_slow_ones_and_leaves_the_run_untouched(monkeypatch):
+    """Each eligible convolution is timed in the run's dtype and layout, ATen's weight gradient against the GEMM;
+    a layer whose first GEMM call takes over GEMM_GIVE_UP times ATen's is timed no further and left out; the
+    timing changes nothing of the run (random numbers, BatchNorm's statistics, the layers' classes)."""
+    import cnnbench.speed.cpu.kernels as kernels
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 8, 3, stride=2),
+                          nn.Conv2d(8, 8, 3, groups=2))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    layers = {m.weight.data_ptr(): name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    seconds = {"0": {"aten": 2 ** -6, "gemm": 2 ** -7}, "3": {"aten": 2 ** -8, "gemm": 2 ** -5}}
+    calls, dtypes = [], set()
+
+    def time_call(fn) -> float:
+        fn()
+        held = [cell.cell_contents for cell in fn.__closure__ or ()]
+        tensors = [t for t in held if isinstance(t, torch.Tensor)]
+        dtypes.update((t.dtype, t.is_contiguous(memory_format=torch.channels_last)) for t in tensors if t.dim() == 4)
+        weight = next(t for t in tensors if t.dim() == 4 and t.shape[-1] == 3 and t.shape[0] in (4, 8))
+        layer = "0" if weight.shape[0] == 4 else "3"
+        calls.append((layer, fn.__name__))
+        return seconds[layer][fn.__name__]
+
+    monkeypatch.setattr(kernels, "_time_call", time_call)
+    example = torch.randn(16, 1, 10, 10)
+    rng = torch.random.get_rng_state()
+    ratios = time_gemm_weight_grads(model, example, 16, torch.bfloat16, True)
+    assert ratios == {"0": 0.5}  # layer 3's first GEMM took 8x ATen's; layer 4 (groups) is not eligible
+    assert [way for layer, way in calls if layer == "3"] == ["gemm", "aten"]
+    assert [way for layer, way in calls if layer == "0"].count("gemm") == 1 + kernels.GEMM_ROUNDS
+    assert dtypes == {(torch.bfloat16, True)}
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert all(type(m) is nn.Conv2d for m in model if isinstance(m, nn.Conv2d)) and layers
+    assert faster_as_gemm({"a": 0.2, "b": GEMM_MARGIN, "c": 0.9, "d": 1.5}) == ["a", "b"]
+
+
+@pytest.mark.parametrize("setting, model, deterministic, timed", [
+    ("auto", "resnet18", False, True), ("native", "resnet18", False, False), ("auto", "resnet18", True, False),
+    ("auto", "lenet_bn", False, False)])
+def test_the_run_trains_with_the_gemm_layers_the_timing_chose(fake_data, tmp_path, monkeypatch, caplog, setting,
+                                                              model, deterministic, timed):
+    """device.conv_weight_grad=auto times the bigger networks' convolutions (a stand-in timer: only 4.0.conv1
+    is faster as a GEMM) and trains with exactly those swapped, said in the header; native, deterministic runs
+    and the small networks (which time the channels-last copies instead) do not; the losses stay ATen's up to
+    rounding."""
+    import cnnbench.speed.settings as speed
+    from cnnbench.run.train import train
+    from tests.helpers import compose_fast
+
+    monkeypatch.setattr(speed, "time_gemm_weight_grads",
+                        lambda model, x, batch, dtype, cl: {"4.0.conv1": 0.5, "2.0.conv1": 1.6})
+    monkeypatch.setattr(speed, "time_conv_weight_grads", lambda model, x, batch: {})
+    caplog.set_level(logging.INFO, logger="cnnbench")
+    seen = set()
+    hook = nn.modules.module.register_module_forward_hook(
+        lambda m, inputs, out: seen.add(type(m)) if isinstance(m, nn.Conv2d) and m.training else None)
+    common = (f"model={model}", "dataset.resize=32", "trainer.batch_size=8", "trainer.epochs=1",
+              "trainer.limit_train_batches=2", "trainer.logs_per_epoch=2", "trainer.limit_eval_batches=1",
+              "trainer.checkpoint=false", f"trainer.deterministic={str(deterministic).lower()}")
+    try:
+        summary = train(compose_fast(fake_data, *common, f"device.conv_weight_grad={setting}"), tmp_path / "run")
+        train(compose_fast(fake_data, *common), tmp_path / "ref")
+    finally:
+        hook.remove()
+    assert summary["status"] == "completed", summary["error"]
+    assert summary["speed"]["gemm_weight_grads"] == (["4.0.conv1"] if timed else [])
+    assert summary["speed"]["gemm_weight_grad_ratios"] == ({"4.0.conv1": 0.5, "2.0.conv1": 1.6} if timed else {})
+    assert (Conv2dGemmWeightGrad in seen) is timed
+    assert ("GEMM weight gradients on 1 layers" in caplog.text) is timed  # the run's header says so
+    losses = [[json.loads(line)["train/loss"] for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+               if '"kind": "train"' in line] for d in ("run", "ref")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
