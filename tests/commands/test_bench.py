@@ -35,6 +35,43 @@ def test_bench_runs_both_pipelines_on_generated_data(tmp_path, capsys):
     assert "| d2l_lenet | 28 | 256 |" in capsys.readouterr().out
 
 
+def test_bench_keeps_the_best_peak_measured_around_its_recipes(tmp_path, monkeypatch):
+    """The peaks and the bandwidth are measured before the first recipe and after each one, each peak the best of
+    several matrix sizes, and the best is what every row's "% peak" and roofline are read against: one slow
+    moment of the machine (here the first measurement) does not lower them, nor a size too small for the
+    matrix units."""
+    import torch
+
+    import cnnbench.commands.bench as bench
+    import cnnbench.speed.roofline as roofline
+    import cnnbench.speed.settings as settings
+
+    # before, after the 1st recipe, after the 2nd: (fp32, bf16) at the best size, bandwidth; other sizes half
+    rounds = [(1e9, 2e9, 1e9), (6e9, 8e9, 5e9), (3e9, 4e9, 2e9)]
+    done, sizes = [], []
+
+    def peak(device, dtype=torch.float32, n=None, iters=None):
+        sizes.append((dtype, n))
+        fp32, bf16, _ = rounds[len(done)]
+        best = n == (2048 if dtype == torch.float32 else 4096)
+        return (fp32 if dtype == torch.float32 else bf16) / (1 if best else 2)
+
+    monkeypatch.setattr(settings, "peak_matmul_flops", peak)
+    monkeypatch.setattr(roofline, "measure_bandwidth", lambda device: done.append(1) or rounds[len(done) - 1][2])
+    rows = iter([{"recipe": r, "cnnbench/examples_per_sec": 100.0, "cnnbench/flops_per_image": 1e6,
+                  "cnnbench/precision": "bf16", "batch_size": 8, "cnnbench/bytes_per_step": 1e6} for r in "ab"])
+    monkeypatch.setattr(bench, "measure_recipe", lambda *a: next(rows))
+    monkeypatch.setattr(bench, "table", lambda *a: "")
+    out = tmp_path / "bench"
+    assert cmd_bench(["a", "b", "--fake-data", "--no-book", "--out", str(out)]) == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert result["peaks"] == {"fp32": 6e9, "bf16": 8e9} and result["bandwidth"] == 5e9
+    assert sizes[:5] == [(torch.float32, 1024), (torch.float32, 2048), (torch.bfloat16, 1024),
+                         (torch.bfloat16, 2048), (torch.bfloat16, 4096)] and len(sizes) == 15
+    for row in result["rows"]:
+        assert row["cnnbench/peak_fraction"] == pytest.approx(3 * 1e6 * 100 / 8e9)
+
+
 @pytest.mark.slow  # a whole bench (~11 s); test_bench_data_without_data_warns_naming_the_flag is its fast part
 def test_bench_falls_back_to_generated_data(no_data_env, tmp_path, caplog, capsys):
     """No Fashion-MNIST anywhere and no --fake-data: bench still runs, on generated data, and says so in a

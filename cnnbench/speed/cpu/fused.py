@@ -368,7 +368,6 @@ class _MaxPool(torch.autograd.Function):
                     layout == torch.channels_last, *geometry, relu, _ptr(out), _ptr(idx), torch.get_num_threads())
         ctx.save_for_backward(idx)
         ctx.geometry, ctx.shape, ctx.dtype, ctx.layout = geometry, x.shape, x.dtype, layout
-        ctx.mark_non_differentiable(idx)
         return out
 
     @staticmethod

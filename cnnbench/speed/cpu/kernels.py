@@ -30,6 +30,21 @@ own shapes, and :func:`set_nhwc_weight_grads` swaps the layers where channels-la
 (cnnbench's build does it on the CPU for small networks: ``device.conv_weight_grad``). The weights are the same objects
 (the swap changes the module's class), so optimizers, state dicts and checkpoints are unchanged; the
 weight gradient differs from ATen's only in the order of its sums (float rounding).
+
+Weight gradients as one GEMM
+----------------------------
+In the bigger networks (bf16, channels-last) oneDNN's weight gradient is slow where the picture is small and
+the channels many: ResNet-18's last stage at 96 px (3 x 3 pixels, 512 -> 512 channels, batch 256) takes about
+155 ms for it against 20-45 ms for the forward or the input gradient. :class:`Conv2dGemmWeightGrad` computes it
+as one matrix product of the output gradient, (B*Ho*Wo, O), and the input's patches, (B*Ho*Wo, kh*kw*C),
+gathered in channels-last order: 22 ms there, 40 against 60 ms at 6 x 6 pixels and 256 channels, but slower
+at 12 x 12 and beyond (the patches grow with the picture). So it is timed, per layer, at start-up in the run's
+precision and layout (:func:`time_gemm_weight_grads`, 3 alternating rounds, medians; a layer whose first GEMM
+takes over twice ATen's time is timed no further), and the layers where it takes at most 0.85 of ATen's time
+get it (``device.conv_weight_grad=auto``, networks of 50 MFLOP per image and more; the small ones time the
+channels-last copies above). Its input gradient is ATen's; its bias gradient is summed apart (asked for the
+bias gradient, oneDNN's backward computes the weight gradient too). The weight and bias gradients differ from
+ATen's in the order of their sums (float rounding).
 """
 
 from __future__ import annotations
@@ -284,13 +299,19 @@ def set_nhwc_weight_grads(model: nn.Module, names: list[str]) -> list[str]:
     """Make exactly the convolutions ``names`` of ``model`` :class:`Conv2dNHWCWeightGrad` (in place: the
     same objects, parameters and hooks, another backward) and any other one a plain ``nn.Conv2d`` again;
     returns the names swapped."""
+    return _swap_convs(model, names, Conv2dNHWCWeightGrad, _tunable)
+
+
+def _swap_convs(model: nn.Module, names: list[str], cls: type, eligible) -> list[str]:
+    """Give exactly the ``eligible`` convolutions ``names`` the class ``cls``, any other of that class back
+    ``nn.Conv2d``'s; the names that have ``cls`` after."""
     wanted, swapped = set(names), []
     for name, m in model.named_modules():
-        if name in wanted and _tunable(m):
-            m.__class__ = Conv2dNHWCWeightGrad
-        elif name not in wanted and type(m) is Conv2dNHWCWeightGrad:
+        if name in wanted and eligible(m):
+            m.__class__ = cls
+        elif name not in wanted and type(m) is cls:
             m.__class__ = nn.Conv2d
-        if type(m) is Conv2dNHWCWeightGrad:
+        if type(m) is cls:
             swapped.append(name)
     return swapped
 
@@ -423,13 +444,5 @@ def faster_as_gemm(ratios: dict[str, float]) -> list[str]:
 def set_gemm_weight_grads(model: nn.Module, names: list[str]) -> list[str]:
     """Make exactly the convolutions ``names`` of ``model`` :class:`Conv2dGemmWeightGrad` (in place) and any
     other one a plain ``nn.Conv2d`` again; returns the names swapped."""
-    wanted, swapped = set(names), []
-    for name, m in model.named_modules():
-        if name in wanted and gemm_eligible(m):
-            m.__class__ = Conv2dGemmWeightGrad
-        elif name not in wanted and type(m) is Conv2dGemmWeightGrad:
-            m.__class__ = nn.Conv2d
-        if type(m) is Conv2dGemmWeightGrad:
-            swapped.append(name)
-    return swapped
+    return _swap_convs(model, names, Conv2dGemmWeightGrad, gemm_eligible)
 
