@@ -70,7 +70,7 @@ def main() -> None:
     else:
         ratios = time_gemm_weight_grads(b, x, args.batch, torch.bfloat16, True)
         changed = set_gemm_weight_grads(b, faster_as_gemm(ratios))
-        print("GEMM / ATen weight-gradient time per layer:", {k: round(v, 2) for k, v in ratios.items()})
+        print("GEMM backward / ATen backward time per layer:", {k: round(v, 2) for k, v in ratios.items()})
     print(f"B changes: {', '.join(changed) or 'nothing'}")
     steps = [step_fn(m.to(memory_format=torch.channels_last), x, y) for m in (a, b)]
     for s in steps * 2:  # warm-up: oneDNN's primitives, the allocator

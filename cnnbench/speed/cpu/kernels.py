@@ -39,12 +39,14 @@ the channels many: ResNet-18's last stage at 96 px (3 x 3 pixels, 512 -> 512 cha
 as one matrix product of the output gradient, (B*Ho*Wo, O), and the input's patches, (B*Ho*Wo, kh*kw*C),
 gathered in channels-last order: 22 ms there, 40 against 60 ms at 6 x 6 pixels and 256 channels, but slower
 at 12 x 12 and beyond (the patches grow with the picture). So it is timed, per layer, at start-up in the run's
-precision and layout (:func:`time_gemm_weight_grads`, 3 alternating rounds, medians; a layer whose first GEMM
-takes over twice ATen's time is timed no further), and the layers where it takes at most 0.85 of ATen's time
-get it (``device.conv_weight_grad=auto``, networks of 50 MFLOP per image and more; the small ones time the
-channels-last copies above). Its input gradient is ATen's; its bias gradient is summed apart (asked for the
-bias gradient, oneDNN's backward computes the weight gradient too). The weight and bias gradients differ from
-ATen's in the order of their sums (float rounding).
+precision and layout, the layer's whole backward both ways (:func:`time_gemm_weight_grads`, 3 alternating
+rounds, medians; a layer whose first GEMM backward takes over twice ATen's is timed no further). The whole
+backward, because the input gradient alone costs more than its share of ATen's single call in some layers:
+timing the weight gradients alone chose layers that made NiN's step 13% slower. The layers where it takes at
+most 0.85 of ATen's time get it (``device.conv_weight_grad=auto``, networks of 50 MFLOP per image and more;
+the small ones time the channels-last copies above). Its input gradient is ATen's; its bias gradient is summed
+apart (asked for the bias gradient, oneDNN's backward computes the weight gradient too). The weight and bias
+gradients differ from ATen's in the order of their sums (float rounding).
 """
 
 from __future__ import annotations
@@ -370,18 +372,25 @@ class _Conv2dGemmWeightGrad(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        stride, padding = ctx.geometry
-        grad = grad.contiguous(memory_format=_layout(x))  # (B, O, Ho, Wo)
-        grad_x = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _conv_backward(grad, x, weight, (stride, padding, (1, 1), 1), False, (True, False, False))[0]
-        grad_w = gemm_weight_grad(grad, x, weight, stride, padding) if ctx.needs_input_grad[1] else None
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            # summed in float, rounded once, as oneDNN does; not by ATen's backward: asked for the bias gradient,
-            # oneDNN's computes the weight gradient too (190 ms against 42 ms for the input gradient alone at
-            # 512 channels, 3x3 pixels, batch 256, bf16)
-            grad_b = grad.float().sum((0, 2, 3)).to(grad.dtype)  # (O,)
-        return grad_x, grad_w, grad_b, None, None
+        needs = ctx.needs_input_grad
+        return (*_gemm_backward(grad, x, weight, *ctx.geometry, needs[:3], ctx.has_bias), None, None)
+
+
+def _gemm_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride, padding,
+                   needs: tuple[bool, bool, bool], has_bias: bool) -> tuple:
+    """(input, weight, bias) gradients of a convolution, each where ``needs`` asks: the input's by ATen, the
+    weight's as one GEMM, the bias's summed apart."""
+    grad = grad.contiguous(memory_format=_layout(x))  # (B, O, Ho, Wo)
+    grad_x = grad_b = None
+    if needs[0]:
+        grad_x = _conv_backward(grad, x, weight, (stride, padding, (1, 1), 1), False, (True, False, False))[0]
+    grad_w = gemm_weight_grad(grad, x, weight, stride, padding) if needs[1] else None
+    if has_bias and needs[2]:
+        # summed in float, rounded once, as oneDNN does; not by ATen's backward: asked for the bias gradient,
+        # oneDNN's computes the weight gradient too (190 ms against 42 ms for the input gradient alone at
+        # 512 channels, 3x3 pixels, batch 256, bf16)
+        grad_b = grad.float().sum((0, 2, 3)).to(grad.dtype)  # (O,)
+    return grad_x, grad_w, grad_b
 
 
 class Conv2dGemmWeightGrad(nn.Conv2d):
@@ -397,19 +406,22 @@ class Conv2dGemmWeightGrad(nn.Conv2d):
 
 def _gemm_ratio(conv: nn.Conv2d, x_shape: tuple[int, ...], out_shape: tuple[int, ...], dtype: torch.dtype,
                 layout: torch.memory_format) -> float | None:
-    """Median time of the GEMM weight gradient over ATen's at these shapes, dtype and layout (random values);
-    None where the first GEMM call takes over GEMM_GIVE_UP times ATen's."""
+    """Median time of the layer's whole backward with the GEMM weight gradient over ATen's (input, weight and
+    bias gradients: the separate input gradient costs more than its share of ATen's single call in some layers)
+    at these shapes, dtype and layout (random values); None where the first GEMM backward takes over
+    GEMM_GIVE_UP times ATen's."""
     gen = torch.Generator().manual_seed(0)  # its own generator: the run's random numbers stay as they are
     x = torch.randn(x_shape, generator=gen).to(dtype).contiguous(memory_format=layout)  # (B, C, H, W)
     grad = torch.randn(out_shape, generator=gen).to(dtype).contiguous(memory_format=layout)  # (B, O, Ho, Wo)
     weight = conv.weight.detach().to(dtype).contiguous(memory_format=layout)
-    geometry = (conv.stride, conv.padding, (1, 1), 1)
+    has_bias = conv.bias is not None
+    needs = (True, True, has_bias)  # the first layer's input (the data) needs none: timed as if, on both sides
 
     def aten() -> None:
-        _conv_backward(grad, x, weight, geometry, False, (False, True, False))
+        _conv_backward(grad, x, weight, (conv.stride, conv.padding, (1, 1), 1), has_bias, needs)
 
     def gemm() -> None:
-        gemm_weight_grad(grad, x, weight, conv.stride, conv.padding)
+        _gemm_backward(grad, x, weight, conv.stride, conv.padding, needs, has_bias)
 
     aten()  # warms oneDNN's primitive cache
     if _time_call(gemm) > GEMM_GIVE_UP * _time_call(aten):
@@ -423,7 +435,7 @@ def _gemm_ratio(conv: nn.Conv2d, x_shape: tuple[int, ...], out_shape: tuple[int,
 
 def time_gemm_weight_grads(model: nn.Module, example: torch.Tensor, batch_size: int, dtype: torch.dtype,
                            channels_last: bool) -> dict[str, float]:
-    """{layer name: GEMM time / ATen time} of every eligible convolution's weight gradient in ``model`` at
+    """{layer name: GEMM backward time / ATen's} of every eligible convolution in ``model`` (:func:`_gemm_ratio`) at
     ``batch_size`` examples shaped like ``example`` ((B, C, H, W); two of its images learn each layer's shapes),
     in ``dtype`` and the layout the run trains in. Layers whose GEMM is far slower are left out."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
