@@ -74,7 +74,7 @@ from torch import nn
 
 from ...config import cache_root
 from ...runfolder.disk import atomic_path
-from .kernels import AvgPool2x2, _layout, pool_eligible
+from .kernels import AvgPool2x2, memory_layout, pool_eligible
 
 logger = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ class _MaxPool(torch.autograd.Function):
     def forward(ctx, x, geometry: tuple[int, int, int, int, int, int], relu: bool):
         kh, kw, sh, sw, ph, pw = geometry
         n, c, h, w = x.shape
-        layout = _layout(x)
+        layout = memory_layout(x)
         shape = (n, c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
         out = torch.empty(shape, dtype=x.dtype, memory_format=layout)  # (B, C, Ho, Wo)
         idx = torch.empty(shape, dtype=torch.uint8, memory_format=layout)

@@ -60,7 +60,8 @@ from torch import nn
 FAST_DTYPES = (torch.float32, torch.float64)  # bf16/fp16 inputs keep ATen's kernel (it accumulates in fp32)
 
 
-def _layout(x: torch.Tensor) -> torch.memory_format:
+def memory_layout(x: torch.Tensor) -> torch.memory_format:
+    """channels-last for a tensor stored (B, H, W, C) and not also NCHW-contiguous; else the NCHW format."""
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return torch.channels_last if channels_last else torch.contiguous_format
 
@@ -72,7 +73,7 @@ class _AvgPool2x2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-        ctx.shape, ctx.layout = x.shape, _layout(x)
+        ctx.shape, ctx.layout = x.shape, memory_layout(x)
         x = x[..., :h, :w]
         out = x[..., 0::2, 0::2] + x[..., 0::2, 1::2]
         return out.add_(x[..., 1::2, 0::2]).add_(x[..., 1::2, 1::2]).mul_(0.25)
@@ -353,7 +354,7 @@ def gemm_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
             cols[:, :, :, i, j] = xn[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
     g = grad.permute(0, 2, 3, 1).reshape(n * ho * wo, o)  # (B*Ho*Wo, O)
     dw = (g.t() @ cols.view(n * ho * wo, kh * kw * c)).view(o, kh, kw, c).permute(0, 3, 1, 2)  # (O, C, kh, kw)
-    return dw.contiguous(memory_format=_layout(weight))
+    return dw.contiguous(memory_format=memory_layout(weight))
 
 
 class _Conv2dGemmWeightGrad(torch.autograd.Function):
@@ -380,7 +381,7 @@ def _gemm_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, st
                    needs: tuple[bool, bool, bool], has_bias: bool) -> tuple:
     """(input, weight, bias) gradients of a convolution, each where ``needs`` asks: the input's by ATen, the
     weight's as one GEMM, the bias's summed apart."""
-    grad = grad.contiguous(memory_format=_layout(x))  # (B, O, Ho, Wo)
+    grad = grad.contiguous(memory_format=memory_layout(x))  # (B, O, Ho, Wo)
     grad_x = grad_b = None
     if needs[0]:
         grad_x = _conv_backward(grad, x, weight, (stride, padding, (1, 1), 1), False, (True, False, False))[0]
