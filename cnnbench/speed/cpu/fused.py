@@ -74,7 +74,7 @@ from torch import nn
 
 from ...config import cache_root
 from ...runfolder.disk import atomic_path
-from .kernels import AvgPool2x2, memory_layout, pool_eligible
+from .kernels import AvgPool2x2, as_pair, memory_layout, pool_eligible
 
 logger = logging.getLogger(__name__)
 
@@ -448,21 +448,17 @@ class MaxPool2dKernel(nn.MaxPool2d):
         return F.relu(out) if relu else out
 
 
-def _pair(v) -> tuple[int, int]:
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-
-
 def _max_pool_geometry(m: nn.MaxPool2d) -> tuple[int, int, int, int, int, int]:
     """(kh, kw, sh, sw, ph, pw) of a max pool (its stride defaults to its kernel)."""
-    (kh, kw), (ph, pw) = _pair(m.kernel_size), _pair(m.padding)
-    sh, sw = _pair(m.stride if m.stride else m.kernel_size)
+    (kh, kw), (ph, pw) = as_pair(m.kernel_size), as_pair(m.padding)
+    sh, sw = as_pair(m.stride if m.stride else m.kernel_size)
     return kh, kw, sh, sw, ph, pw
 
 
 def max_pool_eligible(m: nn.Module) -> bool:
     """A plain ``nn.MaxPool2d`` the kernel computes: no indices returned, floor mode, no dilation, a window of at
     most MP_MAX_WINDOW values (ATen itself refuses a padding over half the kernel)."""
-    if type(m) is not nn.MaxPool2d or m.return_indices or m.ceil_mode or _pair(m.dilation) != (1, 1):
+    if type(m) is not nn.MaxPool2d or m.return_indices or m.ceil_mode or as_pair(m.dilation) != (1, 1):
         return False
     kh, kw, *_ = _max_pool_geometry(m)
     return kh * kw <= MP_MAX_WINDOW

@@ -102,15 +102,17 @@ class AvgPool2x2(nn.AvgPool2d):
         return super().forward(x)
 
 
-def pool_eligible(m: nn.Module) -> bool:
-    def pair(v):
-        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+def as_pair(v) -> tuple[int, int]:
+    """A pooling or convolution size as (height, width): an int stands for both."""
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
+
+def pool_eligible(m: nn.Module) -> bool:
     if type(m) is not nn.AvgPool2d:
         return False
     stride = m.stride if m.stride is not None else m.kernel_size
-    return (pair(m.kernel_size) == (2, 2) and pair(stride) == (2, 2)
-            and pair(m.padding) == (0, 0) and not m.ceil_mode and m.divisor_override is None)
+    return (as_pair(m.kernel_size) == (2, 2) and as_pair(stride) == (2, 2)
+            and as_pair(m.padding) == (0, 0) and not m.ceil_mode and m.divisor_override is None)
 
 
 def use_fast_pooling(model: nn.Module) -> int:
